@@ -1,0 +1,165 @@
+"""Models: the MLP of the paper, user models by import path, and the flat parameter layout.
+
+The training Jacobian is indexed by the *flat* parameter vector: the model's parameters in
+``named_parameters()`` order, each flattened row-major. :class:`Layout` records that order
+(names, shapes, offsets) and converts between the flat vector and named tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import ModelConfig, resolve_path
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+}
+
+
+class MLP(nn.Module):
+    """Fully connected net ``widths[0] -> ... -> widths[-1]``; the activation follows every
+    layer but the last. Parameters are ``layers.{i}.weight`` (out, in) and ``layers.{i}.bias``."""
+
+    def __init__(self, widths: Sequence[int], activation: str = "gelu_tanh"):
+        super().__init__()
+        self.widths = list(widths)
+        self.activation = activation
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.act(x)
+        return x
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names, shapes and offsets of the parameters in the flat vector."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [math.prod(s) for s in self.shapes]
+
+    @property
+    def offsets(self) -> list[int]:
+        out, o = [], 0
+        for n in self.sizes:
+            out.append(o)
+            o += n
+        return out
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
+
+    @classmethod
+    def of(cls, module: nn.Module) -> "Layout":
+        named = list(module.named_parameters())
+        return cls(tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named))
+
+    def to_json(self) -> list[dict]:
+        return [{"name": n, "shape": list(s), "offset": o, "size": z}
+                for n, s, o, z in zip(self.names, self.shapes, self.offsets, self.sizes)]
+
+    @classmethod
+    def from_json(cls, rows: list[dict]) -> "Layout":
+        return cls(tuple(r["name"] for r in rows), tuple(tuple(r["shape"]) for r in rows))
+
+    def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Named tensors (in layout order) -> flat vector (P,); a leading batch dim is kept."""
+        return torch.cat([t.reshape(*t.shape[: t.dim() - len(s)], -1)
+                          for t, s in zip(tensors, self.shapes)], dim=-1)
+
+    def unflatten(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Flat (..., P) -> tensors (..., *shape) as views where possible."""
+        lead = flat.shape[:-1]
+        return tuple(c.reshape(*lead, *s)
+                     for c, s in zip(torch.split(flat, self.sizes, dim=-1), self.shapes))
+
+    def to_npz_dict(self, tensors: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+        return {n: t.detach().cpu().numpy() for n, t in zip(self.names, tensors)}
+
+
+def _lecun_init_(module: nn.Module, gen: torch.Generator) -> None:
+    """The paper's init: weights truncated normal (two std) with variance 1/fan_in, biases
+    N(0, 1/fan_in). Drawn in float64 on the CPU so every device starts from the same theta_0."""
+    # std of a standard normal truncated to [-2, 2]; divide it out so the variance is 1/fan_in
+    trunc_std = 0.87962566103423978
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            fan_in = layer.in_features
+            std = fan_in ** -0.5 / trunc_std
+            w = torch.empty(layer.weight.shape, dtype=torch.float64)
+            nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std, generator=gen)
+            b = torch.randn(layer.bias.shape, dtype=torch.float64, generator=gen) * fan_in ** -0.5
+            with torch.no_grad():
+                layer.weight.copy_(w)
+                layer.bias.copy_(b)
+
+
+def load_user_builder(path: str):
+    mod_name, fn_name = path.split(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ValueError(f"model.build: cannot import {mod_name}: {e}") from None
+    fn = getattr(mod, fn_name, None)
+    if fn is None:
+        raise ValueError(f"model.build: {mod_name} has no {fn_name}")
+    return fn
+
+
+def build(cfg: ModelConfig, n_features: int, n_classes: int, seed: int,
+          base: Path | None = None) -> nn.Module:
+    """The model with its initial parameters (float64, CPU). Deterministic given the seed."""
+    torch.manual_seed(seed)  # user builders and torch's default init draw from the global RNG
+    if cfg.build:
+        module = load_user_builder(cfg.build)(n_features, n_classes)
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"model.build: {cfg.build} returned {type(module).__name__}, "
+                             "not an nn.Module")
+        module = module.double()
+    else:
+        module = MLP([n_features, *cfg.hidden, n_classes], cfg.activation).double()
+        if cfg.init == "lecun":
+            _lecun_init_(module, torch.Generator().manual_seed(seed))
+    if cfg.init.endswith(".npz"):
+        load_init(module, resolve_path(cfg.init, base))
+    elif cfg.init == "lecun" and cfg.build:
+        _lecun_init_(module, torch.Generator().manual_seed(seed))
+    return module
+
+
+def load_init(module: nn.Module, path: Path) -> None:
+    """Set a module's parameters from a .npz holding one array per parameter, named and shaped
+    like ``named_parameters()`` (the layout of a session's ``theta0.npz``)."""
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    named = dict(module.named_parameters())
+    missing = sorted(set(named) - set(arrays))
+    extra = sorted(set(arrays) - set(named))
+    if missing or extra:
+        raise ValueError(f"model.init: {path}: missing {missing}, unexpected {extra}")
+    with torch.no_grad():
+        for name, p in named.items():
+            if tuple(arrays[name].shape) != tuple(p.shape):
+                raise ValueError(f"model.init: {path}: {name} has shape "
+                                 f"{tuple(arrays[name].shape)}, the model needs {tuple(p.shape)}")
+            p.copy_(torch.from_numpy(np.asarray(arrays[name], dtype=np.float64)))

@@ -1,0 +1,301 @@
+"""Deterministic, functional training, with or without tangents carried alongside.
+
+The whole run is a pure function of theta_0: a fixed batch order (a function of the seed), a
+learning-rate schedule, and an optimizer written as a pure update over flat tensors::
+
+    g      = grad L(theta_t; batch_t)                      (a LossKernel)
+    theta_{t+1}, state_{t+1} = update(theta_t, state_t, g, lr_t, t)
+
+:func:`train` runs it; :func:`train_tangents` runs it while pushing K tangent directions of
+theta_0 through every step (forward-mode autodiff): the gradient's tangent is the kernel's
+``grad_jvp`` (a Hessian-vector product per direction), the optimizer's tangent is
+``torch.func.jvp`` of ``update`` vmapped over the K directions.
+
+Conventions: parameters are one flat vector ``theta`` (P,) in :class:`engine.models.Layout`
+order; tangents are (K, P); optimizer state is a tuple of (P,) tensors (tangents (K, P)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jvp, vmap
+
+from .config import TrainConfig
+from .models import MLP, Layout
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------------------------
+# loss kernels: grad and grad-jvp of the mean softmax cross-entropy
+
+
+class LossKernel(Protocol):
+    def grad(self, params: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor
+             ) -> tuple[torch.Tensor, ...]: ...
+
+    def grad_jvp(self, params: tuple[torch.Tensor, ...], tangents: tuple[torch.Tensor, ...],
+                 x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]: ...
+
+
+class GenericKernel:
+    """torch.func for any module: ``grad`` of the loss, and ``jvp`` of that gradient vmapped
+    over the tangent directions (forward-over-reverse)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.names = [n for n, _ in module.named_parameters()]
+
+        def loss(params, x, y):
+            logits = functional_call(module, dict(zip(self.names, params)), (x,))
+            return F.cross_entropy(logits, y)
+
+        self._grad = torch.func.grad(loss)
+
+    def grad(self, params, x, y):
+        return self._grad(params, x, y)
+
+    def grad_jvp(self, params, tangents, x, y):
+        g = self._grad(params, x, y)
+
+        def one(t):
+            return jvp(lambda p: self._grad(p, x, y), (params,), (t,))[1]
+
+        return g, vmap(one)(tangents)
+
+
+def make_kernel(module: nn.Module, kind: str = "auto") -> LossKernel:
+    """The fused MLP kernel for the built-in MLP (``kind`` auto or mlp), torch.func otherwise."""
+    if kind != "generic" and isinstance(module, MLP):
+        from .tangent_mlp import MLPKernel
+
+        return MLPKernel(module.widths, module.activation)
+    if kind == "mlp":
+        raise ValueError("jacobian.kernel = \"mlp\" needs the built-in MLP")
+    return GenericKernel(module)
+
+
+# --------------------------------------------------------------------------------------------
+# schedules and batch order
+
+
+def lr_schedule(cfg: TrainConfig, total_steps: int) -> np.ndarray:
+    """Learning rate of each step t = 0 .. T-1: linear warmup from 0 (lr (t+1)/W for t < W), then
+    constant, or cosine / linear decay from lr to final_lr over the remaining steps (the first
+    decay step uses lr itself, as optax's schedules do)."""
+    lrs = np.empty(total_steps)
+    w = min(cfg.warmup_steps, total_steps)
+    lrs[:w] = cfg.lr * (np.arange(w) + 1) / max(w, 1)
+    n = total_steps - w
+    frac = np.arange(n) / max(n, 1)
+    if cfg.schedule == "constant":
+        lrs[w:] = cfg.lr
+    elif cfg.schedule == "cosine":
+        lrs[w:] = cfg.final_lr + (cfg.lr - cfg.final_lr) * 0.5 * (1 + np.cos(np.pi * frac))
+    else:  # linear
+        lrs[w:] = cfg.lr + (cfg.final_lr - cfg.lr) * frac
+    return lrs
+
+
+def batch_order(n: int, cfg: TrainConfig, seed: int) -> list[np.ndarray]:
+    """Row indices of every step's batch. Fixed order: batches are consecutive slices of the
+    training set, the same every epoch (the paper). Shuffled: a fresh permutation each epoch
+    drawn from ``seed``."""
+    bs = cfg.batch_size or n
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(cfg.epochs):
+        perm = rng.permutation(n) if cfg.shuffle else np.arange(n)
+        for start in range(0, n, bs):
+            idx = perm[start: start + bs]
+            if len(idx) < bs and cfg.drop_last:
+                break
+            out.append(idx)
+    if not out:
+        raise ValueError(f"train.batch_size = {bs} with drop_last leaves no batch of {n} rows")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# optimizers: pure updates over flat tensors
+
+
+class Optimizer:
+    """``update(theta, state, g, lr, t) -> (theta, state)``; t is the 0-based step."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def init(self, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.cfg.optimizer == "adam":
+            return (torch.zeros_like(theta), torch.zeros_like(theta))
+        if self.cfg.momentum > 0:
+            return (torch.zeros_like(theta),)
+        return ()
+
+    def update(self, theta, state, g, lr: float, t: int):
+        c = self.cfg
+        if c.weight_decay:
+            g = g + c.weight_decay * theta
+        if c.optimizer == "adam":
+            m, v = state
+            m = c.beta1 * m + (1 - c.beta1) * g
+            v = c.beta2 * v + (1 - c.beta2) * g * g
+            m_hat = m / (1 - c.beta1 ** (t + 1))
+            v_hat = v / (1 - c.beta2 ** (t + 1))
+            return theta - lr * m_hat / (torch.sqrt(v_hat + c.eps_root) + c.eps), (m, v)
+        if c.momentum > 0:
+            (m,) = state
+            m = c.momentum * m + g
+            d = g + c.momentum * m if c.nesterov else m
+            return theta - lr * d, (m,)
+        return theta - lr * g, ()
+
+
+# --------------------------------------------------------------------------------------------
+# the problem: everything training needs, on one device and dtype
+
+
+@dataclass
+class Problem:
+    kernel: LossKernel
+    module: nn.Module  # for evaluation (functional_call); its own parameters are not used
+    layout: Layout
+    optimizer: Optimizer
+    lrs: np.ndarray  # (T,)
+    batches: list[torch.Tensor]  # T index tensors on the device
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    eval_every: int = 1
+
+    @property
+    def steps(self) -> int:
+        return len(self.batches)
+
+    def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.batches[t]
+        return self.x_train[idx], self.y_train[idx]
+
+    @torch.no_grad()
+    def evaluate(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[float, float]:
+        """(mean cross-entropy, accuracy) of the parameters on (x, y)."""
+        params = dict(zip(self.layout.names, self.layout.unflatten(theta)))
+        logits = functional_call(self.module, params, (x,))
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(-1) == y).to(logits.dtype).mean()
+        both = torch.stack([loss, acc]).tolist()
+        return both[0], both[1]
+
+
+def make_problem(module: nn.Module, data, cfg: TrainConfig, seed: int, device: torch.device,
+                 dtype: torch.dtype, kernel: str = "auto") -> Problem:
+    module = module.to(device=device, dtype=dtype)
+    layout = Layout.of(module)
+    order = batch_order(len(data.x_train), cfg, seed)
+
+    def t(a, dt):
+        return torch.as_tensor(a, dtype=dt, device=device)
+
+    return Problem(
+        kernel=make_kernel(module, kernel), module=module, layout=layout,
+        optimizer=Optimizer(cfg), lrs=lr_schedule(cfg, len(order)),
+        batches=[t(b, torch.long) for b in order],
+        x_train=t(data.x_train, dtype), y_train=t(data.y_train, torch.long),
+        x_test=t(data.x_test, dtype), y_test=t(data.y_test, torch.long),
+        eval_every=cfg.eval_every)
+
+
+def initial_theta(module: nn.Module, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    layout = Layout.of(module)
+    return layout.flatten([p.detach() for _, p in module.named_parameters()]).to(device, dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# the loops
+
+
+StepCallback = Callable[[dict], None]
+
+
+def train(problem: Problem, theta0: torch.Tensor, on_step: StepCallback | None = None,
+          should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Run the training; returns theta_T (P,). ``on_step`` receives a metrics dict after every
+    evaluated step (step 0 is the initialisation). Raises :class:`TrainingDiverged` on a NaN or
+    infinite loss, and ``KeyboardInterrupt`` when ``should_stop()`` turns true."""
+    p = problem
+    theta, state = theta0.clone(), p.optimizer.init(theta0)
+    if on_step is not None:
+        on_step(_metrics(p, theta, 0, None))
+    for t in range(p.steps):
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt
+        x, y = p.batch(t)
+        g = p.layout.flatten(p.kernel.grad(p.layout.unflatten(theta), x, y))
+        theta, state = p.optimizer.update(theta, state, g, float(p.lrs[t]), t)
+        if (t + 1) % p.eval_every and t != p.steps - 1:
+            continue
+        m = _metrics(p, theta, t + 1, float(p.lrs[t]))
+        if on_step is not None:
+            on_step(m)
+        if not (math.isfinite(m["train_loss"]) and math.isfinite(m["test_loss"])):
+            raise TrainingDiverged(f"the loss became {m['train_loss']} at step {t + 1} "
+                                   f"(learning rate {p.lrs[t]:.3g}); lower train.lr")
+    return theta
+
+
+def _metrics(p: Problem, theta: torch.Tensor, step: int, lr: float | None) -> dict:
+    tr_loss, tr_acc = p.evaluate(theta, p.x_train, p.y_train)
+    te_loss, te_acc = p.evaluate(theta, p.x_test, p.y_test)
+    return {"step": step, "lr": lr, "train_loss": tr_loss, "train_acc": tr_acc,
+            "test_loss": te_loss, "test_acc": te_acc}
+
+
+def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tensor,
+                   should_stop: Callable[[], bool] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train from ``theta0`` (P,) while pushing the tangent directions ``tangents0`` (K, P)
+    through every step. Returns (theta_T (P,), d theta_T (K, P)): row k of the second is the
+    directional derivative of theta_T along tangents0[k], i.e. ``J @ tangents0[k]``."""
+    p = problem
+    lay = p.layout
+    theta, state = theta0.clone(), p.optimizer.init(theta0)
+    dtheta = tangents0.clone()
+    dstate = tuple(torch.zeros_like(dtheta) for _ in state)
+    for t in range(p.steps):
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt
+        x, y = p.batch(t)
+        lr = float(p.lrs[t])
+        g, dg = p.kernel.grad_jvp(lay.unflatten(theta), lay.unflatten(dtheta), x, y)
+        g, dg = lay.flatten(g), lay.flatten(dg)
+
+        def upd(th, st, gr, lr=lr, t=t):
+            return p.optimizer.update(th, st, gr, lr, t)
+
+        def tangent(dth, dst, dgr, th=theta, st=state, gr=g, upd=upd):
+            return jvp(upd, (th, st, gr), (dth, dst, dgr))[1]
+
+        dtheta, dstate = vmap(tangent)(dtheta, dstate, dg)
+        theta, state = upd(theta, state, g)
+    return theta, dtheta
+
+
+def identity_columns(P: int, cols: Sequence[int] | range, device, dtype) -> torch.Tensor:
+    """Tangent directions e_j for j in cols, as (K, P)."""
+    cols = torch.as_tensor(list(cols), device=device)
+    e = torch.zeros(len(cols), P, device=device, dtype=dtype)
+    e[torch.arange(len(cols), device=device), cols] = 1
+    return e

@@ -1,0 +1,200 @@
+"""The ``tjac`` command: the TUI, and the headless subcommands.
+
+    tjac                          open the workbench (TUI)
+    tjac run PRESET [--set K=V]   run a preset to the end with progress bars
+    tjac resume SESSION           finish an interrupted session
+    tjac ls                       sessions and their status
+    tjac presets                  the shipped presets
+
+Exit status: 0 done, 1 the run failed, 2 bad usage or an invalid preset (one line on stderr),
+3 interrupted (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from engine import config as config_mod
+from engine.session import Session, SessionLocked, describe, list_sessions
+
+REPO_PRESETS = Path(__file__).resolve().parents[1] / "presets"
+EXIT_USAGE = 2
+
+
+def default_sessions_dir() -> Path:
+    return Path(os.environ.get("TJAC_SESSIONS", "sessions"))
+
+
+def shipped_presets() -> list[Path]:
+    return sorted(REPO_PRESETS.glob("*.toml")) if REPO_PRESETS.is_dir() else []
+
+
+def find_preset(name: str) -> Path:
+    """A path to a TOML file, or the name of a shipped preset (``quick``, ``quick.toml``)."""
+    p = Path(name)
+    if p.exists() or p.suffix == ".toml" and p.parent != Path("."):
+        return p
+    stem = p.stem if p.suffix == ".toml" else name
+    shipped = REPO_PRESETS / f"{stem}.toml"
+    return shipped if shipped.exists() else p
+
+
+def _fail(msg: str, code: int = EXIT_USAGE) -> int:
+    print(msg.splitlines()[0] if msg else "error", file=sys.stderr)
+    return code
+
+
+def find_session(arg: str, root: Path) -> Session:
+    p = Path(arg)
+    for cand in (p, root / arg):
+        if (cand / "manifest.json").is_file():
+            return Session(cand)
+    raise FileNotFoundError(f"{arg}: no session there (looked in {p} and {root / arg})")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    preset = find_preset(args.preset)
+    overrides = list(args.set or [])
+    if args.device:
+        overrides.append(f"device={args.device}")
+    try:
+        cfg = config_mod.load(preset, overrides)
+    except config_mod.ConfigError as e:
+        return _fail(str(e))
+    session = Session.create(args.sessions, args.name or cfg.name, cfg, str(preset))
+    if args.detach:
+        from engine.runner import start_worker
+
+        start_worker(session.path)
+        print(session.path)
+        return 0
+    return _run_foreground(session, quiet=args.quiet)
+
+
+def _run_foreground(session: Session, quiet: bool = False, device: str | None = None) -> int:
+    from engine.runner import EXIT_OK, run_session
+
+    from .progress import RichProgress, regions_table
+
+    err = Console(stderr=True, quiet=quiet)
+    try:
+        with RichProgress(err) as bars:
+            code = run_session(session.path, [bars], device=device, handle_signals=True)
+    except SessionLocked as e:
+        return _fail(str(e))
+    summary = session.spectrum()
+    if code == EXIT_OK and summary is not None and not quiet:
+        Console(width=None if sys.stdout.isatty() else 120).print(regions_table(summary))
+    if code != EXIT_OK:
+        m = session.manifest()
+        if m.get("error"):
+            print(f"{session.path}: {m['error']}", file=sys.stderr)
+    print(session.path)
+    return code
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    try:
+        s = find_session(args.session, args.sessions)
+    except FileNotFoundError as e:
+        return _fail(str(e))
+    if s.manifest().get("status") == "done":
+        print(f"{s.path}: already done", file=sys.stderr)
+        print(s.path)
+        return 0
+    return _run_foreground(s, quiet=args.quiet, device=args.device)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    rows = [describe(s) for s in list_sessions(args.sessions)]
+    if not rows:
+        print(f"no sessions in {args.sessions}", file=sys.stderr)
+        return 0
+    t = Table("name", "status", "preset", "P", "created", "time", box=None)
+    for r in rows:
+        t.add_row(r["name"], r["status"], Path(r["preset"]).stem if r["preset"] else "-",
+                  str(r["P"] or "-"), r["created"].replace("T", " ")[:19],
+                  f"{r['seconds']:.1f} s")
+    Console(width=max(100, Console().width)).print(t)
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    t = Table("preset", "description", box=None)
+    for p in shipped_presets():
+        try:
+            desc = config_mod.load(p).description
+        except config_mod.ConfigError as e:
+            desc = f"(invalid: {e})"
+        t.add_row(p.stem, desc)
+    Console(width=max(100, Console().width)).print(t)
+    return 0
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    try:
+        from .app import TjacApp
+    except ImportError:
+        return _fail("the TUI is not available in this build; use `tjac run PRESET`", 1)
+    app = TjacApp(sessions_dir=args.sessions, preset=getattr(args, "preset", None),
+                  session=getattr(args, "session", None), ascii_only=args.ascii)
+    app.run()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--sessions", type=Path, default=default_sessions_dir(),
+                        help="sessions directory (default: $TJAC_SESSIONS or ./sessions)")
+    ap = argparse.ArgumentParser(prog="tjac", parents=[common],
+                                 description="The training-Jacobian workbench.")
+    ap.add_argument("--preset", help="open the TUI with this preset loaded")
+    ap.add_argument("--ascii", action="store_true", help="plots without braille/block characters")
+    sub = ap.add_subparsers(dest="cmd")
+
+    r = sub.add_parser("run", parents=[common], help="run a preset headless")
+    r.add_argument("preset", help="a TOML file or the name of a shipped preset")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.lr=0.05 (repeatable)")
+    r.add_argument("--name", help="session name (default: the preset's name)")
+    r.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides the preset)")
+    r.add_argument("--detach", action="store_true",
+                   help="start the run as a background worker and print the session path")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("resume", parents=[common], help="finish an interrupted session")
+    s.add_argument("session")
+    s.add_argument("--device", help="resume on another device (results may differ in the last bits)")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_resume)
+
+    sub.add_parser("ls", parents=[common], help="list sessions").set_defaults(func=cmd_ls)
+    sub.add_parser("presets", parents=[common], help="list shipped presets").set_defaults(
+        func=cmd_presets)
+    o = sub.add_parser("open", parents=[common], help="open the TUI on a session")
+    o.add_argument("session")
+    o.add_argument("--ascii", action="store_true")
+    o.set_defaults(func=cmd_tui)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.cmd is None:
+        return cmd_tui(args)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
