@@ -11,7 +11,8 @@ and to in-process listeners; the TUI tails the file, ``tjac run`` listens in-pro
 * ``stage_start`` / ``stage_end`` {stage, seconds}         * ``stage_skip`` {stage}
 * ``train_step`` {step, steps, lr, train_loss, train_acc, test_loss, test_acc}
 * ``jacobian_start`` {total, chunk, chunks, done}
-* ``jacobian_chunk`` {chunk, done, total, rate, eta, primal_dev}
+* ``jacobian_chunk`` {chunk, done, total, rate, eta, primal_dev; on CUDA gpu_mem,
+  gpu_mem_peak: bytes allocated by the worker's torch.cuda caching allocator}
 * ``interrupted`` {stage}    * ``error`` {stage, message}
 
 ``python -m engine.runner SESSION`` is the worker: it runs in its own process session, ignores
@@ -153,8 +154,13 @@ class Runner:
             worst[0] = max(worst[0], dev)
             done = store.columns_done
             rate = (done - done0) / max(time.perf_counter() - t0, 1e-9)
+            mem = {}
+            if self.device.type == "cuda":  # the TUI is another process: report it here
+                mem = {"gpu_mem": torch.cuda.memory_allocated(self.device),
+                       "gpu_mem_peak": torch.cuda.max_memory_allocated(self.device)}
             self.emit("jacobian_chunk", chunk=index, done=done, total=P, rate=round(rate, 3),
-                      eta=round((P - done) / rate, 1) if rate > 0 else None, primal_dev=dev)
+                      eta=round((P - done) / rate, 1) if rate > 0 else None, primal_dev=dev,
+                      **mem)
 
         try:
             jac_mod.compute_into(store, self.problem, self.theta0, on_chunk, self.should_stop)
