@@ -234,6 +234,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     jacobian: JacobianConfig = field(default_factory=JacobianConfig)
     spectrum: SpectrumConfig = field(default_factory=SpectrumConfig)
+    analysis: dict = field(default_factory=dict)  # name -> that analysis's Config
 
 
 _SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
@@ -259,6 +260,9 @@ def _build_section(cls: type, table: Any, where: str, prefix: str) -> Any:
         if key in _SECTION_CLASSES and cls is RunConfig:
             values[key] = _build_section(_SECTION_CLASSES[key], value, where, f"{key}.")
             continue
+        if key == "analysis" and cls is RunConfig:
+            values[key] = _build_analyses(value, where)
+            continue
         if key not in known:
             hint = ", ".join(sorted(known))
             raise ConfigError(f"{where}: {prefix}{key}: unknown key (known keys: {hint})")
@@ -267,6 +271,22 @@ def _build_section(cls: type, table: Any, where: str, prefix: str) -> Any:
         except _Invalid as e:
             raise ConfigError(f"{where}: {prefix}{key}: expected {e}, got {_show(value)}") from None
     return cls(**values)
+
+
+def _build_analyses(table: Any, where: str) -> dict:
+    """``[analysis.NAME]`` tables, each validated by the registered analysis's Config."""
+    from .experiments import load_all
+
+    registry = load_all()
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: analysis: expected a table, got {_show(table)}")
+    out = {}
+    for name, sub in table.items():
+        if name not in registry:
+            known = ", ".join(sorted(registry)) or "none"
+            raise ConfigError(f"{where}: analysis.{name}: unknown analysis (known: {known})")
+        out[name] = _build_section(registry[name].config_cls, sub, where, f"analysis.{name}.")
+    return out
 
 
 def _cross_checks(cfg: RunConfig, where: str, base: Path | None) -> None:
@@ -327,14 +347,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(table: dict, overrides: list[str]) -> dict:
     """Apply ``--set`` overrides to a raw table (validated later, with the rest)."""
-    table = {k: (dict(v) if isinstance(v, dict) else v) for k, v in table.items()}
+    import copy
+
+    table = copy.deepcopy(table)
     for text in overrides:
         path, value = parse_override(text)
         node = table
         for part in path[:-1]:
-            if part not in _SECTION_CLASSES or node is not table:
-                raise ConfigError(f"--set {text}: {'.'.join(path)}: unknown key")
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text}: {'.'.join(path)}: {part} is not a table")
         node[path[-1]] = value
     return table
 
@@ -393,7 +415,15 @@ def describe() -> list[tuple[str, Any, str]]:
 def check_value(key: str, value: Any) -> Any:
     """Validate one dotted key's value (the TUI's validation as you type)."""
     section, _, name = key.rpartition(".")
-    cls = _SECTION_CLASSES[section] if section else RunConfig
+    if section.startswith("analysis."):
+        from .experiments import load_all
+
+        analysis = load_all().get(section.split(".", 1)[1])
+        if analysis is None:
+            raise ConfigError(f"{key}: unknown analysis")
+        cls = analysis.config_cls
+    else:
+        cls = _SECTION_CLASSES.get(section, RunConfig) if section else RunConfig
     known = {f.name: f for f in fields(cls)}
     if name not in known or name in _SECTION_CLASSES:
         raise ConfigError(f"{key}: unknown key")

@@ -123,6 +123,7 @@ class Runner:
     def stage_train(self) -> None:
         s, p = self.session, self.problem
         (s.path / "metrics.jsonl").unlink(missing_ok=True)
+        (s.path / "jacobian.progress.json").unlink(missing_ok=True)  # J of a new theta_T
         s.write_npz("theta0.npz", self.layout.to_npz_dict(self.layout.unflatten(self.theta0)))
 
         def on_step(m: dict) -> None:
@@ -189,11 +190,31 @@ class Runner:
         s.write_json("spectrum.json", summary)
         s.record_file("spectrum.json")
 
+    def run_analysis(self, name: str) -> None:
+        from .experiments import Context, load_all
+
+        analysis = load_all()[name]
+        s = self.session
+        arrays = s.load_npz("thetaT.npz")
+        thetaT = self.layout.flatten([torch.from_numpy(arrays[n]) for n in self.layout.names]
+                                     ).to(self.device, self.dtype)
+        ctx = Context(session=s, problem=self.problem, theta0=self.theta0, thetaT=thetaT,
+                      data=self.data, emit=self.emit, should_stop=self.should_stop)
+        (s.path / "analyses").mkdir(exist_ok=True)
+        result = analysis.run(ctx, self.cfg.analysis[name])
+        s.write_json(f"analyses/{name}.json", result)
+        s.record_file(f"analyses/{name}.json")
+
     # ---- driver ----------------------------------------------------------------------------
     def stages(self) -> list[str]:
+        from .experiments import MODULES
+
         if not self.cfg.jacobian.enabled:
             return ["train"]
-        return list(STAGES) if self.cfg.jacobian.svd else ["train", "jacobian"]
+        if not self.cfg.jacobian.svd:
+            return ["train", "jacobian"]
+        return list(STAGES) + [f"analysis.{n}" for n in MODULES
+                               if n in self.cfg.analysis and self.cfg.analysis[n].enabled]
 
     def run(self) -> int:
         s = self.session
@@ -212,7 +233,7 @@ class Runner:
                     self.emit("stage_skip", stage=stage)
                     continue
                 if stage == "train":  # later stages depend on theta_T: redo them
-                    for later in STAGES[1:]:
+                    for later in self.stages()[1:]:
                         if s.stage_status(later) != "pending":
                             s.set_stage(later, status="pending")
                 self.emit("stage_start", stage=stage)
@@ -220,7 +241,10 @@ class Runner:
                 s.set_stage(stage, status="running", started=now_iso())
                 t0 = time.perf_counter()
                 try:
-                    getattr(self, f"stage_{stage}")()
+                    if stage.startswith("analysis."):
+                        self.run_analysis(stage.split(".", 1)[1])
+                    else:
+                        getattr(self, f"stage_{stage}")()
                 finally:  # time spent counts, also when interrupted or failed (resume adds)
                     secs = round(prev + time.perf_counter() - t0, 3)
                     s.set_stage(stage, seconds=secs)
@@ -228,14 +252,14 @@ class Runner:
                 self.emit("stage_end", stage=stage, seconds=secs)
             status, code = "done", EXIT_OK
         except KeyboardInterrupt:
-            if stage in STAGES:
+            if stage != "setup":
                 s.set_stage(stage, status="interrupted")
             status, code = "interrupted", EXIT_INTERRUPTED
             self.emit("interrupted", stage=stage)
         except Exception as e:  # noqa: BLE001 - reported in the session, re-raised for debugging
             msg = f"{e.__class__.__name__}: {e}" if not isinstance(e, train.TrainingDiverged) \
                 else str(e)
-            if stage in STAGES:
+            if stage != "setup":
                 s.set_stage(stage, status="failed", error=msg)
             s.update_manifest(error=msg, traceback=traceback.format_exc())
             self.emit("error", stage=stage, message=msg)
