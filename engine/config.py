@@ -407,7 +407,7 @@ def describe() -> list[tuple[str, Any, str]]:
             for g in fields(_SECTION_CLASSES[f.name]):
                 default = g.default_factory() if g.default is dataclasses.MISSING else g.default
                 rows.append((f"{f.name}.{g.name}", default, g.metadata["help"]))
-        else:
+        elif "help" in f.metadata:
             rows.append((f.name, f.default, f.metadata["help"]))
     return rows
 
