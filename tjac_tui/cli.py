@@ -5,6 +5,9 @@
     tjac resume SESSION           finish an interrupted session
     tjac ls                       sessions and their status
     tjac presets                  the shipped presets
+    tjac report SESSION [-o FILE] write the markdown report (default SESSION/report.md)
+    tjac compare S1 S2 [...]      region counts side by side and overlaid spectra (markdown)
+    tjac open SESSION             open the workbench on a session (running or finished)
 
 Exit status: 0 done, 1 the run failed, 2 bad usage or an invalid preset (one line on stderr),
 3 interrupted (resumable).
@@ -140,6 +143,33 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from engine.report import write_report
+
+    try:
+        s = find_session(args.session, args.sessions)
+    except FileNotFoundError as e:
+        return _fail(str(e))
+    print(write_report(s, args.output, ascii_only=not args.unicode))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from engine.report import render_compare
+
+    try:
+        found = [find_session(a, args.sessions) for a in args.sessions_to_compare]
+    except FileNotFoundError as e:
+        return _fail(str(e))
+    text = render_compare(found, ascii_only=not args.unicode)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(args.output)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     try:
         from .app import TjacApp
@@ -152,10 +182,15 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(add_help=False)
+    top.add_argument("--sessions", type=Path, default=default_sessions_dir(),
+                     help="sessions directory (default: $TJAC_SESSIONS or ./sessions)")
+    # the subcommands take --sessions too; SUPPRESS keeps `tjac --sessions D CMD` working
+    # (a subparser default would overwrite the value parsed before the subcommand)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--sessions", type=Path, default=default_sessions_dir(),
+    common.add_argument("--sessions", type=Path, default=argparse.SUPPRESS,
                         help="sessions directory (default: $TJAC_SESSIONS or ./sessions)")
-    ap = argparse.ArgumentParser(prog="tjac", parents=[common],
+    ap = argparse.ArgumentParser(prog="tjac", parents=[top],
                                  description="The training-Jacobian workbench.")
     ap.add_argument("--preset", help="open the TUI with this preset loaded")
     ap.add_argument("--ascii", action="store_true", help="plots without braille/block characters")
@@ -181,9 +216,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("ls", parents=[common], help="list sessions").set_defaults(func=cmd_ls)
     sub.add_parser("presets", parents=[common], help="list shipped presets").set_defaults(
         func=cmd_presets)
+    rp = sub.add_parser("report", parents=[common], help="write a session's markdown report")
+    rp.add_argument("session")
+    rp.add_argument("-o", "--output", help="output file (default: SESSION/report.md)")
+    rp.add_argument("--unicode", action="store_true",
+                    help="plots with braille characters instead of plain ASCII")
+    rp.set_defaults(func=cmd_report)
+
+    cp = sub.add_parser("compare", parents=[common],
+                        help="compare the spectra of two or more sessions (markdown)")
+    cp.add_argument("sessions_to_compare", nargs="+", metavar="SESSION")
+    cp.add_argument("-o", "--output", help="write to this file instead of stdout")
+    cp.add_argument("--unicode", action="store_true",
+                    help="plots with braille characters instead of plain ASCII")
+    cp.set_defaults(func=cmd_compare)
+
     o = sub.add_parser("open", parents=[common], help="open the TUI on a session")
     o.add_argument("session")
-    o.add_argument("--ascii", action="store_true")
+    o.add_argument("--ascii", action="store_true", default=argparse.SUPPRESS,
+                   help="plots without braille/block characters")
     o.set_defaults(func=cmd_tui)
     return ap
 

@@ -1,0 +1,238 @@
+"""Markdown reports of sessions: config, timings, the regions table, findings and ASCII plots.
+
+    render_report(session) -> str           the markdown text
+    write_report(session, path=None) -> Path    writes it (default: <session>/report.md)
+    compare_rows(sessions) -> (columns, rows)   region counts side by side
+    render_compare(sessions) -> str         markdown comparison of several sessions
+
+The plots come from :mod:`engine.asciiplot` (the same code the TUI draws with), rendered without
+colour; with ``ascii_only`` (the default) they contain only ASCII characters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from . import asciiplot, spectrum as spectrum_mod
+from .session import Session, _atomic_write_bytes
+
+PLOT_WIDTH = 100
+PLOT_HEIGHT = 20
+
+
+def _session(s: Session | str | Path) -> Session:
+    return s if isinstance(s, Session) else Session(s)
+
+
+def _md_table(columns: list[str], rows: Iterable[list]) -> str:
+    def cell(v) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    out = ["| " + " | ".join(columns) + " |",
+           "| " + " | ".join("---" if i == 0 else "---:" for i in range(len(columns))) + " |"]
+    out += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _code(text: str, lang: str = "text") -> str:
+    return f"```{lang}\n{text.rstrip()}\n```"
+
+
+def _g(v, spec: str = ".6g") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def regions_markdown(summary: dict) -> str:
+    """The regions table of a ``spectrum.json`` summary as markdown (same rows as the CLI)."""
+    rows = spectrum_mod.region_rows(summary)
+    cols = list(rows[0])
+    return _md_table(cols, [[r[c] for c in cols] for r in rows])
+
+
+def findings(summary: dict, manifest: dict | None = None) -> list[str]:
+    """Plain statements read off the summary (no interpretation beyond the numbers)."""
+    P = summary["P"]
+    reg = summary["regions"]
+    tol = summary["bulk_tol"]
+    out = [f"P = {P} parameters; s_max = {_g(summary['s_max'])}, "
+           f"s_min = {_g(summary['s_min'])}."]
+    out.append(
+        f"chaotic (s > 1 + {tol:g}): {reg['chaotic']['count']} directions "
+        f"({100 * reg['chaotic']['fraction']:.1f}%); bulk (|s - 1| <= {tol:g}): "
+        f"{reg['bulk']['count']} ({100 * reg['bulk']['fraction']:.1f}%); stable "
+        f"(s < 1 - {tol:g}): {reg['stable']['count']} ({100 * reg['stable']['fraction']:.1f}%).")
+    if summary.get("min_abs_s_minus_1") is not None:
+        out.append(f"closest to unity: |s - 1| = {summary['min_abs_s_minus_1']:.3g} at index "
+                   f"{summary['argmin_abs_s_minus_1']}.")
+    b = reg["bulk"]
+    if b.get("align_mean") is not None:
+        out.append(f"bulk alignment: mean u.v = {b['align_mean']:.4f}, subspace cosine mean "
+                   f"= {b['subspace_cos_mean']:.4f}.")
+    if summary.get("log10_det") is not None:
+        out.append(f"log10 |det J| = {summary['log10_det']:.4g}.")
+    fm = (manifest or {}).get("final_metrics")
+    if fm:
+        out.append(f"after training (step {fm.get('step')}): train loss "
+                   f"{_g(fm.get('train_loss'), '.4f')}, test loss {_g(fm.get('test_loss'), '.4f')}, "
+                   f"test accuracy {_g(fm.get('test_acc'), '.3f')}.")
+    return out
+
+
+def _timings(manifest: dict) -> str:
+    stages = manifest.get("stages", {})
+    rows = []
+    total = 0.0
+    for name, st in stages.items():
+        secs = st.get("seconds")
+        total += secs or 0.0
+        extra = []
+        if name == "jacobian" and st.get("chunk"):
+            extra.append(f"chunk {st['chunk']}")
+        if st.get("columns_done") is not None:
+            extra.append(f"{st['columns_done']} columns")
+        if st.get("error"):
+            extra.append(st["error"])
+        rows.append([name, st.get("status", "?"), _g(secs, ".2f"), ", ".join(extra)])
+    rows.append(["total", "", f"{total:.2f}", ""])
+    return _md_table(["stage", "status", "seconds", "notes"], rows)
+
+
+def training_plots(metrics: list[dict], width: int = PLOT_WIDTH, height: int = 14,
+                   ascii: bool = True, color: bool = False) -> list[asciiplot.Plot]:
+    """Loss and accuracy by step (empty list when nothing was recorded)."""
+    if not metrics:
+        return []
+    steps = [m["step"] for m in metrics]
+    loss = asciiplot.curves_plot(
+        steps, {"train loss": [m.get("train_loss") for m in metrics],
+                "test loss": [m.get("test_loss") for m in metrics]},
+        width, height, ascii=ascii, color=color, title="loss by step")
+    acc = asciiplot.curves_plot(
+        steps, {"train acc": [m.get("train_acc") for m in metrics],
+                "test acc": [m.get("test_acc") for m in metrics]},
+        width, height, ascii=ascii, color=color, title="accuracy by step")
+    return [loss, acc]
+
+
+def render_report(session: Session | str | Path, ascii_only: bool = True,
+                  width: int = PLOT_WIDTH, height: int = PLOT_HEIGHT) -> str:
+    """The markdown report of one session (whatever it holds so far)."""
+    s = _session(session)
+    m = s.manifest()
+    summary = s.spectrum()
+    parts = [f"# tjac report: {s.name}", ""]
+    info = [f"status **{m.get('status', '?')}**"]
+    if m.get("preset"):
+        info.append(f"preset `{m['preset']}`")
+    info.append(f"created {m.get('created', '?')}")
+    if m.get("device"):
+        info.append(f"device {m['device']}")
+    if m.get("dtype"):
+        info.append(m["dtype"])
+    if m.get("P"):
+        info.append(f"P = {m['P']}")
+    parts += [f"Session `{s.path}`: " + ", ".join(info) + ".", ""]
+    data = m.get("data")
+    if data:
+        parts += [f"Data: {data.get('name')}, {data.get('n_train')} training and "
+                  f"{data.get('n_test')} test rows, {data.get('n_features')} features, "
+                  f"{data.get('n_classes')} classes; {m.get('steps', '?')} optimizer steps.", ""]
+    if m.get("error"):
+        parts += [f"**Error:** {m['error']}", ""]
+    if m.get("status") != "done":
+        parts += ["_The session is not finished: this report shows what it holds so far._", ""]
+
+    if summary is not None:
+        parts += ["## Findings", ""] + [f"- {f}" for f in findings(summary, m)] + [""]
+        parts += ["## Regions", "",
+                  f"P = {summary['P']}, s_max = {_g(summary['s_max'])}, "
+                  f"s_min = {_g(summary['s_min'])}, bulk_tol = {summary['bulk_tol']:g} "
+                  f"(chaotic above {summary['thresholds']['chaotic_above']:g}, stable below "
+                  f"{summary['thresholds']['stable_below']:g}).", "",
+                  regions_markdown(summary), ""]
+        if summary.get("alignment_note"):
+            parts += [f"_{summary['alignment_note']}_", ""]
+
+    parts += ["## Timings", "", _timings(m), ""]
+
+    fm = m.get("final_metrics")
+    metrics = s.metrics() if s.has("metrics.jsonl") else []
+    if fm or metrics:
+        parts += ["## Training", ""]
+        if fm:
+            keys = [k for k in ("step", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
+                    if k in fm]
+            parts += [_md_table(keys, [[_g(fm[k], ".6g") if isinstance(fm[k], float) else
+                                        fm[k] for k in keys]]), ""]
+        for p in training_plots(metrics, width, 14, ascii=ascii_only):
+            parts += [_code(p.text), ""]
+
+    if s.has("svd/S.npy"):
+        S = s.load_npy("svd/S.npy")
+        parts += ["## Spectrum", ""]
+        plots = [asciiplot.spectrum_plot(S, summary, width, height, ascii=ascii_only,
+                                         color=False),
+                 asciiplot.distance_plot(S, summary, width, height, ascii=ascii_only,
+                                         color=False)]
+        if s.has("svd/alignment.npy"):
+            plots.append(asciiplot.alignment_plot(s.load_npy("svd/alignment.npy"), summary,
+                                                  width, height, ascii=ascii_only, color=False))
+        for p in plots:
+            parts += [f"### {p.title}", "", _code(p.text), ""]
+
+    if (s.path / "config.toml").is_file():
+        parts += ["## Config", "", _code((s.path / "config.toml").read_text(), "toml"), ""]
+    env = m.get("environment")
+    if env:
+        parts += ["## Environment", "", _md_table(["key", "value"], sorted(env.items())), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def write_report(session: Session | str | Path, path: str | Path | None = None,
+                 ascii_only: bool = True) -> Path:
+    """Write the markdown report (default ``<session>/report.md``, atomically); returns the path."""
+    s = _session(session)
+    out = Path(path) if path is not None else s.path / "report.md"
+    _atomic_write_bytes(out, render_report(s, ascii_only=ascii_only).encode("utf-8"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# several sessions
+
+
+def compare_rows(sessions: Iterable[Session | str | Path]) -> tuple[list[str], list[list[str]]]:
+    """Region counts (and spectrum summaries) side by side: one column per session."""
+    sess = [_session(s) for s in sessions]
+    sums = [s.spectrum() for s in sess]
+    cols = ["", *[s.name for s in sess]]
+
+    def row(label, fn):
+        return [label, *[("-" if sm is None else fn(sm)) for sm in sums]]
+
+    rows = [row("P", lambda sm: str(sm["P"]))]
+    for name in spectrum_mod.REGIONS:
+        rows.append(row(name, lambda sm, n=name: f"{sm['regions'][n]['count']} "
+                                                  f"({100 * sm['regions'][n]['fraction']:.1f}%)"))
+    rows += [row("s_max", lambda sm: _g(sm["s_max"])),
+             row("s_min", lambda sm: _g(sm["s_min"])),
+             row("bulk_tol", lambda sm: f"{sm['bulk_tol']:g}"),
+             row("min |s-1|", lambda sm: _g(sm.get("min_abs_s_minus_1"), ".3g"))]
+    return cols, rows
+
+
+def render_compare(sessions: Iterable[Session | str | Path], ascii_only: bool = True,
+                   width: int = PLOT_WIDTH, height: int = PLOT_HEIGHT) -> str:
+    """Markdown comparison: the side-by-side table and overlaid spectra and |s - 1| curves."""
+    sess = [_session(s) for s in sessions]
+    cols, rows = compare_rows(sess)
+    parts = ["# tjac comparison: " + ", ".join(s.name for s in sess), "",
+             _md_table(cols, rows), ""]
+    named = [(s.name, s.load_npy("svd/S.npy")) for s in sess if s.has("svd/S.npy")]
+    if named:
+        for kind in ("spectrum", "distance"):
+            p = asciiplot.overlay_plot(named, kind, width, height, ascii=ascii_only, color=False)
+            parts += [f"## {p.title}", "", _code(p.text), ""]
+    return "\n".join(parts).rstrip() + "\n"
+

@@ -1,0 +1,106 @@
+"""engine.report (markdown report, comparison) and the `tjac report` / `tjac compare` commands."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine import asciiplot, config as config_mod
+from engine.report import compare_rows, render_compare, render_report, write_report
+from engine.runner import run_session
+from engine.session import Session
+from engine.spectrum import region_rows
+from tjac_tui.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = REPO / "presets" / "quick.toml"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sessions")
+    s = Session.create(root, "quick", config_mod.load(QUICK), str(QUICK))
+    assert run_session(s.path) == 0
+    return s.path
+
+
+def code_blocks(text: str, lang: str = "text") -> list[str]:
+    return [b.split("```")[0] for b in text.split(f"```{lang}\n")[1:]]
+
+
+def test_report_has_config_timings_regions_and_ascii_plots(finished):
+    s = Session(finished)
+    m, summary = s.manifest(), s.spectrum()
+    text = render_report(s)
+    assert text.startswith(f"# tjac report: {s.name}\n")
+    assert "status **done**" in text and f"P = {summary['P']}" in text
+    # regions: the rows of engine.spectrum.region_rows, as a markdown table
+    header = "| region | count | indices | s range | fraction | rule | u.v mean | subspace cos |"
+    assert header in text
+    for r in region_rows(summary):
+        rule = r["rule"].replace("|", "\\|")
+        assert (f"| {r['region']} | {r['count']} | {r['indices']} | {r['s range']} | "
+                f"{r['fraction']} | {rule} | {r['u.v mean']} | {r['subspace cos']} |") in text
+    assert f"s_max = {summary['s_max']:.6g}" in text and f"s_min = {summary['s_min']:.6g}" in text
+    # timings per stage, from the manifest
+    for stage, st in m["stages"].items():
+        assert f"| {stage} | done | {st['seconds']:.2f} |" in text
+    # findings
+    n = summary["regions"]["bulk"]["count"]
+    assert f"bulk (|s - 1| <= 0.001): {n} " in text
+    # the config, exactly what ran
+    assert code_blocks(text, "toml")[0].strip() == (finished / "config.toml").read_text().strip()
+    # plots: loss, accuracy, s, |s - 1|, u.v; plain ASCII, with the legend of the regions
+    plots = code_blocks(text)
+    assert len(plots) == 5
+    assert all(asciiplot.is_plain_ascii(p) for p in plots)
+    r = summary["regions"]
+    assert f"+ chaotic 0..{r['chaotic']['stop'] - 1}" in plots[2]
+    assert f"o bulk {r['bulk']['start']}..{r['bulk']['stop'] - 1}" in plots[2]
+    assert "singular values s_i (log scale)" in plots[2]
+    # unicode plots on request
+    assert not all(asciiplot.is_plain_ascii(p) for p in
+                   code_blocks(render_report(s, ascii_only=False))[2:])
+
+
+def test_write_report_default_path_and_cli(finished, tmp_path, capsys):
+    out = write_report(finished)
+    assert out == finished / "report.md"
+    assert out.read_text() == render_report(finished)
+    target = tmp_path / "r.md"
+    assert main(["report", str(finished), "-o", str(target)]) == 0
+    assert capsys.readouterr().out.strip() == str(target)
+    assert target.read_text() == render_report(finished)
+    # by name under --sessions, before or after the subcommand
+    assert main(["--sessions", str(finished.parent), "report", finished.name]) == 0
+    assert main(["report", finished.name, "--sessions", str(finished.parent)]) == 0
+    assert main(["report", "nope", "--sessions", str(tmp_path)]) == 2
+    assert "nope: no session there" in capsys.readouterr().err
+
+
+def test_report_of_an_unfinished_session(tmp_path):
+    s = Session.create(tmp_path, "fresh", config_mod.load(QUICK), str(QUICK))
+    text = render_report(s)
+    assert "status **created**" in text and "not finished" in text
+    assert "## Regions" not in text and "```toml" in text
+
+
+def test_compare(finished, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(finished, other)
+    cols, rows = compare_rows([finished, other])
+    assert cols == ["", finished.name, "other"]
+    summary = Session(finished).spectrum()
+    by = {r[0]: r[1:] for r in rows}
+    assert by["P"] == [str(summary["P"])] * 2
+    for n in ("chaotic", "bulk", "stable"):
+        c = summary["regions"][n]
+        assert by[n][0] == f"{c['count']} ({100 * c['fraction']:.1f}%)" == by[n][1]
+    text = render_compare([finished, other])
+    assert "## singular values s_i (log scale)" in text
+    assert "## distance from unity |s_i - 1| (log scale)" in text
+    assert all(asciiplot.is_plain_ascii(b) for b in code_blocks(text))
+    assert main(["compare", str(finished), str(other)]) == 0
+    assert capsys.readouterr().out == text
