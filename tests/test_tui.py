@@ -1,0 +1,463 @@
+"""The Textual workbench, driven with Pilot (``App.run_test``) on real sessions of presets/quick.
+
+A finished quick session is produced once for the module (in this process, ~5 s); the tests that
+start runs from the app use worker processes, like a user would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import asciiplot
+from engine.runner import run_session
+from engine.session import Session
+from engine import config as config_mod
+from engine.spectrum import region_rows
+from tjac_tui.app import TjacApp
+from tjac_tui.screens import (ComparePane, ConfirmScreen, HelpScreen, LivePane, RegionsPane,
+                              SessionsPane, SetupPane, SpectrumPane)
+from tjac_tui.state import LiveState, parse_field, value_to_text
+from tjac_tui.widgets import ConfigField, JacobianBar
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = REPO / "presets" / "quick.toml"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished quick session (run in this process)."""
+    root = tmp_path_factory.mktemp("sessions")
+    s = Session.create(root, "quick", config_mod.load(QUICK), str(QUICK))
+    assert run_session(s.path) == 0
+    return s.path
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def until(pilot, cond, timeout: float = 30.0, what: str = "") -> None:
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or cond}")
+        await pilot.pause(0.05)
+
+
+def expected_rows(path: Path) -> list[list[str]]:
+    from tjac_tui.screens.regions import COLUMNS
+
+    return [[str(r[c]) for c in COLUMNS] for r in region_rows(Session(path).spectrum())]
+
+
+# --------------------------------------------------------------------------------------------
+# plain helpers (no app)
+
+
+def test_decimate_keeps_extremes_and_is_small():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=60_000)
+    y[12_345] = 50.0
+    y[54_321] = -50.0
+    x = np.arange(len(y), dtype=float)
+    xs, ys = asciiplot.decimate(x, y, 150)
+    assert len(xs) <= 2 * 150 + 2
+    assert ys.max() == 50.0 and ys.min() == -50.0
+    assert np.all(np.diff(xs) > 0)
+    np.testing.assert_array_equal(ys, y[xs.astype(int)])
+
+
+def test_big_spectrum_draws_fast_and_ascii_is_plain():
+    S = np.sort(np.abs(np.random.default_rng(1).normal(size=60_000)))[::-1] * 3
+    S[30_000:30_010] = 1.0
+    t0 = time.perf_counter()
+    p = asciiplot.distance_plot(S, None, 160, 40, ascii=True, color=False)
+    assert time.perf_counter() - t0 < 1.0
+    assert asciiplot.is_plain_ascii(p.text)
+    assert sum(len(s.x) for s in p.series) <= 4 * 160  # a few points per character cell
+    assert "10 exact zero(s)" in p.text
+
+
+def test_log_ticks_label_decades():
+    pos, labels = asciiplot.log_ticks(-3.2, 0.4, max_ticks=6)
+    assert pos == [-3.0, -2.0, -1.0, 0.0] and labels == ["1e-3", "0.01", "0.1", "1"]
+    pos, labels = asciiplot.log_ticks(-16.0, 0.3, max_ticks=5)
+    assert len(pos) <= 5 and labels[0] == "1e-16"
+
+
+def test_field_text_roundtrip():
+    for key, default, _ in config_mod.describe():
+        assert parse_field(key, value_to_text(default)) == default, key
+    cfg = config_mod.load(QUICK)
+    assert parse_field("model.hidden", value_to_text(cfg.model.hidden)) == [16]
+    assert value_to_text("123") == '"123"' and parse_field("name", '"123"') == "123"
+    with pytest.raises(config_mod.ConfigError, match='train.lr: expected a positive number, '
+                                                     'got "fast"'):
+        parse_field("train.lr", "fast")
+
+
+def test_live_state_folds_the_event_log(finished):
+    live = LiveState()
+    for ev in Session(finished).events()[0]:
+        live.apply(ev)
+    m = Session(finished).manifest()
+    assert live.status == "done"
+    assert {k: v["status"] for k, v in live.stages.items()} == {
+        "train": "done", "jacobian": "done", "svd": "done", "spectrum": "done"}
+    assert live.jac["done"] == live.jac["total"] == m["P"]
+    assert len(live.steps) == m["steps"] + 1
+    assert live.curves["test_loss"][-1] == pytest.approx(m["final_metrics"]["test_loss"])
+
+
+# --------------------------------------------------------------------------------------------
+# the app on a finished session
+
+
+def test_open_finished_session_live_regions_spectrum(finished):
+    async def go():
+        app = TjacApp(sessions_dir=finished.parent, session=finished.name)
+        async with app.run_test(size=(120, 40)) as pilot:
+            assert app.active_pane == "live"
+            await until(pilot, lambda: app.live.status == "done", what="the event log")
+            await until(pilot, lambda: app.regions_rows() == expected_rows(finished),
+                        what="the regions table")
+            summary = Session(finished).spectrum()
+            P = summary["P"]
+            # Live: stages, Jacobian progress, final metrics, all from the session
+            assert app.stage_states() == {"train": "done", "jacobian": "done", "svd": "done",
+                                          "spectrum": "done"}
+            bar = app.query_one(JacobianBar)
+            assert bar.jac["done"] == bar.jac["total"] == P
+            assert f"{P} / {P} cols" in str(bar.render())
+            live = app.query_one(LivePane)
+            assert "status done" in live.header_text and f"P {P}" in live.header_text
+            fm = Session(finished).manifest()["final_metrics"]
+            train_txt = str(app.query_one("#live-train").render())
+            assert f"test loss {fm['test_loss']:.4f}" in train_txt
+            await until(pilot, lambda: app.query_one("#loss-plot").plot is not None,
+                        what="the loss curve")
+            loss = app.query_one("#loss-plot").plot.data()
+            metrics = Session(finished).metrics()
+            xs, ys = loss["train loss"]
+            np.testing.assert_allclose(ys, [metrics[int(x)]["train_loss"] for x in xs])
+            # Regions: summary line with s_max, s_min and P
+            head = str(app.query_one("#regions-summary").render())
+            assert f"P = {P}" in head and f"s_max = {summary['s_max']:.6g}" in head
+            assert f"s_min = {summary['s_min']:.6g}" in head
+            # Spectrum pane
+            await pilot.press("3")
+            assert app.active_pane == "spectrum"
+            pane = app.query_one(SpectrumPane)
+            views = pane.views()
+            await until(pilot, lambda: all(v.plot is not None for v in views.values()),
+                        what="the spectrum plots")
+            S = Session(finished).load_npy("svd/S.npy")
+            a = Session(finished).load_npy("svd/alignment.npy")
+            for kind, plot in (("s", views["s"].plot), ("dist", views["dist"].plot),
+                               ("align", views["align"].plot)):
+                data = plot.data()
+                # one series per region, labelled with the index ranges of spectrum.json
+                assert list(data) == [f"{n} {summary['regions'][n]['start']}.."
+                                      f"{summary['regions'][n]['stop'] - 1}"
+                                      for n in ("chaotic", "bulk", "stable")]
+                for name, (x, y) in zip(("chaotic", "bulk", "stable"), data.values()):
+                    r = summary["regions"][name]
+                    assert x[0] == r["start"] and x[-1] == r["stop"] - 1
+                    idx = x.astype(int)
+                    if kind == "s":
+                        np.testing.assert_allclose(y, np.log10(S[idx]))
+                    elif kind == "dist":
+                        d = np.abs(S[idx] - 1)
+                        pos = d > 0
+                        np.testing.assert_allclose(y[pos], np.log10(d[pos]))
+                        assert np.all(y[~pos] < np.log10(np.abs(S - 1)[np.abs(S - 1) > 0].min()))
+                    else:
+                        np.testing.assert_allclose(y, a[idx])
+                # region boundaries are marked
+                assert plot.vlines == [summary["regions"]["bulk"]["start"] - 0.5,
+                                       summary["regions"]["stable"]["start"] - 0.5]
+                assert plot.log_y == (kind != "align")
+            # the extremes survive the downsampling
+            ys = np.concatenate([y for _, y in views["s"].plot.data().values()])
+            assert ys.max() == pytest.approx(np.log10(S[0]))
+            assert ys.min() == pytest.approx(np.log10(S[-1]))
+            # redraws on resize, for the new size
+            before = views["s"].plot.text
+            await pilot.resize_terminal(90, 30)
+            await until(pilot, lambda: views["s"].plot.text != before, what="a redraw")
+            lines = asciiplot.strip_ansi(views["s"].plot.text).splitlines()
+            assert max(len(line) for line in lines) <= 90
+    run(go())
+
+
+def test_regions_table_at_80x24(finished):
+    async def go():
+        app = TjacApp(sessions_dir=finished.parent, session=finished.name)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("4")
+            await until(pilot, lambda: app.regions_rows() == expected_rows(finished),
+                        what="the regions table")
+            assert app.query_one(RegionsPane).summary == Session(finished).spectrum()
+    run(go())
+
+
+def test_export_writes_the_report(finished):
+    async def go():
+        app = TjacApp(sessions_dir=finished.parent, session=finished.name)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.live.status == "done", what="the event log")
+            (finished / "report.md").unlink(missing_ok=True)
+            await pilot.press("e")
+            await until(pilot, lambda: app.last_report is not None, what="the report")
+            assert app.last_report == finished / "report.md"
+            assert str(app.last_report) in app.sub_title
+    run(go())
+    text = (finished / "report.md").read_text()
+    summary = Session(finished).spectrum()
+    assert text.startswith(f"# tjac report: {finished.name}")
+    for r in region_rows(summary):
+        assert f"| {r['region']} | {r['count']} | {r['indices']} | {r['s range']} |" in text
+    assert "## Timings" in text and "```toml" in text and 'name = "quick"' in text
+    blocks = text.split("```text\n")[1:]
+    assert len(blocks) == 5  # loss, accuracy, s, |s - 1|, u . v
+    assert all(asciiplot.is_plain_ascii(b.split("```")[0]) for b in blocks)
+
+
+def test_setup_validates_as_you_type(tmp_path):
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
+        async with app.run_test(size=(100, 30)) as pilot:
+            setup = app.query_one(SetupPane)
+            assert setup.preset_path == QUICK
+            lr = setup.field("train.lr")
+            assert lr.input.value == "0.1"
+            lr.input.focus()
+            lr.input.value = ""
+            await pilot.press(*"fast")
+            await pilot.pause(0.1)
+            msg = 'train.lr: expected a positive number, got "fast"'
+            assert lr.error == msg
+            assert str(lr.query_one(".field-msg").render()) == msg
+            assert lr.query_one(".field-msg").has_class("-error")
+            assert lr.input.has_class("-bad-value")
+            assert app.query_one("#start-btn").disabled
+            assert msg in setup.status_text
+            # fixed: valid again, the whole config checks out
+            lr.input.value = ""
+            await pilot.press(*"0.05")
+            await pilot.pause(0.1)
+            assert lr.error is None and not app.query_one("#start-btn").disabled
+            assert setup.config().train.lr == 0.05
+            # a cross-key rule (final_lr <= lr) is reported like the CLI does
+            setup.field("train.final_lr").input.value = "0.5"
+            await pilot.pause(0.1)
+            assert "train.final_lr: expected a number <= train.lr (0.05), got 0.5" in \
+                setup.status_text
+            setup.field("train.final_lr").input.value = "0.0"
+            setup.field("model.hidden").input.value = "[8, 0]"
+            await pilot.pause(0.1)
+            assert setup.field("model.hidden").error == (
+                "model.hidden: expected a list of positive integers (hidden layer widths), "
+                "got [8, 0]")
+            setup.field("model.hidden").input.value = "[8]"
+            await pilot.pause(0.1)
+            # save as a new preset, then load it back from its path
+            app.query_one("#save-path").value = str(tmp_path / "mine")
+            await pilot.click("#save-btn")
+            await pilot.pause(0.1)
+            saved = tmp_path / "mine.toml"
+            cfg = config_mod.load(saved)
+            assert cfg.train.lr == 0.05 and cfg.model.hidden == [8]
+            assert setup.preset_path == saved
+            # a bad file: one line naming it, fields unchanged
+            bad = tmp_path / "bad.toml"
+            bad.write_text("[train]\nlr = -1\n")
+            assert not setup.load_preset(bad)
+            assert setup.status_text == f"{bad}: train.lr: expected a positive number, got -1"
+    run(go())
+
+
+def test_help_palette_and_ascii(finished):
+    async def go():
+        app = TjacApp(sessions_dir=finished.parent, session=finished.name, ascii_only=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            keys = [k for _, rows in app.screen.sections for k, _ in rows]
+            for k in ("1", "2", "3", "4", "5", "6", "e", "x", "r", "?", "q", "ctrl+p"):
+                assert k in keys
+            await pilot.press("escape")
+            assert not isinstance(app.screen, HelpScreen)
+            titles = [c.title for c in app.get_system_commands(app.screen)]
+            for t in ("Setup pane (1)", "Live pane (2)", "Spectrum pane (3)",
+                      "Regions pane (4)", "Sessions pane (5)", "Compare pane (6)",
+                      "Export report (e)", "Cancel run (x)", "Resume run (r)"):
+                assert t in titles
+            await pilot.press("3")
+            views = app.query_one(SpectrumPane).views()
+            await until(pilot, lambda: all(v.plot is not None for v in views.values()),
+                        what="the spectrum plots")
+            for v in views.values():
+                assert asciiplot.is_plain_ascii(v.plot.text)
+            await pilot.press("2")
+            assert "#" in str(app.query_one(JacobianBar).render())
+    run(go())
+
+
+def test_sessions_delete_and_compare(finished, tmp_path):
+    root = tmp_path / "s"
+    root.mkdir()
+    a = root / "a"
+    b = root / "b"
+    shutil.copytree(finished, a)
+    shutil.copytree(finished, b)
+
+    async def go():
+        app = TjacApp(sessions_dir=root)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("5")
+            pane = app.query_one(SessionsPane)
+            await until(pilot, lambda: len(pane.rows) == 2, what="the sessions table")
+            assert {r["name"] for r in pane.rows} == {"a", "b"}
+            assert all(r["status"] == "done" and r["P"] == 1210 for r in pane.rows)
+            # compare both
+            await pilot.press("6")
+            cmp_ = app.query_one(ComparePane)
+            await until(pilot, lambda: len(cmp_.choices) == 2, what="compare choices")
+            cmp_.select([a, b])
+            await until(pilot, lambda: cmp_.rows and app.query_one("#cmp-dist").plot,
+                        what="the comparison")
+            summary = Session(finished).spectrum()
+            counts = {r[0]: r[1:] for r in cmp_.rows}
+            for n in ("chaotic", "bulk", "stable"):
+                c = summary["regions"][n]["count"]
+                assert counts[n][0].startswith(f"{c} (") and counts[n][1].startswith(f"{c} (")
+            assert list(app.query_one("#cmp-s").plot.data()) == ["a", "b"]
+            # open b, then delete it (with confirmation)
+            await pilot.press("5")
+            table = app.query_one("#sessions-table")
+            row = [r["name"] for r in pane.rows].index("b")
+            table.move_cursor(row=row)
+            await pilot.press("enter")
+            await until(pilot, lambda: app.current == b, what="open")
+            assert app.active_pane == "live"
+            await pilot.press("5")
+            table.move_cursor(row=[r["name"] for r in pane.rows].index("b"))
+            await pilot.press("d")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("n")
+            assert b.exists()
+            await pilot.press("d")
+            await pilot.press("y")
+            await until(pilot, lambda: not b.exists(), what="the delete")
+            await until(pilot, lambda: app.current is None, what="the current session to go")
+            await until(pilot, lambda: [r["name"] for r in pane.rows] == ["a"], what="refresh")
+    run(go())
+
+
+# --------------------------------------------------------------------------------------------
+# runs started from the app (worker processes)
+
+
+@pytest.mark.slow
+def test_start_quick_from_setup_and_watch_it_finish(tmp_path):
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, preset="quick")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("ctrl+r")
+            await until(pilot, lambda: app.current is not None, what="the session")
+            assert app.active_pane == "live"
+            path = app.current
+            await until(pilot, lambda: app.live.status == "done", timeout=120,
+                        what="the run to finish")
+            await until(pilot, lambda: app.regions_rows() == expected_rows(path),
+                        what="the regions table")
+            P = Session(path).spectrum()["P"]
+            assert app.stage_states() == {"train": "done", "jacobian": "done", "svd": "done",
+                                          "spectrum": "done"}
+            assert f"{P} / {P} cols" in str(app.query_one(JacobianBar).render())
+            log = [line.text for line in app.live.log]
+            assert any(t.startswith("jacobian chunk") for t in log)
+            assert log[-1].startswith("run ended: done")
+            assert Session(path).manifest()["preset"] == str(QUICK)
+            return path
+    path = run(go())
+    assert Session(path).manifest()["status"] == "done"
+
+
+def _worker_alive(path: Path) -> bool:
+    pid = Session(path).manifest().get("pid")
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    return Session(path).is_locked()
+
+
+@pytest.mark.slow
+def test_cancel_resume_detach_and_reattach(tmp_path):
+    """Start a run with many Jacobian chunks, cancel it (x: interrupted, resumable), resume it
+    (r), quit the app mid-Jacobian: the worker goes on; a new app attaches and sees it end."""
+
+    async def first():
+        app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
+        async with app.run_test(size=(100, 30)) as pilot:
+            setup = app.query_one(SetupPane)
+            setup.field("jacobian.chunk").input.value = "16"
+            setup.field("name").input.value = "many-chunks"
+            await pilot.pause(0.1)
+            await pilot.press("ctrl+r")
+            await until(pilot, lambda: app.current is not None, what="the session")
+            path = app.current
+            await until(pilot, lambda: 0 < (app.live.jac.get("done") or 0) < 1210,
+                        timeout=120, what="the first Jacobian chunk")
+            assert app.live.jac["chunks"] == 76
+            await pilot.press("x")
+            await until(pilot, lambda: app.live.status == "interrupted", timeout=60,
+                        what="the interruption")
+            m = Session(path).manifest()
+            assert m["status"] == "interrupted"
+            assert m["stages"]["jacobian"]["status"] == "interrupted"
+            done_at_stop = m["stages"]["jacobian"]["columns_done"]
+            assert 0 < done_at_stop < 1210 and done_at_stop % 16 == 0
+            await until(pilot, lambda: app.check_action("resume_run", ()), what="resumable")
+            await pilot.press("r")
+            await until(pilot, lambda: app.live.status == "running", timeout=60,
+                        what="the resumed run")
+            await until(pilot, lambda: (app.live.jac.get("done") or 0) > done_at_stop,
+                        timeout=60, what="a chunk after the resume")
+            skipped = [line.text for line in app.live.log if "already done" in line.text]
+            assert "train: already done" in skipped
+        return path  # the app has exited here
+
+    path = run(first())
+    assert _worker_alive(path), "the worker should outlive the app"
+    assert Session(path).manifest()["status"] == "running"
+
+    async def second():
+        app = TjacApp(sessions_dir=tmp_path, session=str(path))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.live.events_seen > 0, what="the catch-up")
+            await until(pilot, lambda: app.live.status == "done", timeout=180,
+                        what="the run to finish")
+            await until(pilot, lambda: app.regions_rows() == expected_rows(path),
+                        what="the regions table")
+            assert app.live.jac["done"] == 1210
+            assert app.stage_states()["jacobian"] == "done"
+    try:
+        run(second())
+    finally:
+        if _worker_alive(path):
+            from engine.runner import request_stop
+
+            request_stop(path)
+    assert not _worker_alive(path)

@@ -1,0 +1,101 @@
+"""Compare pane: pick two or more finished sessions; their spectra and |s - 1| overlaid, and
+their region counts side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import DataTable, SelectionList, Static
+from textual.widgets.selection_list import Selection
+
+from engine.session import Session
+
+from ..plots import overlay_plot
+from ..widgets import PlotView
+
+
+class ComparePane(Horizontal):
+    def __init__(self, *, ascii: bool = False, color: bool = True, id: str | None = None):
+        super().__init__(id=id)
+        self.ascii = ascii
+        self.color = color
+        self.choices: list[str] = []  # session paths with a spectrum
+        self.columns: list[str] = []
+        self.rows: list[list[str]] = []
+
+    def compose(self) -> ComposeResult:
+        yield SelectionList[str](id="compare-pick")
+        with VerticalScroll(id="compare-right"):
+            yield Static("pick two or more finished sessions on the left (space toggles)",
+                         id="compare-head")
+            yield DataTable(id="compare-table", cursor_type="none", zebra_stripes=True)
+            yield PlotView("", id="cmp-s", classes="compare-plot")
+            yield PlotView("", id="cmp-dist", classes="compare-plot")
+
+    def on_mount(self) -> None:
+        self.query_one("#compare-pick", SelectionList).border_title = "sessions"
+
+    def set_choices(self, rows: list[dict]) -> None:
+        """Sessions (rows of the Sessions pane) that have a spectrum; keeps the selection."""
+        paths = [r["path"] for r in rows if r.get("has_spectrum")]
+        if paths == self.choices:
+            return
+        sl = self.query_one("#compare-pick", SelectionList)
+        keep = set(sl.selected)
+        self.choices = paths
+        sl.clear_options()
+        sl.add_options([Selection(Path(p).name, p, p in keep) for p in paths])
+        if keep - set(paths):
+            self._update(sl.selected)
+
+    def select(self, paths: list[Path]) -> None:
+        sl = self.query_one("#compare-pick", SelectionList)
+        for p in paths:
+            sl.select(str(p))
+
+    def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
+        event.stop()
+        self._update(list(event.selection_list.selected))
+
+    def _update(self, selected: list[str]) -> None:
+        if len(selected) < 2:
+            self.query_one("#compare-head", Static).update(
+                "pick two or more finished sessions on the left (space toggles)")
+            self.query_one("#compare-table", DataTable).clear(columns=True)
+            for v in ("#cmp-s", "#cmp-dist"):
+                self.query_one(v, PlotView).show(None, "")
+            self.columns, self.rows = [], []
+            return
+        self._load(list(selected))
+
+    @work(thread=True, exclusive=True, group="compare-load")
+    def _load(self, selected: list[str]) -> None:
+        from engine.report import compare_rows  # imports torch (engine.spectrum): not on the loop
+
+        sessions = [Session(p) for p in selected]
+        cols, rows = compare_rows(sessions)
+        named = [(s.name, s.load_npy("svd/S.npy").astype(np.float64)) for s in sessions
+                 if s.has("svd/S.npy")]
+        self.app.call_from_thread(self._show, selected, cols, rows, named)
+
+    def _show(self, selected: list[str], cols: list[str], rows: list[list[str]],
+              named: list[tuple[str, np.ndarray]]) -> None:
+        if list(self.query_one("#compare-pick", SelectionList).selected) != selected:
+            return
+        self.columns, self.rows = cols, rows
+        self.query_one("#compare-head", Static).update(
+            "comparing " + ", ".join(Path(p).name for p in selected))
+        t = self.query_one("#compare-table", DataTable)
+        t.clear(columns=True)
+        t.add_columns(*(c or "session" for c in cols))
+        for r in rows:
+            t.add_row(*r)
+        asc, col = self.ascii, self.color
+        self.query_one("#cmp-s", PlotView).show(
+            lambda w, h: overlay_plot(named, "spectrum", w, h, ascii=asc, color=col))
+        self.query_one("#cmp-dist", PlotView).show(
+            lambda w, h: overlay_plot(named, "distance", w, h, ascii=asc, color=col))

@@ -1,0 +1,79 @@
+"""Regions pane: the three regions (count, index range, singular-value range, fraction of P,
+threshold rule, alignment) and the spectrum summary (s_max, s_min, P)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import DataTable, Static
+
+from engine.session import Session
+
+COLUMNS = ("region", "count", "indices", "s range", "fraction", "rule", "u.v mean",
+           "subspace cos")
+
+
+class RegionsPane(VerticalScroll):
+    def __init__(self, *, id: str | None = None):
+        super().__init__(id=id)
+        self.path: Path | None = None
+        self.summary: dict | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("no session selected", id="regions-summary")
+        yield DataTable(id="regions-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="regions-note", classes="dim-note")
+
+    def on_mount(self) -> None:
+        t = self.query_one("#regions-table", DataTable)
+        for c in COLUMNS:
+            t.add_column(c, key=c)
+
+    def load(self, path: Path | None) -> None:
+        self.path = path
+        self.summary = None
+        self.query_one("#regions-table", DataTable).clear()
+        self.query_one("#regions-note", Static).update("")
+        if path is None:
+            self.query_one("#regions-summary", Static).update("no session selected")
+            return
+        self.query_one("#regions-summary", Static).update(f"{path.name}: loading...")
+        self._load(path)
+
+    @work(thread=True, exclusive=True, group="regions-load")
+    def _load(self, path: Path) -> None:
+        from engine.spectrum import region_rows  # imports torch: keep it off the event loop
+
+        summary = Session(path).spectrum()
+        rows = region_rows(summary) if summary is not None else []
+        self.app.call_from_thread(self._show, path, summary, rows)
+
+    def _show(self, path: Path, summary: dict | None, rows: list[dict]) -> None:
+        if path != self.path:
+            return
+        head = self.query_one("#regions-summary", Static)
+        if summary is None:
+            head.update(f"{path.name}: no spectrum yet (the regions appear when the run has "
+                        "finished its spectrum stage)")
+            return
+        self.summary = summary
+        th = summary["thresholds"]
+        head.update(f"{path.name}:  P = {summary['P']}   s_max = {summary['s_max']:.6g}   "
+                    f"s_min = {summary['s_min']:.6g}   bulk_tol = {summary['bulk_tol']:g}   "
+                    f"(chaotic: s > {th['chaotic_above']:g}, stable: s < "
+                    f"{th['stable_below']:g})   min |s - 1| = "
+                    f"{summary.get('min_abs_s_minus_1', float('nan')):.3g} at index "
+                    f"{summary.get('argmin_abs_s_minus_1')}")
+        t = self.query_one("#regions-table", DataTable)
+        t.clear()
+        for r in rows:
+            t.add_row(*[str(r[c]) for c in COLUMNS], key=r["region"])
+        self.query_one("#regions-note", Static).update(summary.get("alignment_note", ""))
+
+    def table_rows(self) -> list[list[str]]:
+        """The table as text (tests, the smoke script)."""
+        t = self.query_one("#regions-table", DataTable)
+        return [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]

@@ -1,0 +1,84 @@
+"""Spectrum pane: s_i and |s_i - 1| on log axes and u_i . v_i, regions marked; follows the
+current session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from engine.session import Session
+
+from ..plots import alignment_plot, distance_plot, spectrum_plot
+from ..widgets import PlotView
+
+
+class SpectrumPane(VerticalScroll):
+    def __init__(self, *, ascii: bool = False, color: bool = True, id: str | None = None):
+        super().__init__(id=id)
+        self.ascii = ascii
+        self.color = color
+        self.path: Path | None = None
+        self.loaded: Path | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("no session selected", id="spectrum-head")
+        yield PlotView("", id="plot-s", classes="spectrum-plot")
+        yield PlotView("", id="plot-dist", classes="spectrum-plot")
+        yield PlotView("", id="plot-align", classes="spectrum-plot")
+
+    def views(self) -> dict[str, PlotView]:
+        return {k: self.query_one(f"#plot-{k}", PlotView) for k in ("s", "dist", "align")}
+
+    def load(self, path: Path | None) -> None:
+        """Follow ``path``: read its spectrum off the event loop, then draw."""
+        self.path = path
+        self.loaded = None
+        for v in self.views().values():
+            v.show(None, "")
+        if path is None:
+            self.query_one("#spectrum-head", Static).update("no session selected")
+            return
+        self.query_one("#spectrum-head", Static).update(f"{path.name}: loading the spectrum...")
+        self._load(path)
+
+    @work(thread=True, exclusive=True, group="spectrum-load")
+    def _load(self, path: Path) -> None:
+        s = Session(path)
+        if not s.has("svd/S.npy"):
+            self.app.call_from_thread(self._missing, path)
+            return
+        S = s.load_npy("svd/S.npy").astype(np.float64)
+        a = s.load_npy("svd/alignment.npy") if s.has("svd/alignment.npy") else None
+        summary = s.spectrum()
+        self.app.call_from_thread(self._show, path, S, a, summary)
+
+    def _missing(self, path: Path) -> None:
+        if path == self.path:
+            self.query_one("#spectrum-head", Static).update(
+                f"{path.name}: no spectrum yet (it appears when the svd stage finishes)")
+
+    def _show(self, path: Path, S: np.ndarray, a: np.ndarray | None, summary: dict | None
+              ) -> None:
+        if path != self.path:
+            return
+        self.loaded = path
+        head = f"{path.name}: P = {len(S)}, s_max = {S[0]:.6g}, s_min = {S[-1]:.3g}"
+        if summary:
+            r = summary["regions"]
+            head += (f"   chaotic {r['chaotic']['count']}  bulk {r['bulk']['count']}  "
+                     f"stable {r['stable']['count']}  (bulk: |s - 1| <= "
+                     f"{summary['bulk_tol']:g})")
+        self.query_one("#spectrum-head", Static).update(head)
+        asc, col = self.ascii, self.color
+        v = self.views()
+        v["s"].show(lambda w, h: spectrum_plot(S, summary, w, h, ascii=asc, color=col))
+        v["dist"].show(lambda w, h: distance_plot(S, summary, w, h, ascii=asc, color=col))
+        if a is not None:
+            v["align"].show(lambda w, h: alignment_plot(a, summary, w, h, ascii=asc, color=col))
+        else:
+            v["align"].show(None, "no alignment (svd/alignment.npy) in this session")

@@ -1,0 +1,331 @@
+"""Plain (UI-free) state of the workbench: the live view of a run folded from its event log,
+session snapshots read off the event loop, config-field text parsing, GPU memory via NVML.
+
+Everything here is cheap and synchronous; the app calls the file-reading parts from thread
+workers and hands the results to the widgets on the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine import config as config_mod
+from engine.session import Session
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+STAGE_ORDER = ("train", "jacobian", "svd", "spectrum")
+
+
+# --------------------------------------------------------------------------------------------
+# the live state of one session, folded from events.jsonl
+
+
+@dataclass
+class LogLine:
+    time: float
+    kind: str  # info | warning | error
+    text: str
+
+
+@dataclass
+class LiveState:
+    """What the Live pane shows, built by :meth:`apply` from the session's events (in order)."""
+
+    stages: dict[str, dict] = field(default_factory=dict)  # name -> {status, seconds}
+    stage_order: list[str] = field(default_factory=lambda: list(STAGE_ORDER))
+    steps: list[int] = field(default_factory=list)
+    total_steps: int | None = None
+    curves: dict[str, list[float | None]] = field(default_factory=lambda: {
+        "train_loss": [], "test_loss": [], "train_acc": [], "test_acc": []})
+    jac: dict[str, Any] = field(default_factory=dict)  # done, total, rate, eta, chunk, chunks
+    run: dict[str, Any] = field(default_factory=dict)  # device, dtype, threads, P
+    status: str = "?"
+    log: deque = field(default_factory=lambda: deque(maxlen=200))
+    errors: list[str] = field(default_factory=list)
+    events_seen: int = 0
+    log_total: int = 0  # lines ever logged (the deque keeps the last 200)
+
+    def new_log_lines(self, before: int) -> list[LogLine]:
+        """Lines logged since ``log_total`` was ``before``."""
+        n = min(self.log_total - before, len(self.log))
+        return list(self.log)[len(self.log) - n:] if n > 0 else []
+
+    def apply(self, ev: dict) -> set[str]:
+        """Fold one event; returns the parts that changed (stages, curves, jac, log, status,
+        run)."""
+        self.events_seen += 1
+        kind = ev.get("event")
+        t = float(ev.get("time", time.time()))
+        changed: set[str] = set()
+
+        def log(text: str, level: str = "info") -> None:
+            self.log.append(LogLine(t, level, text))
+            self.log_total += 1
+            changed.add("log")
+
+        if kind == "train_step":
+            self.steps.append(int(ev["step"]))
+            self.total_steps = ev.get("steps", self.total_steps)
+            for k in self.curves:
+                self.curves[k].append(ev.get(k))
+            changed.add("curves")
+        elif kind == "run_start":
+            self.run = {k: ev.get(k) for k in ("device", "dtype", "threads", "P")}
+            if ev.get("stages"):
+                self.stage_order = list(ev["stages"])
+            self.status = "running"
+            changed |= {"run", "status", "stages"}
+            log(f"run started on {ev.get('device')} ({ev.get('dtype')}, {ev.get('threads')} "
+                f"threads), P = {ev.get('P')}")
+        elif kind == "stage_start":
+            self.stages.setdefault(ev["stage"], {})["status"] = "running"
+            if ev["stage"] == "train":  # a restarted training replaces the curves
+                self.steps.clear()
+                for v in self.curves.values():
+                    v.clear()
+                changed.add("curves")
+            changed.add("stages")
+            log(f"{ev['stage']}: started")
+        elif kind == "stage_end":
+            st = self.stages.setdefault(ev["stage"], {})
+            st.update(status="done", seconds=ev.get("seconds"))
+            changed.add("stages")
+            log(f"{ev['stage']}: done in {ev.get('seconds', 0):.2f} s")
+        elif kind == "stage_skip":
+            self.stages.setdefault(ev["stage"], {})["status"] = "done"
+            changed.add("stages")
+            log(f"{ev['stage']}: already done")
+        elif kind == "jacobian_start":
+            self.jac = {"done": ev.get("done", 0), "total": ev.get("total"),
+                        "chunk": ev.get("chunk"), "chunks": ev.get("chunks"),
+                        "rate": None, "eta": None}
+            changed.add("jac")
+            log(f"jacobian: {ev.get('total')} columns in {ev.get('chunks')} chunks of "
+                f"{ev.get('chunk')}" + (f", {ev.get('done')} already done" if ev.get("done")
+                                        else ""))
+        elif kind == "jacobian_chunk":
+            self.jac.update({k: ev.get(k) for k in ("done", "total", "rate", "eta")})
+            self.jac["last_chunk"] = ev.get("chunk")
+            for k in ("gpu_mem", "gpu_mem_peak"):
+                if k in ev:
+                    self.jac[k] = ev[k]
+            changed.add("jac")
+            rate = ev.get("rate")
+            log(f"jacobian chunk {ev.get('chunk')}: {ev.get('done')}/{ev.get('total')} columns"
+                + (f", {rate:.1f} col/s" if rate else ""))
+        elif kind == "warning":
+            log(f"warning: {ev.get('message')}", "warning")
+        elif kind == "error":
+            msg = f"{ev.get('stage')}: {ev.get('message')}"
+            self.errors.append(msg)
+            if ev.get("stage") in self.stages:
+                self.stages[ev["stage"]]["status"] = "failed"
+            changed.add("stages")
+            log(f"error in {msg}", "error")
+        elif kind == "interrupted":
+            if ev.get("stage") in self.stages:
+                self.stages[ev["stage"]]["status"] = "interrupted"
+            changed.add("stages")
+            log(f"interrupted during {ev.get('stage')} (resumable)", "warning")
+        elif kind == "run_end":
+            self.status = ev.get("status", self.status)
+            changed.add("status")
+            log(f"run ended: {ev.get('status')} after {ev.get('seconds', 0):.1f} s",
+                "error" if ev.get("status") == "failed" else "info")
+        return changed
+
+    def merge_manifest(self, m: dict) -> None:
+        """The manifest is the truth for stage states and timings (events may be missing for
+        stages finished by an older run)."""
+        for name, st in m.get("stages", {}).items():
+            cur = self.stages.setdefault(name, {})
+            if st.get("status"):
+                cur["status"] = st["status"]
+            if st.get("seconds") is not None:
+                cur["seconds"] = st["seconds"]
+            if name == "jacobian" and st.get("chunk"):
+                self.jac.setdefault("chunk", st["chunk"])
+
+
+# --------------------------------------------------------------------------------------------
+# a snapshot of the files of a session (read in a thread worker)
+
+
+@dataclass
+class Snapshot:
+    path: Path
+    offset: int  # where the read started
+    records: list[dict]
+    new_offset: int
+    manifest: dict
+    locked: bool
+    has_spectrum: bool
+    gpu: dict | None = None
+
+    @property
+    def status(self) -> str:
+        st = self.manifest.get("status", "?")
+        if st == "running" and not self.locked:
+            return "stale"
+        return st
+
+
+def read_snapshot(path: Path, offset: int) -> Snapshot:
+    """New events from ``offset``, the manifest, whether a worker holds the lock."""
+    s = Session(path)
+    records, new_offset = s.events(offset)
+    try:
+        manifest = s.manifest()
+    except (FileNotFoundError, json.JSONDecodeError):
+        manifest = {}
+    locked = s.is_locked()
+    gpu = None
+    dev = str(manifest.get("device") or "")
+    if dev.startswith("cuda") and locked:
+        gpu = gpu_memory(manifest.get("pid"), dev)
+    return Snapshot(path, offset, records, new_offset, manifest, locked,
+                    (path / "spectrum.json").is_file(), gpu)
+
+
+# --------------------------------------------------------------------------------------------
+# GPU memory of the worker (optional, NVML)
+
+_nvml: Any = None
+
+
+def gpu_memory(pid: int | None, device: str) -> dict | None:
+    """GPU memory of the worker process via NVML (``nvidia-ml-py``): {"used", "total",
+    "scope"} in bytes, scope "worker" when the pid is found on the device, else "device"
+    (all processes; pids differ inside containers). None when NVML is not importable."""
+    global _nvml
+    if _nvml is False:
+        return None
+    try:
+        if _nvml is None:
+            import pynvml
+
+            pynvml.nvmlInit()
+            _nvml = pynvml
+        nv = _nvml
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible:
+            ids = [v.strip() for v in visible.split(",") if v.strip()]
+            if index < len(ids) and ids[index].isdigit():
+                index = int(ids[index])
+        h = nv.nvmlDeviceGetHandleByIndex(index)
+        mem = nv.nvmlDeviceGetMemoryInfo(h)
+        if pid:
+            for p in nv.nvmlDeviceGetComputeRunningProcesses(h):
+                if p.pid == pid and p.usedGpuMemory is not None:
+                    return {"used": int(p.usedGpuMemory), "total": int(mem.total),
+                            "scope": "worker"}
+        return {"used": int(mem.used), "total": int(mem.total), "scope": "device"}
+    except Exception:  # noqa: BLE001 - no NVML, no driver, no such device: show nothing
+        _nvml = False if _nvml is None else _nvml
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# config fields as text (the Setup pane)
+
+
+def value_to_text(v: Any) -> str:
+    """A config value as the text a user would type after ``--set key=`` to get it back."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        if v != v.strip():
+            return json.dumps(v)
+        try:
+            tomllib.loads(f"v = {v}")
+        except tomllib.TOMLDecodeError:
+            return v
+        return json.dumps(v)  # would read back as a number / bool / list: quote it
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(value_to_text(x) for x in v) + "]"
+    return str(v)
+
+
+def parse_field(key: str, text: str) -> Any:
+    """Parse and check one field the way ``tjac run --set key=text`` does; raises
+    :class:`engine.config.ConfigError` with the CLI's message."""
+    _, value = config_mod.parse_override(f"{key}={text}")
+    return config_mod.check_value(key, value)
+
+
+def flatten(cfg_dict: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 0.1}, "analysis": {"x": {"k": 1}}} -> {"train.lr": 0.1,
+    "analysis.x.k": 1} (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in cfg_dict.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def unflatten(values: dict[str, Any]) -> dict:
+    """The inverse of :func:`flatten`: a TOML-shaped table."""
+    table: dict[str, Any] = {}
+    for key, v in values.items():
+        *parents, name = key.split(".")
+        node = table
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[name] = v
+    return table
+
+
+def field_help(key: str) -> str:
+    """Help text of a dotted key (the registered analyses' keys too)."""
+    for k, _, help in config_mod.describe():
+        if k == key:
+            return help
+    if key.startswith("analysis."):
+        from dataclasses import fields
+
+        try:
+            from engine.experiments import load_all
+
+            _, name, opt = key.split(".", 2)
+            cls = load_all()[name].config_cls
+            return next((f.metadata.get("help", "") for f in fields(cls) if f.name == opt), "")
+        except (ImportError, KeyError, ValueError):
+            return ""
+    return ""
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = float(s)
+    if s < 60:
+        return f"{s:.1f} s"
+    m, sec = divmod(int(round(s)), 60)
+    if m < 60:
+        return f"{m}m{sec:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
