@@ -18,7 +18,7 @@ order; tangents are (K, P); optimizer state is a tuple of (P,) tensors (tangents
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -179,14 +179,24 @@ class Problem:
     x_test: torch.Tensor
     y_test: torch.Tensor
     eval_every: int = 1
+    _gathered: dict = field(default_factory=dict, repr=False)
 
     @property
     def steps(self) -> int:
         return len(self.batches)
 
     def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of step t. Distinct batches are gathered once and kept (with a fixed order,
+        25 tensors serve all 625 steps of the paper's run) while they fit in 256 MB."""
         idx = self.batches[t]
-        return self.x_train[idx], self.y_train[idx]
+        key = (idx.data_ptr(), len(idx))
+        hit = self._gathered.get(key)
+        if hit is not None:
+            return hit
+        xy = self.x_train[idx], self.y_train[idx]
+        if len(self._gathered) * xy[0].numel() * xy[0].element_size() < 256 * 2**20:
+            self._gathered[key] = xy
+        return xy
 
     @torch.no_grad()
     def evaluate(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
@@ -209,10 +219,14 @@ def make_problem(module: nn.Module, data, cfg: TrainConfig, seed: int, device: t
     def t(a, dt):
         return torch.as_tensor(a, dtype=dt, device=device)
 
+    # the same batch in every epoch is one tensor, so Problem.batch gathers it once
+    distinct: dict[bytes, torch.Tensor] = {}
+    batches = [distinct.setdefault(b.tobytes(), t(b, torch.long)) for b in order]
+
     return Problem(
         kernel=make_kernel(module, kernel), module=module, layout=layout,
         optimizer=Optimizer(cfg), lrs=lr_schedule(cfg, len(order)),
-        batches=[t(b, torch.long) for b in order],
+        batches=batches,
         x_train=t(data.x_train, dtype), y_train=t(data.y_train, torch.long),
         x_test=t(data.x_test, dtype), y_test=t(data.y_test, torch.long),
         eval_every=cfg.eval_every)
@@ -268,29 +282,40 @@ def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tens
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Train from ``theta0`` (P,) while pushing the tangent directions ``tangents0`` (K, P)
     through every step. Returns (theta_T (P,), d theta_T (K, P)): row k of the second is the
-    directional derivative of theta_T along tangents0[k], i.e. ``J @ tangents0[k]``."""
+    directional derivative of theta_T along tangents0[k], i.e. ``J @ tangents0[k]``.
+
+    The primal runs exactly as in :func:`train` (flat tensors, bitwise the same trajectory).
+    Tangents are kept per parameter tensor, (K, *shape) and contiguous, which is the layout the
+    kernels' matrix products want; the optimizer update is element-wise, so its tangent is
+    taken tensor by tensor."""
     p = problem
     lay = p.layout
     theta, state = theta0.clone(), p.optimizer.init(theta0)
-    dtheta = tangents0.clone()
-    dstate = tuple(torch.zeros_like(dtheta) for _ in state)
+    dtheta = tuple(t.contiguous() for t in lay.unflatten(tangents0))
+    dstate = tuple(tuple(torch.zeros_like(d) for d in dtheta) for _ in state)  # [state][param]
     for t in range(p.steps):
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         x, y = p.batch(t)
         lr = float(p.lrs[t])
-        g, dg = p.kernel.grad_jvp(lay.unflatten(theta), lay.unflatten(dtheta), x, y)
-        g, dg = lay.flatten(g), lay.flatten(dg)
+        g, dg = p.kernel.grad_jvp(lay.unflatten(theta), dtheta, x, y)
+        g = lay.flatten(g)
 
         def upd(th, st, gr, lr=lr, t=t):
             return p.optimizer.update(th, st, gr, lr, t)
 
-        def tangent(dth, dst, dgr, th=theta, st=state, gr=g, upd=upd):
+        def tangent(dth, dst, dgr, th, st, gr, upd=upd):
             return jvp(upd, (th, st, gr), (dth, dst, dgr))[1]
 
-        dtheta, dstate = vmap(tangent)(dtheta, dstate, dg)
+        views = zip(lay.unflatten(theta), zip(*(lay.unflatten(s) for s in state)) if state
+                    else [()] * len(dtheta), lay.unflatten(g))
+        new = [vmap(tangent, in_dims=(0, 0, 0, None, None, None))(
+                   dtheta[i], tuple(ds[i] for ds in dstate), dg[i], th_i, st_i, g_i)
+               for i, (th_i, st_i, g_i) in enumerate(views)]
+        dtheta = tuple(n[0] for n in new)
+        dstate = tuple(tuple(n[1][j] for n in new) for j in range(len(state)))
         theta, state = upd(theta, state, g)
-    return theta, dtheta
+    return theta, lay.flatten(dtheta)
 
 
 def identity_columns(P: int, cols: Sequence[int] | range, device, dtype) -> torch.Tensor:
