@@ -13,7 +13,14 @@ Each analysis is a module here that registers itself with :func:`register`::
         return {...}                   # stored as analyses/NAME.json
 
 The runner runs every configured analysis as a stage ``analysis.NAME`` after the spectrum, in
-the order of :data:`ORDER`, so analyses resume like any stage.
+the order of :data:`MODULES`, so analyses resume like any stage. A long analysis also keeps a
+:class:`Partial` checkpoint (``analyses/.NAME.partial.json``) so an interrupted stage picks up
+where it stopped instead of starting over.
+
+Helpers shared by the analyses live here: :func:`retrain` (training without the per-step
+evaluation, bitwise equal to :func:`engine.train.train`), :func:`evaluate`, :func:`k_grid`,
+:func:`progress` and :func:`run_on_session` (run analyses on a finished session outside the
+runner: notebooks, benchmarks, tests).
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-# analysis modules, in the order they run (each registers itself on import)
-MODULES: tuple[str, ...] = ()
+# analysis modules, in the order they run (each registers itself on import): cheap ones first
+MODULES: tuple[str, ...] = ("distance", "init_change", "perturbation", "ood", "restricted",
+                            "param_function")
 
 
 @dataclass
@@ -87,3 +95,150 @@ class Context:
     @property
     def spectrum(self) -> dict:
         return self.session.spectrum()
+
+
+# --------------------------------------------------------------------------------------------
+# helpers shared by the analyses
+
+
+def retrain(problem, theta0: torch.Tensor, should_stop: Callable[[], bool] | None = None
+            ) -> torch.Tensor:
+    """theta_T from ``theta0`` with the run's batches, schedule and optimizer, without the
+    per-step evaluation of :func:`engine.train.train` (the same operations in the same order,
+    so the result is bitwise equal to it)."""
+    p = problem
+    theta, state = theta0.clone(), p.optimizer.init(theta0)
+    for t in range(p.steps):
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt
+        x, y = p.batch(t)
+        g = p.layout.flatten(p.kernel.grad(p.layout.unflatten(theta), x, y))
+        theta, state = p.optimizer.update(theta, state, g, float(p.lrs[t]), t)
+    return theta
+
+
+def evaluate(problem, theta: torch.Tensor, split: str = "test") -> dict:
+    """{"loss", "acc"} of flat parameters on the train or test split."""
+    x, y = (problem.x_test, problem.y_test) if split == "test" else \
+        (problem.x_train, problem.y_train)
+    loss, acc = problem.evaluate(theta, x, y)
+    return {"loss": loss, "acc": acc}
+
+
+def k_grid(k_min: int, k_max: int, n: int, P: int) -> list[int]:
+    """``n`` subspace sizes from ``k_min`` to ``k_max`` (0 = P), evenly spaced, rounded to
+    integers, clipped to [1, P], without repeats."""
+    hi = P if k_max <= 0 else min(k_max, P)
+    lo = max(1, min(k_min, hi))
+    ks = np.unique(np.round(np.linspace(lo, hi, max(1, n))).astype(int))
+    return [int(k) for k in ks]
+
+
+def progress(ctx: "Context", name: str, done: int, total: int, **extra) -> None:
+    ctx.emit("analysis_progress", name=name, done=int(done), total=int(total), **extra)
+
+
+def check_stop(ctx: "Context") -> None:
+    if ctx.should_stop():
+        raise KeyboardInterrupt
+
+
+def fingerprint(ctx: "Context", cfg: Any) -> str:
+    """Identifies the inputs of an analysis: theta_T and the analysis config."""
+    import dataclasses
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    h.update(ctx.thetaT.detach().cpu().numpy().tobytes())
+    h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+class Partial:
+    """Results of the finished units of an analysis, kept across an interruption.
+
+    ``get(key)`` returns a stored unit (or None), ``put(key, value)`` stores one (JSON) and
+    rewrites the file atomically, ``done()`` removes the file. A file from other inputs (another
+    theta_T or config) is ignored."""
+
+    def __init__(self, ctx: "Context", name: str, cfg: Any):
+        self.session = ctx.session
+        self.rel = f"analyses/.{name}.partial.json"
+        self.fp = fingerprint(ctx, cfg)
+        self.units: dict = {}
+        if self.session.has(self.rel):
+            try:
+                stored = self.session.read_json(self.rel)
+            except ValueError:
+                stored = {}
+            if stored.get("fingerprint") == self.fp:
+                self.units = stored.get("units", {})
+
+    def get(self, key: str):
+        return self.units.get(key)
+
+    def put(self, key: str, value) -> None:
+        self.units[key] = value
+        self.session.write_json(self.rel, {"fingerprint": self.fp, "units": self.units})
+
+    def done(self) -> None:
+        (self.session.path / self.rel).unlink(missing_ok=True)
+
+
+def regions_of(S: np.ndarray, tau: float) -> dict[str, slice]:
+    from .. import regions
+
+    return regions.slices(S, tau)
+
+
+def region_summary(values: np.ndarray, S: np.ndarray, tau: float, idx: np.ndarray | None = None,
+                   log: bool = True) -> dict:
+    """Per region (of the rule at ``tau``): count, median, geometric mean (``log``) or mean,
+    min and max of ``values`` given at the indices ``idx`` (default: every index)."""
+    from .. import regions
+
+    values = np.asarray(values, dtype=np.float64)
+    idx = np.arange(len(values)) if idx is None else np.asarray(idx)
+    m = regions.masks(S, tau)
+    out = {}
+    for name in regions.REGIONS:
+        v = values[m[name][idx]]
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            out[name] = {"count": 0, "median": None, "center": None, "min": None, "max": None}
+            continue
+        if log:
+            pos = v[v > 0]
+            center = float(np.exp(np.mean(np.log(pos)))) if pos.size else 0.0
+        else:
+            center = float(v.mean())
+        out[name] = {"count": int(v.size), "median": float(np.median(v)), "center": center,
+                     "min": float(v.min()), "max": float(v.max())}
+    return out
+
+
+def run_on_session(path, names: list[str] | None = None, overrides: dict | None = None,
+                   listeners: list | None = None) -> dict[str, dict]:
+    """Run analyses on a finished session in this process (outside the stage machinery), with
+    ``overrides`` {name: Config} replacing the session's own configs; results are written under
+    ``analyses/`` as the runner would. Returns {name: result}."""
+    from ..runner import Runner
+    from ..session import Session
+
+    registry = load_all()
+    runner = Runner(Session(path), listeners)
+    cfgs = dict(runner.cfg.analysis)
+    cfgs.update(overrides or {})
+    names = names or [n for n in MODULES if n in cfgs]
+    runner.session.acquire()
+    try:
+        runner._setup()
+        out = {}
+        for name in names:
+            runner.cfg.analysis[name] = cfgs.get(name) or registry[name].config_cls()
+            runner.run_analysis(name)
+            out[name] = runner.session.read_json(f"analyses/{name}.json")
+    finally:
+        runner.session.release()
+    return out

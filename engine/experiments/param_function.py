@@ -1,0 +1,158 @@
+"""The parameter-function Jacobian at initialisation and its null space vs the bulk (finding 9).
+
+``Jf = d log p_theta(y | x) / d theta`` at theta_0, for every held-out input x and every class y:
+an (N C, P) matrix, built row block by row block with ``torch.func.vmap`` over ``torch.func.vjp``
+(float64). Its SVD gives the approximate null space: the right singular directions whose
+singular value is below ``rtol * sigma_max``, plus the P - N C directions that no output depends
+on at all. Perturbing theta_0 inside that space leaves the outputs on those inputs unchanged to
+first order.
+
+Overlap with the bulk, swept over k: the mean cosine of the principal angles (as
+:func:`engine.spectrum.subspace_cosines` gives them) between the k right singular vectors of J
+closest to s = 1 and the null space, against the same for random k-dimensional subspaces of R^P
+(sampled; by rotation invariance a random subspace against the null space is a random subspace
+against the first n coordinate axes). Computed block-wise from one product of the two bases
+(:mod:`engine.experiments.subspace`), so the whole sweep costs about one P x P SVD.
+
+Arrays: ``analyses/param_function_sv_<set>.npy`` (singular values of Jf),
+``analyses/param_function_overlap.npy`` (sets x k x [k, bulk cosine, random cosine]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vjp, vmap
+
+from .. import regions
+from ..config import _boolean, _f, _integer, _Invalid, _number
+from ..data import probe_sets
+from ..spectrum import subspace_cosines
+from . import Context, Partial, check_stop, k_grid, progress, register
+from .subspace import mean_cos_block, random_mean_cos
+
+SETS = ("test", "train", "gaussian_noise", "inverted", "uniform_noise")
+
+
+def _sets(v):
+    if not isinstance(v, list) or not v or not all(isinstance(s, str) and s in SETS for s in v):
+        raise _Invalid("a non-empty list of " + ", ".join(f'"{s}"' for s in SETS))
+    return list(v)
+
+
+@dataclass
+class Config:
+    enabled: bool = _f(True, _boolean, "run this analysis")
+    inputs: list = _f(["test", "uniform_noise"], _sets,
+                      "input sets the outputs are taken on: test (held out), train, "
+                      "gaussian_noise, inverted, uniform_noise (U(0,1), the paper's white noise)")
+    n_inputs: int = _f(0, _integer(0), "at most this many inputs per set (0 = all the test set's "
+                                       "size)")
+    rtol: float = _f(1e-3, _number(0, lo_open=True),
+                     "null space: singular values below rtol * sigma_max")
+    k_min: int = _f(100, _integer(1), "smallest bulk dimension in the sweep")
+    k_max: int = _f(0, _integer(0), "largest bulk dimension (0 = P)")
+    n_k: int = _f(20, _integer(1, 1000), "bulk dimensions in the sweep")
+    random_samples: int = _f(2, _integer(1), "random subspaces sampled per k")
+    chunk: int = _f(256, _integer(1), "Jacobian rows per vmap(vjp) call")
+    seed: int = _f(0, _integer(0), "seed of the noise inputs and the random subspaces")
+
+
+def output_jacobian(module, layout, theta: torch.Tensor, x: torch.Tensor, chunk: int = 256
+                    ) -> torch.Tensor:
+    """d log_softmax(f(theta, x)) / d theta, rows ordered (example, class): (N C, P)."""
+    names = layout.names
+
+    def f(flat):
+        params = dict(zip(names, layout.unflatten(flat)))
+        return F.log_softmax(functional_call(module, params, (x,)), dim=-1).reshape(-1)
+
+    out, pull = vjp(f, theta)
+    M = out.numel()
+    rows = []
+    eye = torch.eye(M, dtype=theta.dtype, device=theta.device)
+    for a in range(0, M, chunk):
+        rows.append(vmap(pull)(eye[a: a + chunk])[0])
+    return torch.cat(rows)
+
+
+def null_space(Jf: np.ndarray, rtol: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(singular values, Bfull, rank) of Jf: Bfull (P, P) holds all right singular vectors as
+    rows, reordered so that its first ``P - rank`` rows span the approximate null space
+    (singular values below ``rtol * sigma_max``, and the directions no output depends on)."""
+    _, sv, Vh = scipy.linalg.svd(Jf, full_matrices=True, lapack_driver="gesdd")
+    rank = int(np.sum(sv >= rtol * sv[0])) if sv.size else 0
+    return sv, np.concatenate([Vh[rank:], Vh[:rank]]), rank
+
+
+def mean_cos(A: np.ndarray, B: np.ndarray) -> float:
+    """Mean principal-angle cosine between span(A) and span(B) (orthonormal columns)."""
+    c = subspace_cosines(A, B)
+    return float(c.mean()) if c.size else 0.0
+
+
+def inputs_for(ctx: Context, name: str, n: int, seed: int) -> np.ndarray:
+    if name == "uniform_noise":
+        rng = np.random.default_rng(seed)
+        return rng.uniform(0.0, 1.0, size=(n, ctx.data.n_features))
+    return probe_sets(ctx.data, seed)[name][:n]
+
+
+@register("param_function", Config, "Parameter-function Jacobian null space vs the bulk")
+def run(ctx: Context, cfg: Config) -> dict:
+    import copy
+
+    S, Vh = ctx.S, ctx.Vh
+    P = len(S)
+    ks = k_grid(cfg.k_min, cfg.k_max, cfg.n_k, P)
+    n = cfg.n_inputs or len(ctx.data.x_test)
+    module = copy.deepcopy(ctx.problem.module).to(torch.float64)
+    theta = ctx.theta0.to(torch.float64)
+    order = regions.closest_to_unity(S)
+    part = Partial(ctx, "param_function", cfg)
+    rng = np.random.default_rng(cfg.seed)
+    total = len(cfg.inputs) * (1 + len(ks))
+    done = 0
+    out = {}
+    overlap = np.zeros((len(cfg.inputs), len(ks), 3))
+    random_cache: dict[tuple[int, int], float] = {}
+    for j, name in enumerate(cfg.inputs):
+        check_stop(ctx)
+        x = torch.as_tensor(inputs_for(ctx, name, n, cfg.seed), dtype=torch.float64,
+                            device=theta.device)
+        Jf = output_jacobian(module, ctx.problem.layout, theta, x, cfg.chunk).cpu().numpy()
+        sv, Bfull, rank = null_space(Jf, cfg.rtol)
+        del Jf
+        ctx.session.write_npy(f"analyses/param_function_sv_{name}.npy", sv)
+        nd = P - rank
+        M = Vh[order] @ Bfull.T  # rows: J's directions closest to s = 1 first; cols: null first
+        del Bfull
+        done += 1
+        progress(ctx, "param_function", done, total)
+        rows = []
+        for i, k in enumerate(ks):
+            key = f"{name}:{k}"
+            row = part.get(key)
+            if row is None:
+                check_stop(ctx)
+                bulk = mean_cos_block(M, k, nd)
+                if (nd, k) not in random_cache:
+                    random_cache[(nd, k)] = random_mean_cos(P, k, nd, rng, cfg.random_samples)
+                row = {"k": k, "bulk": bulk, "random": random_cache[(nd, k)]}
+                part.put(key, row)
+            rows.append(row)
+            overlap[j, i] = [k, row["bulk"], row["random"]]
+            done += 1
+            progress(ctx, "param_function", done, total)
+        out[name] = {"n_inputs": int(x.shape[0]), "outputs": int(x.shape[0]) *
+                     int(ctx.data.n_classes), "rank": rank, "null_dim": nd,
+                     "sigma_max": float(sv[0]) if sv.size else None,
+                     "sigma_min": float(sv[-1]) if sv.size else None,
+                     "sweep": rows}
+    ctx.session.write_npy("analyses/param_function_overlap.npy", overlap)
+    part.done()
+    return {"ks": ks, "rtol": cfg.rtol, "inputs": list(cfg.inputs), "sets": out}

@@ -1,0 +1,152 @@
+"""Finite perturbations of the initialisation along singular directions (finding 4).
+
+For a direction v_i and a stimulus eps, retrain from ``theta_0 + eps v_i`` (same batches,
+schedule and optimizer) and compare ``delta = theta_T(eps) - theta_T`` with the Jacobian's linear
+prediction ``J (eps v_i) = s_i eps u_i``:
+
+* ``response``   = u_i . delta           (the linear prediction is s_i eps)
+* ``rel_error``  = |response - s_i eps| / (s_i eps)
+* ``complement`` = || delta - response u_i ||  (0 for a linear response)
+* the test loss and accuracy of theta_T(eps).
+
+Directions: an index, ``"top"`` (v_1), ``"bulk"`` (the middle of the bulk range of the region
+rule), ``"bottom"`` (v_P). Stimuli: ``n_eps`` points log-spaced over [eps_min, eps_max].
+
+Arrays: ``analyses/perturbation.npy`` (directions x stimuli x [eps, response, linear,
+complement, test_loss, test_acc]).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import regions
+from ..config import _boolean, _choice, _f, _integer, _Invalid, _number
+from . import Context, Partial, check_stop, evaluate, progress, register, retrain
+
+NAMED = ("top", "bulk", "bottom")
+
+
+def _directions(v):
+    if not isinstance(v, list) or not v or not all(
+            (isinstance(d, str) and d in NAMED) or
+            (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in v):
+        raise _Invalid('a non-empty list of "top", "bulk", "bottom" or 0-based indices')
+    return list(v)
+
+
+@dataclass
+class Config:
+    enabled: bool = _f(True, _boolean, "run this analysis")
+    directions: list = _f(["bulk", "top"], _directions,
+                          'right singular vectors to perturb along: "top" (v_1), "bulk" (the '
+                          'middle of the bulk), "bottom" (v_P) or 0-based indices')
+    eps_min: float = _f(1e-3, _number(0, lo_open=True), "smallest stimulus")
+    eps_max: float = _f(1e3, _number(0, lo_open=True), "largest stimulus")
+    n_eps: int = _f(7, _integer(1, 200), "stimuli, log-spaced from eps_min to eps_max")
+    tau: float = _f(regions.DEFAULT_TAU, _number(0, lo_open=True),
+                    "region rule tolerance (locates the bulk)")
+    precision: str = _f("run", _choice("run", "float64"),
+                        "retrain in the run's dtype, or in float64 (twice the time, exact to "
+                        "~1e-12 instead of ~1e-6)")
+
+
+def resolve_direction(d, S: np.ndarray, tau: float) -> int:
+    P = len(S)
+    if d == "top":
+        return 0
+    if d == "bottom":
+        return P - 1
+    if d == "bulk":
+        return regions.bulk_middle(S, tau)
+    if d >= P:
+        raise ValueError(f"analysis.perturbation.directions: index {d} is out of range "
+                         f"(P = {P})")
+    return int(d)
+
+
+def eps_grid(cfg: Config) -> np.ndarray:
+    if cfg.n_eps == 1:
+        return np.array([cfg.eps_min])
+    return np.geomspace(cfg.eps_min, cfg.eps_max, cfg.n_eps)
+
+
+def problem_in(problem, dtype: torch.dtype):
+    """The same training problem in another dtype (a copy: the original is untouched)."""
+    if problem.x_train.dtype == dtype:
+        return problem
+    p = copy.copy(problem)
+    p.module = copy.deepcopy(problem.module).to(dtype)
+    p.x_train = problem.x_train.to(dtype)
+    p.x_test = problem.x_test.to(dtype)
+    return p
+
+
+def response(problem, theta0: torch.Tensor, thetaT: torch.Tensor, u: np.ndarray,
+             v: np.ndarray, s: float, eps: float, should_stop=None) -> dict:
+    """Retrain from theta0 + eps v and measure the response along u (see the module doc)."""
+    dt = theta0.dtype
+    vt = torch.as_tensor(v, dtype=dt, device=theta0.device)
+    th = retrain(problem, theta0 + eps * vt, should_stop)
+    delta = th.detach().cpu().numpy().astype(np.float64) - \
+        thetaT.detach().cpu().numpy().astype(np.float64)
+    r = float(u @ delta)
+    comp = float(np.linalg.norm(delta - r * u))
+    ev = evaluate(problem, th, "test")
+    lin = s * eps
+    return {"eps": float(eps), "response": r, "linear": lin,
+            "rel_error": abs(r - lin) / abs(lin) if lin else None,
+            "complement": comp, "test_loss": ev["loss"], "test_acc": ev["acc"]}
+
+
+@register("perturbation", Config, "Finite perturbations along singular directions")
+def run(ctx: Context, cfg: Config) -> dict:
+    S, U, Vh = ctx.S, ctx.U, ctx.Vh
+    grid = eps_grid(cfg)
+    dirs = [resolve_direction(d, S, cfg.tau) for d in cfg.directions]
+    problem, theta0, thetaT = ctx.problem, ctx.theta0, ctx.thetaT
+    if cfg.precision == "float64" and theta0.dtype != torch.float64:
+        problem = problem_in(problem, torch.float64)
+        theta0 = theta0.to(torch.float64)
+        thetaT = retrain(problem, theta0, ctx.should_stop)  # the float64 reference theta_T
+    base = evaluate(problem, thetaT, "test")
+    part = Partial(ctx, "perturbation", cfg)
+    out, table = [], []
+    total, done = len(dirs) * len(grid), 0
+    for name, i in zip(cfg.directions, dirs):
+        rows = []
+        for eps in grid:
+            key = f"{i}:{eps!r}"
+            row = part.get(key)
+            if row is None:
+                check_stop(ctx)
+                row = response(problem, theta0, thetaT, U[:, i], Vh[i], float(S[i]), float(eps),
+                               ctx.should_stop)
+                part.put(key, row)
+            rows.append(row)
+            done += 1
+            progress(ctx, "perturbation", done, total)
+        out.append({"direction": name, "index": i, "s": float(S[i]),
+                    "align": float(U[:, i] @ Vh[i]), "rows": rows,
+                    "linear_up_to": _linear_up_to(rows)})
+        table.append([[r["eps"], r["response"], r["linear"], r["complement"], r["test_loss"],
+                       r["test_acc"]] for r in rows])
+    ctx.session.write_npy("analyses/perturbation.npy", np.asarray(table, dtype=np.float64))
+    part.done()
+    return {"eps": [float(e) for e in grid], "precision": cfg.precision,
+            "base_test_loss": base["loss"], "base_test_acc": base["acc"], "directions": out}
+
+
+def _linear_up_to(rows: list[dict], tol: float = 0.1) -> float | None:
+    """The largest stimulus up to which every response is within ``tol`` (relative) of the
+    linear prediction (None if even the smallest is not)."""
+    best = None
+    for r in rows:
+        if r["rel_error"] is None or r["rel_error"] > tol:
+            break
+        best = r["eps"]
+    return best

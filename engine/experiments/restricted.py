@@ -1,0 +1,150 @@
+"""Training restricted to a subspace of singular directions (finding 10).
+
+``theta = theta_0 + B^T c`` with c starting at 0 and B (k, P) a set of k right singular vectors;
+c is trained with the run's optimizer, schedule and batches, the gradient with respect to c
+being ``B grad L(theta)`` (the chain rule through theta = theta_0 + B^T c; an L2 penalty of the run
+acts on theta, as in the unrestricted run). Families of k directions:
+
+* ``bulk``       the k directions closest to s = 1 (smallest |ln s|, :mod:`engine.regions`)
+* ``complement`` the k directions farthest from s = 1, i.e. the orthogonal complement of the
+  (P - k) bulk directions
+* ``top``        v_1 .. v_k (largest s, chaotic first)
+* ``bottom``     the k smallest s (stable)
+
+Every (family, k) run is the same computation in the full basis V with the coordinates outside
+the chosen set masked to zero, so all runs are trained together as one batch: per step
+``Theta = theta_0 + C V`` (runs x P), the gradients of all runs with ``torch.func.vmap`` over
+``torch.func.grad``, ``G_c = (G V^T) * mask``, and one optimizer update over C (the optimizers
+act elementwise, so a masked coordinate with zero gradient never moves). With V = I and the
+full mask this is ordinary training.
+
+Arrays: ``analyses/restricted.npy`` (families x k x [k, test_loss, test_acc, train_loss]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from .. import regions
+from ..config import _boolean, _f, _integer, _Invalid
+from ..train import Optimizer
+from . import Context, Partial, check_stop, k_grid, progress, register
+
+FAMILIES = ("bulk", "complement", "top", "bottom")
+
+
+def _families(v):
+    if not isinstance(v, list) or not v or not all(isinstance(s, str) and s in FAMILIES
+                                                   for s in v):
+        raise _Invalid("a non-empty list of " + ", ".join(f'"{s}"' for s in FAMILIES))
+    return list(v)
+
+
+@dataclass
+class Config:
+    enabled: bool = _f(True, _boolean, "run this analysis")
+    families: list = _f(list(FAMILIES), _families,
+                        "subspace families: bulk, complement, top, bottom")
+    k_min: int = _f(100, _integer(1), "smallest subspace dimension")
+    k_max: int = _f(0, _integer(0), "largest subspace dimension (0 = P)")
+    n_k: int = _f(20, _integer(1, 1000), "subspace dimensions, evenly spaced")
+    batch_runs: int = _f(20, _integer(1), "restricted trainings run together as one batch")
+
+
+def family_indices(family: str, S: np.ndarray, k: int) -> np.ndarray:
+    P = len(S)
+    if family == "bulk":
+        return regions.closest_to_unity(S, k)
+    if family == "complement":
+        return regions.farthest_from_unity(S, k)
+    if family == "top":
+        return np.arange(k)
+    if family == "bottom":
+        return np.arange(P - k, P)
+    raise ValueError(family)
+
+
+def batched_grad(problem):
+    """(R, P) parameters -> (R, P) gradients of the mean cross-entropy on one batch."""
+    module, layout = problem.module, problem.layout
+
+    def loss(flat, x, y):
+        params = dict(zip(layout.names, layout.unflatten(flat)))
+        return F.cross_entropy(functional_call(module, params, (x,)), y)
+
+    return vmap(grad(loss), in_dims=(0, None, None))
+
+
+def restricted_train(problem, theta0: torch.Tensor, basis: torch.Tensor, mask: torch.Tensor,
+                     should_stop=None) -> torch.Tensor:
+    """Train R restricted runs together: run r is ``theta_0 + basis^T c_r`` with c_r
+    supported on ``mask[r]``. ``basis`` (P, P) has orthonormal rows (V^T), ``mask`` (R, P) is
+    0/1. Returns the final parameters (R, P)."""
+    p = problem
+    cfg = p.optimizer.cfg
+    wd = cfg.weight_decay
+    opt = Optimizer(dataclasses.replace(cfg, weight_decay=0.0))
+    mask = mask.to(theta0.dtype)
+    C = torch.zeros(mask.shape, dtype=theta0.dtype, device=theta0.device)
+    state = opt.init(C)
+    gfun = batched_grad(p)
+    for t in range(p.steps):
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt
+        x, y = p.batch(t)
+        theta = theta0 + C @ basis
+        G = gfun(theta, x, y)
+        if wd:
+            G = G + wd * theta
+        C, state = opt.update(C, state, (G @ basis.T) * mask, float(p.lrs[t]), t)
+    return theta0 + C @ basis
+
+
+@register("restricted", Config, "Training restricted to subspaces of singular directions")
+def run(ctx: Context, cfg: Config) -> dict:
+    S = ctx.S
+    P = len(S)
+    ks = k_grid(cfg.k_min, cfg.k_max, cfg.n_k, P)
+    dt, dev = ctx.theta0.dtype, ctx.theta0.device
+    basis = torch.as_tensor(ctx.Vh, dtype=dt, device=dev)
+    runs = [(f, k) for f in cfg.families for k in ks]
+    part = Partial(ctx, "restricted", cfg)
+    results: dict[str, dict] = {}
+    for a in range(0, len(runs), cfg.batch_runs):
+        batch = runs[a: a + cfg.batch_runs]
+        keys = [f"{f}:{k}" for f, k in batch]
+        if all(part.get(key) is not None for key in keys):
+            results.update({key: part.get(key) for key in keys})
+        else:
+            check_stop(ctx)
+            mask = torch.zeros(len(batch), P, dtype=dt, device=dev)
+            for r, (f, k) in enumerate(batch):
+                mask[r, torch.as_tensor(family_indices(f, S, k), device=dev)] = 1
+            with torch.no_grad():
+                thetas = restricted_train(ctx.problem, ctx.theta0, basis, mask, ctx.should_stop)
+            for key, th in zip(keys, thetas):
+                te = ctx.problem.evaluate(th, ctx.problem.x_test, ctx.problem.y_test)
+                tr = ctx.problem.evaluate(th, ctx.problem.x_train, ctx.problem.y_train)
+                row = {"test_loss": te[0], "test_acc": te[1], "train_loss": tr[0],
+                       "train_acc": tr[1]}
+                part.put(key, row)
+                results[key] = row
+        progress(ctx, "restricted", min(a + cfg.batch_runs, len(runs)), len(runs))
+    arr = np.array([[[k, results[f"{f}:{k}"]["test_loss"], results[f"{f}:{k}"]["test_acc"],
+                      results[f"{f}:{k}"]["train_loss"]] for k in ks] for f in cfg.families])
+    ctx.session.write_npy("analyses/restricted.npy", arr)
+    part.done()
+    full = ctx.problem.evaluate(ctx.thetaT, ctx.problem.x_test, ctx.problem.y_test)
+    return {"ks": ks, "families": list(cfg.families),
+            "test_loss": {f: [results[f"{f}:{k}"]["test_loss"] for k in ks]
+                          for f in cfg.families},
+            "test_acc": {f: [results[f"{f}:{k}"]["test_acc"] for k in ks] for f in cfg.families},
+            "train_loss": {f: [results[f"{f}:{k}"]["train_loss"] for k in ks]
+                           for f in cfg.families},
+            "full_test_loss": full[0], "full_test_acc": full[1]}
