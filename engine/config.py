@@ -235,6 +235,7 @@ class RunConfig:
     jacobian: JacobianConfig = field(default_factory=JacobianConfig)
     spectrum: SpectrumConfig = field(default_factory=SpectrumConfig)
     analysis: dict = field(default_factory=dict)  # name -> that analysis's Config
+    study: Any = field(default_factory=dict)  # [study]: an engine.study.StudyConfig, or {}
 
 
 _SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
@@ -262,6 +263,11 @@ def _build_section(cls: type, table: Any, where: str, prefix: str) -> Any:
             continue
         if key == "analysis" and cls is RunConfig:
             values[key] = _build_analyses(value, where)
+            continue
+        if key == "study" and cls is RunConfig:
+            from .study import parse_study
+
+            values[key] = parse_study(value, where)
             continue
         if key not in known:
             hint = ", ".join(sorted(known))
