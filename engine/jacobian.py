@@ -140,3 +140,19 @@ def compute_into(store: JacobianStore, problem: Problem, theta0: torch.Tensor,
         store.write(index, block.cpu().numpy())
         if on_chunk is not None:
             on_chunk(index, cols, theta_T)
+
+
+def finite_difference_columns(problem: Problem, theta0: torch.Tensor,
+                              cols: Iterable[int] | None = None, h: float = 1e-6) -> torch.Tensor:
+    """Central finite differences (theta_T(theta0 + h e_j) - theta_T(theta0 - h e_j)) / 2h for
+    each j in ``cols`` (default: all), as a (P, len(cols)) tensor: an independent check of
+    :func:`exact_jacobian` (use float64; 2 trainings per column)."""
+    from .train import train
+
+    cols = range(theta0.numel()) if cols is None else list(cols)
+    out = []
+    for j in cols:
+        e = torch.zeros_like(theta0)
+        e[j] = h
+        out.append((train(problem, theta0 + e) - train(problem, theta0 - e)) / (2 * h))
+    return torch.stack(out, dim=1)
