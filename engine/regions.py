@@ -78,12 +78,24 @@ def farthest_from_unity(S: np.ndarray, k: int | None = None) -> np.ndarray:
     return order if k is None else order[:k]
 
 
-def bulk_middle(S: np.ndarray, tau: float = DEFAULT_TAU) -> int:
-    """A representative bulk index: the middle of the bulk range (descending S); if the bulk is
-    empty, the index closest to unity."""
+EXACT = 1e-12  # |s - 1| below this: a direction training never touches
+
+
+def bulk_middle(S: np.ndarray, tau: float = DEFAULT_TAU, skip_exact: bool = True) -> int:
+    """A representative bulk index: the middle of the bulk range (descending S), skipping the
+    directions with s = 1 to machine precision (``|s - 1| <= EXACT``: directions training never
+    touches at all, such as the first-layer weights of an input that is zero in every training
+    row) when any other bulk direction exists; if the bulk is empty, the index closest to
+    unity."""
+    S = np.asarray(S, dtype=np.float64)
     sl = slices(S, tau)["bulk"]
-    if sl.stop > sl.start:
-        return (sl.start + sl.stop - 1) // 2
+    idx = np.arange(sl.start, sl.stop)
+    if skip_exact:
+        keep = idx[np.abs(S[idx] - 1.0) > EXACT]
+        if keep.size:
+            idx = keep
+    if idx.size:
+        return int(idx[(len(idx) - 1) // 2])
     return int(closest_to_unity(S, 1)[0])
 
 

@@ -8,6 +8,8 @@
     tjac report SESSION [-o FILE] write the markdown report (default SESSION/report.md)
     tjac compare S1 S2 [...]      region counts side by side and overlaid spectra (markdown)
     tjac open SESSION             open the workbench on a session (running or finished)
+    tjac study PRESET|DIR         run every run of a preset's [study] (or resume a study), then
+                                  the cross-run analyses and DIR/report.md
 
 Exit status: 0 done, 1 the run failed, 2 bad usage or an invalid preset (one line on stderr),
 3 interrupted (resumable).
@@ -170,6 +172,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from engine import study as study_mod
+    from engine.runner import EXIT_OK, run_session
+
+    from .progress import RichProgress
+
+    err = Console(stderr=True, quiet=args.quiet)
+    target = Path(args.target)
+    if study_mod.is_study(target) or study_mod.is_study(args.sessions / args.target):
+        st = study_mod.Study(target if study_mod.is_study(target) else args.sessions / target)
+    else:
+        try:
+            st = study_mod.create(args.sessions, find_preset(args.target), args.set, args.name)
+        except config_mod.ConfigError as e:
+            return _fail(str(e))
+
+    def one_run(path, listeners, handle_signals=False):
+        err.print(f"[bold]run {Path(path).name}[/]")
+        try:
+            with RichProgress(err) as bars:
+                return run_session(path, listeners + [bars], handle_signals=handle_signals)
+        except SessionLocked as e:
+            return _fail(str(e))
+
+    def on_event(ev: dict) -> None:
+        if ev["event"] == "cross_start":
+            err.print("[bold]cross-run analyses[/]")
+        elif ev["event"] == "analysis_progress" and ev["done"] == ev["total"]:
+            err.print(f"[dim]analysis {ev['name']}: done[/]")
+
+    code = study_mod.run(st.path, [on_event], handle_signals=True, run_session=one_run)
+    if code == EXIT_OK:
+        err.print(f"report: {st.path / 'report.md'}")
+    else:
+        print(f"{st.path}: {st.manifest().get('status')} ({st.manifest().get('error') or ''})",
+              file=sys.stderr)
+    print(st.path)
+    return code
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     try:
         from .app import TjacApp
@@ -230,6 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--unicode", action="store_true",
                     help="plots with braille characters instead of plain ASCII")
     cp.set_defaults(func=cmd_compare)
+
+    sd = sub.add_parser("study", parents=[common],
+                        help="run a preset's [study] (several runs and cross-run analyses)")
+    sd.add_argument("target", help="a preset with a [study] section, or a study directory to "
+                                   "resume")
+    sd.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a key of every run (repeatable)")
+    sd.add_argument("--name", help="study directory name (default: the preset's name)")
+    sd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sd.set_defaults(func=cmd_study)
 
     o = sub.add_parser("open", parents=[common], help="open the TUI on a session")
     o.add_argument("session")

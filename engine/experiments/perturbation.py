@@ -10,7 +10,9 @@ prediction ``J (eps v_i) = s_i eps u_i``:
 * the test loss and accuracy of theta_T(eps).
 
 Directions: an index, ``"top"`` (v_1), ``"bulk"`` (the middle of the bulk range of the region
-rule), ``"bottom"`` (v_P). Stimuli: ``n_eps`` points log-spaced over [eps_min, eps_max].
+rule, skipping directions with s = 1 to machine precision, which training never touches:
+:func:`engine.regions.bulk_middle`), ``"bottom"`` (v_P). Stimuli: ``n_eps`` points
+log-spaced over [eps_min, eps_max].
 
 Arrays: ``analyses/perturbation.npy`` (directions x stimuli x [eps, response, linear,
 complement, test_loss, test_acc]).
@@ -131,6 +133,7 @@ def run(ctx: Context, cfg: Config) -> dict:
             done += 1
             progress(ctx, "perturbation", done, total)
         out.append({"direction": name, "index": i, "s": float(S[i]),
+                    "exact_unity": bool(abs(S[i] - 1.0) <= regions.EXACT),
                     "align": float(U[:, i] @ Vh[i]), "rows": rows,
                     "linear_up_to": _linear_up_to(rows)})
         table.append([[r["eps"], r["response"], r["linear"], r["complement"], r["test_loss"],

@@ -54,7 +54,8 @@ class Config:
     k_min: int = _f(100, _integer(1), "smallest subspace dimension")
     k_max: int = _f(0, _integer(0), "largest subspace dimension (0 = P)")
     n_k: int = _f(20, _integer(1, 1000), "subspace dimensions, evenly spaced")
-    batch_runs: int = _f(20, _integer(1), "restricted trainings run together as one batch")
+    batch_runs: int = _f(80, _integer(1), "restricted trainings run together as one batch (the "
+                         "basis is read twice per step per batch, so larger batches are faster)")
 
 
 def family_indices(family: str, S: np.ndarray, k: int) -> np.ndarray:

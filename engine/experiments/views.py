@@ -1,0 +1,378 @@
+"""What each analysis looks like: plot series and table rows, for the report and the TUI.
+
+:func:`session_views` reads a session's ``analyses/`` and returns, per finished analysis, a list
+of :class:`View`: the series to plot (x, y as measured, with the axis scales) and a table
+(columns, rows of strings). :func:`make_plot` draws a view with :mod:`engine.asciiplot` (the
+plotting code the rest of tjac uses), so the markdown report and the TUI show the same thing.
+No UI imports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import asciiplot, regions
+
+MAX_TABLE_ROWS = 40
+
+
+@dataclass
+class View:
+    key: str  # "<analysis>" or "<analysis>.<part>"
+    title: str
+    series: list[tuple[str, np.ndarray, np.ndarray]]  # (label, x, y) as measured
+    logx: bool = False
+    logy: bool = False
+    xlabel: str = ""
+    ylabel: str = ""
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+    xint: bool = False  # integer x ticks (indices, k)
+
+
+def fmt(v, spec: str = ".4g") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return format(float(v), spec)
+
+
+# --------------------------------------------------------------------------------------------
+# drawing
+
+
+def _tr(v: np.ndarray, log: bool, floor: float) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    if not log:
+        return v
+    return np.log10(np.maximum(np.abs(v), floor))
+
+
+def make_plot(view: View, width: int = 100, height: int = 18, *, ascii: bool = True,
+              color: bool = False) -> asciiplot.Plot:
+    """Draw a view: log axes are plotted as log10 with decade ticks; long series are min/max
+    decimated to the canvas; zeros on a log axis are drawn a decade under the smallest value."""
+    ys_all = [np.asarray(y, dtype=np.float64) for _, _, y in view.series]
+    xs_all = [np.asarray(x, dtype=np.float64) for _, x, _ in view.series]
+
+    def floor_of(vals):
+        pos = np.concatenate([np.abs(v[np.isfinite(v) & (v != 0)]) for v in vals]) \
+            if vals else np.zeros(0)
+        if pos.size == 0:
+            return 1e-16
+        return 10.0 ** math.floor(math.log10(max(pos.min() / 10, 1e-300)))
+
+    yfloor = floor_of(ys_all)
+    xfloor = floor_of(xs_all)
+    tys = [_tr(y, view.logy, yfloor) for y in ys_all]
+    txs = [_tr(x, view.logx, xfloor) for x in xs_all]
+    finite = [t[np.isfinite(t)] for t in tys]
+    finite = [f for f in finite if f.size]
+    if finite:
+        lo, hi = min(f.min() for f in finite), max(f.max() for f in finite)
+    else:
+        lo, hi = 0.0, 1.0
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = 0.04 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    plot_h = max(4, height - 4)
+    yticks = asciiplot.log_ticks(lo, hi, max(2, plot_h // 2)) if view.logy else \
+        asciiplot.nice_ticks(lo, hi, max(2, plot_h // 2))
+    xf = [t[np.isfinite(t)] for t in txs]
+    xf = [f for f in xf if f.size]
+    xlo = min(f.min() for f in xf) if xf else 0.0
+    xhi = max(f.max() for f in xf) if xf else 1.0
+    xticks = asciiplot.log_ticks(xlo, xhi, max(3, min(8, width // 12))) if view.logx else \
+        asciiplot.nice_ticks(xlo, xhi, max(3, min(8, width // 12)), integer=view.xint)
+    cw = max(10, width - max((len(t) for t in yticks[1]), default=3) - 3)
+    series = []
+    for i, ((label, _, _), tx, ty) in enumerate(zip(view.series, txs, tys)):
+        x, y = asciiplot.decimate(tx, ty, 2 * cw)
+        series.append(asciiplot.Series(label, x, y, asciiplot.PALETTE[i % len(asciiplot.PALETTE)],
+                                       asciiplot.ASCII_MARKERS[i % len(asciiplot.ASCII_MARKERS)]))
+    axes = []
+    if view.xlabel:
+        axes.append(f"x: {view.xlabel}{' (log)' if view.logx else ''}")
+    if view.ylabel:
+        axes.append(f"y: {view.ylabel}{' (log)' if view.logy else ''}")
+    plot = asciiplot.Plot(title=view.title, series=series, log_y=view.logy, yticks=yticks,
+                          xticks=xticks, ylim=(lo, hi), note="; ".join(axes))
+    asciiplot.render(plot, width, height, ascii=ascii, color=color)
+    return plot
+
+
+# --------------------------------------------------------------------------------------------
+# per analysis
+
+
+def _load(session, rel: str):
+    return session.load_npy(rel) if session.has(rel) else None
+
+
+def _regions_row(name: str, summary: dict) -> list[str]:
+    return [name, fmt(summary["count"]), fmt(summary["median"]), fmt(summary["center"]),
+            fmt(summary["min"]), fmt(summary["max"])]
+
+
+def sensitivity_view(S: np.ndarray, title: str = "Region sensitivity to the tolerance tau"
+                     ) -> View:
+    rows = regions.sensitivity_table(S)
+    return View("distance.sensitivity", title, [
+        ("bulk count", np.array([r["tau"] for r in rows]), np.array([r["bulk"] for r in rows]))],
+        logx=True, xlabel="tau", ylabel="bulk count",
+        columns=["tau", "chaotic", "bulk", "stable", "bulk %", "bulk indices",
+                 "bulk (|s-1|<=tau)", "elasticity"],
+        rows=[[f"{r['tau']:g}", fmt(r["chaotic"]), fmt(r["bulk"]), fmt(r["stable"]),
+               f"{100 * r['bulk_fraction']:.1f}", f"{r['bulk_start']}..{r['bulk_stop'] - 1}"
+               if r["bulk"] else "-", fmt(r["bulk_abs_rule"]),
+               fmt(r["elasticity"], ".3f")] for r in rows],
+        note=f"rule: {regions.RULE}; elasticity = d ln(bulk count) / d ln(tau) from the row above "
+             "(near 0: a plateau; near 1: no plateau at that scale)")
+
+
+def distance_views(r: dict, session) -> list[View]:
+    d = _load(session, "analyses/distance_abs.npy")
+    a = _load(session, "analyses/distance_alignment.npy")
+    S = session.load_npy("svd/S.npy")
+    out = []
+    if d is not None:
+        idx = np.arange(len(d))
+        out.append(View("distance", "|s_i - 1| by index", [("|s - 1|", idx, d)], logy=True,
+                        xint=True, xlabel="index i", ylabel="|s_i - 1|",
+                        columns=["region", "count", "indices", "median |s-1|", "u.v mean",
+                                 "u.v min", "subspace cos mean"],
+                        rows=[[k, fmt(v["count"]), f"{v['start']}..{v['stop'] - 1}"
+                               if v["count"] else "-", fmt(v["dist_median"]),
+                               fmt(v["align_mean"]), fmt(v["align_min"]),
+                               fmt(v.get("subspace_cos_mean"))]
+                              for k, v in r["regions"].items()],
+                        note=f"regions by the rule at tau = {r['tau']:g}; min |s - 1| = "
+                             f"{fmt(r['min_dist'])} at index {r['argmin_dist']}; counts below "
+                             + ", ".join(f"{k}: {v}" for k, v in r["count_below"].items())))
+    if a is not None:
+        idx = np.arange(len(a))
+        t = r["tail"]
+        out.append(View("distance.alignment", "Alignment u_i . v_i by index",
+                        [("u.v", idx, a)], xint=True, xlabel="index i", ylabel="u_i . v_i",
+                        columns=["indices", "s range", "median |s-1|", "u.v mean"],
+                        rows=[[f"{q['start']}..{q['stop'] - 1}",
+                               f"{q['s_min']:.4g} .. {q['s_max']:.4g}", fmt(q["dist_median"]),
+                               fmt(q["align_mean"])] for q in r["deciles"]],
+                        note=f"tail (indices >= {t['start']}): mean u.v = {fmt(t['align_mean'])}, "
+                             f"{100 * (t['fraction_within_0.2'] or 0):.0f}% within +-0.2"))
+    out.append(sensitivity_view(S))
+    return out
+
+
+def init_change_views(r: dict, session) -> list[View]:
+    c = _load(session, "analyses/init_change.npy")
+    series = [("|v_i . (theta_T - theta_0)|", np.arange(len(c)), c)] if c is not None else []
+    return [View("init_change", "Change from initialisation along v_i", series, logy=True,
+                 xint=True, xlabel="index i", ylabel="|v_i . (theta_T - theta_0)|",
+                 columns=["region", "count", "median", "geo. mean", "min", "max",
+                          "share of |dtheta|^2"],
+                 rows=[_regions_row(k, v) + [fmt(r["energy_share"][k])]
+                       for k, v in r["regions"].items()],
+                 note=f"||theta_T - theta_0|| = {fmt(r['norm_total'])}; regions at tau = "
+                      f"{r['tau']:g}")]
+
+
+def perturbation_views(r: dict, session) -> list[View]:
+    out = []
+    for d in r["directions"]:
+        eps = np.array([row["eps"] for row in d["rows"]])
+        name = f"{d['direction']} (i = {d['index']}, s = {d['s']:.6g})"
+        out.append(View(
+            f"perturbation.{d['index']}", f"Perturbation along v_{d['index']}: {name}",
+            [("|u.delta|", eps, np.array([abs(row["response"]) for row in d["rows"]])),
+             ("s eps (linear)", eps, np.array([abs(row["linear"]) for row in d["rows"]])),
+             ("|complement|", eps, np.array([row["complement"] for row in d["rows"]])),
+             ("test loss", eps, np.array([row["test_loss"] for row in d["rows"]]))],
+            logx=True, logy=True, xlabel="stimulus eps", ylabel="response",
+            columns=["eps", "u.delta", "s eps", "rel. error", "|complement|", "test loss",
+                     "test acc"],
+            rows=[[f"{row['eps']:.3g}", fmt(row["response"], ".6g"), fmt(row["linear"], ".6g"),
+                   fmt(row["rel_error"], ".2e"), fmt(row["complement"], ".3e"),
+                   fmt(row["test_loss"]), fmt(row["test_acc"], ".3f")] for row in d["rows"]],
+            note=f"linear (within 10%) up to eps = {fmt(d['linear_up_to'])}; unperturbed test "
+                 f"loss {fmt(r['base_test_loss'])}; u_i . v_i = {d['align']:.4f}"))
+    return out
+
+
+def ood_views(r: dict, session) -> list[View]:
+    kl = _load(session, "analyses/ood_kl.npy")
+    idx = _load(session, "analyses/ood_index.npy")
+    series = [] if kl is None else [(name, idx, kl[j]) for j, name in enumerate(r["sets"])]
+    rows = []
+    for name in r["sets"]:
+        ps = r["per_set"][name]
+        rows.append([name] + [fmt(ps["regions"][g]["median"]) for g in regions.REGIONS] +
+                    [fmt(ps["median"]), fmt(ps["max"])])
+    return [View("ood", "Max KL(p_T || p_perturbed) after theta_T + v_i", series, logy=True,
+                 xint=True, xlabel="index i", ylabel="max KL over inputs (nats)",
+                 columns=["inputs", "chaotic median", "bulk median", "stable median",
+                          "all median", "max"], rows=rows,
+                 note=f"{r['n_directions']} directions (stride {r['stride']}), step "
+                      f"{r['scale']:g}, {r['precision']}; regions at tau = {r['tau']:g}")]
+
+
+def restricted_views(r: dict, session) -> list[View]:
+    ks = np.array(r["ks"])
+    series = [(f, ks, np.array(r["test_loss"][f], dtype=np.float64)) for f in r["families"]]
+    rows = [[str(k)] + [fmt(r["test_loss"][f][i]) for f in r["families"]]
+            for i, k in enumerate(r["ks"])]
+    return [View("restricted", "Test loss of training restricted to k directions", series,
+                 xint=True, xlabel="k (subspace dimension)", ylabel="test loss (nats)",
+                 columns=["k"] + [f"{f} loss" for f in r["families"]], rows=rows,
+                 note=f"unrestricted training: test loss {fmt(r['full_test_loss'])}, accuracy "
+                      f"{fmt(r['full_test_acc'], '.3f')}; bulk = the k closest to s = 1, "
+                      "complement = the k farthest")]
+
+
+def param_function_views(r: dict, session) -> list[View]:
+    ks = np.array(r["ks"])
+    series, rows = [], []
+    sets = r["inputs"]
+    for name in sets:
+        sw = r["sets"][name]["sweep"]
+        series.append((f"bulk vs null ({name})", ks, np.array([w["bulk"] for w in sw])))
+        series.append((f"random ({name})", ks, np.array([w["random"] for w in sw])))
+    for i, k in enumerate(r["ks"]):
+        row = [str(k)]
+        for name in sets:
+            w = r["sets"][name]["sweep"][i]
+            row += [fmt(w["bulk"], ".3f"), fmt(w["random"], ".3f")]
+        rows.append(row)
+    cols = ["k"] + [c for name in sets for c in (f"{name}: bulk", f"{name}: random")]
+    info = "; ".join(f"{name}: {v['outputs']} outputs, rank {v['rank']}, null space "
+                     f"{v['null_dim']}" for name, v in r["sets"].items())
+    return [View("param_function", "Bulk vs null space of the parameter-function Jacobian",
+                 series, xint=True, xlabel="k (bulk directions)",
+                 ylabel="mean principal-angle cosine", columns=cols, rows=rows,
+                 note=f"{info}; null space: sigma < {r['rtol']:g} sigma_max")]
+
+
+VIEWS = {"distance": distance_views, "init_change": init_change_views,
+         "perturbation": perturbation_views, "ood": ood_views, "restricted": restricted_views,
+         "param_function": param_function_views}
+
+
+def session_views(session) -> list[tuple[str, str, list[View]]]:
+    """(name, title, views) for every analysis whose result the session holds, in run order."""
+    from . import MODULES, load_all
+
+    if isinstance(session, (str, Path)):
+        from ..session import Session
+
+        session = Session(session)
+    registry = load_all()
+    out = []
+    for name in MODULES:
+        if not session.has(f"analyses/{name}.json"):
+            continue
+        try:
+            r = session.read_json(f"analyses/{name}.json")
+            views = VIEWS[name](r, session)
+        except (ValueError, KeyError, OSError) as e:  # a result from an older layout
+            views = [View(name, registry[name].title, [], note=f"cannot show: {e}")]
+        out.append((name, registry[name].title, views))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# studies
+
+
+def study_views(study_dir) -> list[tuple[str, str, list[View]]]:
+    """(name, title, views) of a study: its runs, the overlaid spectra and |s - 1|, the bulk
+    size per tolerance for every run, and the bulk overlap with the reference run."""
+    from ..study import Study
+
+    st = Study(study_dir)
+    m = st.manifest()
+    cross = st.cross() or {}
+    by_name = {c["name"]: c for c in cross.get("runs", [])}
+    rows = []
+    for r in m["runs"]:
+        s = st.session(r["name"])
+        man = s.manifest() if s.exists() else {}
+        fm = man.get("final_metrics") or {}
+        cr = by_name.get(r["name"])
+        cnt = cr["counts"] if cr else None
+        rows.append([r["name"], " ".join(r["set"]) or "(the preset)", man.get("status", "-"),
+                     fmt(man.get("P")), fmt(fm.get("test_loss")), fmt(fm.get("test_acc"), ".3f"),
+                     fmt(cr["s_max"]) if cr else "-",
+                     "-" if cnt is None else f"{cnt['chaotic']} / {cnt['bulk']} / "
+                                             f"{cnt['stable']}",
+                     fmt(cr["min_nontrivial_dist"], ".2g") if cr else "-"])
+    tau = cross.get("tau", regions.DEFAULT_TAU)
+    out = [("runs", "Runs", [View("study.runs", "Runs", [], columns=[
+        "run", "overrides", "status", "P", "test loss", "test acc", "s_max",
+        f"chaotic / bulk / stable (tau={tau:g})", "min |s-1| (s != 1)"], rows=rows)])]
+
+    spectra = []
+    for r in m["runs"]:
+        s = st.session(r["name"])
+        if s.has("svd/S.npy"):
+            spectra.append((r["name"], s.load_npy("svd/S.npy").astype(np.float64)))
+    if spectra:
+        taus = list(regions.SENSITIVITY_TAUS)
+        sens = []
+        for n, S in spectra:
+            sens.append([n] + [f"{t['bulk']} ({100 * t['bulk_fraction']:.0f}%)"
+                               for t in regions.sensitivity_table(S, taus)])
+        out.append(("spectra", "Spectra", [
+            View("study.spectra", "Singular values of J, every run",
+                 [(n, np.arange(len(S)), S) for n, S in spectra], logy=True, xint=True,
+                 xlabel="index i", ylabel="s_i"),
+            View("study.distance", "|s_i - 1|, every run",
+                 [(n, np.arange(len(S)), np.abs(S - 1)) for n, S in spectra], logy=True,
+                 xint=True, xlabel="index i", ylabel="|s_i - 1|",
+                 columns=["run"] + [f"bulk, tau={t:g}" for t in taus], rows=sens,
+                 note=f"rule: {regions.RULE}")]))
+
+    ov = cross.get("overlap")
+    if ov and ov.get("runs"):
+        ks = np.array(ov["ks"])
+        series = [(n, ks, np.array(c)) for n, c in ov["runs"].items()]
+        series.append(("random", ks, np.array(ov["random"])))
+        rows = [[str(k)] + [f"{ov['runs'][n][i]:.3f}" for n in ov["runs"]] +
+                [f"{ov['random'][i]:.3f}"] for i, k in enumerate(ov["ks"])]
+        note = ("mean cosine of the principal angles between the k right singular vectors "
+                "closest to s = 1 of each run and of the reference run; random: the expected "
+                "value for random k-dimensional subspaces of R^P (sampled)")
+        if ov.get("skipped"):
+            note += "; not compared (another P): " + ", ".join(ov["skipped"])
+        out.append(("overlap", "Bulk-subspace overlap", [
+            View("study.overlap", f"Bulk overlap with {ov['reference']} (the k directions "
+                 "closest to s = 1)", series, xint=True, xlabel="k",
+                 ylabel="mean principal-angle cosine",
+                 columns=["k"] + list(ov["runs"]) + ["random"], rows=rows, note=note)]))
+    return out
+
+
+def content(path) -> list[dict]:
+    """Everything the Analyses pane shows for a session or a study directory, as plain data:
+    ``[{"name", "title", "views": [{"key", "title", "series": {label: (x, y)}, "logx",
+    "logy", "columns", "rows", "note"}]}]`` (the TUI draws it; tests assert on it)."""
+    from ..study import is_study
+
+    found = study_views(path) if is_study(path) else session_views(path)
+    return [{"name": name, "title": title,
+             "views": [{"key": v.key, "title": v.title, "logx": v.logx, "logy": v.logy,
+                        "series": {label: (np.asarray(x), np.asarray(y))
+                                   for label, x, y in v.series},
+                        "columns": list(v.columns), "rows": [list(r) for r in v.rows],
+                        "note": v.note, "view": v} for v in views]}
+            for name, title, views in found]

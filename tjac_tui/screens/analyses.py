@@ -1,0 +1,229 @@
+"""Analyses pane: every finished analysis of a session (or the cross-run results of a study), a
+plot and a table each, updating live while the run writes them.
+
+    AnalysesPane(path=None, ascii=False, color=True)   a widget; ``load(path)`` follows another
+                                                       session or study directory
+    AnalysesScreen(path)                               the pane as a full screen (Escape closes)
+
+What it shows comes from :func:`engine.experiments.views.content` (plain data: plot series and
+table rows, testable without a terminal); the plots are drawn by the same code as the report's.
+The pane polls the directory's ``analyses/`` (file names and modification times) and the last
+``analysis_progress`` event every ``poll`` seconds, in a thread worker, and redraws only when
+something changed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from ..widgets import PlotView
+
+
+def signature(path: Path) -> tuple:
+    """What the pane's content depends on: the analyses' files and their mtimes (and, for a
+    study, its manifest and every run's)."""
+    items = []
+    dirs = [path / "analyses"]
+    if (path / "study.json").is_file():
+        items.append(("study.json", (path / "study.json").stat().st_mtime_ns))
+        dirs += [p / "analyses" for p in sorted((path / "runs").glob("*"))]
+        for p in sorted((path / "runs").glob("*/manifest.json")):
+            items.append((str(p), p.stat().st_mtime_ns))
+    for d in dirs:
+        if d.is_dir():
+            for p in sorted(d.glob("*.json")):
+                items.append((str(p), p.stat().st_mtime_ns))
+    return tuple(items)
+
+
+def last_progress(path: Path, offset: int) -> tuple[dict | None, int]:
+    """The last ``analysis_progress`` (or analysis stage start/end) event after ``offset``."""
+    events = path / "events.jsonl"
+    try:
+        with open(events, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return None, offset
+    end = data.rfind(b"\n") + 1
+    last = None
+    for line in data[:end].splitlines():
+        if b"analysis" not in line:
+            continue
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev.get("event") == "analysis_progress" or str(ev.get("stage", "")).startswith(
+                "analysis."):
+            last = ev
+    return last, offset + end
+
+
+def progress_text(ev: dict | None) -> str:
+    if ev is None:
+        return ""
+    if ev["event"] == "analysis_progress":
+        return f"running {ev['name']}: {ev['done']} / {ev['total']}"
+    name = ev["stage"].split(".", 1)[1]
+    if ev["event"] == "stage_start":
+        return f"running {name}..."
+    if ev["event"] == "stage_end":
+        return f"{name} done in {ev.get('seconds', 0):.1f} s"
+    return f"{name}: {ev['event']}"
+
+
+class AnalysesPane(VerticalScroll):
+    DEFAULT_CSS = """
+    AnalysesPane #analyses-body { height: auto; }
+    AnalysesPane .analysis-title { text-style: bold; margin: 1 0 0 0; }
+    AnalysesPane .view-title { color: $text-muted; margin: 1 0 0 0; }
+    AnalysesPane PlotView { height: 20; }
+    AnalysesPane DataTable { height: auto; max-height: 14; }
+    AnalysesPane .view-note { color: $text-muted; }
+    """
+
+    def __init__(self, path: str | Path | None = None, *, ascii: bool = False,
+                 color: bool = True, poll: float = 2.0, id: str | None = None):
+        super().__init__(id=id)
+        self.path: Path | None = Path(path) if path is not None else None
+        self.ascii = ascii
+        self.color = color
+        self.poll = poll
+        self.shown: list[dict] = []  # the content on screen (tests read it)
+        self._sig: tuple | None = None
+        self._offset = 0
+        self._busy = False
+
+    def compose(self) -> ComposeResult:
+        yield Static("no session selected", id="analyses-head")
+        yield Static("", id="analyses-progress")
+        yield Vertical(id="analyses-body")
+
+    def on_mount(self) -> None:
+        self.set_interval(self.poll, self.refresh_content)
+        self.load(self.path)
+
+    def load(self, path: str | Path | None) -> None:
+        """Follow another session or study directory (None: nothing)."""
+        self.path = Path(path) if path is not None else None
+        self._sig, self._offset = None, 0
+        self.shown = []
+        self.query_one("#analyses-body", Vertical).remove_children()
+        self.query_one("#analyses-progress", Static).update("")
+        self.query_one("#analyses-head", Static).update(
+            "no session selected" if path is None else f"{self.path.name}: loading...")
+        self.refresh_content()
+
+    def refresh_content(self) -> None:
+        if self.path is None or self._busy:
+            return
+        self._busy = True
+        self._check(self.path, self._sig, self._offset)
+
+    @work(thread=True, exclusive=True, group="analyses-load", exit_on_error=False)
+    def _check(self, path: Path, sig: tuple | None, offset: int) -> None:
+        try:
+            ev, new_offset = last_progress(path, offset)
+            new_sig = signature(path)
+            data = None
+            if new_sig != sig:
+                from engine.experiments.views import content
+
+                data = content(path)
+        except Exception as e:  # noqa: BLE001 - a half-written file: try again next time
+            self.app.call_from_thread(self._failed, path, e)
+            return
+        self.app.call_from_thread(self._apply, path, new_sig, new_offset, ev, data)
+
+    def _failed(self, path: Path, err: Exception) -> None:
+        self._busy = False
+        if path == self.path:
+            self.query_one("#analyses-progress", Static).update(f"cannot read: {err}")
+
+    def _apply(self, path: Path, sig: tuple, offset: int, ev: dict | None,
+               data: list[dict] | None) -> None:
+        self._busy = False
+        if path != self.path:
+            return
+        self._offset = offset
+        if ev is not None:
+            self.query_one("#analyses-progress", Static).update(progress_text(ev))
+        if data is None:
+            return
+        self._sig = sig
+        self.show(data)
+
+    def show(self, data: list[dict]) -> None:
+        self.shown = data
+        kind = "study" if (self.path / "study.json").is_file() else "session"
+        head = self.query_one("#analyses-head", Static)
+        if not data:
+            head.update(f"{self.path.name}: no analysis has finished yet (add [analysis.NAME] "
+                        "sections to the preset)")
+        else:
+            head.update(f"{self.path.name} ({kind}): " + ", ".join(a["name"] for a in data))
+        body = self.query_one("#analyses-body", Vertical)
+        body.remove_children()
+        widgets, payload = [], {}
+        asc, col = self.ascii, self.color
+        for a in data:
+            widgets.append(Static(f"{a['title']} ({a['name']})", classes="analysis-title"))
+            for v in a["views"]:
+                widgets.append(Static(v["title"], classes="view-title"))
+                if v["series"]:
+                    pv = PlotView("", classes="analysis-plot")
+                    payload[id(pv)] = v["view"]
+                    widgets.append(pv)
+                if v["rows"]:
+                    t = DataTable(zebra_stripes=True, cursor_type="row", classes="analysis-table")
+                    payload[id(t)] = (v["columns"], v["rows"])
+                    widgets.append(t)
+                if v["note"]:
+                    widgets.append(Static(v["note"], classes="view-note"))
+        body.mount(*widgets)
+        for w in widgets:
+            if isinstance(w, PlotView):
+                w.show(_maker(payload[id(w)], asc, col))
+            elif isinstance(w, DataTable):
+                cols, rows = payload[id(w)]
+                w.add_columns(*cols)
+                w.add_rows(rows)
+
+    def table_rows(self) -> list[list[list[str]]]:
+        """Every table on screen as text (tests)."""
+        out = []
+        for t in self.query(".analysis-table").results(DataTable):
+            out.append([[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)])
+        return out
+
+
+def _maker(view, ascii: bool, color: bool):
+    from engine.experiments.views import make_plot
+
+    return lambda w, h: make_plot(view, w, h, ascii=ascii, color=color)
+
+
+class AnalysesScreen(Screen):
+    """The Analyses pane of one session or study as a full screen."""
+
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+
+    def __init__(self, path: str | Path, *, ascii: bool = False, color: bool = True):
+        super().__init__()
+        self.path = Path(path)
+        self.ascii = ascii
+        self.color = color
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield AnalysesPane(self.path, ascii=self.ascii, color=self.color, id="analyses-pane")
+        yield Footer()
