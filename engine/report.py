@@ -11,6 +11,7 @@ colour; with ``ascii_only`` (the default) they contain only ASCII characters.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -181,12 +182,45 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
         for p in plots:
             parts += [f"### {p.title}", "", _code(p.text), ""]
 
+    parts += _analyses(s)
+
     if (s.path / "config.toml").is_file():
         parts += ["## Config", "", _code((s.path / "config.toml").read_text(), "toml"), ""]
     env = m.get("environment")
     if env:
         parts += ["## Environment", "", _md_table(["key", "value"], sorted(env.items())), ""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _analyses(s: Session) -> list[str]:
+    """One short section per ``analyses/NAME.json``: its scalar results (the nested tables stay
+    in the file)."""
+    files = sorted((s.path / "analyses").glob("*.json")) if s.has("analyses") else []
+    if not files:
+        return []
+    try:
+        from .experiments import load_all
+
+        titles = {name: a.title for name, a in load_all().items()}
+    except Exception:  # noqa: BLE001 - titles are a nicety
+        titles = {}
+    parts = ["## Analyses", ""]
+    for f in files:
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        parts += [f"### {titles.get(f.stem, f.stem)} (`analyses/{f.name}`)", ""]
+        scalars = [[k, _g(v) if isinstance(v, float) else v] for k, v in data.items()
+                   if isinstance(v, (int, float, str, bool)) or v is None] \
+            if isinstance(data, dict) else []
+        if scalars:
+            parts += [_md_table(["result", "value"], scalars), ""]
+        nested = [k for k, v in data.items() if isinstance(v, (dict, list))] \
+            if isinstance(data, dict) else []
+        if nested:
+            parts += [f"Tables in the file: {', '.join(nested)}.", ""]
+    return parts
 
 
 def write_report(session: Session | str | Path, path: str | Path | None = None,

@@ -104,3 +104,16 @@ def test_compare(finished, tmp_path, capsys):
     assert all(asciiplot.is_plain_ascii(b) for b in code_blocks(text))
     assert main(["compare", str(finished), str(other)]) == 0
     assert capsys.readouterr().out == text
+
+
+def test_report_lists_analysis_results(finished, tmp_path):
+    s = tmp_path / "with-analysis"
+    shutil.copytree(finished, s)
+    (s / "analyses").mkdir(exist_ok=True)
+    (s / "analyses" / "distance.json").write_text(
+        '{"P": 1210, "tau": 0.001, "min_dist": 0.0, "regions": {"bulk": {"count": 395}}}')
+    text = render_report(s)
+    section = text[text.index("## Analyses"):text.index("## Config")]
+    assert "(`analyses/distance.json`)" in section
+    assert "| P | 1210 |" in section and "| tau | 0.001 |" in section
+    assert "Tables in the file: regions." in section

@@ -45,6 +45,8 @@ class TjacApp(App):
     BINDINGS = [
         *[Binding(str(i + 1), f"pane('{key}')", label, tooltip=desc, group=PANE_KEYS)
           for i, (key, label, desc) in enumerate(PANES)],
+        Binding("ctrl+r", "start_run", "Start run"),
+        Binding("ctrl+s", "save_preset", "Save preset"),
         Binding("e", "export", "Export"),
         Binding("x", "cancel_run", "Cancel"),
         Binding("r", "resume_run", "Resume"),
@@ -146,6 +148,7 @@ class TjacApp(App):
             self.query_one(SessionsPane).refresh_rows()
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.refresh_bindings()  # ctrl+r / ctrl+s belong to the Setup pane
         if event.pane.id in ("sessions", "compare"):
             self.query_one(SessionsPane).refresh_rows()
 
@@ -272,7 +275,15 @@ class TjacApp(App):
                     and not self._starting(self.current) and self._status in ("interrupted", "failed", "stale", "created"))
         if action == "export":
             return self.current is not None
+        if action in ("start_run", "save_preset"):
+            return self.active_pane == "setup"
         return True
+
+    def action_start_run(self) -> None:
+        self.query_one(SetupPane).action_start()
+
+    def action_save_preset(self) -> None:
+        self.query_one(SetupPane).action_save()
 
     def action_cancel_run(self) -> None:
         from engine.runner import request_stop
@@ -325,7 +336,10 @@ class TjacApp(App):
             ("Everywhere", rows(self.BINDINGS) + [("ctrl+p", "command palette (panes, "
                                                              "export, cancel, resume...)"),
                                                   ("tab / shift+tab", "move the focus")]),
-            ("Setup", rows(SetupPane.BINDINGS) + [("enter (file path)", "load that TOML")]),
+            ("Setup", [("ctrl+r", "start the run (a worker process)"),
+                       ("ctrl+s", "save the edited config as a new preset"),
+                       ("escape", "leave the field being edited"),
+                       ("enter (file path)", "load that TOML")]),
             ("Sessions", [("enter", "open the selected session")] + rows(SessionsPane.BINDINGS)),
             ("Compare", [("space", "select / deselect a session")]),
             ("Live", [("x", "cancel: the worker finishes its chunk and saves (resumable)"),

@@ -124,6 +124,10 @@ class LiveState:
             rate = ev.get("rate")
             log(f"jacobian chunk {ev.get('chunk')}: {ev.get('done')}/{ev.get('total')} columns"
                 + (f", {rate:.1f} col/s" if rate else ""))
+        elif kind == "analysis_progress":
+            st = self.stages.setdefault(f"analysis.{ev.get('name')}", {})
+            st["progress"] = (ev.get("done"), ev.get("total"))
+            changed.add("stages")
         elif kind == "warning":
             log(f"warning: {ev.get('message')}", "warning")
         elif kind == "error":

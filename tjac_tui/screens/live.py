@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, RichLog, Static
 
 from ..plots import accuracy_plot, loss_plot
@@ -18,7 +18,7 @@ STATUS_STYLE = {"done": "green", "running": "bold cyan", "failed": "bold red",
                 "interrupted": "yellow", "stale": "yellow", "pending": "dim", "created": "dim"}
 
 
-class LivePane(Vertical):
+class LivePane(VerticalScroll):
     """Shows one session as its worker runs (or as it ended); fed by the app's event tail."""
 
     def __init__(self, *, ascii: bool = False, color: bool = True, id: str | None = None):
@@ -46,9 +46,9 @@ class LivePane(Vertical):
 
     def on_mount(self) -> None:
         t = self.query_one("#stages-table", DataTable)
-        t.add_column("stage", key="stage", width=9)
-        t.add_column("state", key="state", width=11)
-        t.add_column("time", key="time", width=9)
+        t.add_column("stage", key="stage", width=13)  # analysis.NAME stages too
+        t.add_column("state", key="state", width=13)
+        t.add_column("time", key="time", width=7)
 
     # ---- feeding ---------------------------------------------------------------------------
     def reset(self, path: Path | None) -> None:
@@ -112,7 +112,10 @@ class LivePane(Vertical):
         for n in names:
             st = live.stages.get(n, {})
             state = st.get("status", "pending")
-            t.update_cell(n, "state", Text(state, style=STATUS_STYLE.get(state, "")))
+            shown = state
+            if state == "running" and st.get("progress"):
+                shown = f"running {st['progress'][0]}/{st['progress'][1]}"
+            t.update_cell(n, "state", Text(shown, style=STATUS_STYLE.get(state, "")))
             t.update_cell(n, "time", fmt_seconds(st.get("seconds")) if st.get("seconds")
                           is not None else "-")
 

@@ -18,11 +18,8 @@ from ..widgets import ConfigField
 
 
 class SetupPane(Vertical):
-    BINDINGS = [
-        Binding("ctrl+r", "start", "Start run"),
-        Binding("ctrl+s", "save", "Save preset"),
-        Binding("escape", "leave_field", "Leave field", show=False),
-    ]
+    # ctrl+r (start) and ctrl+s (save) are app bindings, live while this pane is shown
+    BINDINGS = [Binding("escape", "leave_field", "Leave field", show=False)]
 
     def __init__(self, presets: list[Path], *, id: str | None = None):
         super().__init__(id=id)
