@@ -382,3 +382,23 @@ def test_run_on_session_reruns_one_analysis_with_other_settings(tiny_session):
     assert out["ood"]["n_directions"] == len(range(0, 39, 4))
     assert json.loads((tiny_session.path / "analyses/ood.json").read_text())["stride"] == 4
     load_all()
+
+
+def test_restricted_training_resumes_from_a_checkpoint(tiny_npz):
+    from conftest import make
+
+    problem, theta0 = make(tiny_config(tiny_npz, optimizer="adam", lr=0.01, epochs=3))
+    P = len(theta0)
+    basis = torch.linalg.qr(torch.randn(P, P, dtype=theta0.dtype,
+                                        generator=torch.Generator().manual_seed(0)))[0].T
+    mask = torch.ones(2, P, dtype=theta0.dtype)
+    mask[0, 10:] = 0
+    saved = {}
+
+    def keep(t, C, state):
+        saved[t] = (t, C.clone(), tuple(s.clone() for s in state))
+
+    full = restricted.restricted_train(problem, theta0, basis, mask, checkpoint=keep, every=5)
+    assert sorted(saved) == list(range(5, problem.steps, 5))
+    again = restricted.restricted_train(problem, theta0, basis, mask, start=saved[10])
+    torch.testing.assert_close(again, full, rtol=0, atol=0)

@@ -83,10 +83,12 @@ def batched_grad(problem):
 
 
 def restricted_train(problem, theta0: torch.Tensor, basis: torch.Tensor, mask: torch.Tensor,
-                     should_stop=None) -> torch.Tensor:
+                     should_stop=None, start: tuple | None = None, checkpoint=None,
+                     every: int = 50) -> torch.Tensor:
     """Train R restricted runs together: run r is ``theta_0 + basis^T c_r`` with c_r
     supported on ``mask[r]``. ``basis`` (P, P) has orthonormal rows (V^T), ``mask`` (R, P) is
-    0/1. Returns the final parameters (R, P)."""
+    0/1. Returns the final parameters (R, P). ``start = (t, C, state)`` continues from a
+    checkpoint; ``checkpoint(t, C, state)`` is called every ``every`` steps."""
     p = problem
     cfg = p.optimizer.cfg
     wd = cfg.weight_decay
@@ -94,8 +96,13 @@ def restricted_train(problem, theta0: torch.Tensor, basis: torch.Tensor, mask: t
     mask = mask.to(theta0.dtype)
     C = torch.zeros(mask.shape, dtype=theta0.dtype, device=theta0.device)
     state = opt.init(C)
+    t0 = 0
+    if start is not None:
+        t0, C, state = start
     gfun = batched_grad(p)
-    for t in range(p.steps):
+    for t in range(t0, p.steps):
+        if checkpoint is not None and t > t0 and t % every == 0:
+            checkpoint(t, C, state)
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         x, y = p.batch(t)
@@ -127,8 +134,10 @@ def run(ctx: Context, cfg: Config) -> dict:
             mask = torch.zeros(len(batch), P, dtype=dt, device=dev)
             for r, (f, k) in enumerate(batch):
                 mask[r, torch.as_tensor(family_indices(f, S, k), device=dev)] = 1
+            ck = _Checkpoint(ctx, part.fp, a, dt, dev)
             with torch.no_grad():
-                thetas = restricted_train(ctx.problem, ctx.theta0, basis, mask, ctx.should_stop)
+                thetas = restricted_train(ctx.problem, ctx.theta0, basis, mask, ctx.should_stop,
+                                          start=ck.load(), checkpoint=ck.save)
             for key, th in zip(keys, thetas):
                 te = ctx.problem.evaluate(th, ctx.problem.x_test, ctx.problem.y_test)
                 tr = ctx.problem.evaluate(th, ctx.problem.x_train, ctx.problem.y_train)
@@ -141,6 +150,7 @@ def run(ctx: Context, cfg: Config) -> dict:
                       results[f"{f}:{k}"]["train_loss"]] for k in ks] for f in cfg.families])
     ctx.session.write_npy("analyses/restricted.npy", arr)
     part.done()
+    (ctx.session.path / _Checkpoint.REL).unlink(missing_ok=True)
     full = ctx.problem.evaluate(ctx.thetaT, ctx.problem.x_test, ctx.problem.y_test)
     return {"ks": ks, "families": list(cfg.families),
             "test_loss": {f: [results[f"{f}:{k}"]["test_loss"] for k in ks]
@@ -149,3 +159,32 @@ def run(ctx: Context, cfg: Config) -> dict:
             "train_loss": {f: [results[f"{f}:{k}"]["train_loss"] for k in ks]
                            for f in cfg.families},
             "full_test_loss": full[0], "full_test_acc": full[1]}
+
+
+class _Checkpoint:
+    """The optimizer state of the batch in training (``analyses/.restricted.ckpt.npz``), so an
+    interrupted analysis resumes at its last checkpoint step instead of the batch's start."""
+
+    REL = "analyses/.restricted.ckpt.npz"
+
+    def __init__(self, ctx: Context, fp: str, batch: int, dtype, device):
+        self.path = ctx.session.path / self.REL
+        self.key = f"{fp}:{batch}"
+        self.dtype, self.device = dtype, device
+
+    def load(self):
+        if not self.path.is_file():
+            return None
+        with np.load(self.path, allow_pickle=False) as f:
+            if str(f["key"]) != self.key:
+                return None
+            n = int(f["n_state"])
+            t = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
+            return int(f["t"]), t(f["C"]), tuple(t(f[f"s{i}"]) for i in range(n))
+
+    def save(self, step: int, C: torch.Tensor, state: tuple) -> None:
+        tmp = self.path.with_name(".restricted.ckpt.tmp.npz")
+        arrays = {f"s{i}": s.detach().cpu().numpy() for i, s in enumerate(state)}
+        np.savez(tmp, key=np.array(self.key), t=np.array(step), n_state=np.array(len(state)),
+                 C=C.detach().cpu().numpy(), **arrays)
+        tmp.replace(self.path)
