@@ -8,8 +8,8 @@ plot and a table each, updating live while the run writes them.
 What it shows comes from :func:`engine.experiments.views.content` (plain data: plot series and
 table rows, testable without a terminal); the plots are drawn by the same code as the report's.
 The pane polls the directory's ``analyses/`` (file names and modification times) and the last
-``analysis_progress`` event every ``poll`` seconds, in a thread worker, and redraws only when
-something changed.
+``analysis_progress`` event every ``poll`` seconds while it is visible, in a thread worker, and
+redraws only when something changed.
 """
 
 from __future__ import annotations
@@ -123,9 +123,14 @@ class AnalysesPane(VerticalScroll):
             "no session selected" if path is None else f"{self.path.name}: loading...")
         self.refresh_content()
 
+    def on_show(self) -> None:
+        self.refresh_content()
+
     def refresh_content(self) -> None:
         if self.path is None or self._busy:
             return
+        if self.is_mounted and self.region.area == 0 and self._sig is not None:
+            return  # hidden (another tab): no polling; on_show catches up
         self._busy = True
         self._check(self.path, self._sig, self._offset)
 
