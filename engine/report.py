@@ -1,4 +1,5 @@
-"""Markdown reports of sessions: config, timings, the regions table, findings and ASCII plots.
+"""Markdown reports of sessions: config, timings, the regions table, ASCII plots, the analyses
+and the paper's findings checked (:mod:`engine.findings`).
 
     render_report(session) -> str           the markdown text
     write_report(session, path=None) -> Path    writes it (default: <session>/report.md)
@@ -11,7 +12,6 @@ colour; with ``ascii_only`` (the default) they contain only ASCII characters.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
@@ -145,7 +145,7 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
         parts += ["_The session is not finished: this report shows what it holds so far._", ""]
 
     if summary is not None:
-        parts += ["## Findings", ""] + [f"- {f}" for f in findings(summary, m)] + [""]
+        parts += ["## Summary", ""] + [f"- {f}" for f in findings(summary, m)] + [""]
         parts += ["## Regions", "",
                   f"P = {summary['P']}, s_max = {_g(summary['s_max'])}, "
                   f"s_min = {_g(summary['s_min'])}, bulk_tol = {summary['bulk_tol']:g} "
@@ -182,7 +182,10 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
         for p in plots:
             parts += [f"### {p.title}", "", _code(p.text), ""]
 
-    parts += _analyses(s)
+    if s.has("svd/S.npy"):  # every finished analysis, then the paper's findings checked
+        from .findings import render_analyses_markdown
+
+        parts += [render_analyses_markdown(s, ascii_only=ascii_only, width=width).rstrip(), ""]
 
     if (s.path / "config.toml").is_file():
         parts += ["## Config", "", _code((s.path / "config.toml").read_text(), "toml"), ""]
@@ -190,37 +193,6 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
     if env:
         parts += ["## Environment", "", _md_table(["key", "value"], sorted(env.items())), ""]
     return "\n".join(parts).rstrip() + "\n"
-
-
-def _analyses(s: Session) -> list[str]:
-    """One short section per ``analyses/NAME.json``: its scalar results (the nested tables stay
-    in the file)."""
-    files = sorted((s.path / "analyses").glob("*.json")) if s.has("analyses") else []
-    if not files:
-        return []
-    try:
-        from .experiments import load_all
-
-        titles = {name: a.title for name, a in load_all().items()}
-    except Exception:  # noqa: BLE001 - titles are a nicety
-        titles = {}
-    parts = ["## Analyses", ""]
-    for f in files:
-        try:
-            data = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        parts += [f"### {titles.get(f.stem, f.stem)} (`analyses/{f.name}`)", ""]
-        scalars = [[k, _g(v) if isinstance(v, float) else v] for k, v in data.items()
-                   if isinstance(v, (int, float, str, bool)) or v is None] \
-            if isinstance(data, dict) else []
-        if scalars:
-            parts += [_md_table(["result", "value"], scalars), ""]
-        nested = [k for k, v in data.items() if isinstance(v, (dict, list))] \
-            if isinstance(data, dict) else []
-        if nested:
-            parts += [f"Tables in the file: {', '.join(nested)}.", ""]
-    return parts
 
 
 def write_report(session: Session | str | Path, path: str | Path | None = None,

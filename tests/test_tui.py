@@ -39,6 +39,19 @@ def finished(tmp_path_factory) -> Path:
     return s.path
 
 
+@pytest.fixture(scope="module")
+def with_analysis(finished, tmp_path_factory) -> Path:
+    """A copy of the finished session with [analysis.distance] added: resuming it runs only
+    that stage (the others are done)."""
+    path = tmp_path_factory.mktemp("analysed") / "quick-distance"
+    shutil.copytree(finished, path)
+    with open(path / "config.toml", "a") as f:
+        f.write("\n[analysis.distance]\n")
+    assert run_session(path) == 0
+    assert Session(path).manifest()["stages"]["analysis.distance"]["status"] == "done"
+    return path
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -226,7 +239,8 @@ def test_export_writes_the_report(finished):
         assert f"| {r['region']} | {r['count']} | {r['indices']} | {r['s range']} |" in text
     assert "## Timings" in text and "```toml" in text and 'name = "quick"' in text
     blocks = text.split("```text\n")[1:]
-    assert len(blocks) == 5  # loss, accuracy, s, |s - 1|, u . v
+    assert len(blocks) >= 5  # loss, accuracy, s, |s - 1|, u . v, then the analyses'
+    assert "## The paper's findings, checked" in text
     assert all(asciiplot.is_plain_ascii(b.split("```")[0]) for b in blocks)
 
 
@@ -293,13 +307,15 @@ def test_help_palette_and_ascii(finished, monkeypatch):
             await pilot.press("question_mark")
             assert isinstance(app.screen, HelpScreen)
             keys = [k for _, rows in app.screen.sections for k, _ in rows]
-            for k in ("1", "2", "3", "4", "5", "6", "e", "x", "r", "?", "q", "ctrl+p"):
+            for k in ("1", "2", "3", "4", "5", "6", "7", "e", "x", "r", "?", "q", "ctrl+p",
+                      "ctrl+r", "ctrl+s"):
                 assert k in keys
             await pilot.press("escape")
             assert not isinstance(app.screen, HelpScreen)
             titles = [c.title for c in app.get_system_commands(app.screen)]
             for t in ("Setup pane (1)", "Live pane (2)", "Spectrum pane (3)",
                       "Regions pane (4)", "Sessions pane (5)", "Compare pane (6)",
+                      "Analyses pane (7)",
                       "Export report (e)", "Cancel run (x)", "Resume run (r)"):
                 assert t in titles
             await pilot.press("3")
@@ -335,8 +351,8 @@ def test_sessions_delete_and_compare(finished, tmp_path):
             cmp_ = app.query_one(ComparePane)
             await until(pilot, lambda: len(cmp_.choices) == 2, what="compare choices")
             cmp_.select([a, b])
-            await until(pilot, lambda: cmp_.rows and app.query_one("#cmp-dist").plot,
-                        what="the comparison")
+            await until(pilot, lambda: cmp_.rows and app.query_one("#cmp-dist").plot
+                        and app.query_one("#cmp-s").plot, what="the comparison")
             summary = Session(finished).spectrum()
             counts = {r[0]: r[1:] for r in cmp_.rows}
             for n in ("chaotic", "bulk", "stable"):
@@ -466,3 +482,26 @@ def test_cancel_resume_detach_and_reattach(tmp_path):
 
             request_stop(path)
     assert not _worker_alive(path)
+
+
+def test_analyses_pane_follows_the_session(with_analysis):
+    async def go():
+        app = TjacApp(sessions_dir=with_analysis.parent, session=with_analysis.name)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.live.status == "done", what="the event log")
+            assert "analysis.distance" in app.stage_states()
+            await pilot.press("7")
+            assert app.active_pane == "analyses"
+            pane = app.query_one("#analyses-pane")
+            await until(pilot, lambda: pane.shown, what="the analyses")
+            assert [a["name"] for a in pane.shown] == ["distance"]
+            await until(pilot, lambda: pane.table_rows(), what="the analysis tables")
+            plots = list(pane.query(".analysis-plot"))
+            assert plots
+            await until(pilot, lambda: all(p.plot is not None for p in plots),
+                        what="the analysis plots")
+            # another session: the pane follows
+            app.open_session(None)
+            await pilot.pause(0.1)
+            assert pane.shown == [] and pane.path is None
+    run(go())

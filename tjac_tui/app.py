@@ -1,7 +1,8 @@
-"""The Textual app: six panes over one "current" session, fed by tailing its event log.
+"""The Textual app: seven panes over one "current" session, fed by tailing its event log.
 
-The TUI never runs the engine (nor imports torch, until a run is started from it): a run is a worker process (:func:`engine.runner.start_worker`)
-that goes on when the TUI quits; the TUI reads the session directory. File reads (events,
+The TUI never runs the engine (nor imports torch, until a run is started from it): a run is a
+worker process (:func:`engine.runner.start_worker`) that goes on when the TUI quits; the TUI
+reads the session directory. File reads (events,
 manifest, arrays) and plotting happen in thread workers; the event loop only updates widgets.
 """
 
@@ -23,6 +24,7 @@ from engine.session import Session
 from .cli import find_preset, find_session, shipped_presets
 from .screens import (ComparePane, HelpScreen, LivePane, RegionsPane, SessionsPane, SetupPane,
                       SpectrumPane)
+from .screens.analyses import AnalysesPane
 from .state import LiveState, Snapshot, read_snapshot
 
 PANES = [("setup", "Setup", "pick and edit a preset, start a run"),
@@ -30,10 +32,11 @@ PANES = [("setup", "Setup", "pick and edit a preset, start a run"),
          ("spectrum", "Spectrum", "singular values, |s - 1| and u . v alignment"),
          ("regions", "Regions", "the three regions and the spectrum summary"),
          ("sessions", "Sessions", "all sessions: open, resume, delete"),
-         ("compare", "Compare", "overlay the spectra of several sessions")]
+         ("compare", "Compare", "overlay the spectra of several sessions"),
+         ("analyses", "Analyses", "the finished analyses of the session: plots and tables")]
 
 
-# the tabs read "1 Setup", "2 Live"...; the footer groups their keys as "1 2 3 4 5 6 panes" so
+# the tabs read "1 Setup", "2 Live"...; the footer groups their keys as "1 2 ... 7 panes" so
 # that everything fits in 80 columns
 PANE_KEYS = Binding.Group("panes")
 
@@ -93,6 +96,9 @@ class TjacApp(App):
             with TabPane(self._tab_label("compare"), id="compare"):
                 yield ComparePane(ascii=self.ascii_only, color=self.plot_color,
                                   id="compare-pane")
+            with TabPane(self._tab_label("analyses"), id="analyses"):
+                yield AnalysesPane(ascii=self.ascii_only, color=self.plot_color,
+                                   id="analyses-pane")
         yield Footer(compact=True)
 
     @staticmethod
@@ -132,7 +138,8 @@ class TjacApp(App):
             return  # keep the focus the user (or a test) already put inside the pane
         target = {"live": "#live-log", "regions": "#regions-table",
                   "sessions": "#sessions-table", "compare": "#compare-pick",
-                  "spectrum": "#spectrum-pane", "setup": "#preset-select"}[name]
+                  "spectrum": "#spectrum-pane", "setup": "#preset-select",
+                  "analyses": "#analyses-pane"}[name]
         try:
             self.query_one(target).focus()
         except Exception:  # noqa: BLE001 - nothing focusable there yet
@@ -171,6 +178,7 @@ class TjacApp(App):
         self.query_one(LivePane).reset(self.current)
         self.query_one(SpectrumPane).load(self.current)
         self.query_one(RegionsPane).load(self.current)
+        self.query_one(AnalysesPane).load(self.current)
         self.sub_title = self.current.name if self.current else "training-Jacobian workbench"
         self.refresh_bindings()
         if pane:
