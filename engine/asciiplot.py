@@ -35,7 +35,8 @@ RULE_COLOR = 8  # grey region boundaries
 _ASCII_TABLE = str.maketrans({
     **{c: "-" for c in "─━═┄┈╌┅┉╍"},
     **{c: "|" for c in "│┃║┆┊╎┇┋╏"},
-    **{c: "+" for c in "┌┐└┘╭╮╰╯├┤┬┴┼╔╗╚╝╠╣╦╩╬┏┓┗┛┣┫┳┻╋"},
+    **{c: "+" for c in "┌┐└┘╭╮╰╯├┤┬┴┼"},  # corners and tees of the frame and the ticks
+    **{c: "+" for c in "╔╗╚╝╠╣╦╩╬┏┓┗┛┣┫┳┻╋"},
 })
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

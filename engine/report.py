@@ -75,8 +75,9 @@ def findings(summary: dict, manifest: dict | None = None) -> list[str]:
     fm = (manifest or {}).get("final_metrics")
     if fm:
         out.append(f"after training (step {fm.get('step')}): train loss "
-                   f"{_g(fm.get('train_loss'), '.4f')}, test loss {_g(fm.get('test_loss'), '.4f')}, "
-                   f"test accuracy {_g(fm.get('test_acc'), '.3f')}.")
+                   f"{_g(fm.get('train_loss'), '.4f')}, test loss "
+                   f"{_g(fm.get('test_loss'), '.4f')}, test accuracy "
+                   f"{_g(fm.get('test_acc'), '.3f')}.")
     return out
 
 

@@ -89,6 +89,9 @@ for size in 80x24 160x48; do
     keys 3
     wait_for "singular values" 30 || fail "$size: no spectrum plot"
     capture "spectrum-$size"
+    keys 7
+    wait_for "no analysis has finished yet" 30 || fail "$size: the Analyses pane is empty"
+    capture "analyses-$size"
     keys 5
     capture "sessions-$size"
     grep -qF "quick" "$OUT/sessions-$size.txt" || fail "$size: the session is not listed"

@@ -24,7 +24,7 @@ from tjac_tui.app import TjacApp
 from tjac_tui.screens import (ComparePane, ConfirmScreen, HelpScreen, LivePane, RegionsPane,
                               SessionsPane, SetupPane, SpectrumPane)
 from tjac_tui.state import LiveState, parse_field, value_to_text
-from tjac_tui.widgets import ConfigField, JacobianBar
+from tjac_tui.widgets import JacobianBar
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "presets" / "quick.toml"

@@ -46,10 +46,10 @@ class TjacApp(App):
     TITLE = "tjac"
     SUB_TITLE = "training-Jacobian workbench"
     BINDINGS = [
+        Binding("ctrl+r", "start_run", "Start run"),  # these two: on the Setup pane only
+        Binding("ctrl+s", "save_preset", "Save preset"),
         *[Binding(str(i + 1), f"pane('{key}')", label, tooltip=desc, group=PANE_KEYS)
           for i, (key, label, desc) in enumerate(PANES)],
-        Binding("ctrl+r", "start_run", "Start run"),
-        Binding("ctrl+s", "save_preset", "Save preset"),
         Binding("e", "export", "Export"),
         Binding("x", "cancel_run", "Cancel"),
         Binding("r", "resume_run", "Resume"),
@@ -280,7 +280,8 @@ class TjacApp(App):
             return self.current is not None and self._locked
         if action == "resume_run":
             return (self.current is not None and not self._locked
-                    and not self._starting(self.current) and self._status in ("interrupted", "failed", "stale", "created"))
+                    and not self._starting(self.current)
+                    and self._status in ("interrupted", "failed", "stale", "created"))
         if action == "export":
             return self.current is not None
         if action in ("start_run", "save_preset"):
@@ -340,10 +341,11 @@ class TjacApp(App):
                             b.action))
             return out
 
+        everywhere = [b for b in self.BINDINGS if b.action not in ("start_run", "save_preset")]
         return [
-            ("Everywhere", rows(self.BINDINGS) + [("ctrl+p", "command palette (panes, "
-                                                             "export, cancel, resume...)"),
-                                                  ("tab / shift+tab", "move the focus")]),
+            ("Everywhere", rows(everywhere) + [
+                ("ctrl+p", "command palette (panes, export, cancel, resume...)"),
+                ("tab / shift+tab", "move the focus")]),
             ("Setup", [("ctrl+r", "start the run (a worker process)"),
                        ("ctrl+s", "save the edited config as a new preset"),
                        ("escape", "leave the field being edited"),
