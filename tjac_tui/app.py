@@ -136,12 +136,12 @@ class TjacApp(App):
         pane = self.query_one(f"#{name}", TabPane)
         if self.focused is not None and pane in self.focused.ancestors:
             return  # keep the focus the user (or a test) already put inside the pane
-        target = {"live": "#live-log", "regions": "#regions-table",
+        target = {"live": "#live-pane", "regions": "#regions-table",
                   "sessions": "#sessions-table", "compare": "#compare-pick",
                   "spectrum": "#spectrum-pane", "setup": "#preset-select",
                   "analyses": "#analyses-pane"}[name]
         try:
-            self.query_one(target).focus()
+            self.query_one(target).focus(scroll_visible=False)  # panes open at their top
         except Exception:  # noqa: BLE001 - nothing focusable there yet
             pass
 
