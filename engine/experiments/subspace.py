@@ -12,9 +12,12 @@ Two facts keep this cheap:
   *sum* of the cosines satisfies ``sum cos(A, B) = k + n - P + sum cos(A', B')``, and the
   complement side is the block ``M[k:, n:]``.
 
-Each k then costs an SVD of the smaller of the two blocks. The mean cosine divides the sum by
-``min(k, n)``, the number of principal angles, as :func:`engine.spectrum.subspace_cosines` would
-(which these functions are tested against).
+Each k then costs one block, whichever is smaller. The sum of the cosines of a block B is the sum
+of the square roots of the eigenvalues of its smaller Gram matrix (B B^T or B^T B): several
+times faster than its singular values, and exact to ~1e-8 per cosine (cosines near 0 come from
+eigenvalues near the rounding level). The mean cosine divides the sum by ``min(k, n)``, the
+number of principal angles, as :func:`engine.spectrum.subspace_cosines` would (which these
+functions are tested against).
 """
 
 from __future__ import annotations
@@ -24,9 +27,23 @@ import scipy.linalg
 
 
 def _sum_svals(block: np.ndarray) -> float:
+    """Sum of the singular values of a block of an orthogonal matrix (each in [0, 1])."""
     if block.size == 0:
         return 0.0
-    return float(np.clip(scipy.linalg.svdvals(block), 0.0, 1.0).sum())
+    G = block @ block.T if block.shape[0] <= block.shape[1] else block.T @ block
+    ev = scipy.linalg.eigvalsh(G, check_finite=False)
+    return float(np.sqrt(np.clip(ev, 0.0, 1.0)).sum())
+
+
+def _random_sum_cos(P: int, k: int, n: int, rng: np.random.Generator) -> float:
+    """Sum of the principal-angle cosines between span(X) for a Gaussian X (P, k), a uniformly
+    random k-subspace, and the first n axes: the squared cosines are the generalized
+    eigenvalues of (X[:n]^T X[:n], X^T X)."""
+    X = rng.standard_normal((P, k))
+    G1 = X[:n].T @ X[:n]
+    G = G1 + X[n:].T @ X[n:]
+    ev = scipy.linalg.eigh(G1, G, eigvals_only=True, check_finite=False)
+    return float(np.sqrt(np.clip(ev, 0.0, 1.0)).sum())
 
 
 def mean_cos_block(M: np.ndarray, k: int, n: int) -> float:
@@ -56,10 +73,11 @@ def random_mean_cos(P: int, k: int, n: int, rng: np.random.Generator, samples: i
     vals = []
     for _ in range(max(1, samples)):
         if k <= P - k:
-            Q, _ = np.linalg.qr(rng.standard_normal((P, k)))
-            s = _sum_svals(Q[:n])
-        else:  # the complement of a random k-subspace is a random (P - k)-subspace
-            Q, _ = np.linalg.qr(rng.standard_normal((P, P - k)))
-            s = (k + n - P) + _sum_svals(Q[n:])
+            s = _random_sum_cos(P, k, n, rng)
+        elif k == P:
+            s = float(n)
+        else:  # the complement of a random k-subspace is a random (P - k)-subspace; its
+            # cosines with the complement of the first n axes (the last P - n axes)
+            s = (k + n - P) + (_random_sum_cos(P, P - k, P - n, rng) if n < P else 0.0)
         vals.append(np.clip(s / m, 0.0, 1.0))
     return float(np.mean(vals))
