@@ -17,8 +17,9 @@ import numpy as np
 
 from .. import regions
 from ..config import _boolean, _f, _number
-from ..spectrum import alignment as alignment_of, subspace_cosines
+from ..spectrum import alignment as alignment_of
 from . import Context, register
+from .subspace import cosines
 
 
 @dataclass
@@ -61,7 +62,7 @@ def run(ctx: Context, cfg: Config) -> dict:
                "align_min": float(a[r].min()) if n else None}
         if cfg.subspaces and n:
             ctx.emit("analysis_progress", name="distance", done=len(per_region), total=3)
-            cos = subspace_cosines(ctx.U[:, r], ctx.Vh[r].T)
+            cos = cosines(ctx.U[:, r].T @ ctx.Vh[r].T)
             row["subspace_cos_mean"] = float(cos.mean())
             row["subspace_cos_min"] = float(cos.min())
         per_region[name] = row

@@ -26,13 +26,19 @@ import numpy as np
 import scipy.linalg
 
 
-def _sum_svals(block: np.ndarray) -> float:
-    """Sum of the singular values of a block of an orthogonal matrix (each in [0, 1])."""
+def cosines(block: np.ndarray) -> np.ndarray:
+    """The singular values (descending, in [0, 1]) of ``block = A^T B`` for orthonormal columns
+    A, B, i.e. the principal-angle cosines, from the smaller Gram matrix."""
     if block.size == 0:
-        return 0.0
+        return np.zeros(0)
     G = block @ block.T if block.shape[0] <= block.shape[1] else block.T @ block
     ev = scipy.linalg.eigvalsh(G, check_finite=False)
-    return float(np.sqrt(np.clip(ev, 0.0, 1.0)).sum())
+    return np.sqrt(np.clip(ev, 0.0, 1.0))[::-1]
+
+
+def _sum_svals(block: np.ndarray) -> float:
+    """Sum of the singular values of a block of an orthogonal matrix (each in [0, 1])."""
+    return float(cosines(block).sum())
 
 
 def _random_sum_cos(P: int, k: int, n: int, rng: np.random.Generator) -> float:
