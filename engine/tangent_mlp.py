@@ -14,8 +14,8 @@ Primal gradient (reverse mode); ``G_l = d loss / d z_l``::
     E_l  = G_l @ W_l                         (= d loss / d a_l, l > 0)
     G_{l-1} = E_l * act'(z_{l-1})
 
-Tangent (forward-over-reverse) for a direction (dW, db); ``d`` denotes the
-directional derivative, ``dA_0 = 0``::
+Tangent (forward-over-reverse) along a direction ``(dW, db)``; ``d`` denotes
+the directional derivative and ``dA_0 = 0``::
 
     dZ_l = dA_l @ W_l^T + a_l @ dW_l^T + db_l
     dA_{l+1} = act'(z_l) * dZ_l
@@ -26,35 +26,51 @@ directional derivative, ``dA_0 = 0``::
 
 ``(dgW_l, dgb_l)`` is the Hessian of the loss applied to the direction.
 
-Layout.  ``K`` tangent directions are processed at once.  Every tangent
-activation (``dZ_l``, ``dA_l``, ``dG_l``, ``dE_l``) is stored as a contiguous
-``(B, K, h)`` tensor, so that it is simultaneously
+Layout.  ``K`` directions are processed at once.  Parameter tangents come as
+``dW_l: (K, m, n)`` (``m = d_{l+1}``, ``n = d_l``).  Every tangent activation
+(``dZ_l``, ``dA_l``, ``dG_l``, ``dE_l``) is kept *transposed*, as a contiguous
+``(K, h, B)`` tensor (direction, unit, sample), i.e. the stack of the
+per-direction ``dZ^T``.  Then the dominant products -- those with a shared
+batch operand, whose other operand is the parameter tangent -- are single
+large GEMMs with no rearrangement at all::
 
-* a ``(B, K*h)`` matrix -- the layout of products with a shared *batch*
-  operand: ``a_l @ dW_l^T`` for all k is ``a_l @ dW_l.view(K*m, n)^T``
-  (``(B, n) @ (n, K*m)``), ``dG_l^T a_l`` for all k is
-  ``dG_l.view(B, K*m)^T @ a_l`` -> ``(K*m, n)`` = ``(K, m, n)``, and
-  ``G_l^T dA_l`` for all k is ``G_l^T @ dA_l.view(B, K*n)`` -> ``(m, K, n)``;
-* a ``(B*K, h)`` matrix -- the layout of products with a shared *weight*:
-  ``dA_l @ W_l^T`` and ``dG_l @ W_l``.
+    dZ_l^T   += dW_l.view(K*m, n) @ a_l^T          (K*m, n) @ (n, B)
+    dgW_l     = dG_l^T.view(K*m, B) @ a_l          (K*m, B) @ (B, n)
 
-Each term is therefore a single large GEMM with one shared operand; no
-per-direction batched products and no permuting copies of the big
-``(B, K, h)`` tensors are needed.  The only rearrangements are the small
-``(m, K, n) -> (K, m, n)`` add of the ``G^T dA`` term and the copy of the
-(parameter-sized) ``dW_l`` into ``(m, K*n)`` for ``G_l @ dW_l``.  Element-wise
-work is done in place on temporaries (``mul_``, ``addcmul_``).
+and the bias terms are a broadcast add / a reduction over the contiguous last
+axis.  (This orientation is up to ~2x faster with MKL than the ``(B, K*h)``
+orientation, whose outputs have only ``B`` rows.)  Non-contiguous parameter
+tangents (e.g. views into a flat ``(K, P)`` buffer) are read in place by a
+batched GEMM instead of being copied.  Products with a shared
+*weight* or a shared ``G`` contract a per-direction ``(h, B)`` block and are
+done as one strided batched GEMM each, with the shared operand broadcast by
+a stride-0 ``expand`` (no copies)::
 
-Primal quantities (activations, ``act'``, ``E_l * act''``, ``G_l``, softmax)
-are computed once per batch in :meth:`MLPKernel.primal` and can be reused for
-any number of tangent chunks via :meth:`MLPKernel.tangent`.
+    dZ_l^T[k]  += W_l @ dA_l^T[k]                  (m, n) @ (n, B)
+    dgW_l[k]   += G_l^T @ dA_l^T[k]^T              (m, B) @ (B, n)
+    dE_l^T[k]   = dW_l[k]^T @ G_l^T                (n, m) @ (m, B)
+    dE_l^T[k]  += W_l^T @ dG_l^T[k]                (n, m) @ (m, B)
+
+Element-wise work (``act'``/``act''`` products, the softmax tangent) is
+done in place or with ``out=`` into per-thread workspace buffers that are
+reused across calls, so the hot loop performs no large allocations (fresh
+multi-MB tensors cost page faults that dominated an allocating version);
+``dE_l`` is written into the (then dead) buffer of ``dA_l``.
+
+All primal quantities the tangent pass needs (activations, transposed
+``act'``, ``E * act''``, ``G`` and softmax) are computed once per batch by
+:meth:`MLPKernel.primal` and reused by :meth:`MLPKernel.tangent` for any
+number of tangent chunks.  ``K`` around 64-128 per call is fastest on a
+2-core CPU (the workspace then stays in cache); see
+``benchmarks/bench_tangent_step.py``.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,74 +86,99 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_TANH_C = 0.044715
 
 
-def _act_value(name: str, z: Tensor) -> Tensor:
-    """act(z), using torch's own implementation (so ``grad`` matches torch)."""
-    if name == "relu":
-        return torch.relu(z)
-    if name == "tanh":
-        return torch.tanh(z)
-    if name == "gelu":
-        return F.gelu(z)
-    return F.gelu(z, approximate="tanh")
+def _activation(
+    name: str, z: Tensor, want_d1: bool, want_d2: bool, k: Callable[[float], Tensor]
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(act(z), act'(z), act''(z))``, element-wise, with few ops.
 
-
-def _act_derivs(name: str, z: Tensor, second: bool) -> tuple[Tensor, Tensor | None]:
-    """Analytic (act'(z), act''(z)); act'' is None when not requested or
-    identically zero (relu)."""
+    ``act`` itself is torch's implementation (``torch.relu``, ``torch.tanh``,
+    ``F.gelu``), so gradients match torch's to rounding.  The derivatives are
+    analytic; ``act'`` / ``act''`` are ``None`` when not wanted, and ``act''``
+    is ``None`` for relu (identically zero).  ``k(v)`` is the constant ``v``
+    as a 0-d tensor of ``z``'s dtype and device (a Python scalar operand
+    costs an extra conversion op per use in eager PyTorch).
+    """
     if name == "relu":
         # torch convention: relu'(0) = 0; relu'' = 0 everywhere.
-        return (z > 0).to(z.dtype), None
+        return torch.relu(z), (torch.heaviside(z, k(0.0)) if want_d1 else None), None
     if name == "tanh":
+        # act' = 1 - t^2;  act'' = -2 t (1 - t^2)
         t = torch.tanh(z)
-        d1 = 1.0 - t * t
-        return d1, (-2.0 * t * d1 if second else None)
+        if not want_d1:
+            return t, None, None
+        d1 = torch.addcmul(k(1.0), t, t, value=-1.0)
+        return t, d1, (torch.mul(t, d1).mul_(k(-2.0)) if want_d2 else None)
     if name == "gelu":
         # act = z Phi(z);  act' = Phi + z phi;  act'' = 2 phi + z phi' = (2 - z^2) phi
-        phi = torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
-        Phi = 0.5 * (1.0 + torch.erf(z * _INV_SQRT2))
-        d1 = Phi + z * phi
-        return d1, ((2.0 - z * z) * phi if second else None)
-    # gelu_tanh: act = z (1 + t) / 2, t = tanh(u), u = c (z + k z^3)
-    #   u' = c (1 + 3 k z^2),  u'' = 6 c k z,  t' = (1 - t^2) u'
-    #   act'  = (1 + t) / 2 + z (1 - t^2) u' / 2
+        a = F.gelu(z)
+        if not want_d1:
+            return a, None, None
+        z2 = z * z
+        phi = torch.mul(z2, k(-0.5)).exp_().mul_(k(_INV_SQRT_2PI))
+        Phi = torch.mul(z, k(_INV_SQRT2)).erf_().add_(k(1.0)).mul_(k(0.5))
+        d1 = Phi.addcmul_(z, phi)
+        return a, d1, (torch.sub(k(2.0), z2).mul_(phi) if want_d2 else None)
+    # gelu_tanh: act = z (1 + t) / 2,  t = tanh(u),  u = z (c + c k z^2)
+    #   u' = c + 3 c k z^2,  u'' = 6 c k z,  t' = (1 - t^2) u'
+    #   act'  = (1 + t + z (1 - t^2) u') / 2
     #   act'' = (1 - t^2) (u' - z t u'^2 + z u'' / 2)
+    #         = (c + 6 c k z^2) (1 - t^2) - z (1 - t^2) t u'^2
+    a = F.gelu(z, approximate="tanh")
+    if not want_d1:
+        return a, None, None
+    c = _SQRT_2_OVER_PI
+    ck = c * _GELU_TANH_C
     z2 = z * z
-    t = torch.tanh(_SQRT_2_OVER_PI * z * (1.0 + _GELU_TANH_C * z2))
-    s = 1.0 - t * t
-    du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_TANH_C * z2)
-    d1 = 0.5 * (1.0 + t) + 0.5 * z * s * du
-    if not second:
-        return d1, None
-    d2 = s * (du - z * t * du * du + (3.0 * _SQRT_2_OVER_PI * _GELU_TANH_C) * z2)
-    return d1, d2
+    t = torch.add(k(c), z2, alpha=ck).mul_(z).tanh_()
+    s = torch.addcmul(k(1.0), t, t, value=-1.0)
+    du = torch.add(k(c), z2, alpha=3.0 * ck)
+    zs = z * s
+    d1 = torch.addcmul(t, zs, du).add_(k(1.0)).mul_(k(0.5))
+    if not want_d2:
+        return a, d1, None
+    d2 = torch.add(k(c), z2, alpha=6.0 * ck).mul_(s).addcmul_(zs.mul_(t), du.mul_(du), value=-1.0)
+    return a, d1, d2
 
 
-@dataclass
+@dataclass(eq=False)
 class PrimalState:
     """Primal quantities of one batch, shared by all tangent chunks.
 
-    ``L`` layers, batch ``B``, ``m_l = d_{l+1}``, ``n_l = d_l``.
+    ``L`` layers, batch ``B``, layer ``l`` maps ``n_l = d_l`` to ``m_l = d_{l+1}``.
+    The state references the weights and ``x`` it was built from: do not
+    modify those in place while the state is in use.  It holds about
+    ``4 B (d_1 + ... + d_{L-1}) + 3 B d_L + P`` numbers (~92 KB for the
+    paper's float32 64-64-10 net, B = 64): small enough to keep one per
+    training step for a whole run.
 
     Attributes:
-        params: the parameters ``(W_0, b_0, ..., W_{L-1}, b_{L-1})``.
-        acts: ``acts[l] = a_l`` (B, n_l) -- the input of layer l (``acts[0] = x``).
-        d1: ``d1[l] = act'(z_l)`` (B, m_l) for the hidden layers ``l < L-1``.
-        h2: ``h2[l] = E_{l+1} * act''(z_l)`` (B, m_l) for ``l < L-1``, or
-            ``None`` when act'' vanishes (relu).
-        G: ``G[l] = d loss / d z_l`` (B, m_l).
-        p_over_b: ``softmax(z_{L-1}) / B`` (B, d_L).
-        p: ``softmax(z_{L-1})`` (B, d_L).
-        grads: ``d loss / d params``, same shapes and order as ``params``.
+        grads: ``d loss / d params``, same shapes and order as the params.
+        weights: ``weights[l] = W_l`` (m_l, n_l).
+        actsT: ``actsT[l] = a_l^T`` (n_l, B), the input of layer l
+            (``actsT[0] = x.t()``, a view).
+        d1T: ``d1T[l] = act'(z_l)^T`` (m_l, B) for the hidden layers ``l < L-1``.
+        h2T: ``h2T[l] = (E_{l+1} * act''(z_l))^T`` (m_l, B) for ``l < L-1``,
+            or ``None`` when ``act''`` vanishes (relu).
+        GT: ``GT[l] = (d loss / d z_l)^T`` (m_l, B).
+        pT: ``softmax(z_{L-1})^T`` (d_L, B).
+        pT_over_b: ``pT / B``.
     """
 
-    params: tuple[Tensor, ...]
-    acts: list[Tensor]
-    d1: list[Tensor]
-    h2: list[Tensor | None]
-    G: list[Tensor]
-    p: Tensor
-    p_over_b: Tensor
     grads: tuple[Tensor, ...]
+    weights: tuple[Tensor, ...]
+    actsT: tuple[Tensor, ...]
+    d1T: tuple[Tensor, ...]
+    h2T: tuple[Tensor | None, ...]
+    GT: tuple[Tensor, ...]
+    pT: Tensor
+    pT_over_b: Tensor
+
+
+class _Workspace(threading.local):
+    """Per-thread cache of reusable temporaries, keyed by name/shape/dtype/device."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple, Tensor] = {}
 
 
 class MLPKernel:
@@ -151,8 +192,11 @@ class MLPKernel:
 
     Parameters are passed as ``(W_0, b_0, W_1, b_1, ...)`` with
     ``W_l: (d_{l+1}, d_l)``, ``b_l: (d_{l+1},)``; ``x: (B, d_0)`` float,
-    ``y: (B,)`` int64 class indices.  Everything stays on the inputs'
-    device and dtype, and no host synchronisation happens.
+    ``y: (B,)`` int64 class indices.  Everything stays on the inputs' device
+    and dtype, and no host synchronisation happens.  The kernel keeps
+    per-thread workspace buffers (one set per distinct chunk size ``K``,
+    batch size, dtype and device); :meth:`clear_workspace` frees them.
+    Concurrent calls from different threads are safe.
     """
 
     def __init__(self, widths: Sequence[int], activation: str):
@@ -164,55 +208,15 @@ class MLPKernel:
         self.widths = widths
         self.activation = activation
         self.num_layers = len(widths) - 1
+        self._has_d2 = activation != "relu"
+        self._ws = _Workspace()
+        self._consts: dict[tuple, Tensor] = {}
 
-    # ------------------------------------------------------------------ primal
-    def _primal(self, params: Sequence[Tensor], x: Tensor, y: Tensor, second: bool) -> PrimalState:
-        """Forward + backward of the loss; the single code path for all grads."""
-        L = self.num_layers
-        if len(params) != 2 * L:
-            raise ValueError(f"expected {2 * L} parameter tensors, got {len(params)}")
-        act = self.activation
-        acts = [x]
-        d1: list[Tensor] = []
-        d2: list[Tensor | None] = []
-        a = x
-        for l in range(L - 1):
-            z = torch.addmm(params[2 * l + 1], a, params[2 * l].t())
-            a = _act_value(act, z)
-            g1, g2 = _act_derivs(act, z, second)
-            acts.append(a)
-            d1.append(g1)
-            d2.append(g2)
-        logits = torch.addmm(params[2 * L - 1], a, params[2 * L - 2].t())
-
-        B = x.shape[0]
-        p = torch.softmax(logits, dim=1)
-        G = p.clone()
-        G[torch.arange(B, device=x.device), y] -= 1.0
-        G.div_(B)
-
-        grads: list[Tensor] = [None] * (2 * L)  # type: ignore[list-item]
-        Gs: list[Tensor] = [None] * L  # type: ignore[list-item]
-        h2: list[Tensor | None] = [None] * (L - 1)
-        for l in range(L - 1, -1, -1):
-            Gs[l] = G
-            grads[2 * l] = torch.mm(G.t(), acts[l])
-            grads[2 * l + 1] = G.sum(0)
-            if l > 0:
-                E = torch.mm(G, params[2 * l])
-                if d2[l - 1] is not None:
-                    h2[l - 1] = E * d2[l - 1]
-                G = E * d1[l - 1]
-        return PrimalState(
-            params=tuple(params),
-            acts=acts,
-            d1=d1,
-            h2=h2,
-            G=Gs,
-            p=p,
-            p_over_b=p / B,
-            grads=tuple(grads),
-        )
+    # ------------------------------------------------------------------ public
+    def grad(self, params: Sequence[Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
+        """``d loss / d params``, same shapes and order as ``params``."""
+        with torch.no_grad():
+            return self._primal(params, x, y, for_tangent=False)[0]
 
     def primal(self, params: Sequence[Tensor], x: Tensor, y: Tensor) -> PrimalState:
         """Primal pass for one batch, reusable by :meth:`tangent` for many chunks.
@@ -220,85 +224,28 @@ class MLPKernel:
         ``primal(...).grads`` is bitwise equal to :meth:`grad`.
         """
         with torch.no_grad():
-            return self._primal(params, x, y, second=True)
+            return self._primal(params, x, y, for_tangent=True)[1]
 
-    def grad(self, params: Sequence[Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
-        """``d loss / d params``, same shapes and order as ``params``."""
-        with torch.no_grad():
-            return self._primal(params, x, y, second=False).grads
-
-    # ----------------------------------------------------------------- tangent
-    def tangent(self, state: PrimalState, tangents: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    def tangent(
+        self,
+        state: PrimalState,
+        tangents: Sequence[Tensor],
+        out: Sequence[Tensor] | None = None,
+    ) -> tuple[Tensor, ...]:
         """Hessian-vector products for K directions at the state's point.
 
         Args:
             state: from :meth:`primal`.
             tangents: ``tangents[i]`` of shape ``(K, *params[i].shape)``.
+            out: optional preallocated contiguous results, same shapes as
+                ``tangents`` (must not alias them); fresh tensors otherwise.
 
         Returns:
             ``dgrads`` with ``dgrads[i]`` of shape ``(K, *params[i].shape)``:
             ``dgrads[i][k] = d/dt grad_i(params + t tangents[k])`` at ``t = 0``.
         """
         with torch.no_grad():
-            return self._tangent(state, tangents)
-
-    def _tangent(self, st: PrimalState, tangents: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        L = self.num_layers
-        params = st.params
-        K = tangents[0].shape[0]
-        B = st.acts[0].shape[0]
-        has_d2 = self.activation != "relu"
-
-        # ---- forward tangent: dZ_l, dA_l in (B, K, h) layout
-        dAs: list[Tensor | None] = [None]  # dA_0 = 0
-        dZs: list[Tensor] = []
-        dA: Tensor | None = None
-        for l in range(L):
-            W = params[2 * l]
-            m, n = W.shape
-            # a_l @ dW_l^T + db_l for all k:  (B, n) @ (n, K*m) -> (B, K*m)
-            dZ = torch.addmm(tangents[2 * l + 1].reshape(K * m), st.acts[l],
-                             tangents[2 * l].reshape(K * m, n).t())
-            if dA is not None:
-                # += dA_l @ W_l^T:  (B*K, n) @ (n, m)
-                dZ.view(B * K, m).addmm_(dA.view(B * K, n), W.t())
-            dZ = dZ.view(B, K, m)
-            if l < L - 1:
-                dA = dZ * st.d1[l].unsqueeze(1)
-                dAs.append(dA)
-                if has_d2:
-                    dZs.append(dZ)
-
-        # ---- softmax-CE tangent (in place on the last dZ)
-        # dG = p * (dZ - <p, dZ>) / B
-        s = torch.matmul(dZ, st.p.unsqueeze(2))  # (B, K, 1)
-        dG = dZ.sub_(s).mul_(st.p_over_b.unsqueeze(1))
-
-        # ---- backward tangent
-        dgrads: list[Tensor] = [None] * (2 * L)  # type: ignore[list-item]
-        for l in range(L - 1, -1, -1):
-            W = params[2 * l]
-            m, n = W.shape
-            G = st.G[l]
-            # dgW_l = dG_l^T a_l (+ G_l^T dA_l):  (K*m, B) @ (B, n) -> (K, m, n)
-            dgW = torch.mm(dG.view(B, K * m).t(), st.acts[l]).view(K, m, n)
-            if l > 0:
-                dA = dAs[l]
-                # G_l^T dA_l for all k: (m, B) @ (B, K*n) -> (m, K, n)
-                dgW.add_(torch.mm(G.t(), dA.view(B, K * n)).view(m, K, n).transpose(0, 1))
-            dgrads[2 * l] = dgW
-            dgrads[2 * l + 1] = dG.sum(0)
-            if l > 0:
-                # dE_l = G_l @ dW_l + dG_l @ W_l  -> (B, K, n)
-                dWp = tangents[2 * l].transpose(0, 1).reshape(m, K * n)
-                dE = torch.mm(G, dWp)
-                dE.view(B * K, n).addmm_(dG.view(B * K, m), W)
-                dE = dE.view(B, K, n)
-                dE.mul_(st.d1[l - 1].unsqueeze(1))
-                if has_d2:
-                    dE.addcmul_(st.h2[l - 1].unsqueeze(1), dZs[l - 1])
-                dG = dE
-        return tuple(dgrads)
+            return self._tangent(state, tangents, out)
 
     def grad_jvp(
         self,
@@ -317,8 +264,160 @@ class MLPKernel:
         Returns:
             ``(grads, dgrads)``: ``grads`` bitwise equal to :meth:`grad`;
             ``dgrads[i]`` of shape ``(K, *params[i].shape)`` with
-            ``dgrads[i][k] = (Hessian of the loss) @ tangents[.][k]``.
+            ``dgrads[i][k] = (Hessian of the loss) @ (tangents[j][k])_j``.
         """
         with torch.no_grad():
-            st = self._primal(params, x, y, second=True)
-            return st.grads, self._tangent(st, tangents)
+            grads, st = self._primal(params, x, y, for_tangent=True)
+            return grads, self._tangent(st, tangents, None)
+
+    def clear_workspace(self) -> None:
+        """Free the calling thread's cached temporaries."""
+        self._ws.buffers.clear()
+
+    # ----------------------------------------------------------------- primal
+    def _primal(
+        self, params: Sequence[Tensor], x: Tensor, y: Tensor, for_tangent: bool
+    ) -> tuple[tuple[Tensor, ...], PrimalState | None]:
+        """Forward + backward of the loss: the single code path for all grads.
+
+        Computed in the transposed orientation (``z_l^T = W_l a_l^T + b_l``,
+        ``(m, B)``), which is what the tangent pass consumes.  Returns
+        ``(grads, state)``; ``state`` (whose extra entries -- ``act'``,
+        ``E act''``, ``softmax / B`` -- do not influence ``grads``) is built
+        only when ``for_tangent``.
+        """
+        L = self.num_layers
+        if len(params) != 2 * L:
+            raise ValueError(f"expected {2 * L} parameter tensors, got {len(params)}")
+        want_d2 = for_tangent and self._has_d2
+        B = x.shape[0]
+        k = lambda v: self._const(v, x)  # noqa: E731
+        aT = x.t()
+        actsT = [aT]
+        d1T: list[Tensor] = []
+        d2T: list[Tensor | None] = []
+        for l in range(L - 1):
+            zT = torch.addmm(params[2 * l + 1].unsqueeze(1), params[2 * l], aT)
+            aT, g1, g2 = _activation(self.activation, zT, True, want_d2, k)
+            actsT.append(aT)
+            d1T.append(g1)
+            d2T.append(g2)
+        logitsT = torch.addmm(params[2 * L - 1].unsqueeze(1), params[2 * L - 2], aT)
+
+        # G^T = (softmax - onehot)^T / B, classes along dim 0
+        pT = torch.softmax(logitsT, dim=0)
+        GT = pT.scatter_add(0, y.view(1, B), self._const(-1.0, x, (1, B))).div_(B)
+
+        grads: list[Tensor] = [None] * (2 * L)  # type: ignore[list-item]
+        GTs: list[Tensor] = [None] * L  # type: ignore[list-item]
+        h2T: list[Tensor | None] = [None] * (L - 1)
+        for l in range(L - 1, -1, -1):
+            GTs[l] = GT
+            grads[2 * l] = torch.mm(GT, actsT[l].t())
+            grads[2 * l + 1] = GT.sum(1)
+            if l > 0:
+                ET = torch.mm(params[2 * l].t(), GT)  # (d loss / d a_l)^T
+                if want_d2:
+                    h2T[l - 1] = ET * d2T[l - 1]
+                GT = ET.mul_(d1T[l - 1])
+        if not for_tangent:
+            return tuple(grads), None
+        return tuple(grads), PrimalState(
+            grads=tuple(grads),
+            weights=tuple(params[0::2]),
+            actsT=tuple(actsT),
+            d1T=tuple(d1T),
+            h2T=tuple(h2T),
+            GT=tuple(GTs),
+            pT=pT,
+            pT_over_b=pT / B,
+        )
+
+    def _const(self, value: float, like: Tensor, shape: tuple[int, ...] = ()) -> Tensor:
+        """Cached constant tensor (read-only) of ``like``'s dtype and device."""
+        key = (value, shape, like.dtype, like.device)
+        c = self._consts.get(key)
+        if c is None:
+            c = torch.full(shape, value, dtype=like.dtype, device=like.device)
+            self._consts[key] = c
+        return c
+
+    # ---------------------------------------------------------------- tangent
+    def _buffer(self, name: object, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """Reusable per-thread temporary (contents undefined)."""
+        key = (name, shape, like.dtype, like.device)
+        buf = self._ws.buffers.get(key)
+        if buf is None:
+            buf = torch.empty(shape, dtype=like.dtype, device=like.device)
+            self._ws.buffers[key] = buf
+        return buf
+
+    def _tangent(
+        self, st: PrimalState, tangents: Sequence[Tensor], out: Sequence[Tensor] | None
+    ) -> tuple[Tensor, ...]:
+        """Tangent forward + backward; activations in ``(K, h, B)`` layout."""
+        L = self.num_layers
+        if len(tangents) != 2 * L:
+            raise ValueError(f"expected {2 * L} tangent tensors, got {len(tangents)}")
+        K = tangents[0].shape[0]
+        x = st.actsT[0]
+        B = x.shape[1]
+        has_d2 = self._has_d2
+
+        # ---- forward: dZ_l^T and dA_l^T, each (K, h, B)
+        dAs: list[Tensor | None] = [None] * L  # dA_l^T for l >= 1
+        dZs: list[Tensor | None] = [None] * L  # dZ_l^T kept for the act'' term
+        dA: Tensor | None = None
+        for l in range(L):
+            W = st.weights[l]
+            m, n = W.shape
+            dZ = self._buffer(("dZ", l), (K, m, B), x)
+            dW, db = tangents[2 * l], tangents[2 * l + 1]
+            if dW.is_contiguous():
+                # a_l @ dW_l^T + db_l for all k:  (K*m, n) @ (n, B) + db
+                torch.addmm(db.reshape(K * m, 1), dW.view(K * m, n), st.actsT[l],
+                            out=dZ.view(K * m, B))
+            else:
+                # e.g. views into a flat (K, P) buffer: a batched GEMM reads them
+                # in place, cheaper than copying to make the flat GEMM possible
+                torch.baddbmm(db.unsqueeze(2), dW, st.actsT[l].expand(K, n, B), out=dZ)
+            if dA is not None:
+                dZ.baddbmm_(W.expand(K, m, n), dA)  # += W_l @ dA_l^T[k]
+            if l < L - 1:
+                if has_d2:
+                    dA = torch.mul(dZ, st.d1T[l], out=self._buffer(("dA", l + 1), (K, m, B), x))
+                    dZs[l] = dZ
+                else:
+                    dA = dZ.mul_(st.d1T[l])  # relu: dZ_l is not needed later
+                dAs[l + 1] = dA
+
+        # ---- softmax-CE tangent, in place on the last dZ:
+        #      dG = p * (dZ - sum_c p dZ) / B = q - p * sum_c q,   q = dZ * p / B
+        q = dZ.mul_(st.pT_over_b)
+        s = torch.sum(q, 1, keepdim=True, out=self._buffer("s", (K, 1, B), x))
+        dG = q.addcmul_(st.pT, s, value=-1.0)
+
+        # ---- backward
+        if out is None:
+            out = tuple(
+                torch.empty(t.shape, dtype=x.dtype, device=x.device) for t in tangents
+            )
+        for l in range(L - 1, -1, -1):
+            W = st.weights[l]
+            m, n = W.shape
+            dgW = out[2 * l]
+            # dgW_l = dG_l^T a_l:  (K*m, B) @ (B, n)
+            torch.mm(dG.view(K * m, B), st.actsT[l].t(), out=dgW.view(K * m, n))
+            if l > 0:
+                # += G_l^T @ dA_l[k]
+                dgW.baddbmm_(st.GT[l].expand(K, m, B), dAs[l].transpose(1, 2))
+            torch.sum(dG, 2, out=out[2 * l + 1])
+            if l > 0:
+                dE = dAs[l]  # dA_l is dead: reuse its buffer for dE_l^T
+                torch.bmm(tangents[2 * l].transpose(1, 2), st.GT[l].expand(K, m, B), out=dE)
+                dE.baddbmm_(W.t().expand(K, n, m), dG)
+                dE.mul_(st.d1T[l - 1])
+                if has_d2:
+                    dE.addcmul_(st.h2T[l - 1], dZs[l - 1])
+                dG = dE
+        return tuple(out)

@@ -161,3 +161,66 @@ def test_bad_args():
         MLPKernel([3], "relu")
     with pytest.raises(ValueError):
         MLPKernel([3, 2], "sigmoid")
+
+
+def test_strided_tangents_and_out():
+    """Tangents that are views of a flat (K, P) buffer (non-contiguous) and
+    preallocated ``out`` buffers give the same results; results of earlier
+    calls are not overwritten by later ones (workspace reuse)."""
+    widths = WIDTHS[3]
+    params, tangents, x, y = make_problem(widths, K=4, seed=11)
+    kern = MLPKernel(widths, "gelu_tanh")
+    _, ref_dg = reference("gelu_tanh", params, tangents, x, y)
+    flat = torch.cat([t.reshape(4, -1) for t in tangents], dim=1)
+    views, o = [], 0
+    for p in params:
+        views.append(flat[:, o:o + p.numel()].view(4, *p.shape))
+        o += p.numel()
+    st = kern.primal(params, x, y)
+    first = kern.tangent(st, tuple(views))
+    assert not views[0].is_contiguous()
+    out = tuple(torch.full_like(t, float("nan")) for t in tangents)
+    second = kern.tangent(st, tuple(t * 2.0 for t in tangents), out=out)
+    assert all(a is b for a, b in zip(second, out))
+    assert_close_rel(first, ref_dg, 1e-10)
+    assert_close_rel(second, tuple(2.0 * r for r in ref_dg), 1e-10)
+
+
+def test_threads_have_separate_workspaces():
+    import threading
+
+    widths = WIDTHS[2]
+    kern = MLPKernel(widths, "tanh")
+    problems = [make_problem(widths, K=3 + i, seed=20 + i) for i in range(2)]
+    refs = [reference("tanh", *pr)[1] for pr in problems]
+    results = {}
+
+    def work(i):
+        params, tangents, x, y = problems[i]
+        st = kern.primal(params, x, y)
+        for _ in range(50):
+            results[i] = kern.tangent(st, tangents)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [0, 1]
+    for i in range(2):
+        assert_close_rel(results[i], refs[i], 1e-10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_cuda(activation):
+    widths = WIDTHS[3]
+    params, tangents, x, y = make_problem(widths, K=5, seed=12)
+    kern = MLPKernel(widths, activation)
+    ref_g, ref_dg = reference(activation, params, tangents, x, y)
+    dev = torch.device("cuda")
+    grads, dgrads = kern.grad_jvp(tuple(p.to(dev) for p in params),
+                                  tuple(t.to(dev) for t in tangents), x.to(dev), y.to(dev))
+    assert all(g.device.type == "cuda" for g in grads + dgrads)
+    assert_close_rel(tuple(g.cpu() for g in grads), ref_g, 1e-12)
+    assert_close_rel(tuple(g.cpu() for g in dgrads), ref_dg, 1e-10)
