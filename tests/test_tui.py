@@ -432,8 +432,10 @@ def test_cancel_resume_detach_and_reattach(tmp_path):
         app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
         async with app.run_test(size=(100, 30)) as pilot:
             setup = app.query_one(SetupPane)
-            setup.field("jacobian.chunk").input.value = "16"
-            setup.field("model.hidden").input.value = "[8]"  # P = 610: 39 chunks of 16
+            # P = 610 in 10 chunks of 64 (a chunk costs about as much as a full quick chunk:
+            # more, smaller chunks would only add overhead)
+            setup.field("jacobian.chunk").input.value = "64"
+            setup.field("model.hidden").input.value = "[8]"
             setup.field("name").input.value = "many-chunks"
             await pilot.pause(0.1)
             await pilot.press("ctrl+r")
@@ -441,7 +443,7 @@ def test_cancel_resume_detach_and_reattach(tmp_path):
             path = app.current
             await until(pilot, lambda: 0 < (app.live.jac.get("done") or 0) < P,
                         timeout=120, what="the first Jacobian chunk")
-            assert app.live.jac["chunks"] == 39
+            assert app.live.jac["chunks"] == 10
             await pilot.press("x")
             await until(pilot, lambda: app.live.status == "interrupted", timeout=60,
                         what="the interruption")
@@ -449,7 +451,7 @@ def test_cancel_resume_detach_and_reattach(tmp_path):
             assert m["status"] == "interrupted"
             assert m["stages"]["jacobian"]["status"] == "interrupted"
             done_at_stop = m["stages"]["jacobian"]["columns_done"]
-            assert 0 < done_at_stop < P and done_at_stop % 16 == 0
+            assert 0 < done_at_stop < P and done_at_stop % 64 == 0
             await until(pilot, lambda: app.check_action("resume_run", ()), what="resumable")
             await pilot.press("r")
             await until(pilot, lambda: app.live.status == "running", timeout=60,
