@@ -245,6 +245,11 @@ def _f4(pert: dict | None) -> dict:
                      f"test loss {last['test_loss']:.3g} at eps = {last['eps']:.3g}")
         checks += [top["linear_up_to"] is None or top["linear_up_to"] <= 1.0,
                    last["test_loss"] >= 3 * base]
+    for d in dirs:
+        if d.get("exact_unity") and d is not bulk:
+            comp = max(r["complement"] for r in d["rows"])
+            parts.append(f"v_{d['index']} (s = 1 to machine precision: a direction training "
+                         f"never touches): complement <= {comp:.2g} at every eps")
     return _row(4, "; ".join(parts) or "-", checks or None,
                 "bulk: within 10% of s eps up to the largest eps, complement <= 1e-4, test loss "
                 "within 1%; v_1: nonlinear by eps = 1 and test loss >= 3x the trained one at "
