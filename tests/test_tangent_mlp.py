@@ -211,6 +211,7 @@ def test_threads_have_separate_workspaces():
         assert_close_rel(results[i], refs[i], 1e-10)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_cuda(activation):
