@@ -15,6 +15,7 @@ from typing import Iterable
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, TabbedContent, TabPane
 
@@ -39,6 +40,14 @@ PANES = [("setup", "Setup", "pick and edit a preset, start a run"),
 # the tabs read "1 Setup", "2 Live"...; the footer groups their keys as "1 2 ... 7 panes" so
 # that everything fits in 80 columns
 PANE_KEYS = Binding.Group("panes")
+
+
+class Panes(TabbedContent):
+    """The tabs. Unlike TabbedContent, focus landing in a pane does not activate it: the app
+    chooses the pane (a focus event still queued from the previous pane would switch back)."""
+
+    def _on_tab_pane_focused(self, event: TabPane.Focused) -> None:
+        event.stop()
 
 
 class TjacApp(App):
@@ -81,7 +90,7 @@ class TjacApp(App):
     # ---- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Header()
-        with TabbedContent(id="panes", initial="setup"):
+        with Panes(id="panes", initial="setup"):
             with TabPane(self._tab_label("setup"), id="setup"):
                 yield SetupPane(shipped_presets(), id="setup-pane")
             with TabPane(self._tab_label("live"), id="live"):
@@ -129,16 +138,18 @@ class TjacApp(App):
 
     # ---- panes -----------------------------------------------------------------------------
     def show_pane(self, name: str) -> None:
-        self.query_one("#panes", TabbedContent).active = name
+        self.query_one("#panes", Panes).active = name
         self.call_after_refresh(self._focus_pane, name)
 
     def _focus_pane(self, name: str) -> None:
+        if name != self.active_pane:
+            return  # another pane was chosen meanwhile: focusing here would switch back
         pane = self.query_one(f"#{name}", TabPane)
         if self.focused is not None and pane in self.focused.ancestors:
             return  # keep the focus the user (or a test) already put inside the pane
         target = {"live": "#live-pane", "regions": "#regions-table",
                   "sessions": "#sessions-table", "compare": "#compare-pick",
-                  "spectrum": "#spectrum-pane", "setup": "#preset-select",
+                  "spectrum": "#spectrum-pane", "setup": "#setup-fields",
                   "analyses": "#analyses-pane"}[name]
         try:
             self.query_one(target).focus(scroll_visible=False)  # panes open at their top
@@ -147,7 +158,7 @@ class TjacApp(App):
 
     @property
     def active_pane(self) -> str:
-        return self.query_one("#panes", TabbedContent).active
+        return self.query_one("#panes", Panes).active
 
     def action_pane(self, name: str) -> None:
         self.show_pane(name)
@@ -160,11 +171,17 @@ class TjacApp(App):
             self.query_one(SessionsPane).refresh_rows()
 
     def _rescan(self) -> None:
-        if self.active_pane in ("sessions", "compare"):
-            self.query_one(SessionsPane).refresh_rows()
+        try:
+            if self.active_pane in ("sessions", "compare"):
+                self.query_one(SessionsPane).refresh_rows()
+        except NoMatches:  # a timer firing while the app shuts down
+            pass
 
     def sessions_scanned(self, rows: list[dict]) -> None:
-        self.query_one(ComparePane).set_choices(rows)
+        try:
+            self.query_one(ComparePane).set_choices(rows)
+        except NoMatches:
+            pass
 
     # ---- the current session ---------------------------------------------------------------
     def open_session(self, path: Path | None, pane: str | None = None) -> None:
@@ -213,6 +230,12 @@ class TjacApp(App):
         self._tail_busy = False
         if snap.path != self.current or snap.offset != self._offset:
             return
+        try:
+            self._apply_snapshot(snap)
+        except NoMatches:  # the app is shutting down
+            pass
+
+    def _apply_snapshot(self, snap: Snapshot) -> None:
         self._offset = snap.new_offset
         prev, self.snapshot = self.snapshot, snap
         if (prev is not None and not snap.records and snap.manifest == prev.manifest
