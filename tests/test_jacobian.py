@@ -91,3 +91,30 @@ def test_adam_with_zero_gradient_coordinates_is_identity_there(tmp_path):
         e = torch.zeros(39, dtype=J.dtype)
         e[i] = 1
         assert torch.equal(J[i], e) and torch.equal(J[:, i], e)
+
+
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_optimizer_tangent_equals_jvp_of_the_update(tiny_npz, opt):
+    """The hand-linearised optimizer step equals torch.func.jvp of the update, vmapped."""
+    cfg = tiny_config(tiny_npz, **OPTIMIZERS[opt])
+    o = train.Optimizer(cfg.train)
+    gen = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    theta, g = r(30), r(30)
+    state = tuple(r(30).abs() for _ in o.init(theta))  # Adam's v must be >= 0
+    dtheta, dg = r(5, 30), r(5, 30)
+    dstate = tuple(r(5, 30) for _ in state)
+    for t in (0, 7):
+        got = o.tangent(theta, state, g, dtheta, dstate, dg, 0.3, t)
+
+        def one(dth, dst, dgr, t=t):
+            return torch.func.jvp(lambda a, b, c: o.update(a, b, c, 0.3, t),
+                                  (theta, state, g), (dth, dst, dgr))[1]
+
+        want = torch.func.vmap(one)(dtheta, dstate, dg)
+        assert torch.allclose(got[0], want[0], rtol=1e-13, atol=1e-15)
+        for a, b in zip(got[1], want[1]):
+            assert torch.allclose(a, b, rtol=1e-13, atol=1e-15)
