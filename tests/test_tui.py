@@ -244,6 +244,7 @@ def test_export_writes_the_report(finished):
     assert all(asciiplot.is_plain_ascii(b.split("```")[0]) for b in blocks)
 
 
+@pytest.mark.slow
 def test_setup_validates_as_you_type(tmp_path):
     async def go():
         app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
@@ -330,6 +331,7 @@ def test_help_palette_and_ascii(finished, monkeypatch):
     run(go())
 
 
+@pytest.mark.slow
 def test_sessions_delete_and_compare(finished, tmp_path):
     root = tmp_path / "s"
     root.mkdir()
