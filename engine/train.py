@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -272,21 +272,31 @@ def initial_theta(module: nn.Module, device: torch.device, dtype: torch.dtype) -
 StepCallback = Callable[[dict], None]
 
 
-def train(problem: Problem, theta0: torch.Tensor, on_step: StepCallback | None = None,
-          should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
-    """Run the training; returns theta_T (P,). ``on_step`` receives a metrics dict after every
-    evaluated step (step 0 is the initialisation). Raises :class:`TrainingDiverged` on a NaN or
-    infinite loss, and ``KeyboardInterrupt`` when ``should_stop()`` turns true."""
+def steps(problem: Problem, theta0: torch.Tensor,
+          should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """The bare training loop: yields (t, theta_{t+1}) after each step t; raises
+    ``KeyboardInterrupt`` when ``should_stop()`` turns true."""
     p = problem
     theta, state = theta0.clone(), p.optimizer.init(theta0)
-    if on_step is not None:
-        on_step(_metrics(p, theta, 0, None))
     for t in range(p.steps):
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         x, y = p.batch(t)
         g = p.layout.flatten(p.kernel.grad(p.layout.unflatten(theta), x, y))
         theta, state = p.optimizer.update(theta, state, g, float(p.lrs[t]), t)
+        yield t, theta
+
+
+def train(problem: Problem, theta0: torch.Tensor, on_step: StepCallback | None = None,
+          should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Run the training; returns theta_T (P,). ``on_step`` receives a metrics dict after every
+    evaluated step (step 0 is the initialisation). Raises :class:`TrainingDiverged` on a NaN or
+    infinite loss, and ``KeyboardInterrupt`` when ``should_stop()`` turns true."""
+    p = problem
+    theta = theta0
+    if on_step is not None:
+        on_step(_metrics(p, theta, 0, None))
+    for t, theta in steps(p, theta0, should_stop):
         if (t + 1) % p.eval_every and t != p.steps - 1:
             continue
         m = _metrics(p, theta, t + 1, float(p.lrs[t]))

@@ -106,14 +106,11 @@ def retrain(problem, theta0: torch.Tensor, should_stop: Callable[[], bool] | Non
     """theta_T from ``theta0`` with the run's batches, schedule and optimizer, without the
     per-step evaluation of :func:`engine.train.train` (the same operations in the same order,
     so the result is bitwise equal to it)."""
-    p = problem
-    theta, state = theta0.clone(), p.optimizer.init(theta0)
-    for t in range(p.steps):
-        if should_stop is not None and should_stop():
-            raise KeyboardInterrupt
-        x, y = p.batch(t)
-        g = p.layout.flatten(p.kernel.grad(p.layout.unflatten(theta), x, y))
-        theta, state = p.optimizer.update(theta, state, g, float(p.lrs[t]), t)
+    from ..train import steps
+
+    theta = theta0
+    for _, theta in steps(problem, theta0, should_stop):
+        pass
     return theta
 
 
