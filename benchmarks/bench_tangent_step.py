@@ -6,8 +6,9 @@ baseline ``vmap(jvp(grad(loss)))`` on the paper's shapes (batch 64, MLP
 time of the full training Jacobian (P = 4810 columns x 625 steps, SGD with
 momentum).
 
-Columns (all times are the best of ``--repeats`` timing blocks, so they are
-robust to other processes sharing the CPU):
+Columns (all times are the best of ``--repeats`` timing blocks, which makes
+them less sensitive to other processes sharing the CPU; on a busy 2-core VM
+expect +-20% between runs):
 
 * ``grad_jvp``: one ``MLPKernel.grad_jvp`` call (primal + K tangents);
   ``col*st/s`` = tangent columns x steps per second = K / time.
@@ -19,7 +20,9 @@ robust to other processes sharing the CPU):
   ``dm = dg + 0.9 dm; dtheta -= lr dm`` (in place).
 * ``loop``: measured time per step of a chunk's training loop
   (``grad_jvp`` + update, cycling through ``--batches`` distinct batches /
-  parameter points, tangent state updated in place), i.e. the real inner loop.
+  parameter points, tangent state updated in place), i.e. the real inner loop;
+  with ``--flat`` the state is one ``(K, P)`` tensor handed to the kernel as
+  views and the results are concatenated back (as ``engine.train`` does).
 * ``full(s)``: projected full Jacobian = steps x P/K x loop;
   ``full shared(s)``: the same with the primal pass shared by all chunks of a
   step (steps x (primal + P/K x (tangent + update))).
@@ -47,8 +50,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from engine.tangent_mlp import MLPKernel  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
 CLOCK = time.perf_counter
 
 
@@ -125,6 +126,9 @@ def main(argv=None) -> None:
     ap.add_argument("--block", type=float, default=0.15, help="seconds per timing block")
     ap.add_argument("--batches", type=int, default=8,
                     help="distinct batches / parameter points cycled by the loop timing")
+    ap.add_argument("--flat", action="store_true",
+                    help="loop timing with the tangent state as one (K, P) tensor passed to "
+                         "the kernel as (non-contiguous) views, results concatenated back")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--baseline-max-k", type=int, default=4810,
                     help="skip the (slow) baseline above this K")
@@ -147,7 +151,8 @@ def main(argv=None) -> None:
     t_primal = best_time(lambda: kern.primal(params, x, y), args.repeats, args.block)
     print(f"widths {widths}  B={B}  {args.activation}  {args.dtype}  "
           f"threads={torch.get_num_threads()}  clock={args.clock}  P={P}  projection: {cols} columns x "
-          f"{args.steps} steps   (primal pass: {t_primal * 1e3:.3f} ms)")
+          f"{args.steps} steps   (primal pass: {t_primal * 1e3:.3f} ms)"
+          + ("   loop: flat (K, P) state" if args.flat else ""))
     if base is not None:  # sanity check: same numbers as the baseline
         t8 = tuple(torch.randn((8, *p.shape), generator=gen, dtype=dtype) for p in params)
         ours, ref = kern.grad_jvp(params, t8, x, y)[1], base(params, t8, x, y)[1]
@@ -196,13 +201,26 @@ def main(argv=None) -> None:
             _, dg = kern.grad_jvp(p_, dth, x_, y_)
             update(dg)
 
+        if args.flat:  # tangent state as one (K, P) tensor, passed as views
+            dth_flat = torch.cat([t.reshape(K, -1) for t in tangents], dim=1) * 1e-3
+            dm_flat = torch.zeros_like(dth_flat)
+            views = tuple(c.view(K, *p.shape) for c, p in
+                          zip(torch.split(dth_flat, [p.numel() for p in params], dim=1), params))
+
+            def loop_step():  # noqa: F811
+                p_, x_, y_ = points[step[0] % len(points)]
+                step[0] += 1
+                _, dg = kern.grad_jvp(p_, views, x_, y_)
+                dm_flat.mul_(0.9).add_(torch.cat([d.reshape(K, -1) for d in dg], dim=1))
+                dth_flat.add_(dm_flat, alpha=-lr)
+
         t_loop = best_time(loop_step, args.repeats, args.block)
         full = args.steps * cols / K * t_loop
         shared = args.steps * (t_primal + cols / K * (t_tan + t_upd))
         print(f"{K:5d} {t_jvp * 1e3:11.3f} {K / t_jvp:9.0f} {t_tan * 1e3:10.3f} {base_s} "
               f"{t_upd * 1e3:9.3f} {t_loop * 1e3:8.3f} {full:8.1f} {shared:14.1f}",
               flush=True)
-        del tangents, outs, dth, dm
+        del tangents, outs, dth, dm, loop_step
         kern.clear_workspace()
 
 

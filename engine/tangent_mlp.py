@@ -60,9 +60,13 @@ multi-MB tensors cost page faults that dominated an allocating version);
 All primal quantities the tangent pass needs (activations, transposed
 ``act'``, ``E * act''``, ``G`` and softmax) are computed once per batch by
 :meth:`MLPKernel.primal` and reused by :meth:`MLPKernel.tangent` for any
-number of tangent chunks.  ``K`` around 64-128 per call is fastest on a
-2-core CPU (the workspace then stays in cache); see
-``benchmarks/bench_tangent_step.py``.
+number of tangent chunks; :meth:`MLPKernel.grad_jvp` is the two in one call.
+The primal pass costs ~0.2-0.3 ms on the paper's net (per-op overhead of ~40
+tiny ops), so sharing it across the chunks of a step pays when chunks are
+small.  On the 2-core CPU, chunks of ``K`` ~ 96-128 directions are fastest
+(the workspace stays in cache; larger chunks spill it, smaller ones pay more
+per-op overhead): ~80-110 ms per training step for all 4810 columns of the
+paper's 64-64-10 net, float32 -- see ``benchmarks/bench_tangent_step.py``.
 """
 
 from __future__ import annotations
@@ -73,7 +77,6 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["MLPKernel", "PrimalState", "ACTIVATIONS"]
@@ -87,56 +90,51 @@ _GELU_TANH_C = 0.044715
 
 
 def _activation(
-    name: str, z: Tensor, want_d1: bool, want_d2: bool, k: Callable[[float], Tensor]
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    name: str, z: Tensor, want_d2: bool, const: Callable[[float], Tensor]
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(act(z), act'(z), act''(z))``, element-wise, with few ops.
 
-    ``act`` itself is torch's implementation (``torch.relu``, ``torch.tanh``,
-    ``F.gelu``), so gradients match torch's to rounding.  The derivatives are
-    analytic; ``act'`` / ``act''`` are ``None`` when not wanted, and ``act''``
-    is ``None`` for relu (identically zero).  ``k(v)`` is the constant ``v``
-    as a 0-d tensor of ``z``'s dtype and device (a Python scalar operand
-    costs an extra conversion op per use in eager PyTorch).
+    The derivatives are analytic; ``act''`` is ``None`` when not wanted or
+    identically zero (relu).  The GELUs are evaluated from the intermediates
+    of their derivatives (``z Phi``, ``z (1 + t) / 2``), which agree with
+    ``F.gelu`` to rounding and save a transcendental pass.
+    ``const(v)`` is the constant ``v`` as a 0-d tensor of ``z``'s dtype and
+    device (a Python scalar operand costs an extra conversion op per use in
+    eager PyTorch).
     """
     if name == "relu":
         # torch convention: relu'(0) = 0; relu'' = 0 everywhere.
-        return torch.relu(z), (torch.heaviside(z, k(0.0)) if want_d1 else None), None
+        return torch.relu(z), torch.heaviside(z, const(0.0)), None
     if name == "tanh":
         # act' = 1 - t^2;  act'' = -2 t (1 - t^2)
         t = torch.tanh(z)
-        if not want_d1:
-            return t, None, None
-        d1 = torch.addcmul(k(1.0), t, t, value=-1.0)
-        return t, d1, (torch.mul(t, d1).mul_(k(-2.0)) if want_d2 else None)
+        d1 = torch.addcmul(const(1.0), t, t, value=-1.0)
+        return t, d1, (torch.mul(t, d1).mul_(const(-2.0)) if want_d2 else None)
     if name == "gelu":
         # act = z Phi(z);  act' = Phi + z phi;  act'' = 2 phi + z phi' = (2 - z^2) phi
-        a = F.gelu(z)
-        if not want_d1:
-            return a, None, None
         z2 = z * z
-        phi = torch.mul(z2, k(-0.5)).exp_().mul_(k(_INV_SQRT_2PI))
-        Phi = torch.mul(z, k(_INV_SQRT2)).erf_().add_(k(1.0)).mul_(k(0.5))
+        phi = torch.mul(z2, const(-0.5)).exp_().mul_(const(_INV_SQRT_2PI))
+        Phi = torch.mul(z, const(_INV_SQRT2)).erf_().add_(const(1.0)).mul_(const(0.5))
+        a = z * Phi
         d1 = Phi.addcmul_(z, phi)
-        return a, d1, (torch.sub(k(2.0), z2).mul_(phi) if want_d2 else None)
+        return a, d1, (torch.sub(const(2.0), z2).mul_(phi) if want_d2 else None)
     # gelu_tanh: act = z (1 + t) / 2,  t = tanh(u),  u = z (c + c k z^2)
     #   u' = c + 3 c k z^2,  u'' = 6 c k z,  t' = (1 - t^2) u'
     #   act'  = (1 + t + z (1 - t^2) u') / 2
     #   act'' = (1 - t^2) (u' - z t u'^2 + z u'' / 2)
     #         = (c + 6 c k z^2) (1 - t^2) - z (1 - t^2) t u'^2
-    a = F.gelu(z, approximate="tanh")
-    if not want_d1:
-        return a, None, None
     c = _SQRT_2_OVER_PI
     ck = c * _GELU_TANH_C
     z2 = z * z
-    t = torch.add(k(c), z2, alpha=ck).mul_(z).tanh_()
-    s = torch.addcmul(k(1.0), t, t, value=-1.0)
-    du = torch.add(k(c), z2, alpha=3.0 * ck)
+    t = torch.add(const(c), z2, alpha=ck).mul_(z).tanh_()
+    a = torch.addcmul(z, z, t).mul_(const(0.5))
+    s = torch.addcmul(const(1.0), t, t, value=-1.0)
+    du = torch.add(const(c), z2, alpha=3.0 * ck)
     zs = z * s
-    d1 = torch.addcmul(t, zs, du).add_(k(1.0)).mul_(k(0.5))
+    d1 = torch.addcmul(t, zs, du).add_(const(1.0)).mul_(const(0.5))
     if not want_d2:
         return a, d1, None
-    d2 = torch.add(k(c), z2, alpha=6.0 * ck).mul_(s).addcmul_(zs.mul_(t), du.mul_(du), value=-1.0)
+    d2 = torch.add(const(c), z2, alpha=6.0 * ck).mul_(s).addcmul_(zs.mul_(t), du.mul_(du), value=-1.0)
     return a, d1, d2
 
 
@@ -291,14 +289,14 @@ class MLPKernel:
             raise ValueError(f"expected {2 * L} parameter tensors, got {len(params)}")
         want_d2 = for_tangent and self._has_d2
         B = x.shape[0]
-        k = lambda v: self._const(v, x)  # noqa: E731
+        const = lambda v: self._const(v, x)  # noqa: E731  (cached 0-d tensors)
         aT = x.t()
         actsT = [aT]
         d1T: list[Tensor] = []
         d2T: list[Tensor | None] = []
         for l in range(L - 1):
             zT = torch.addmm(params[2 * l + 1].unsqueeze(1), params[2 * l], aT)
-            aT, g1, g2 = _activation(self.activation, zT, True, want_d2, k)
+            aT, g1, g2 = _activation(self.activation, zT, want_d2, const)
             actsT.append(aT)
             d1T.append(g1)
             d2T.append(g2)
@@ -306,7 +304,7 @@ class MLPKernel:
 
         # G^T = (softmax - onehot)^T / B, classes along dim 0
         pT = torch.softmax(logitsT, dim=0)
-        GT = pT.scatter_add(0, y.view(1, B), self._const(-1.0, x, (1, B))).div_(B)
+        GT = pT.scatter_add(0, y.view(1, B), self._const(-1.0, x, (1, B))).div_(const(B))
 
         grads: list[Tensor] = [None] * (2 * L)  # type: ignore[list-item]
         GTs: list[Tensor] = [None] * L  # type: ignore[list-item]
@@ -330,7 +328,7 @@ class MLPKernel:
             h2T=tuple(h2T),
             GT=tuple(GTs),
             pT=pT,
-            pT_over_b=pT / B,
+            pT_over_b=torch.div(pT, const(B)),
         )
 
     def _const(self, value: float, like: Tensor, shape: tuple[int, ...] = ()) -> Tensor:
