@@ -80,6 +80,20 @@ def read_jsonl(path: Path, start: int = 0) -> tuple[list[dict], int]:
     return out, start + end
 
 
+def unique_dir(root: str | Path, name: str) -> Path:
+    """Create and return ``root/name``, or ``name-2``, ``name-3``... if taken (race-free)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path, n = root / name, 1
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+            path = root / f"{name}-{n}"
+
+
 class Session:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -90,16 +104,7 @@ class Session:
     def create(cls, root: str | Path, name: str, cfg: config_mod.RunConfig,
                preset: str | None = None) -> "Session":
         """A new session directory ``root/name`` (``name-2``, ``name-3``... if taken)."""
-        root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
-        path, n = root / name, 1
-        while True:
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                n += 1
-                path = root / f"{name}-{n}"
+        path = unique_dir(root, name)
         s = cls(path)
         _atomic_write_bytes(path / "config.toml", config_mod.dumps(cfg).encode())
         s.write_manifest({"name": path.name, "status": "created", "created": now_iso(),

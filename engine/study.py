@@ -49,7 +49,7 @@ import numpy as np
 
 from . import config as config_mod, regions
 from .config import ConfigError, _boolean, _f, _integer, _Invalid, _number, _string
-from .session import Session, _atomic_write_bytes, now_iso, read_jsonl
+from .session import Session, _atomic_write_bytes, now_iso, read_jsonl, unique_dir
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -190,17 +190,7 @@ def create(root: str | Path, preset: str | Path, overrides: list[str] | None = N
     """Validate the preset's study and create its directory ``root/<name>`` (``-2``, ``-3``...
     if taken) with one session per run (not started)."""
     base, runs = plan(preset, overrides)
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    stem = name or base.name
-    path, n = root / stem, 1
-    while True:
-        try:
-            path.mkdir()
-            break
-        except FileExistsError:
-            n += 1
-            path = root / f"{stem}-{n}"
+    path = unique_dir(root, name or base.name)
     _atomic_write_bytes(path / "study.toml", config_mod.dumps(base).encode())
     st = Study(path)
     manifest = {"kind": "study", "name": path.name, "preset": str(preset),
