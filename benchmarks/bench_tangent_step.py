@@ -1,6 +1,6 @@
 """Time one training step's tangent (gradient + K Hessian-vector products).
 
-Compares :class:`engine.tangent_mlp.MLPKernel` with the generic torch.func
+Compares :class:`engine.kernels.mlp.MLPKernel` with the generic torch.func
 baseline ``vmap(jvp(grad(loss)))`` on the paper's shapes (batch 64, MLP
 64-64-10, float32, 2 CPU threads) for several chunk sizes K, and projects the
 time of the full training Jacobian (P = 4810 columns x 625 steps, SGD with
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from engine.tangent_mlp import MLPKernel  # noqa: E402
+from engine.kernels.mlp import MLPKernel  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CLOCK = time.perf_counter

@@ -1,4 +1,4 @@
-"""Run configuration: dataclasses, strict TOML loading, ``--set`` overrides, TOML output.
+"""Run configuration: the preset sections, strict TOML loading, ``--set`` overrides, TOML output.
 
 A run is described by a TOML preset::
 
@@ -12,142 +12,99 @@ A run is described by a TOML preset::
     [train]  ...             # TrainConfig
     [jacobian] ...           # JacobianConfig
     [spectrum] ...           # SpectrumConfig
+    [analysis.NAME] ...      # registered analyses (engine.sections)
+    [study] ...              # optional: several runs of this preset (engine.sections)
 
-Every key is checked: an unknown key, a wrong type or an out-of-range value raises
-:class:`ConfigError` whose message is one line naming the file and the dotted key, e.g.
-``presets/x.toml: train.lr: expected a positive number, got "fast"``.
+Every key is checked (:mod:`engine.schema`): an unknown key, a wrong type or an out-of-range
+value raises :class:`ConfigError` whose message is one line naming the file and the dotted key,
+e.g. ``presets/x.toml: train.lr: expected a positive number, got "fast"``.
+
+Paths in a preset (``data.path``, ``model.init``, a file in ``model.build``) are relative to the
+preset's folder; ``--set`` values are relative to the current directory. Both are made absolute
+when the config is loaded, so the resolved config (``config.toml`` in a session) names the same
+files from any working directory. Torch-free: loading and checking a preset imports neither
+torch nor an analysis implementation.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import copy
+import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-import tomli_w
+from . import schema
+from .schema import (Check, ConfigError, Invalid, boolean, choice, integer, number, option,
+                     optional, plugins, section, show, string)
+from .schema import name as name_check
+from .sections import ANALYSES, StudyConfig
+
+__all__ = ["ConfigError", "RunConfig", "DataConfig", "ModelConfig", "TrainConfig",
+           "JacobianConfig", "SpectrumConfig", "load", "loads", "from_dict", "dumps",
+           "to_dict", "describe", "check_value", "json_schema", "parse_override",
+           "apply_overrides", "PATH_KEYS"]
+
+SEED_MAX = 2**32 - 1
 
 
-class ConfigError(ValueError):
-    """A preset or override is invalid; ``str(err)`` is the one-line message for the user."""
-
-
-# --------------------------------------------------------------------------------------------
-# field checks: each returns the normalised value or raises _Invalid(expected-description)
-
-
-class _Invalid(Exception):
-    pass
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-            desc: str | None = None) -> Callable[[Any], float]:
-    if desc is None:
-        if lo == 0 and lo_open and hi is None:
-            desc = "a positive number"
-        elif lo == 0 and hi is None:
-            desc = "a non-negative number"
-        elif lo is not None and hi is not None:
-            desc = f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if lo_open else ']'}"
-        else:
-            desc = "a number"
-
-    def check(v: Any) -> float:
-        if not _is_number(v) or not math.isfinite(v):
-            raise _Invalid(desc)
-        if lo is not None and (v < lo or (lo_open and v == lo)):
-            raise _Invalid(desc)
-        if hi is not None and v > hi:
-            raise _Invalid(desc)
-        return float(v)
-
-    return check
-
-
-def _integer(lo: int | None = None, hi: int | None = None) -> Callable[[Any], int]:
-    if lo == 0 and hi is None:
-        desc = "a non-negative integer"
-    elif lo == 1 and hi is None:
-        desc = "a positive integer"
-    elif lo is not None and hi is not None:
-        desc = f"an integer in [{lo}, {hi}]"
-    else:
-        desc = "an integer"
-
-    def check(v: Any) -> int:
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise _Invalid(desc)
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise _Invalid(desc)
-        return v
-
-    return check
-
-
-def _choice(*options: str) -> Callable[[Any], str]:
-    desc = "one of " + ", ".join(f'"{o}"' for o in options)
+def _device() -> Check:
+    desc = '"auto", "cpu", "cuda" or "cuda:N"'
 
     def check(v: Any) -> str:
-        if not isinstance(v, str) or v not in options:
-            raise _Invalid(desc)
-        return v
+        if isinstance(v, str) and (v in ("auto", "cpu", "cuda") or
+                                   (v.startswith("cuda:") and v[5:].isdigit() and
+                                    len(v) <= 9)):
+            return v
+        raise Invalid(desc)
 
-    return check
-
-
-def _string(v: Any) -> str:
-    if not isinstance(v, str):
-        raise _Invalid("a string")
-    return v
+    return Check(check, desc, {"type": "string", "pattern": r"^(auto|cpu|cuda|cuda:[0-9]{1,4})$"})
 
 
-def _boolean(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise _Invalid("true or false")
-    return v
+def _init() -> Check:
+    desc = '"lecun", "torch" or a path to a .npz file'
+
+    def check(v: Any) -> str:
+        if isinstance(v, str) and "\x00" not in v and (v in ("lecun", "torch") or
+                                                        v.endswith(".npz")):
+            return v
+        raise Invalid(desc)
+
+    return Check(check, desc, {"anyOf": [{"enum": ["lecun", "torch"]},
+                                         {"type": "string", "pattern": r"\.npz$"}]})
 
 
-def _widths(v: Any) -> list[int]:
-    if not isinstance(v, list) or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1
-                                          for w in v):
-        raise _Invalid("a list of positive integers (hidden layer widths)")
-    return list(v)
+def _build() -> Check:
+    desc = ('an import path "package.module:function", a file "path/to/file.py:function", or '
+            '"" for the built-in MLP')
+
+    def check(v: Any) -> str:
+        if isinstance(v, str) and "\x00" not in v and (
+                v == "" or (v.count(":") == 1 and all(p.strip() for p in v.split(":")))):
+            return v
+        raise Invalid(desc)
+
+    return Check(check, desc, {"type": "string", "pattern": r"^([^:]+:[^:]+)?$"})
 
 
-def _device(v: Any) -> str:
-    if isinstance(v, str) and (v in ("auto", "cpu", "cuda") or
-                               (v.startswith("cuda:") and v[5:].isdigit())):
-        return v
-    raise _Invalid('"auto", "cpu", "cuda" or "cuda:N"')
+def _widths() -> Check:
+    desc = "a list of positive integers (hidden layer widths)"
 
+    def check(v: Any) -> list[int]:
+        if not isinstance(v, list) or len(v) > 1000 or not all(
+                isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 1_000_000
+                for w in v):
+            raise Invalid(desc)
+        return list(v)
 
-def _init(v: Any) -> str:
-    if isinstance(v, str) and (v in ("lecun", "torch") or v.endswith(".npz")):
-        return v
-    raise _Invalid('"lecun", "torch" or a path to a .npz file')
-
-
-def _build(v: Any) -> str:
-    if isinstance(v, str) and (v == "" or (v.count(":") == 1 and all(v.split(":")))):
-        return v
-    raise _Invalid('an import path "package.module:function" (or "" for the built-in MLP)')
-
-
-def _f(default: Any, check: Callable[[Any], Any], help: str) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"check": check, "help": help})
-    return field(default=default, metadata={"check": check, "help": help})
+    return Check(check, desc, {"type": "array", "maxItems": 1000,
+                               "items": {"type": "integer", "minimum": 1, "maximum": 1_000_000}})
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,184 +113,184 @@ def _f(default: Any, check: Callable[[Any], Any], help: str) -> Any:
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("digits", _choice("digits", "npz"),
-                      "digits: UCI digits bundled with scikit-learn; npz: a local file with x, y")
-    path: str = _f("", _string, "the .npz file for dataset = \"npz\" (arrays x (N, D) and y (N,))")
-    variant: str = _f("none", _choice("none", "shuffled_labels", "white_noise"),
-                      "none, shuffled_labels (permuted training labels) or white_noise "
-                      "(uniform noise inputs of the same shape)")
-    variant_seed: int = _f(0, _integer(0), "seed of the shuffled labels / white noise")
-    test_size: int = _f(197, _integer(1), "rows held out for the test set")
-    split_seed: int = _f(0, _integer(0), "random_state of the train/test split")
-    n_train: int = _f(0, _integer(0), "keep only the first n training rows (0 = all)")
+    dataset: str = option("digits", choice("digits", "npz"),
+                          "digits: UCI digits bundled with scikit-learn; npz: a local file "
+                          "with x, y")
+    path: str = option("", string(), 'the .npz file for dataset = "npz" (arrays x (N, D) and '
+                                     "y (N,)), relative to the preset's folder")
+    variant: str = option("none", choice("none", "shuffled_labels", "white_noise"),
+                          "none, shuffled_labels (permuted training labels) or white_noise "
+                          "(uniform noise inputs of the same shape)")
+    variant_seed: int = option(0, integer(0, SEED_MAX), "seed of the shuffled labels / white "
+                                                        "noise")
+    test_size: int = option(197, integer(1), "rows held out for the test set")
+    split_seed: int = option(0, integer(0, SEED_MAX), "random_state of the train/test split")
+    n_train: int = option(0, integer(0), "keep only the first n training rows (0 = all)")
 
 
 @dataclass
 class ModelConfig:
-    hidden: list = _f([64], _widths, "hidden layer widths of the MLP")
-    activation: str = _f("gelu_tanh", _choice("relu", "tanh", "gelu", "gelu_tanh"),
-                         "activation: relu, tanh, gelu (exact erf) or gelu_tanh (the paper's)")
-    init: str = _f("lecun", _init,
-                   "lecun (truncated normal var 1/fan_in, biases N(0, 1/width)), torch (nn.Linear "
-                   "default) or a .npz of named arrays")
-    build: str = _f("", _build, "a user model \"pkg.mod:build\"; build(in_features, n_classes) "
-                                "returns an nn.Module (replaces the MLP)")
+    hidden: list = option([64], _widths(), "hidden layer widths of the MLP")
+    activation: str = option("gelu_tanh", choice("relu", "tanh", "gelu", "gelu_tanh"),
+                             "activation: relu, tanh, gelu (exact erf) or gelu_tanh (the "
+                             "paper's)")
+    init: str = option("lecun", _init(),
+                       "lecun (truncated normal var 1/fan_in, biases N(0, 1/fan_in)), torch "
+                       "(nn.Linear default) or a .npz of named arrays")
+    build: str = option("", _build(),
+                        'a user model: "pkg.mod:build" (imported from the Python path) or '
+                        '"file.py:build" (relative to the preset\'s folder); '
+                        "build(in_features, n_classes) returns an nn.Module (replaces the MLP)")
 
 
 @dataclass
 class TrainConfig:
-    optimizer: str = _f("sgd", _choice("sgd", "adam"), "sgd (with optional momentum) or adam")
-    lr: float = _f(0.1, _number(0, lo_open=True), "peak learning rate")
-    momentum: float = _f(0.0, _number(0, 1, desc="a number in [0, 1)"),
-                         "SGD momentum (PyTorch convention: m = g + mu m, dampening 0)")
-    nesterov: bool = _f(False, _boolean, "Nesterov momentum (SGD)")
-    weight_decay: float = _f(0.0, _number(0), "L2 penalty added to the gradient")
-    beta1: float = _f(0.9, _number(0, 1, desc="a number in [0, 1)"), "Adam beta1")
-    beta2: float = _f(0.999, _number(0, 1, desc="a number in [0, 1)"), "Adam beta2")
-    eps: float = _f(1e-8, _number(0), "Adam epsilon outside the square root")
-    eps_root: float = _f(1e-8, _number(0), "Adam epsilon inside the square root (> 0 keeps "
-                                            "the step differentiable where v = 0)")
-    schedule: str = _f("constant", _choice("constant", "cosine", "linear"),
-                       "learning-rate decay after warmup: constant, cosine or linear (to final_lr)")
-    warmup_steps: int = _f(0, _integer(0), "linear warmup steps from 0 to lr")
-    final_lr: float = _f(0.0, _number(0), "learning rate at the last step for cosine / linear")
-    batch_size: int = _f(64, _integer(0), "batch size (0 = full batch)")
-    epochs: int = _f(1, _integer(1), "passes over the training set")
-    shuffle: bool = _f(False, _boolean,
-                       "false: the same batch order every epoch (the paper); true: reshuffled "
-                       "per epoch from the seed")
-    drop_last: bool = _f(False, _boolean, "drop a last incomplete batch")
-    eval_every: int = _f(1, _integer(1), "evaluate full train/test loss every n steps")
+    optimizer: str = option("sgd", choice("sgd", "adam"), "sgd (with optional momentum) or adam")
+    lr: float = option(0.1, number(0, lo_open=True), "peak learning rate")
+    momentum: float = option(0.0, number(0, 1, hi_open=True),
+                             "SGD momentum (PyTorch convention: m = g + mu m, dampening 0)")
+    nesterov: bool = option(False, boolean(), "Nesterov momentum (SGD)")
+    weight_decay: float = option(0.0, number(0), "L2 penalty added to the gradient")
+    beta1: float = option(0.9, number(0, 1, hi_open=True), "Adam beta1")
+    beta2: float = option(0.999, number(0, 1, hi_open=True), "Adam beta2")
+    eps: float = option(1e-8, number(0), "Adam epsilon outside the square root")
+    eps_root: float = option(1e-8, number(0), "Adam epsilon inside the square root (> 0 keeps "
+                                              "the step differentiable where v = 0)")
+    schedule: str = option("constant", choice("constant", "cosine", "linear"),
+                           "learning-rate decay after warmup: constant, cosine or linear (to "
+                           "final_lr)")
+    warmup_steps: int = option(0, integer(0), "linear warmup steps from 0 to lr")
+    final_lr: float = option(0.0, number(0), "learning rate at the last step for cosine / "
+                                             "linear")
+    batch_size: int = option(64, integer(0), "batch size (0 = full batch)")
+    epochs: int = option(1, integer(1), "passes over the training set")
+    shuffle: bool = option(False, boolean(),
+                           "false: the same batch order every epoch (the paper); true: "
+                           "reshuffled per epoch from the seed")
+    drop_last: bool = option(False, boolean(), "drop a last incomplete batch")
+    eval_every: int = option(1, integer(1), "evaluate full train/test loss every n steps")
 
 
 @dataclass
 class JacobianConfig:
-    enabled: bool = _f(True, _boolean, "compute the exact training Jacobian")
-    chunk: int = _f(0, _integer(0), "tangent columns per chunk (0 = chosen from free memory)")
-    kernel: str = _f("auto", _choice("auto", "mlp", "generic"),
-                     "auto: the fused MLP kernel for MLPs, torch.func otherwise")
-    svd: bool = _f(True, _boolean, "full SVD of J after it is computed")
+    enabled: bool = option(True, boolean(), "compute the exact training Jacobian")
+    chunk: int = option(0, integer(0), "tangent columns per chunk (0 = chosen from free memory)")
+    kernel: str = option("auto", choice("auto", "mlp", "generic"),
+                         "auto: the fused MLP kernel for MLPs, torch.func otherwise")
+    svd: bool = option(True, boolean(), "full SVD of J after it is computed")
 
 
 @dataclass
 class SpectrumConfig:
-    bulk_tol: float = _f(1e-3, _number(0, lo_open=True),
-                         "bulk: |s - 1| <= bulk_tol; chaotic above, stable below")
+    bulk_tol: float = option(1e-3, number(0, 1, lo_open=True, hi_open=True),
+                             "the region rule's tolerance, used everywhere: bulk |s - 1| <= "
+                             "bulk_tol, chaotic s > 1 + bulk_tol, stable s < 1 - bulk_tol")
 
 
 @dataclass
 class RunConfig:
-    name: str = _f("run", _string, "run name (default session name prefix)")
-    description: str = _f("", _string, "free text")
-    seed: int = _f(0, _integer(0), "seed of the initialisation and batch order")
-    device: str = _f("auto", _device, "auto picks CUDA when available")
-    dtype: str = _f("float32", _choice("float32", "float64"), "dtype of training and J")
-    threads: int = _f(0, _integer(0), "CPU threads for torch (0 = torch default)")
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    jacobian: JacobianConfig = field(default_factory=JacobianConfig)
-    spectrum: SpectrumConfig = field(default_factory=SpectrumConfig)
-    analysis: dict = field(default_factory=dict)  # name -> that analysis's Config
-    study: Any = field(default_factory=dict)  # [study]: an engine.study.StudyConfig, or {}
+    name: str = option("run", name_check(), "run name (default session name prefix)")
+    description: str = option("", string(), "free text")
+    seed: int = option(0, integer(0, SEED_MAX), "seed of the initialisation and batch order")
+    device: str = option("auto", _device(), "auto picks CUDA when available")
+    dtype: str = option("float32", choice("float32", "float64"), "dtype of training and J")
+    threads: int = option(0, integer(0, 4096), "CPU threads for torch (0 = torch default)")
+    data: DataConfig = section(DataConfig)
+    model: ModelConfig = section(ModelConfig)
+    train: TrainConfig = section(TrainConfig)
+    jacobian: JacobianConfig = section(JacobianConfig)
+    spectrum: SpectrumConfig = section(SpectrumConfig)
+    analysis: dict = plugins(ANALYSES, "analysis", "the paper's analyses, run after the spectrum")
+    study: StudyConfig | None = optional(StudyConfig, "several runs of this preset, compared")
 
 
-_SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
-                    "jacobian": JacobianConfig, "spectrum": SpectrumConfig}
+# --------------------------------------------------------------------------------------------
+# paths
 
 
-def _show(v: Any) -> str:
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, dict):
-        return "a table"
-    return repr(v)
+def _is_build_file(v: str) -> bool:
+    return v.split(":", 1)[0].endswith(".py")
 
 
-def _build_section(cls: type, table: Any, where: str, prefix: str) -> Any:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: {prefix.rstrip('.')}: expected a table, got {_show(table)}")
-    known = {f.name: f for f in fields(cls)}
-    values = {}
-    for key, value in table.items():
-        if key in _SECTION_CLASSES and cls is RunConfig:
-            values[key] = _build_section(_SECTION_CLASSES[key], value, where, f"{key}.")
+# (section, key, applies-to-value): the keys whose relative paths are made absolute
+PATH_KEYS = (("data", "path", lambda v: bool(v)),
+             ("model", "init", lambda v: v.endswith(".npz")),
+             ("model", "build", _is_build_file))
+
+
+def _absolute(path: str, base: Path) -> str:
+    p = Path(os.path.expanduser(path))
+    return os.path.normpath(p if p.is_absolute() else base / p)
+
+
+def absolute_paths(table: dict, base: Path | None) -> dict:
+    """A copy of a raw preset table whose relative paths are made absolute against ``base``
+    (default: the current directory). Values of the wrong type are left for the checks."""
+    base = Path(os.path.abspath(base if base is not None else Path.cwd()))
+    out = dict(table)
+    for sec, key, applies in PATH_KEYS:
+        node = out.get(sec)
+        if not isinstance(node, dict) or not isinstance(node.get(key), str):
             continue
-        if key == "analysis" and cls is RunConfig:
-            values[key] = _build_analyses(value, where)
+        v = node[key]
+        if "\x00" in v or not applies(v):
             continue
-        if key == "study" and cls is RunConfig:
-            from .study import parse_study
-
-            values[key] = parse_study(value, where)
-            continue
-        if key not in known:
-            hint = ", ".join(sorted(known))
-            raise ConfigError(f"{where}: {prefix}{key}: unknown key (known keys: {hint})")
-        try:
-            values[key] = known[key].metadata["check"](value)
-        except _Invalid as e:
-            raise ConfigError(f"{where}: {prefix}{key}: expected {e}, got {_show(value)}") from None
-    return cls(**values)
-
-
-def _build_analyses(table: Any, where: str) -> dict:
-    """``[analysis.NAME]`` tables, each validated by the registered analysis's Config."""
-    from .experiments import load_all
-
-    registry = load_all()
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: analysis: expected a table, got {_show(table)}")
-    out = {}
-    for name, sub in table.items():
-        if name not in registry:
-            known = ", ".join(sorted(registry)) or "none"
-            raise ConfigError(f"{where}: analysis.{name}: unknown analysis (known: {known})")
-        out[name] = _build_section(registry[name].config_cls, sub, where, f"analysis.{name}.")
+        node = out[sec] = dict(node)
+        if sec == "model" and key == "build":
+            file, fn = v.split(":", 1)
+            node[key] = f"{_absolute(file, base)}:{fn}"
+        else:
+            node[key] = _absolute(v, base)
     return out
 
 
-def _cross_checks(cfg: RunConfig, where: str, base: Path | None) -> None:
+def _cross_checks(cfg: RunConfig, where: str) -> None:
     """Rules that involve more than one key, and files that must exist."""
     if cfg.data.dataset == "npz":
         if not cfg.data.path:
-            raise ConfigError(f'{where}: data.path: expected a .npz file when data.dataset = "npz"')
-        p = resolve_path(cfg.data.path, base)
-        if not p.is_file():
+            raise ConfigError(f'{where}: data.path: expected a .npz file when data.dataset = '
+                              '"npz"')
+        if not Path(cfg.data.path).is_file():
             raise ConfigError(f"{where}: data.path: no such file: {cfg.data.path}")
-    if cfg.model.init.endswith(".npz"):
-        p = resolve_path(cfg.model.init, base)
-        if not p.is_file():
-            raise ConfigError(f"{where}: model.init: no such file: {cfg.model.init}")
+    if cfg.model.init.endswith(".npz") and not Path(cfg.model.init).is_file():
+        raise ConfigError(f"{where}: model.init: no such file: {cfg.model.init}")
+    if cfg.model.build and _is_build_file(cfg.model.build):
+        file = cfg.model.build.split(":", 1)[0]
+        if not Path(file).is_file():
+            raise ConfigError(f"{where}: model.build: no such file: {file}")
     if cfg.train.optimizer == "adam" and cfg.jacobian.enabled and cfg.train.eps_root <= 0:
-        raise ConfigError(f"{where}: train.eps_root: expected a positive number for the Jacobian "
-                          "of Adam (sqrt(v) is not differentiable at v = 0), got "
-                          f"{_show(cfg.train.eps_root)}")
+        raise ConfigError(f"{where}: train.eps_root: expected a positive number for the "
+                          "Jacobian of Adam (sqrt(v) is not differentiable at v = 0), got "
+                          f"{show(cfg.train.eps_root)}")
     if cfg.train.final_lr > cfg.train.lr:
         raise ConfigError(f"{where}: train.final_lr: expected a number <= train.lr "
-                          f"({cfg.train.lr}), got {_show(cfg.train.final_lr)}")
+                          f"({cfg.train.lr}), got {show(cfg.train.final_lr)}")
     if cfg.model.build and cfg.jacobian.kernel == "mlp":
         raise ConfigError(f'{where}: jacobian.kernel: "mlp" needs the built-in MLP, but '
-                          f"model.build = {_show(cfg.model.build)}")
+                          f"model.build = {show(cfg.model.build)}")
 
 
-def resolve_path(path: str, base: Path | None) -> Path:
-    """A relative path in a preset is relative to the preset's folder (then to the cwd)."""
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return p
-    if base is not None and (base / p).exists():
-        return base / p
-    return p
+# --------------------------------------------------------------------------------------------
+# loading
 
 
 def from_dict(table: dict, where: str = "<config>", base: Path | None = None) -> RunConfig:
-    """Validate a parsed TOML table into a :class:`RunConfig`."""
-    cfg = _build_section(RunConfig, table, where, "")
-    _cross_checks(cfg, where, base)
+    """Validate a parsed TOML table into a :class:`RunConfig`; relative paths are taken
+    relative to ``base`` (default: the current directory)."""
+    if isinstance(table, dict):
+        table = absolute_paths(table, base)
+    cfg = schema.build(RunConfig, table, where)
+    _cross_checks(cfg, where)
     return cfg
+
+
+def _parse_toml(text: str, where: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: invalid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid TOML: values nested too deeply") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -342,19 +299,34 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. train.lr=0.05")
     key, raw = text.split("=", 1)
-    key = key.strip()
-    raw = raw.strip()
+    key, raw = key.strip(), raw.strip()
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. "
+                          "train.lr=0.05")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
-    return key.split("."), value
+    except RecursionError:
+        raise ConfigError(f"--set {text}: values nested too deeply") from None
+    return parts, value
+
+
+def _merge(node: dict, key: str, value: Any) -> None:
+    """``node[key] = value``; a table merges into a table already there (``--set
+    'train={lr=1}'`` changes lr and keeps the other [train] keys)."""
+    if isinstance(value, dict) and isinstance(node.get(key), dict):
+        merged = dict(node[key])
+        for k, v in value.items():
+            _merge(merged, k, v)
+        node[key] = merged
+    else:
+        node[key] = value
 
 
 def apply_overrides(table: dict, overrides: list[str]) -> dict:
     """Apply ``--set`` overrides to a raw table (validated later, with the rest)."""
-    import copy
-
     table = copy.deepcopy(table)
     for text in overrides:
         path, value = parse_override(text)
@@ -363,77 +335,72 @@ def apply_overrides(table: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {text}: {'.'.join(path)}: {part} is not a table")
-        node[path[-1]] = value
+        _merge(node, path[-1], value)
     return table
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Load and validate a preset file, then apply and validate ``--set`` overrides."""
+def read_table(path: str | Path) -> dict:
+    """A preset file parsed (not validated), its relative paths made absolute."""
     path = Path(path)
     where = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{where}: no such file") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{where}: cannot read: {e.__class__.__name__}") from None
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{where}: invalid TOML: {e}") from None
-    from_dict(table, where, path.parent)  # the file alone must be valid
-    if overrides:
-        table = apply_overrides(table, overrides)
-        where = f"{where} (with --set)"
-    return from_dict(table, where, path.parent)
+    except (IsADirectoryError, NotADirectoryError):
+        raise ConfigError(f"{where}: not a file") from None
+    except PermissionError:
+        raise ConfigError(f"{where}: cannot read: permission denied") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: cannot read: not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read: {e.strerror or e}") from None
+    return absolute_paths(_parse_toml(text, where), path.parent)
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load and validate a preset file, then apply and validate ``--set`` overrides."""
+    where = str(path)
+    table = read_table(path)
+    cfg = from_dict(table, where)  # the file alone must be valid
+    if not overrides:
+        return cfg
+    return from_dict(apply_overrides(table, overrides), f"{where} (with --set)")
 
 
 def loads(text: str, where: str = "<string>", base: Path | None = None) -> RunConfig:
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{where}: invalid TOML: {e}") from None
-    return from_dict(table, where, base)
+    return from_dict(_parse_toml(text, where), where, base)
 
 
 def to_dict(cfg: RunConfig) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as a TOML-shaped table (every key; no [study] when there is none)."""
+    return schema.to_table(cfg)
 
 
 def dumps(cfg: RunConfig) -> str:
     """The resolved config as TOML (every key, defaults included)."""
+    import tomli_w
+
     return tomli_w.dumps(to_dict(cfg))
 
 
-def describe() -> list[tuple[str, Any, str]]:
-    """(dotted key, default, help) for every key: the reference the TUI and README show."""
-    rows = []
-    for f in fields(RunConfig):
-        if f.name in _SECTION_CLASSES:
-            for g in fields(_SECTION_CLASSES[f.name]):
-                default = g.default_factory() if g.default is dataclasses.MISSING else g.default
-                rows.append((f"{f.name}.{g.name}", default, g.metadata["help"]))
-        elif "help" in f.metadata:
-            rows.append((f.name, f.default, f.metadata["help"]))
-    return rows
+def describe(with_plugins: bool = False) -> list[schema.FieldInfo]:
+    """Every key of a run (with_plugins: also every key of every registered analysis and of
+    [study]) with its default, help and check: the reference the TUI and README show."""
+    rows = schema.describe(RunConfig, with_plugins=with_plugins)
+    return rows if with_plugins else [r for r in rows if not r.key.startswith("study.")]
+
+
+def field_info(key: str) -> schema.FieldInfo:
+    """The declaration of one dotted key (KeyError when there is none)."""
+    return schema.lookup(RunConfig, key)
 
 
 def check_value(key: str, value: Any) -> Any:
     """Validate one dotted key's value (the TUI's validation as you type)."""
-    section, _, name = key.rpartition(".")
-    if section.startswith("analysis."):
-        from .experiments import load_all
+    return schema.check_value(RunConfig, key, value)
 
-        analysis = load_all().get(section.split(".", 1)[1])
-        if analysis is None:
-            raise ConfigError(f"{key}: unknown analysis")
-        cls = analysis.config_cls
-    else:
-        cls = _SECTION_CLASSES.get(section, RunConfig) if section else RunConfig
-    known = {f.name: f for f in fields(cls)}
-    if name not in known or name in _SECTION_CLASSES:
-        raise ConfigError(f"{key}: unknown key")
-    try:
-        return known[name].metadata["check"](value)
-    except _Invalid as e:
-        raise ConfigError(f"{key}: expected {e}, got {_show(value)}") from None
+
+def json_schema() -> dict:
+    """The JSON Schema of a preset (``tjac schema``)."""
+    return schema.json_schema(RunConfig, title="tjac preset")

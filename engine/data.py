@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DataConfig, resolve_path
+from .config import DataConfig
 
 
 @dataclass
@@ -58,13 +58,14 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y.astype(np.int64)
 
 
-def load(cfg: DataConfig, base: Path | None = None) -> Dataset:
-    """Load the dataset a config names, split it, and apply its variant."""
+def load(cfg: DataConfig) -> Dataset:
+    """Load the dataset a config names (its path is absolute: :mod:`engine.config`), split it,
+    and apply its variant."""
     if cfg.dataset == "digits":
         x, y = load_digits_raw()
         name = "digits"
     else:
-        path = resolve_path(cfg.path, base)
+        path = Path(cfg.path)
         x, y = load_npz(path)
         name = path.stem
     x_tr, x_te, y_tr, y_te = _split(x, y, cfg.test_size, cfg.split_seed)

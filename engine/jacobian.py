@@ -20,7 +20,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .train import Problem, identity_columns, train_tangents
+from .files import atomic_write_json
+from .train import Problem, identity_columns, train, train_tangents
 
 # Tangent columns per chunk on the CPU: large enough for the step's matrix products to run near
 # peak, small enough for the (K, P) tangent state to stay in cache (benchmarks/bench_jacobian.py).
@@ -117,9 +118,8 @@ class JacobianStore:
         self._save_progress()
 
     def _save_progress(self) -> None:
-        tmp = self.progress_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"P": self.P, "chunk": self.chunk, "done": sorted(self.done)}))
-        os.replace(tmp, self.progress_path)
+        atomic_write_json(self.progress_path, {"P": self.P, "chunk": self.chunk,
+                                               "done": sorted(self.done)})
 
     def close(self) -> None:
         self.array.flush()
@@ -147,8 +147,6 @@ def finite_difference_columns(problem: Problem, theta0: torch.Tensor,
     """Central finite differences (theta_T(theta0 + h e_j) - theta_T(theta0 - h e_j)) / 2h for
     each j in ``cols`` (default: all), as a (P, len(cols)) tensor: an independent check of
     :func:`exact_jacobian` (use float64; 2 trainings per column)."""
-    from .train import train
-
     cols = range(theta0.numel()) if cols is None else list(cols)
     out = []
     for j in cols:

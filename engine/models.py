@@ -7,7 +7,9 @@ The training Jacobian is indexed by the *flat* parameter vector: the model's par
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelConfig, resolve_path
+from .config import ModelConfig
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -115,19 +117,33 @@ def _lecun_init_(module: nn.Module, gen: torch.Generator) -> None:
 
 
 def load_user_builder(path: str):
-    mod_name, fn_name = path.split(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ValueError(f"model.build: cannot import {mod_name}: {e}") from None
+    """The function a ``model.build`` names: ``"pkg.mod:fn"`` is imported from the Python path
+    (installed packages, PYTHONPATH; never the current directory), ``"/abs/file.py:fn"`` from
+    that file (config makes preset-relative files absolute). Importing it runs its code, like
+    any import."""
+    target, fn_name = path.split(":")
+    if target.endswith(".py"):
+        mod_name = "tjac_user_model_" + hashlib.sha256(target.encode()).hexdigest()[:12]
+        spec = importlib.util.spec_from_file_location(mod_name, target)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"model.build: cannot import {target}")
+        mod = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(mod)
+        except FileNotFoundError:
+            raise ValueError(f"model.build: no such file: {target}") from None
+    else:
+        try:
+            mod = importlib.import_module(target)
+        except ImportError as e:
+            raise ValueError(f"model.build: cannot import {target}: {e}") from None
     fn = getattr(mod, fn_name, None)
     if fn is None:
-        raise ValueError(f"model.build: {mod_name} has no {fn_name}")
+        raise ValueError(f"model.build: {target} has no {fn_name}")
     return fn
 
 
-def build(cfg: ModelConfig, n_features: int, n_classes: int, seed: int,
-          base: Path | None = None) -> nn.Module:
+def build(cfg: ModelConfig, n_features: int, n_classes: int, seed: int) -> nn.Module:
     """The model with its initial parameters (float64, CPU). Deterministic given the seed."""
     torch.manual_seed(seed)  # user builders and torch's default init draw from the global RNG
     if cfg.build:
@@ -141,7 +157,7 @@ def build(cfg: ModelConfig, n_features: int, n_classes: int, seed: int,
         if cfg.init == "lecun":
             _lecun_init_(module, torch.Generator().manual_seed(seed))
     if cfg.init.endswith(".npz"):
-        load_init(module, resolve_path(cfg.init, base))
+        load_init(module, Path(cfg.init))
     elif cfg.init == "lecun" and cfg.build:
         _lecun_init_(module, torch.Generator().manual_seed(seed))
     return module

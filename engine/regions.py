@@ -1,26 +1,29 @@
-"""The region rule: which singular directions of J are chaotic, bulk or stable, without eyeballing.
+"""The region rule: which singular directions of J are chaotic, bulk or stable.
 
-**Rule (one sentence).** Direction i is *bulk* when ``|ln s_i| <= tau`` (training carries a
-perturbation along v_i through scaled by a factor within ``e^(+-tau)`` of 1), *chaotic* when
-``ln s_i > tau`` and *stable* when ``ln s_i < -tau``, with ``tau = 1e-3`` unless a preset says
-otherwise.
+**The rule (one sentence).** With the tolerance ``tol`` (the preset key ``spectrum.bulk_tol``,
+1e-3 unless a preset says otherwise), direction i is *bulk* when ``|s_i - 1| <= tol``, *chaotic*
+when ``s_i > 1 + tol`` and *stable* when ``s_i < 1 - tol``.
 
-Why the logarithm: ``|ln s|`` treats stretching by ``1 + x`` and shrinking by ``1 / (1 + x)`` as
-equally far from unity, and it is the rate per unit "log gain" that a perturbation picks up over
-training. For ``tau <= 1e-2`` it differs from the ``|s - 1| <= tol`` rule of
-:mod:`engine.spectrum` only by ``O(tau^2)`` (``ln(1 + x) = x - x^2/2 + ...``), so at most the
-one or two values sitting within ~tau^2 of a threshold change side; :func:`sensitivity_table`
-reports both counts so the difference is visible rather than hidden.
+Every part of tjac uses this module for it: ``spectrum.json``, every analysis, the study and
+sweep tables, the report, the findings and the TUI. The distance from unity ``|s_i - 1|`` is
+the quantity the paper plots (its finding 2); because S is sorted descending, each region is
+one contiguous index range.
 
-The same ordering defines the "k bulk directions" used by the overlap, restricted-training and
-parameter-function analyses: the k indices with the smallest ``|ln s_i|`` (ties by index), i.e.
-the k directions closest to s = 1 whatever tau is.
+The same distance orders "the k bulk directions" used by the overlap, restricted-training and
+parameter-function analyses: the k indices with the smallest ``|s_i - 1|`` (ties by index),
+i.e. the k directions closest to s = 1 whatever the tolerance is.
 
-The sensitivity table gives the region counts for ``tau`` in :data:`SENSITIVITY_TAUS` and the
-*elasticity* of the bulk count, ``d ln(bulk count) / d ln(tau)`` between neighbouring
-tolerances: a genuine plateau has elasticity near 0 (the count hardly depends on the tolerance
-chosen), while a count that grows proportionally with tau (elasticity ~1) means there is no
-plateau at that scale, only a smooth passage of the spectrum through 1.
+Rather than trusting one tolerance, :func:`sensitivity_table` gives the region counts for
+``tol`` in :data:`SENSITIVITY_TOLS` and the *elasticity* of the bulk count,
+``d ln(bulk count) / d ln(tol)`` between neighbouring tolerances: a genuine plateau has
+elasticity near 0 (the count hardly depends on the tolerance chosen), while a count that grows
+in proportion to tol (elasticity ~1) means there is no plateau at that scale, only a smooth
+passage of the spectrum through 1.
+
+Directions with ``|s_i - 1| <= EXACT`` (1e-12) are ones training leaves untouched to machine
+precision (on digits: the first-layer weights of the pixels that are zero in every training
+image). They are bulk; :func:`bulk_middle` skips them when it picks a representative bulk
+direction, and :func:`unity_counts` counts them apart from the values that are exactly 1.
 """
 
 from __future__ import annotations
@@ -29,36 +32,39 @@ import math
 
 import numpy as np
 
-DEFAULT_TAU = 1e-3
-SENSITIVITY_TAUS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 REGIONS = ("chaotic", "bulk", "stable")
-
-RULE = ("bulk = {i : |ln s_i| <= tau}, chaotic = {i : ln s_i > tau}, "
-        "stable = {i : ln s_i < -tau}")
-
-
-def log_distance(S: np.ndarray) -> np.ndarray:
-    """``|ln s_i|`` (float64); a zero singular value is infinitely far from unity."""
-    S = np.asarray(S, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        return np.abs(np.log(np.where(S > 0, S, 0.0)))
+DEFAULT_TOL = 1e-3
+SENSITIVITY_TOLS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+EXACT = 1e-12  # |s - 1| at or below this: a direction training never touches
 
 
-def masks(S: np.ndarray, tau: float = DEFAULT_TAU) -> dict[str, np.ndarray]:
+def rule_text(tol: float | None = None) -> str:
+    """The rule in words, with the tolerance when given."""
+    t = "tol" if tol is None else f"{tol:g}"
+    return f"bulk: |s - 1| <= {t}; chaotic: s > 1 + {t}; stable: s < 1 - {t}"
+
+
+RULE = rule_text()
+
+
+def distance(S: np.ndarray) -> np.ndarray:
+    """``|s_i - 1|`` in float64."""
+    return np.abs(np.asarray(S, dtype=np.float64) - 1.0)
+
+
+def masks(S: np.ndarray, tol: float = DEFAULT_TOL) -> dict[str, np.ndarray]:
     """Boolean masks of the three regions (any order of S)."""
     S = np.asarray(S, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        ls = np.log(np.where(S > 0, S, 0.0))
-    return {"chaotic": ls > tau, "bulk": np.abs(ls) <= tau, "stable": ls < -tau}
+    return {"chaotic": S > 1 + tol, "bulk": np.abs(S - 1) <= tol, "stable": S < 1 - tol}
 
 
-def counts(S: np.ndarray, tau: float = DEFAULT_TAU) -> dict[str, int]:
-    return {k: int(m.sum()) for k, m in masks(S, tau).items()}
+def counts(S: np.ndarray, tol: float = DEFAULT_TOL) -> dict[str, int]:
+    return {k: int(m.sum()) for k, m in masks(S, tol).items()}
 
 
-def slices(S: np.ndarray, tau: float = DEFAULT_TAU) -> dict[str, slice]:
+def slices(S: np.ndarray, tol: float = DEFAULT_TOL) -> dict[str, slice]:
     """Index ranges of the regions for *descending* S (then each region is contiguous)."""
-    c = counts(S, tau)
+    c = counts(S, tol)
     P = len(S)
     return {"chaotic": slice(0, c["chaotic"]),
             "bulk": slice(c["chaotic"], P - c["stable"]),
@@ -66,8 +72,8 @@ def slices(S: np.ndarray, tau: float = DEFAULT_TAU) -> dict[str, slice]:
 
 
 def closest_to_unity(S: np.ndarray, k: int | None = None) -> np.ndarray:
-    """Indices ordered by ``|ln s_i|`` ascending (ties by index); the first k if given."""
-    order = np.argsort(log_distance(S), kind="stable")
+    """Indices ordered by ``|s_i - 1|`` ascending (ties by index); the first k if given."""
+    order = np.argsort(distance(S), kind="stable")
     return order if k is None else order[:k]
 
 
@@ -78,17 +84,18 @@ def farthest_from_unity(S: np.ndarray, k: int | None = None) -> np.ndarray:
     return order if k is None else order[:k]
 
 
-EXACT = 1e-12  # |s - 1| below this: a direction training never touches
+def unity_counts(S: np.ndarray) -> dict[str, int]:
+    """How many values are exactly 1, and how many are within :data:`EXACT` of 1."""
+    d = distance(S)
+    return {"exactly_1": int(np.sum(d == 0)), "within_exact": int(np.sum(d <= EXACT))}
 
 
-def bulk_middle(S: np.ndarray, tau: float = DEFAULT_TAU, skip_exact: bool = True) -> int:
+def bulk_middle(S: np.ndarray, tol: float = DEFAULT_TOL, skip_exact: bool = True) -> int:
     """A representative bulk index: the middle of the bulk range (descending S), skipping the
-    directions with s = 1 to machine precision (``|s - 1| <= EXACT``: directions training never
-    touches at all, such as the first-layer weights of an input that is zero in every training
-    row) when any other bulk direction exists; if the bulk is empty, the index closest to
-    unity."""
+    directions with ``|s - 1| <= EXACT`` when any other bulk direction exists; if the bulk is
+    empty, the index closest to unity."""
     S = np.asarray(S, dtype=np.float64)
-    sl = slices(S, tau)["bulk"]
+    sl = slices(S, tol)["bulk"]
     idx = np.arange(sl.start, sl.stop)
     if skip_exact:
         keep = idx[np.abs(S[idx] - 1.0) > EXACT]
@@ -99,26 +106,24 @@ def bulk_middle(S: np.ndarray, tau: float = DEFAULT_TAU, skip_exact: bool = True
     return int(closest_to_unity(S, 1)[0])
 
 
-def sensitivity_table(S: np.ndarray, taus=SENSITIVITY_TAUS) -> list[dict]:
-    """One row per tolerance: counts per region, bulk fraction and index range (descending S),
-    the bulk count under the ``|s - 1| <= tau`` rule for comparison, and the elasticity of the
-    bulk count with respect to tau (from the previous row; None on the first)."""
+def sensitivity_table(S: np.ndarray, tols=SENSITIVITY_TOLS) -> list[dict]:
+    """One row per tolerance: counts per region, bulk fraction and index range (descending
+    S), and the elasticity of the bulk count with respect to tol (from the previous row; None
+    on the first)."""
     S = np.asarray(S, dtype=np.float64)
     P = len(S)
     rows = []
     prev = None
-    for tau in taus:
-        c = counts(S, tau)
-        sl = slices(S, tau)["bulk"]
-        lin = int(np.sum(np.abs(S - 1) <= tau))
+    for tol in tols:
+        c = counts(S, tol)
+        sl = slices(S, tol)["bulk"]
         el = None
         if prev is not None and prev[1] > 0 and c["bulk"] > 0:
-            el = math.log(c["bulk"] / prev[1]) / math.log(tau / prev[0])
-        rows.append({"tau": float(tau), "chaotic": c["chaotic"], "bulk": c["bulk"],
+            el = math.log(c["bulk"] / prev[1]) / math.log(tol / prev[0])
+        rows.append({"tol": float(tol), "chaotic": c["chaotic"], "bulk": c["bulk"],
                      "stable": c["stable"], "bulk_fraction": c["bulk"] / P if P else 0.0,
-                     "bulk_start": sl.start, "bulk_stop": sl.stop,
-                     "bulk_abs_rule": lin, "elasticity": el})
-        prev = (tau, c["bulk"])
+                     "bulk_start": sl.start, "bulk_stop": sl.stop, "elasticity": el})
+        prev = (tol, c["bulk"])
     return rows
 
 
@@ -130,5 +135,5 @@ def plateau_between(rows: list[dict]) -> list[float] | None:
         if r["elasticity"] is None:
             continue
         if best is None or r["elasticity"] < best[0]:
-            best = (r["elasticity"], [prev["tau"], r["tau"]])
+            best = (r["elasticity"], [prev["tol"], r["tol"]])
     return None if best is None else best[1]

@@ -22,10 +22,10 @@ stage interrupted.
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -36,6 +36,9 @@ import numpy as np
 import torch
 
 from . import __version__, data as data_mod, jacobian as jac_mod, models, spectrum, train
+from .config import ConfigError
+from .experiments.common import Context
+from .sections import ANALYSES
 from .session import Session, now_iso
 
 STAGES = ("train", "jacobian", "svd", "spectrum")
@@ -65,19 +68,30 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def failure_reason(e: BaseException) -> str:
+    """The one line a user sees for a failure: the message alone for the errors tjac raises
+    itself (invalid config, diverged training, unreadable data or model), else the exception's
+    type and message."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, (ConfigError, train.TrainingDiverged, ValueError)) and msg:
+        return msg
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror}"
+    return f"{e.__class__.__name__}: {msg}" if msg else e.__class__.__name__
+
+
 class Runner:
-    """Runs (or resumes) one session's stages, emitting events."""
+    """Runs (or resumes) one session's stages, emitting events. Nothing is read until
+    :meth:`run` (or :meth:`setup`), so every failure, a broken ``config.toml`` included, is
+    caught there and recorded in the session."""
 
     def __init__(self, session: Session, listeners: list[Listener] | None = None,
                  device: str | None = None):
         self.session = session
         self.listeners = list(listeners or [])
-        self.cfg = session.config()
-        self.base = None
-        preset = session.manifest().get("preset")
-        if preset:
-            self.base = Path(preset).parent
-        self.device_name = device or self.cfg.device
+        self.device_override = device
+        self.cfg = None
         self.stop_requested = False
 
     # ---- events ----------------------------------------------------------------------------
@@ -91,15 +105,16 @@ class Runner:
         return self.stop_requested
 
     # ---- setup -----------------------------------------------------------------------------
-    def _setup(self) -> None:
-        cfg = self.cfg
+    def setup(self) -> None:
+        """Read the config, pick the device and build the data, model and training problem."""
+        self.cfg = cfg = self.session.config()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(self.device_name)
+        self.device = resolve_device(self.device_override or cfg.device)
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-        self.data = data_mod.load(cfg.data, self.base)
+        self.data = data_mod.load(cfg.data)
         self.module = models.build(cfg.model, self.data.n_features, self.data.n_classes,
-                                   cfg.seed, self.base)
+                                   cfg.seed)
         self.layout = models.Layout.of(self.module)
         if self.session.has("theta0.npz"):  # resume: the stored init is the truth
             models.load_init(self.module, self.session.path / "theta0.npz")
@@ -168,7 +183,7 @@ class Runner:
         finally:
             store.close()
             s.set_stage("jacobian", primal_dev=worst[0], columns_done=store.columns_done)
-        s.record_file("jacobian.npy")
+        s.record_checksum("jacobian.npy")
 
     def stage_svd(self) -> None:
         s = self.session
@@ -188,32 +203,29 @@ class Runner:
             s.load_npy("svd/Vh.npy").astype(np.float64))
         summary = spectrum.summarize(S, U, Vh, self.cfg.spectrum.bulk_tol)
         s.write_json("spectrum.json", summary)
-        s.record_file("spectrum.json")
+        s.record_checksum("spectrum.json")
 
     def run_analysis(self, name: str) -> None:
-        from .experiments import Context, load_all
-
-        analysis = load_all()[name]
+        impl = importlib.import_module(ANALYSES[name].module)
         s = self.session
         arrays = s.load_npz("thetaT.npz")
         thetaT = self.layout.flatten([torch.from_numpy(arrays[n]) for n in self.layout.names]
                                      ).to(self.device, self.dtype)
         ctx = Context(session=s, problem=self.problem, theta0=self.theta0, thetaT=thetaT,
-                      data=self.data, emit=self.emit, should_stop=self.should_stop)
+                      data=self.data, emit=self.emit, should_stop=self.should_stop,
+                      tol=self.cfg.spectrum.bulk_tol)
         (s.path / "analyses").mkdir(exist_ok=True)
-        result = analysis.run(ctx, self.cfg.analysis[name])
+        result = impl.run(ctx, self.cfg.analysis[name])
         s.write_json(f"analyses/{name}.json", result)
-        s.record_file(f"analyses/{name}.json")
+        s.record_checksum(f"analyses/{name}.json")
 
     # ---- driver ----------------------------------------------------------------------------
     def stages(self) -> list[str]:
-        from .experiments import MODULES
-
         if not self.cfg.jacobian.enabled:
             return ["train"]
         if not self.cfg.jacobian.svd:
             return ["train", "jacobian"]
-        return list(STAGES) + [f"analysis.{n}" for n in MODULES
+        return list(STAGES) + [f"analysis.{n}" for n in ANALYSES
                                if n in self.cfg.analysis and self.cfg.analysis[n].enabled]
 
     def run(self) -> int:
@@ -224,7 +236,7 @@ class Runner:
         try:
             s.update_manifest(status="running", pid=os.getpid(), error=None,
                               started=s.manifest().get("started") or now_iso())
-            self._setup()
+            self.setup()
             self.emit("run_start", session=str(s.path), device=str(self.device),
                       dtype=self.cfg.dtype, threads=torch.get_num_threads(), P=self.layout.size,
                       stages=self.stages())
@@ -256,9 +268,8 @@ class Runner:
                 s.set_stage(stage, status="interrupted")
             status, code = "interrupted", EXIT_INTERRUPTED
             self.emit("interrupted", stage=stage)
-        except Exception as e:  # noqa: BLE001 - reported in the session, re-raised for debugging
-            msg = f"{e.__class__.__name__}: {e}" if not isinstance(e, train.TrainingDiverged) \
-                else str(e)
+        except Exception as e:  # noqa: BLE001 - every failure is recorded in the session
+            msg = failure_reason(e)
             if stage != "setup":
                 s.set_stage(stage, status="failed", error=msg)
             s.update_manifest(error=msg, traceback=traceback.format_exc())
@@ -285,36 +296,27 @@ def run_session(path: str | Path, listeners: list[Listener] | None = None,
     return runner.run()
 
 
-def start_worker(path: str | Path, device: str | None = None) -> subprocess.Popen:
-    """Start ``python -m engine.runner`` on the session in its own process session, so the run
-    outlives the terminal that started it. Its stdout and stderr go to ``worker.log``."""
-    path = Path(path)
-    cmd = [sys.executable, "-m", "engine.runner", str(path)]
-    if device:
-        cmd += ["--device", device]
-    log = open(path / "worker.log", "ab")
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get(
-        "PYTHONPATH") else root
+def run_on_session(path, names: list[str] | None = None, overrides: dict | None = None,
+                   listeners: list | None = None) -> dict[str, dict]:
+    """Run analyses on a finished session in this process (outside the stage machinery), with
+    ``overrides`` {name: config} replacing the session's own configs; results are written under
+    ``analyses/`` as the runner would. Returns {name: result}. For notebooks, benchmarks and
+    tests."""
+    runner = Runner(Session(path), listeners)
+    runner.session.acquire()
     try:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env, cwd=os.getcwd())
+        runner.setup()
+        cfgs = dict(runner.cfg.analysis)
+        cfgs.update(overrides or {})
+        names = names or [n for n in ANALYSES if n in cfgs]
+        out = {}
+        for name in names:
+            runner.cfg.analysis[name] = cfgs.get(name) or ANALYSES[name].config_cls()
+            runner.run_analysis(name)
+            out[name] = runner.session.read_json(f"analyses/{name}.json")
     finally:
-        log.close()
-
-
-def request_stop(path: str | Path) -> bool:
-    """Ask the worker running the session to stop (SIGTERM); False if none is running."""
-    s = Session(path)
-    pid = s.manifest().get("pid")
-    if not pid or not s.is_locked():
-        return False
-    try:
-        os.kill(int(pid), signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    return True
+        runner.session.release()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,6 @@ exclusive lock (``.lock``, flock) keeps a second writer out and dies with its pr
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 from datetime import datetime, timezone
@@ -30,6 +29,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import config as config_mod
+from .files import (append_jsonl, atomic_save_npy, atomic_save_npz, atomic_write,
+                    atomic_write_json, read_jsonl, sha256)
 
 STATUSES = ("created", "running", "done", "failed", "interrupted")
 
@@ -40,44 +41,6 @@ class SessionLocked(RuntimeError):
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_jsonl(path: Path, start: int = 0) -> tuple[list[dict], int]:
-    """Complete lines of a JSON-lines file from byte offset ``start``; returns the records and
-    the offset after the last complete line (a line still being written is left for later)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read()
-    except FileNotFoundError:
-        return [], start
-    end = data.rfind(b"\n") + 1
-    out = []
-    for line in data[:end].splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out, start + end
 
 
 def unique_dir(root: str | Path, name: str) -> Path:
@@ -106,7 +69,7 @@ class Session:
         """A new session directory ``root/name`` (``name-2``, ``name-3``... if taken)."""
         path = unique_dir(root, name)
         s = cls(path)
-        _atomic_write_bytes(path / "config.toml", config_mod.dumps(cfg).encode())
+        atomic_write(path / "config.toml", config_mod.dumps(cfg).encode())
         s.write_manifest({"name": path.name, "status": "created", "created": now_iso(),
                           "preset": preset, "stages": {}, "files": {}})
         return s
@@ -163,7 +126,7 @@ class Session:
         return json.loads((self.path / "manifest.json").read_text())
 
     def write_manifest(self, m: dict) -> None:
-        _atomic_write_bytes(self.path / "manifest.json", json.dumps(m, indent=2).encode())
+        atomic_write_json(self.path / "manifest.json", m)
 
     def update_manifest(self, **changes: Any) -> dict:
         m = self.manifest()
@@ -181,43 +144,26 @@ class Session:
         return self.manifest().get("stages", {}).get(stage, {}).get("status", "pending")
 
     # ---- files -----------------------------------------------------------------------------
-    def _record(self, rel: str) -> None:
+    def record_checksum(self, rel: str) -> None:
         p = self.path / rel
         m = self.manifest()
         m.setdefault("files", {})[rel] = {"sha256": sha256(p), "bytes": p.stat().st_size}
         self.write_manifest(m)
 
     def write_json(self, rel: str, obj: Any) -> None:
-        _atomic_write_bytes(self.path / rel, json.dumps(obj, indent=2).encode())
+        atomic_write_json(self.path / rel, obj)
 
     def read_json(self, rel: str) -> Any:
         return json.loads((self.path / rel).read_text())
 
     def write_npy(self, rel: str, arr: np.ndarray, record: bool = True) -> None:
-        path = self.path / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_save_npy(self.path / rel, arr)
         if record:
-            self._record(rel)
+            self.record_checksum(rel)
 
     def write_npz(self, rel: str, arrays: dict[str, np.ndarray]) -> None:
-        path = self.path / rel
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self._record(rel)
-
-    def record_file(self, rel: str) -> None:
-        """Checksum a file written in place (the memory-mapped Jacobian) into the manifest."""
-        self._record(rel)
+        atomic_save_npz(self.path / rel, arrays)
+        self.record_checksum(rel)
 
     def load_npy(self, rel: str, mmap: bool = False) -> np.ndarray:
         return np.load(self.path / rel, mmap_mode="r" if mmap else None, allow_pickle=False)
@@ -240,8 +186,7 @@ class Session:
 
     # ---- logs ------------------------------------------------------------------------------
     def append_jsonl(self, rel: str, record: dict) -> None:
-        with open(self.path / rel, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.path / rel, record)
 
     def events(self, start: int = 0) -> tuple[list[dict], int]:
         return read_jsonl(self.path / "events.jsonl", start)
@@ -264,14 +209,30 @@ def list_sessions(root: str | Path) -> Iterator[Session]:
     return iter(found)
 
 
+def run_seconds(manifest: dict, live: bool, now: float | None = None) -> float:
+    """Seconds the run has computed: every stage's recorded time, plus, while a worker is live,
+    the time since the running stage started (its recorded time is added when it ends)."""
+    total = 0.0
+    for st in manifest.get("stages", {}).values():
+        total += float(st.get("seconds") or 0.0)
+        if live and st.get("status") == "running" and st.get("started"):
+            try:
+                t0 = datetime.fromisoformat(st["started"]).timestamp()
+            except (TypeError, ValueError):
+                continue
+            total += max(0.0, (now if now is not None else datetime.now(timezone.utc)
+                               .timestamp()) - t0)
+    return total
+
+
 def describe(s: Session) -> dict:
     """One row for ``tjac ls`` and the Sessions pane."""
     m = s.manifest()
     status = m.get("status", "?")
-    if status == "running" and not s.is_locked():
+    live = s.is_locked()
+    if status == "running" and not live:
         status = "stale"  # the worker died without marking the session (e.g. SIGKILL)
-    st = m.get("stages", {})
-    secs = sum(v.get("seconds", 0.0) for v in st.values())
     return {"name": s.name, "path": str(s.path), "status": status, "preset": m.get("preset"),
-            "P": m.get("P"), "created": m.get("created", ""), "seconds": secs,
+            "P": m.get("P"), "created": m.get("created", ""),
+            "seconds": run_seconds(m, live and status == "running"),
             "device": m.get("device")}

@@ -1,13 +1,9 @@
 """SVD of the training Jacobian, its three regions and the alignment of its singular vectors.
 
-Regions (singular values sorted descending, tolerance ``tol``):
-
-* chaotic: s > 1 + tol
-* bulk:    |s - 1| <= tol
-* stable:  s < 1 - tol
-
-Because s is sorted, each region is one contiguous index range. The SVD is computed in float64
-whatever the run's dtype: float32 SVDs move values near the thresholds by up to 5e-5.
+Regions follow the one rule of :mod:`engine.regions` (bulk ``|s - 1| <= tol``, chaotic above,
+stable below, ``tol = spectrum.bulk_tol``). Because s is sorted, each region is one contiguous
+index range. The SVD is computed in float64 whatever the run's dtype: float32 SVDs move values
+near the thresholds by up to 5e-5.
 
 Alignment. Per index, a_i = u_i . v_i (1 when the direction comes back unrotated). Inside the
 bulk the singular values are nearly degenerate, so individual u_i and v_i are ill-defined
@@ -22,18 +18,24 @@ import math
 
 import numpy as np
 import scipy.linalg
-import torch
 
-REGIONS = ("chaotic", "bulk", "stable")
+from . import regions
+from .subspace import principal_cosines
+
+REGIONS = regions.REGIONS
+
+ALIGNMENT_NOTE = ("u.v mean is the mean of the per-index u_i . v_i, ill-posed inside a "
+                  "near-degenerate plateau; subspace cos is the mean cosine of the principal "
+                  "angles between span(U_region) and span(V_region), the well-posed measure.")
 
 
-def svd(J: np.ndarray | torch.Tensor, device: str | torch.device = "cpu"
-        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def svd(J, device="cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Full SVD in float64: (U (P, P), S (P,) descending, Vh (P, P)), as numpy arrays. On CUDA
     it runs on the device (torch); on the CPU with LAPACK's gesdd (scipy), falling back to
     gesvd if gesdd does not converge."""
-    device = torch.device(device)
-    if device.type == "cuda":
+    if str(device).startswith("cuda"):
+        import torch
+
         Jt = torch.as_tensor(np.asarray(J)).to(device=device, dtype=torch.float64)
         U, S, Vh = torch.linalg.svd(Jt)
         return U.cpu().numpy(), S.cpu().numpy(), Vh.cpu().numpy()
@@ -44,41 +46,23 @@ def svd(J: np.ndarray | torch.Tensor, device: str | torch.device = "cpu"
         return scipy.linalg.svd(A, lapack_driver="gesvd", check_finite=True)
 
 
-def region_slices(S: np.ndarray, tol: float) -> dict[str, slice]:
-    """Index ranges of the regions for descending singular values S."""
-    S = np.asarray(S)
-    n_chaotic = int(np.sum(S > 1 + tol))
-    n_stable = int(np.sum(S < 1 - tol))
-    P = len(S)
-    return {"chaotic": slice(0, n_chaotic), "bulk": slice(n_chaotic, P - n_stable),
-            "stable": slice(P - n_stable, P)}
-
-
 def alignment(U: np.ndarray, Vh: np.ndarray) -> np.ndarray:
     """Per-index u_i . v_i, shape (P,)."""
     return np.einsum("ij,ji->j", U, Vh, optimize=True)
 
 
-def subspace_cosines(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Cosines of the principal angles between span(A) and span(B), for A and B with
-    orthonormal columns (descending). Empty when either is empty."""
-    if A.shape[1] == 0 or B.shape[1] == 0:
-        return np.zeros(0)
-    return np.clip(scipy.linalg.svdvals(A.T @ B), 0.0, 1.0)
-
-
 def summarize(S: np.ndarray, U: np.ndarray | None = None, Vh: np.ndarray | None = None,
-              tol: float = 1e-3) -> dict:
+              tol: float = regions.DEFAULT_TOL) -> dict:
     """The spectrum summary stored as ``spectrum.json``: P, s_max, s_min, and per region its
     count, index range [start, stop), singular-value range, fraction of P, threshold rule and
     (with U and Vh) alignment per index and as subspaces."""
     S = np.asarray(S, dtype=np.float64)
     P = len(S)
-    slices = region_slices(S, tol)
+    slices = regions.slices(S, tol)
     rules = {"chaotic": f"s > 1 + {tol:g}", "bulk": f"|s - 1| <= {tol:g}",
              "stable": f"s < 1 - {tol:g}"}
     a = alignment(U, Vh) if U is not None and Vh is not None else None
-    regions = {}
+    out_regions = {}
     for name in REGIONS:
         sl = slices[name]
         n = sl.stop - sl.start
@@ -87,26 +71,24 @@ def summarize(S: np.ndarray, U: np.ndarray | None = None, Vh: np.ndarray | None 
              "s_max": float(S[sl].max()) if n else None,
              "s_min": float(S[sl].min()) if n else None}
         if a is not None:
-            cos = subspace_cosines(U[:, sl], Vh[sl].T)
+            cos = principal_cosines(U[:, sl], Vh[sl].T)
             r["align_mean"] = float(a[sl].mean()) if n else None
             r["align_min"] = float(a[sl].min()) if n else None
             r["subspace_cos_mean"] = float(cos.mean()) if n else None
             r["subspace_cos_min"] = float(cos.min()) if n else None
-        regions[name] = r
-    dist = np.abs(S - 1)
+        out_regions[name] = r
+    dist = regions.distance(S)
     out = {
         "P": P, "s_max": float(S[0]) if P else None, "s_min": float(S[-1]) if P else None,
-        "bulk_tol": tol, "regions": regions,
+        "bulk_tol": tol, "rule": regions.rule_text(tol), "regions": out_regions,
         "min_abs_s_minus_1": float(dist.min()) if P else None,
         "argmin_abs_s_minus_1": int(dist.argmin()) if P else None,
+        "unity": regions.unity_counts(S),
         "log10_det": float(np.sum(np.log10(np.maximum(S, 1e-300)))),
         "thresholds": {"chaotic_above": 1 + tol, "stable_below": 1 - tol},
     }
     if a is not None:
-        out["alignment_note"] = (
-            "align_* is the per-index u_i . v_i, ill-posed inside a near-degenerate plateau; "
-            "subspace_cos_* are the cosines of the principal angles between span(U_region) and "
-            "span(V_region), the well-posed measure.")
+        out["alignment_note"] = ALIGNMENT_NOTE
     return out
 
 
@@ -114,6 +96,10 @@ def fmt_range(lo: float | None, hi: float | None) -> str:
     if lo is None or hi is None:
         return "-"
     return f"{lo:.6g} .. {hi:.6g}"
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
 def region_rows(summary: dict) -> list[dict]:
@@ -132,7 +118,3 @@ def region_rows(summary: dict) -> list[dict]:
             "subspace cos": _fmt(r.get("subspace_cos_mean")),
         })
     return rows
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"

@@ -18,7 +18,7 @@ overrides, without the ``[study]`` section), so it is run, resumed and reported 
 ``tjac study DIR`` resumes it (finished sessions are skipped, an interrupted one resumes at its
 stage). Then the cross-run analyses (:func:`cross_analyses`) are stored in
 ``<study>/analyses/study.json`` and ``study_overlap.npy``, and the report in
-``<study>/report.md`` (:func:`engine.findings.render_study_markdown`).
+``<study>/report.md`` (written by the caller: :func:`engine.present.findings.write_study_report`).
 
 Cross-run analyses: each run's spectrum summary under the region rule of :mod:`engine.regions`
 (counts per tolerance), and the bulk-subspace overlap of each run with the reference run: the
@@ -38,75 +38,20 @@ Directory::
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from . import config as config_mod, regions
-from .config import ConfigError, _boolean, _f, _integer, _Invalid, _number, _string
-from .session import Session, _atomic_write_bytes, now_iso, read_jsonl, unique_dir
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def _runs(v: Any) -> list[dict]:
-    desc = 'a list of tables { name = "...", set = ["KEY=VALUE", ...] }'
-    if not isinstance(v, list):
-        raise _Invalid(desc)
-    out, seen = [], set()
-    for i, r in enumerate(v):
-        if not isinstance(r, dict) or set(r) - {"name", "set"} or "name" not in r:
-            raise _Invalid(desc + f" (entry {i} is not)")
-        name, sets = r["name"], r.get("set", [])
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise _Invalid(desc + f" (entry {i}: name must be letters, digits, _ . -)")
-        if name in seen:
-            raise _Invalid(desc + f" (entry {i}: the name {name!r} is used twice)")
-        if not isinstance(sets, list) or not all(isinstance(s, str) and "=" in s for s in sets):
-            raise _Invalid(desc + f" (entry {i}: set must be a list of \"KEY=VALUE\" strings)")
-        seen.add(name)
-        out.append({"name": name, "set": list(sets)})
-    return out
-
-
-@dataclass
-class StudyConfig:
-    runs: list = _f([], _runs, 'the runs: { name = "...", set = ["KEY=VALUE", ...] } each')
-    include_base: bool = _f(True, _boolean, 'the preset itself is also a run, named "base"')
-    reference: str = _f("base", _string, "the run the bulk overlaps are measured against")
-    tau: float = _f(regions.DEFAULT_TAU, _number(0, lo_open=True),
-                    "region rule tolerance for the run table")
-    k_min: int = _f(100, _integer(1), "smallest bulk dimension of the overlap sweep")
-    k_max: int = _f(0, _integer(0), "largest bulk dimension (0 = P)")
-    n_k: int = _f(20, _integer(1, 1000), "bulk dimensions in the overlap sweep")
-    random_samples: int = _f(1, _integer(1), "random subspaces sampled per k for the baseline")
-    seed: int = _f(0, _integer(0), "seed of the random baseline")
-
-
-def parse_study(table: Any, where: str) -> StudyConfig | dict:
-    """Validate a ``[study]`` table (called by :mod:`engine.config` for the key ``study``); an
-    empty table (what a config without a study dumps to) is no study."""
-    from .config import _build_section
-
-    if table == {}:
-        return {}
-
-    cfg = _build_section(StudyConfig, table, where, "study.")
-    names = [r["name"] for r in cfg.runs] + (["base"] if cfg.include_base else [])
-    if cfg.include_base and "base" in [r["name"] for r in cfg.runs]:
-        raise ConfigError(f'{where}: study.runs: the name "base" is taken by the preset itself '
-                          "(include_base = true)")
-    if not names:
-        raise ConfigError(f"{where}: study.runs: expected at least one run")
-    if cfg.reference not in names:
-        raise ConfigError(f"{where}: study.reference: expected one of the run names "
-                          f"({', '.join(names)}), got \"{cfg.reference}\"")
-    return cfg
+from .config import ConfigError
+from .files import append_jsonl, atomic_save_npy, atomic_write, atomic_write_json, read_jsonl
+from .session import Session, now_iso, unique_dir
+from .subspace import k_grid, mean_cos_block, random_mean_cos
 
 
 @dataclass
@@ -122,7 +67,7 @@ def plan(preset: str | Path, overrides: list[str] | None = None
     preset = Path(preset)
     base = config_mod.load(preset, overrides)
     st = base.study
-    if not isinstance(st, StudyConfig):
+    if st is None:
         raise ConfigError(f"{preset}: study: expected a [study] section listing the runs")
     runs = []
     specs = ([{"name": "base", "set": []}] if st.include_base else []) + st.runs
@@ -131,7 +76,7 @@ def plan(preset: str | Path, overrides: list[str] | None = None
             cfg = config_mod.load(preset, list(overrides or []) + spec["set"])
         except ConfigError as e:
             raise ConfigError(f"{preset}: study.runs ({spec['name']}): {e}") from None
-        cfg.study = {}
+        cfg.study = None
         runs.append(PlannedRun(spec["name"], spec["set"], cfg))
     return base, runs
 
@@ -153,7 +98,7 @@ class Study:
     def update(self, **changes) -> dict:
         m = self.manifest()
         m.update(changes)
-        _atomic_write_bytes(self.path / "study.json", json.dumps(m, indent=2).encode())
+        atomic_write_json(self.path / "study.json", m)
         return m
 
     def config(self) -> config_mod.RunConfig:
@@ -175,8 +120,7 @@ class Study:
 
     def emit(self, listeners, event: str, **fields) -> None:
         rec = {"event": event, "time": round(time.time(), 3), **fields}
-        with open(self.path / "events.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_jsonl(self.path / "events.jsonl", rec)
         for fn in listeners or []:
             fn(rec)
 
@@ -191,13 +135,13 @@ def create(root: str | Path, preset: str | Path, overrides: list[str] | None = N
     if taken) with one session per run (not started)."""
     base, runs = plan(preset, overrides)
     path = unique_dir(root, name or base.name)
-    _atomic_write_bytes(path / "study.toml", config_mod.dumps(base).encode())
+    atomic_write(path / "study.toml", config_mod.dumps(base).encode())
     st = Study(path)
     manifest = {"kind": "study", "name": path.name, "preset": str(preset),
                 "overrides": list(overrides or []), "created": now_iso(), "status": "created",
                 "reference": base.study.reference,
                 "runs": [{"name": r.name, "set": r.set} for r in runs]}
-    _atomic_write_bytes(path / "study.json", json.dumps(manifest, indent=2).encode())
+    atomic_write_json(path / "study.json", manifest)
     (path / "runs").mkdir()
     for r in runs:
         s = Session.create(path / "runs", r.name, r.config, str(preset))
@@ -208,9 +152,9 @@ def create(root: str | Path, preset: str | Path, overrides: list[str] | None = N
 def run(study_dir: str | Path, listeners: list[Callable[[dict], None]] | None = None,
         handle_signals: bool = False,
         run_session: Callable | None = None) -> int:
-    """Run (or resume) every session of the study in order, then the cross-run analyses and
-    the report. Returns 0 when all is done, else the failing session's exit code (1 failed,
-    3 interrupted)."""
+    """Run (or resume) every session of the study in order, then the cross-run analyses
+    (the caller writes the report: :func:`engine.present.findings.write_study_report`). Returns
+    0 when all is done, else the failing session's exit code (1 failed, 3 interrupted)."""
     from . import runner
 
     run_session = run_session or runner.run_session
@@ -239,19 +183,13 @@ def run(study_dir: str | Path, listeners: list[Callable[[dict], None]] | None = 
         st.emit(listeners, "cross_end", seconds=round(time.perf_counter() - t, 3))
     else:
         result = cross
-    from .findings import render_study_markdown
-
     st.update(status="done", finished=now_iso(), error=None)
-    _atomic_write_bytes(st.path / "report.md", render_study_markdown(st.path).encode())
-    st.emit(listeners, "study_end", status="done", seconds=round(time.perf_counter() - t0, 3),
-            report=str(st.path / "report.md"))
+    st.emit(listeners, "study_end", status="done", seconds=round(time.perf_counter() - t0, 3))
     return runner.EXIT_OK if result is not None else runner.EXIT_FAILED
 
 
 def _fingerprint(st: Study) -> str:
     """The cross analyses depend on every run's singular values and the study settings."""
-    import hashlib
-
     h = hashlib.sha256()
     for _, s in st.sessions():
         info = s.manifest().get("files", {}).get("svd/Vh.npy", {})
@@ -264,7 +202,7 @@ def _fingerprint(st: Study) -> str:
 # the cross-run analyses
 
 
-def run_summary(name: str, sets: list[str], s: Session, tau: float) -> dict:
+def run_summary(name: str, sets: list[str], s: Session, tol: float) -> dict:
     cfg = s.config()
     S = s.load_npy("svd/S.npy").astype(np.float64)
     d = np.abs(S - 1)
@@ -272,7 +210,7 @@ def run_summary(name: str, sets: list[str], s: Session, tau: float) -> dict:
     fm = s.manifest().get("final_metrics") or {}
     return {"name": name, "set": sets, "variant": cfg.data.variant, "seed": cfg.seed,
             "optimizer": cfg.train.optimizer, "P": len(S), "s_max": float(S[0]),
-            "s_min": float(S[-1]), "counts": regions.counts(S, tau),
+            "s_min": float(S[-1]), "counts": regions.counts(S, tol),
             "counts_1e-2": regions.counts(S, 1e-2),
             "exact_unity": int(np.sum(d <= regions.EXACT)),
             "min_nontrivial_dist": float(nontriv.min()) if nontriv.size else None,
@@ -284,25 +222,21 @@ def bulk_overlap(Vh_a: np.ndarray, S_a: np.ndarray, Vh_b: np.ndarray, S_b: np.nd
                  ks: list[int]) -> list[float]:
     """Mean principal-angle cosine between the k right singular vectors closest to s = 1 of
     two runs, for each k."""
-    from .experiments.subspace import mean_cos_block
-
     M = Vh_a[regions.closest_to_unity(S_a)] @ Vh_b[regions.closest_to_unity(S_b)].T
     return [mean_cos_block(M, k, k) for k in ks]
 
 
 def cross_analyses(st: Study, progress: Callable[..., None] | None = None) -> dict:
     """Run summaries and the bulk overlaps with the reference run; saved under
-    ``<study>/analyses/``."""
-    from .experiments import k_grid
-    from .experiments.subspace import random_mean_cos
-
+    ``<study>/analyses/``; the region tolerance is the study preset's spectrum.bulk_tol."""
     t0 = time.perf_counter()
     m = st.manifest()
-    cfg = st.config().study
+    base = st.config()
+    cfg, tol = base.study, base.spectrum.bulk_tol
     done = [(r, st.session(r["name"])) for r in m["runs"]]
     done = [(r, s) for r, s in done if s.exists() and s.has("svd/Vh.npy")]
-    runs = [run_summary(r["name"], r["set"], s, cfg.tau) for r, s in done]
-    out = {"reference": m["reference"], "tau": cfg.tau, "runs": runs, "overlap": None}
+    runs = [run_summary(r["name"], r["set"], s, tol) for r, s in done]
+    out = {"reference": m["reference"], "tol": tol, "runs": runs, "overlap": None}
     ref = next((s for r, s in done if r["name"] == m["reference"]), None)
     if ref is not None:
         S_ref = ref.load_npy("svd/S.npy").astype(np.float64)
@@ -328,13 +262,8 @@ def cross_analyses(st: Study, progress: Callable[..., None] | None = None) -> di
         out["overlap"] = {"reference": m["reference"], "ks": ks, "runs": curves,
                           "random": rand, "variants": variants, "skipped": skipped}
         arr = np.array([ks] + list(curves.values()) + [rand], dtype=np.float64)
-        (st.path / "analyses").mkdir(exist_ok=True)
-        tmp = st.path / "analyses" / ".study_overlap.npy.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        tmp.replace(st.path / "analyses" / "study_overlap.npy")
+        atomic_save_npy(st.path / "analyses" / "study_overlap.npy", arr)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     out["fingerprint"] = _fingerprint(st)
-    (st.path / "analyses").mkdir(exist_ok=True)
-    _atomic_write_bytes(st.path / "analyses" / "study.json", json.dumps(out, indent=2).encode())
+    atomic_write_json(st.path / "analyses" / "study.json", out)
     return out

@@ -28,6 +28,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vmap
 
 from .config import TrainConfig
+from .kernels.mlp import MLPKernel
 from .models import MLP, Layout
 
 
@@ -77,8 +78,6 @@ class GenericKernel:
 def make_kernel(module: nn.Module, kind: str = "auto") -> LossKernel:
     """The fused MLP kernel for the built-in MLP (``kind`` auto or mlp), torch.func otherwise."""
     if kind != "generic" and isinstance(module, MLP):
-        from .tangent_mlp import MLPKernel
-
         return MLPKernel(module.widths, module.activation)
     if kind == "mlp":
         raise ValueError("jacobian.kernel = \"mlp\" needs the built-in MLP")

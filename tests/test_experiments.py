@@ -10,10 +10,13 @@ import torch
 from torch.func import functional_call, jacrev
 
 from engine import config, regions, runner, train
-from engine.experiments import (MODULES, Partial, k_grid, load_all, retrain, run_on_session)
-from engine.experiments import ood, param_function, perturbation, restricted, subspace
+from engine import subspace
+from engine.experiments import ood, param_function, perturbation, restricted
+from engine.experiments.common import Context, Partial, retrain
+from engine.runner import run_on_session
+from engine.sections import ANALYSES, OodConfig, PerturbationConfig
 from engine.session import Session
-from engine.spectrum import subspace_cosines
+from engine.subspace import k_grid, principal_cosines
 
 from conftest import tiny_config
 
@@ -65,15 +68,28 @@ def test_region_rule_counts_ordering_and_sensitivity():
     assert regions.counts(S, 3e-4) == {"chaotic": 3, "bulk": 3, "stable": 3}
     assert regions.slices(S, 1e-3)["bulk"] == slice(2, 6)
     assert list(regions.closest_to_unity(S, 3)) == [4, 3, 5]
-    assert list(regions.farthest_from_unity(S, 2)) == [8, 0]
+    assert list(regions.farthest_from_unity(S, 2)) == [0, 8]  # |20 - 1| > |0 - 1|
     assert regions.bulk_middle(S, 1e-3) == 3
     rows = regions.sensitivity_table(S)
-    assert [r["tau"] for r in rows] == list(regions.SENSITIVITY_TAUS)
+    assert [r["tol"] for r in rows] == list(regions.SENSITIVITY_TOLS)
     for r in rows:
         assert r["chaotic"] + r["bulk"] + r["stable"] == len(S)
-        assert r["bulk"] == int(np.sum(np.abs(np.log(np.where(S > 0, S, 1e-300))) <= r["tau"]))
+        assert r["bulk"] == int(np.sum(np.abs(S - 1) <= r["tol"]))
+        assert r["chaotic"] == int(np.sum(S > 1 + r["tol"]))
     assert rows[0]["elasticity"] is None
     assert rows[3]["elasticity"] == pytest.approx(np.log(5 / 4) / np.log(3))
+
+
+def test_region_rule_at_the_thresholds_and_exact_unity():
+    tol = 0.25  # exact in binary: 1 +- tol are the thresholds themselves
+    S = np.array([1 + tol, 1 + 2 * tol, 1.0, 1.0 + 1e-13, 1 - tol, 1 - 2 * tol])
+    m = regions.masks(S, tol)
+    assert list(m["bulk"]) == [True, False, True, True, True, False]  # |s - 1| <= tol: bulk
+    assert list(m["chaotic"]) == [False, True, False, False, False, False]
+    assert list(m["stable"]) == [False, False, False, False, False, True]
+    assert regions.unity_counts(S) == {"exactly_1": 1, "within_exact": 2}
+    assert regions.rule_text(1e-3) == "bulk: |s - 1| <= 0.001; chaotic: s > 1 + 0.001; " \
+                                      "stable: s < 1 - 0.001"
 
 
 def test_k_grid():
@@ -94,7 +110,7 @@ def test_retrain_is_bitwise_equal_to_train(tiny_npz):
 
 def test_every_analysis_ran_as_a_stage(tiny_session):
     m = tiny_session.manifest()
-    for name in MODULES:
+    for name in ANALYSES:
         assert m["stages"][f"analysis.{name}"]["status"] == "done"
         assert tiny_session.has(f"analyses/{name}.json")
     assert not list((tiny_session.path / "analyses").glob(".*.partial.json"))
@@ -127,10 +143,10 @@ def test_distance_matches_the_spectrum(tiny_session):
     np.testing.assert_allclose(a, np.einsum("ij,ji->j", U, Vh), atol=1e-12)
     assert r["argmin_dist"] == int(np.argmin(d))
     for row in r["sensitivity"]:
-        c = regions.counts(S, row["tau"])
+        c = regions.counts(S, row["tol"])
         assert (row["chaotic"], row["bulk"], row["stable"]) == (c["chaotic"], c["bulk"],
                                                                   c["stable"])
-    sl = regions.slices(S, r["tau"])
+    sl = regions.slices(S, r["tol"])
     for name in regions.REGIONS:
         assert r["regions"][name]["count"] == sl[name].stop - sl[name].start
 
@@ -233,7 +249,7 @@ def test_block_overlap_equals_principal_angles_for_every_k():
     M = Q @ B.T
     for k in (1, 4, 12, 13, 24, 25):
         for n in (1, 7, 18, 25):
-            ref = subspace_cosines(Q[:k].T, B[:n].T).mean()
+            ref = principal_cosines(Q[:k].T, B[:n].T).mean()
             assert subspace.mean_cos_block(M, k, n) == pytest.approx(ref, abs=1e-10)
 
 
@@ -241,7 +257,7 @@ def test_random_baseline_matches_sampled_principal_angles():
     rng = np.random.default_rng(2)
     P, n = 40, 10
     for k in (5, 30):
-        direct = np.mean([subspace_cosines(np.linalg.qr(rng.standard_normal((P, k)))[0],
+        direct = np.mean([principal_cosines(np.linalg.qr(rng.standard_normal((P, k)))[0],
                                            np.eye(P)[:, :n]).mean() for _ in range(300)])
         assert subspace.random_mean_cos(P, k, n, rng, 300) == pytest.approx(direct, abs=0.01)
 
@@ -322,7 +338,7 @@ def test_param_function_sweep_against_direct_principal_angles(tiny_session):
     t = r["sets"]["test"]
     assert t["rank"] == rank and t["null_dim"] == len(S) - rank
     for row in t["sweep"]:
-        direct = subspace_cosines(Vh[order[: row["k"]]].T, null).mean()
+        direct = principal_cosines(Vh[order[: row["k"]]].T, null).mean()
         assert row["bulk"] == pytest.approx(direct, abs=1e-9)
         assert 0 <= row["random"] <= 1
 
@@ -331,18 +347,16 @@ def test_param_function_sweep_against_direct_principal_angles(tiny_session):
 
 
 def test_partial_results_survive_and_are_keyed_by_inputs(tiny_session):
-    from engine.experiments import Context
-
     problem, theta0 = problem_of(tiny_session)
     _, thetaT, *_ = arrays(tiny_session)
     ctx = Context(session=tiny_session, problem=problem, theta0=theta0,
                   thetaT=torch.as_tensor(thetaT), data=None, emit=lambda *a, **k: None,
                   should_stop=lambda: False)
-    cfg = ood.Config()
+    cfg = OodConfig()
     p = Partial(ctx, "probe", cfg)
     p.put("0", [1.0, 2.0])
     assert Partial(ctx, "probe", cfg).get("0") == [1.0, 2.0]
-    assert Partial(ctx, "probe", ood.Config(stride=2)).get("0") is None  # other inputs
+    assert Partial(ctx, "probe", OodConfig(stride=2)).get("0") is None  # other inputs
     p.done()
     assert Partial(ctx, "probe", cfg).get("0") is None
 
@@ -356,9 +370,7 @@ def test_an_interrupted_analysis_resumes_from_its_partial_results(tiny_session, 
         return orig(*a, **k)
 
     monkeypatch.setattr(perturbation, "response", counting)
-    cfg = perturbation.Config(directions=[0], eps_min=1e-3, eps_max=1e-1, n_eps=3)
-
-    from engine.experiments import Context
+    cfg = PerturbationConfig(directions=[0], eps_min=1e-3, eps_max=1e-1, n_eps=3)
 
     problem, theta0 = problem_of(tiny_session)
     _, thetaT, *_ = arrays(tiny_session)
@@ -378,10 +390,9 @@ def test_an_interrupted_analysis_resumes_from_its_partial_results(tiny_session, 
 
 
 def test_run_on_session_reruns_one_analysis_with_other_settings(tiny_session):
-    out = run_on_session(tiny_session.path, ["ood"], {"ood": ood.Config(stride=4, chunk=3)})
+    out = run_on_session(tiny_session.path, ["ood"], {"ood": OodConfig(stride=4, chunk=3)})
     assert out["ood"]["n_directions"] == len(range(0, 39, 4))
     assert json.loads((tiny_session.path / "analyses/ood.json").read_text())["stride"] == 4
-    load_all()
 
 
 def test_restricted_training_resumes_from_a_checkpoint(tiny_npz):

@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 
 from engine import regions
-from engine.experiments import MODULES, init_change, run_on_session
-from engine.experiments.views import View, content, make_plot, session_views
-from engine.findings import findings_table, render_analyses_markdown
+from engine.present.findings import findings_table, render_analyses_markdown
+from engine.present.views import View, content, make_plot, session_views
+from engine.runner import run_on_session
+from engine.sections import ANALYSES, OodConfig
 
 from test_experiments import tiny_session  # noqa: F401  (the module-scoped fixture)
 
 
 def test_every_analysis_has_a_plot_and_a_table(tiny_session):  # noqa: F811
     found = content(tiny_session.path)
-    assert [a["name"] for a in found] == list(MODULES)
+    assert [a["name"] for a in found] == list(ANALYSES)
     for a in found:
         assert a["views"], a["name"]
         assert any(v["series"] for v in a["views"]), a["name"]
@@ -34,7 +35,7 @@ def test_every_analysis_has_a_plot_and_a_table(tiny_session):  # noqa: F811
     np.testing.assert_allclose(list(c.values())[0][1],
                                tiny_session.load_npy("analyses/init_change.npy"))
     sens = next(v for v in by["distance"]["views"] if v["key"] == "distance.sensitivity")
-    assert [r[0] for r in sens["rows"]] == [f"{t:g}" for t in regions.SENSITIVITY_TAUS]
+    assert [r[0] for r in sens["rows"]] == [f"{t:g}" for t in regions.SENSITIVITY_TOLS]
 
 
 def test_plots_are_plain_ascii_with_log_ticks():
@@ -51,9 +52,9 @@ def test_report_sections_have_plots_tables_and_the_sensitivity_table(tiny_sessio
     md = render_analyses_markdown(tiny_session)
     for name, title, _ in session_views(tiny_session):
         assert f"### {title} (`{name}`)" in md
-    assert md.count("```text") >= len(MODULES)
-    assert "Region sensitivity to the tolerance tau" in md
-    assert "| tau | chaotic | bulk | stable |" in md
+    assert md.count("```text") >= len(ANALYSES)
+    assert "Region sensitivity to the tolerance" in md
+    assert "| tol | chaotic | bulk | stable |" in md
     assert "## The paper's findings, checked" in md
     assert all(ord(ch) < 128 for ch in md)
 
@@ -94,27 +95,26 @@ def test_the_pane_shows_and_follows_the_analyses(tiny_session):  # noqa: F811
         async with app.run_test(size=(120, 60)) as pilot:
             pane = app.query_one(AnalysesPane)
             await until(pilot, lambda: pane.shown and pane.table_rows(), "the tables")
-            assert [a["name"] for a in pane.shown] == list(MODULES)
+            assert [a["name"] for a in pane.shown] == list(ANALYSES)
             tables = pane.table_rows()
             assert len(tables) == sum(1 for a in pane.shown for v in a["views"] if v["rows"])
             plots = list(app.query(PlotView))
             await until(pilot, lambda: plots[0].plot is not None, "the first plot")
             assert "|s - 1|" in plots[0].plot.legend
             # live: a result rewritten by a run shows up without reloading
-            run_on_session(tiny_session.path, ["init_change"],
-                           {"init_change": init_change.Config(tau=0.3)})
+            run_on_session(tiny_session.path, ["ood"], {"ood": OodConfig(stride=4, chunk=3)})
 
             def updated():
-                ic = next((a for a in pane.shown if a["name"] == "init_change"), None)
-                return ic is not None and "tau = 0.3" in ic["views"][0]["note"]
+                o = next((a for a in pane.shown if a["name"] == "ood"), None)
+                return o is not None and "(stride 4)" in o["views"][0]["note"]
 
-            await until(pilot, updated, "the updated init_change")
+            await until(pilot, updated, "the updated ood")
             pane.load(None)
             await pilot.pause(0.1)
             assert pane.shown == []
 
     asyncio.run(go())
-    run_on_session(tiny_session.path, ["init_change"], {"init_change": init_change.Config()})
+    run_on_session(tiny_session.path, ["ood"], {"ood": OodConfig(chunk=7)})
 
 
 @pytest.mark.slow

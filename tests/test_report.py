@@ -1,4 +1,4 @@
-"""engine.report (markdown report, comparison) and the `tjac report` / `tjac compare` commands."""
+"""engine.present.report (markdown report, comparison) and the `tjac report` / `tjac compare` commands."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine import asciiplot, config as config_mod
-from engine.report import compare_rows, render_compare, render_report, write_report
+from engine.present.report import compare_rows, render_compare, render_report, write_report
 from engine.runner import run_session
 from engine.session import Session
 from engine.spectrum import region_rows
@@ -81,7 +81,7 @@ def test_write_report_default_path_and_cli(finished, tmp_path, capsys):
     assert main(["--sessions", str(finished.parent), "report", finished.name]) == 0
     assert main(["report", finished.name, "--sessions", str(finished.parent)]) == 0
     assert main(["report", "nope", "--sessions", str(tmp_path)]) == 2
-    assert "nope: no session there" in capsys.readouterr().err
+    assert "nope: no such session" in capsys.readouterr().err
 
 
 def test_report_of_an_unfinished_session(tmp_path):

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from engine import config, models, runner
+from engine import config, models, runner, worker
 from engine.session import Session, SessionLocked, describe
 from tjac_tui.cli import main
 
@@ -43,7 +43,7 @@ def wait_for(predicate, timeout: float = 120.0, poll: float = 0.05):
 def test_sigkill_during_jacobian_then_resume_is_bitwise_equal(tmp_path):
     cfg = resume_config()
     killed = Session.create(tmp_path, "killed", cfg)
-    proc = runner.start_worker(killed.path)
+    proc = worker.start_worker(killed.path)
 
     def chunks_done() -> int:
         return sum(e["event"] == "jacobian_chunk" for e in killed.events()[0])
@@ -74,9 +74,9 @@ def test_sigkill_during_jacobian_then_resume_is_bitwise_equal(tmp_path):
 @pytest.mark.slow
 def test_sigterm_finishes_the_chunk_and_marks_interrupted(tmp_path):
     s = Session.create(tmp_path, "term", resume_config())
-    proc = runner.start_worker(s.path)
+    proc = worker.start_worker(s.path)
     wait_for(lambda: any(e["event"] == "jacobian_chunk" for e in s.events()[0]))
-    assert runner.request_stop(s.path)
+    assert worker.request_stop(s.path)
     assert proc.wait(timeout=60) == runner.EXIT_INTERRUPTED
     m = s.manifest()
     assert m["status"] == "interrupted"

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from engine import config, regions, study
-from engine.experiments.subspace import mean_cos_block
-from engine.spectrum import subspace_cosines
+from engine.subspace import mean_cos_block, principal_cosines
 from tjac_tui.cli import main
 
 PRESET = """
@@ -64,7 +63,7 @@ def test_study_section_is_validated(tmp_path):
                                                  r"positive number"):
         study.plan(p)
     p.write_text(base + '[study]\nruns = [{ name = "a" }, { name = "a" }]\n')
-    with pytest.raises(config.ConfigError, match=r"study\.runs: expected .* used twice"):
+    with pytest.raises(config.ConfigError, match=r"study\.runs: the name \"a\" is used twice"):
         config.load(p)
     p.write_text(base + '[study]\nreference = "zzz"\nruns = [{ name = "a" }]\n')
     with pytest.raises(config.ConfigError, match=r"study\.reference: expected one of the run "
@@ -81,7 +80,7 @@ def test_study_section_is_validated(tmp_path):
     assert [r.name for r in runs] == ["base", "seed1", "shuffled", "noise"]
     assert runs[1].config.seed == 1 and runs[3].config.data.variant == "white_noise"
     assert not runs[3].config.analysis["init_change"].enabled
-    assert all(r.config.study == {} for r in runs)  # a run is not a study
+    assert all(r.config.study is None for r in runs)  # a run is not a study
     again = config.loads(config.dumps(base_cfg))  # the resolved preset round-trips
     assert again.study == base_cfg.study
 
@@ -131,7 +130,7 @@ def test_study_overlap_against_direct_principal_angles(finished_study):
     for k, got in zip(ov["ks"], ov["runs"]["seed1"]):
         A = Va[regions.closest_to_unity(Sa, k)].T
         B = Vb[regions.closest_to_unity(Sb, k)].T
-        assert got == pytest.approx(subspace_cosines(A, B).mean(), abs=1e-9)
+        assert got == pytest.approx(principal_cosines(A, B).mean(), abs=1e-9)
     M = Va @ Va.T
     assert mean_cos_block(M, 50, 50) == pytest.approx(1.0)
 

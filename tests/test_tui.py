@@ -106,8 +106,8 @@ def test_log_ticks_label_decades():
 
 
 def test_field_text_roundtrip():
-    for key, default, _ in config_mod.describe():
-        assert parse_field(key, value_to_text(default)) == default, key
+    for info in config_mod.describe(with_plugins=True):
+        assert parse_field(info.key, value_to_text(info.default)) == info.default, info.key
     cfg = config_mod.load(QUICK)
     assert parse_field("model.hidden", value_to_text(cfg.model.hidden)) == [16]
     assert value_to_text("123") == '"123"' and parse_field("name", '"123"') == "123"
@@ -482,7 +482,7 @@ def test_cancel_resume_detach_and_reattach(tmp_path):
         run(second())
     finally:
         if _worker_alive(path):
-            from engine.runner import request_stop
+            from engine.worker import request_stop
 
             request_stop(path)
     assert not _worker_alive(path)

@@ -22,7 +22,7 @@ from textual.widgets import DataTable, Footer, Header, TabbedContent, TabPane
 from engine import config as config_mod
 from engine.session import Session
 
-from .cli import find_preset, find_session, shipped_presets
+from .locations import NotFound, find_preset, find_session, shipped_presets
 from .screens import (ComparePane, HelpScreen, LivePane, RegionsPane, SessionsPane, SetupPane,
                       SpectrumPane)
 from .screens.analyses import AnalysesPane
@@ -118,7 +118,10 @@ class TjacApp(App):
     def on_mount(self) -> None:
         setup = self.query_one(SetupPane)
         if self.initial_preset:
-            setup.load_preset(find_preset(str(self.initial_preset)))
+            try:
+                setup.load_preset(find_preset(str(self.initial_preset)))
+            except NotFound as e:
+                setup.set_status(str(e), "bold red")
         else:
             quick = next((p for p in shipped_presets() if p.stem == "quick"), None)
             if quick is not None:
@@ -126,7 +129,7 @@ class TjacApp(App):
         if self.initial_session:
             try:
                 path = find_session(str(self.initial_session), self.sessions_dir).path
-            except FileNotFoundError as e:
+            except NotFound as e:
                 self.notify(str(e), severity="error", timeout=10)
             else:
                 self.open_session(path, pane="live")
@@ -265,7 +268,7 @@ class TjacApp(App):
     # ---- runs ------------------------------------------------------------------------------
     def start_run(self, cfg: config_mod.RunConfig, preset: Path | None) -> Path:
         """Create a session for ``cfg`` and start its worker process; follow it."""
-        from engine.runner import start_worker  # imports torch: only when a run starts
+        from engine.worker import start_worker
 
         s = Session.create(self.sessions_dir, cfg.name, cfg, str(preset) if preset else None)
         self.procs[s.path] = start_worker(s.path)
@@ -275,7 +278,7 @@ class TjacApp(App):
         return s.path
 
     def resume_session(self, path: Path) -> bool:
-        from engine.runner import start_worker
+        from engine.worker import start_worker
 
         s = Session(path)
         if s.is_locked() or self._starting(path):
@@ -318,7 +321,7 @@ class TjacApp(App):
         self.query_one(SetupPane).action_save()
 
     def action_cancel_run(self) -> None:
-        from engine.runner import request_stop
+        from engine.worker import request_stop
 
         if self.current is None:
             return
@@ -341,7 +344,7 @@ class TjacApp(App):
 
     @work(thread=True, group="export", exit_on_error=False)
     def _export(self, path: Path) -> None:
-        from engine.report import write_report
+        from engine.present.report import write_report
 
         try:
             out = write_report(Session(path), ascii_only=True)

@@ -10,74 +10,57 @@
     tjac open SESSION             open the workbench on a session (running or finished)
     tjac study PRESET|DIR         run every run of a preset's [study] (or resume a study), then
                                   the cross-run analyses and DIR/report.md
+    tjac schema [-o FILE]         the JSON Schema of presets (for TOML editors)
 
 Exit status: 0 done, 1 the run failed, 2 bad usage or an invalid preset (one line on stderr),
-3 interrupted (resumable).
+3 interrupted (resumable). Every error reaches the user through :func:`main`, the one error
+boundary: a known failure is one line on stderr and an exit status, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from engine import config as config_mod
-from engine.session import Session, SessionLocked, describe, list_sessions
+from engine.config import ConfigError
+from engine.session import SessionLocked
 
-REPO_PRESETS = Path(__file__).resolve().parents[1] / "presets"
-EXIT_USAGE = 2
+from .locations import (NotFound, default_sessions_dir, find_preset, find_session,
+                        shipped_presets)
 
-
-def default_sessions_dir() -> Path:
-    return Path(os.environ.get("TJAC_SESSIONS", "sessions"))
-
-
-def shipped_presets() -> list[Path]:
-    return sorted(REPO_PRESETS.glob("*.toml")) if REPO_PRESETS.is_dir() else []
-
-
-def find_preset(name: str) -> Path:
-    """A path to a TOML file, or the name of a shipped preset (``quick``, ``quick.toml``)."""
-    p = Path(name)
-    if p.exists() or p.suffix == ".toml" and p.parent != Path("."):
-        return p
-    stem = p.stem if p.suffix == ".toml" else name
-    shipped = REPO_PRESETS / f"{stem}.toml"
-    return shipped if shipped.exists() else p
+EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
 def _fail(msg: str, code: int = EXIT_USAGE) -> int:
-    print(msg.splitlines()[0] if msg else "error", file=sys.stderr)
+    print(msg.strip().splitlines()[0] if msg.strip() else "error", file=sys.stderr)
     return code
 
 
-def find_session(arg: str, root: Path) -> Session:
-    p = Path(arg)
-    for cand in (p, root / arg):
-        if (cand / "manifest.json").is_file():
-            return Session(cand)
-    raise FileNotFoundError(f"{arg}: no session there (looked in {p} and {root / arg})")
+def _console(stderr: bool = False, quiet: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, quiet=quiet)
 
 
 # --------------------------------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from engine.session import Session
+
     preset = find_preset(args.preset)
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f"device={args.device}")
-    try:
-        cfg = config_mod.load(preset, overrides)
-    except config_mod.ConfigError as e:
-        return _fail(str(e))
-    session = Session.create(args.sessions, args.name or cfg.name, cfg, str(preset))
+    if args.name is not None:
+        overrides.append(f"name={json.dumps(args.name)}")  # checked like the preset's name
+    cfg = config_mod.load(preset, overrides)
+    session = Session.create(args.sessions, cfg.name, cfg, str(preset))
     if args.detach:
-        from engine.runner import start_worker
+        from engine.worker import start_worker
 
         start_worker(session.path)
         print(session.path)
@@ -85,19 +68,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_foreground(session, quiet=args.quiet)
 
 
-def _run_foreground(session: Session, quiet: bool = False, device: str | None = None) -> int:
+def _run_foreground(session, quiet: bool = False, device: str | None = None) -> int:
     from engine.runner import EXIT_OK, run_session
 
     from .progress import RichProgress, regions_table
 
-    err = Console(stderr=True, quiet=quiet)
-    try:
-        with RichProgress(err) as bars:
-            code = run_session(session.path, [bars], device=device, handle_signals=True)
-    except SessionLocked as e:
-        return _fail(str(e))
+    err = _console(stderr=True, quiet=quiet)
+    with RichProgress(err) as bars:
+        code = run_session(session.path, [bars], device=device, handle_signals=True)
     summary = session.spectrum()
     if code == EXIT_OK and summary is not None and not quiet:
+        from rich.console import Console
+
         Console(width=None if sys.stdout.isatty() else 120).print(regions_table(summary))
     if code != EXIT_OK:
         m = session.manifest()
@@ -108,10 +90,7 @@ def _run_foreground(session: Session, quiet: bool = False, device: str | None = 
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    try:
-        s = find_session(args.session, args.sessions)
-    except FileNotFoundError as e:
-        return _fail(str(e))
+    s = find_session(args.session, args.sessions)
     if s.manifest().get("status") == "done":
         print(f"{s.path}: already done", file=sys.stderr)
         print(s.path)
@@ -120,6 +99,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from engine.session import describe, list_sessions
+
+    from .state import fmt_seconds
+
     rows = [describe(s) for s in list_sessions(args.sessions)]
     if not rows:
         print(f"no sessions in {args.sessions}", file=sys.stderr)
@@ -128,17 +114,20 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for r in rows:
         t.add_row(r["name"], r["status"], Path(r["preset"]).stem if r["preset"] else "-",
                   str(r["P"] or "-"), r["created"].replace("T", " ")[:19],
-                  f"{r['seconds']:.1f} s")
+                  fmt_seconds(r["seconds"]))
     Console(width=max(100, Console().width)).print(t)
     return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     t = Table("preset", "description", box=None)
     for p in shipped_presets():
         try:
             desc = config_mod.load(p).description
-        except config_mod.ConfigError as e:
+        except ConfigError as e:
             desc = f"(invalid: {e})"
         t.add_row(p.stem, desc)
     Console(width=max(100, Console().width)).print(t)
@@ -146,27 +135,25 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from engine.report import write_report
+    from engine.present.report import write_report
 
-    try:
-        s = find_session(args.session, args.sessions)
-    except FileNotFoundError as e:
-        return _fail(str(e))
+    s = find_session(args.session, args.sessions)
     print(write_report(s, args.output, ascii_only=not args.unicode))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from engine.report import render_compare
+    from engine.present.report import render_compare
 
-    try:
-        found = [find_session(a, args.sessions) for a in args.sessions_to_compare]
-    except FileNotFoundError as e:
-        return _fail(str(e))
-    text = render_compare(found, ascii_only=not args.unicode)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(args.output)
+    found = [find_session(a, args.sessions) for a in args.sessions_to_compare]
+    return _write_or_print(render_compare(found, ascii_only=not args.unicode), args.output)
+
+
+def _write_or_print(text: str, output: str | None) -> int:
+    """``text`` into the file ``output`` (its path printed), or to stdout."""
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        print(output)
     else:
         sys.stdout.write(text)
     return 0
@@ -174,27 +161,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from engine import study as study_mod
+    from engine.present.findings import write_study_report
     from engine.runner import EXIT_OK, run_session
 
     from .progress import RichProgress
 
-    err = Console(stderr=True, quiet=args.quiet)
+    err = _console(stderr=True, quiet=args.quiet)
     target = Path(args.target)
     if study_mod.is_study(target) or study_mod.is_study(args.sessions / args.target):
         st = study_mod.Study(target if study_mod.is_study(target) else args.sessions / target)
     else:
-        try:
-            st = study_mod.create(args.sessions, find_preset(args.target), args.set, args.name)
-        except config_mod.ConfigError as e:
-            return _fail(str(e))
+        st = study_mod.create(args.sessions, find_preset(args.target), args.set, args.name)
 
     def one_run(path, listeners, handle_signals=False):
         err.print(f"[bold]run {Path(path).name}[/]")
-        try:
-            with RichProgress(err) as bars:
-                return run_session(path, listeners + [bars], handle_signals=handle_signals)
-        except SessionLocked as e:
-            return _fail(str(e))
+        with RichProgress(err) as bars:
+            return run_session(path, listeners + [bars], handle_signals=handle_signals)
 
     def on_event(ev: dict) -> None:
         if ev["event"] == "cross_start":
@@ -204,22 +186,31 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     code = study_mod.run(st.path, [on_event], handle_signals=True, run_session=one_run)
     if code == EXIT_OK:
-        err.print(f"report: {st.path / 'report.md'}")
+        err.print(f"report: {write_study_report(st.path)}")
     else:
-        print(f"{st.path}: {st.manifest().get('status')} ({st.manifest().get('error') or ''})",
-              file=sys.stderr)
+        m = st.manifest()
+        print(f"{st.path}: {m.get('status')} ({m.get('error') or ''})", file=sys.stderr)
     print(st.path)
     return code
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    return _write_or_print(json.dumps(config_mod.json_schema(), indent=2) + "\n", args.output)
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
+    """The workbench. Arguments are checked before Textual (or anything heavy) is imported,
+    so a wrong preset or session is one line and exit 2, not an app that opens to say so."""
+    preset = find_preset(args.preset) if getattr(args, "preset", None) else None
+    session = find_session(args.session, args.sessions).path \
+        if getattr(args, "session", None) else None
     try:
         from .app import TjacApp
-    except ImportError:
-        return _fail("the TUI is not available in this build; use `tjac run PRESET`", 1)
-    app = TjacApp(sessions_dir=args.sessions, preset=getattr(args, "preset", None),
-                  session=getattr(args, "session", None), ascii_only=args.ascii)
-    app.run()
+    except ImportError as e:
+        return _fail(f"the workbench cannot start ({e}); `tjac run PRESET` runs headless",
+                     EXIT_FAILED)
+    TjacApp(sessions_dir=args.sessions, preset=preset, session=session,
+            ascii_only=args.ascii).run()
     return 0
 
 
@@ -251,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("resume", parents=[common], help="finish an interrupted session")
     s.add_argument("session")
-    s.add_argument("--device", help="resume on another device (results may differ in the last bits)")
+    s.add_argument("--device", help="resume on another device (results may differ in the last "
+                                    "bits)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_resume)
 
@@ -283,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sd.set_defaults(func=cmd_study)
 
+    sc = sub.add_parser("schema", parents=[common],
+                        help="print the JSON Schema of presets (for TOML editors: taplo, VS "
+                             "Code Even Better TOML)")
+    sc.add_argument("-o", "--output", help="write to this file instead of stdout")
+    sc.set_defaults(func=cmd_schema)
+
     o = sub.add_parser("open", parents=[common], help="open the TUI on a session")
     o.add_argument("session")
     o.add_argument("--ascii", action="store_true", default=argparse.SUPPRESS,
@@ -292,11 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    if args.cmd is None:
-        return cmd_tui(args)
-    return args.func(args)
+    """Parse the command line and run it; the single error boundary of the command line."""
+    args = build_parser().parse_args(argv)
+    try:
+        return cmd_tui(args) if args.cmd is None else args.func(args)
+    except (ConfigError, NotFound) as e:
+        return _fail(str(e))
+    except SessionLocked as e:
+        return _fail(str(e))
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e}", EXIT_FAILED)
 
 
 if __name__ == "__main__":

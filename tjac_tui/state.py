@@ -245,12 +245,13 @@ def gpu_memory(pid: int | None, device: str) -> dict | None:
 # config fields as text (the Setup pane)
 
 
-def value_to_text(v: Any) -> str:
-    """A config value as the text a user would type after ``--set key=`` to get it back."""
+def value_to_text(v: Any, nested: bool = False) -> str:
+    """A config value as the text a user would type after ``--set key=`` to get it back. A bare
+    word reads back as a string, but only at the top: strings inside a list are quoted."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        if v != v.strip():
+        if nested or v != v.strip():
             return json.dumps(v)
         try:
             tomllib.loads(f"v = {v}")
@@ -260,7 +261,7 @@ def value_to_text(v: Any) -> str:
     if isinstance(v, float):
         return repr(v)
     if isinstance(v, list):
-        return "[" + ", ".join(value_to_text(x) for x in v) + "]"
+        return "[" + ", ".join(value_to_text(x, nested=True) for x in v) + "]"
     return str(v)
 
 
@@ -297,21 +298,10 @@ def unflatten(values: dict[str, Any]) -> dict:
 
 def field_help(key: str) -> str:
     """Help text of a dotted key (the registered analyses' keys too)."""
-    for k, _, help in config_mod.describe():
-        if k == key:
-            return help
-    if key.startswith("analysis."):
-        from dataclasses import fields
-
-        try:
-            from engine.experiments import load_all
-
-            _, name, opt = key.split(".", 2)
-            cls = load_all()[name].config_cls
-            return next((f.metadata.get("help", "") for f in fields(cls) if f.name == opt), "")
-        except (ImportError, KeyError, ValueError):
-            return ""
-    return ""
+    try:
+        return config_mod.field_info(key).help
+    except KeyError:
+        return ""
 
 
 def fmt_seconds(s: float | None) -> str:

@@ -11,34 +11,19 @@ Arrays: ``analyses/distance_abs.npy`` (|s - 1|, (P,)), ``analyses/distance_align
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from .. import regions
-from ..config import _boolean, _f, _number
+from ..sections import DistanceConfig
 from ..spectrum import alignment as alignment_of
-from . import Context, register
-from .subspace import cosines
-
-
-@dataclass
-class Config:
-    enabled: bool = _f(True, _boolean, "run this analysis")
-    tau: float = _f(regions.DEFAULT_TAU, _number(0, lo_open=True),
-                    "region rule tolerance: bulk = |ln s| <= tau")
-    tail_fraction: float = _f(0.125, _number(0, 1, lo_open=True),
-                              "the last fraction of indices summarised as the 'tail' (the paper: "
-                              "past index ~4200 of 4810)")
-    subspaces: bool = _f(True, _boolean,
-                         "principal-angle cosines between span(U_region) and span(V_region)")
+from ..subspace import cosines
+from .common import Context
 
 
 THRESHOLDS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
 
 
-@register("distance", Config, "Distance from unity and alignment")
-def run(ctx: Context, cfg: Config) -> dict:
+def run(ctx: Context, cfg: DistanceConfig) -> dict:
     S = ctx.S
     P = len(S)
     dist = np.abs(S - 1.0)
@@ -49,7 +34,7 @@ def run(ctx: Context, cfg: Config) -> dict:
     ctx.session.write_npy("analyses/distance_abs.npy", dist)
     ctx.session.write_npy("analyses/distance_alignment.npy", a)
 
-    sl = regions.slices(S, cfg.tau)
+    sl = regions.slices(S, ctx.tol)
     per_region = {}
     for name in regions.REGIONS:
         r = sl[name]
@@ -83,8 +68,8 @@ def run(ctx: Context, cfg: Config) -> dict:
     rows = regions.sensitivity_table(S)
     return {
         "P": P,
-        "rule": regions.RULE,
-        "tau": cfg.tau,
+        "rule": regions.rule_text(ctx.tol),
+        "tol": ctx.tol,
         "min_dist": float(dist.min()) if P else None,
         "argmin_dist": int(dist.argmin()) if P else None,
         "count_below": {f"{t:g}": int(np.sum(dist < t)) for t in THRESHOLDS},

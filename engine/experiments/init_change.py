@@ -9,20 +9,11 @@ Array: ``analyses/init_change.npy`` ((P,)).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from .. import regions
-from ..config import _boolean, _f, _number
-from . import Context, region_summary, register
-
-
-@dataclass
-class Config:
-    enabled: bool = _f(True, _boolean, "run this analysis")
-    tau: float = _f(regions.DEFAULT_TAU, _number(0, lo_open=True),
-                    "region rule tolerance: bulk = |ln s| <= tau")
+from ..sections import InitChangeConfig
+from .common import Context, region_summary
 
 
 def projections(Vh: np.ndarray, theta0, thetaT) -> np.ndarray:
@@ -35,17 +26,16 @@ def _np(t):
     return t.detach().cpu().numpy() if hasattr(t, "detach") else t
 
 
-@register("init_change", Config, "Change from initialisation along each v_i")
-def run(ctx: Context, cfg: Config) -> dict:
+def run(ctx: Context, cfg: InitChangeConfig) -> dict:
     S = ctx.S
     c = projections(ctx.Vh, ctx.theta0, ctx.thetaT)
     ctx.session.write_npy("analyses/init_change.npy", c)
     total = float(np.linalg.norm(_np(ctx.thetaT).astype(np.float64) -
                                  _np(ctx.theta0).astype(np.float64)))
-    per = region_summary(c, S, cfg.tau)
-    m = regions.masks(S, cfg.tau)
+    per = region_summary(c, S, ctx.tol)
+    m = regions.masks(S, ctx.tol)
     share = {k: float(np.sum(c[v] ** 2) / max(total ** 2, 1e-300)) for k, v in m.items()}
-    return {"tau": cfg.tau, "norm_total": total, "regions": per,
+    return {"tol": ctx.tol, "norm_total": total, "regions": per,
             "energy_share": share,  # fraction of ||theta_T - theta_0||^2 in each region
             "min": float(c.min()), "argmin": int(c.argmin()),
             "max": float(c.max()), "argmax": int(c.argmax())}

@@ -16,41 +16,16 @@ Arrays: ``analyses/ood_kl.npy`` ((probe sets, directions) max KL), ``analyses/oo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from .. import regions
-from ..config import _boolean, _choice, _f, _integer, _Invalid, _number
 from ..data import probe_sets
-from . import Context, Partial, check_stop, progress, region_summary, register
-
-SETS = ("train", "test", "gaussian_noise", "inverted")
-
-
-def _sets(v):
-    if not isinstance(v, list) or not v or not all(isinstance(s, str) and s in SETS for s in v):
-        raise _Invalid("a non-empty list of " + ", ".join(f'"{s}"' for s in SETS))
-    return list(v)
-
-
-@dataclass
-class Config:
-    enabled: bool = _f(True, _boolean, "run this analysis")
-    stride: int = _f(1, _integer(1), "probe every stride-th direction (1 = all P)")
-    max_directions: int = _f(0, _integer(0),
-                             "probe at most this many directions, evenly spread (0 = no limit)")
-    scale: float = _f(1.0, _number(0, lo_open=True), "length of the step along v_i")
-    sets: list = _f(list(SETS), _sets, "probe input sets")
-    n_inputs: int = _f(0, _integer(0), "use at most this many inputs per set (0 = all)")
-    chunk: int = _f(64, _integer(1), "directions evaluated at once")
-    precision: str = _f("float64", _choice("run", "float64"), "dtype of the evaluation")
-    probe_seed: int = _f(0, _integer(0), "seed of the Gaussian-noise probe inputs")
-    tau: float = _f(regions.DEFAULT_TAU, _number(0, lo_open=True),
-                    "region rule tolerance (for the per-region summary)")
+from ..sections import OodConfig
+from .common import Context, Partial, check_stop, progress, region_summary
 
 
 def probe_indices(P: int, stride: int, max_directions: int) -> np.ndarray:
@@ -76,8 +51,7 @@ def max_kl(module, layout, theta: torch.Tensor, directions: torch.Tensor, x: tor
     return kl.clamp_min(0).amax(-1)
 
 
-@register("ood", Config, "Out-of-distribution effect of each direction (max KL)")
-def run(ctx: Context, cfg: Config) -> dict:
+def run(ctx: Context, cfg: OodConfig) -> dict:
     S, Vh = ctx.S, ctx.Vh
     P = len(S)
     idx = probe_indices(P, cfg.stride, cfg.max_directions)
@@ -85,8 +59,6 @@ def run(ctx: Context, cfg: Config) -> dict:
     dev = ctx.thetaT.device
     module = ctx.problem.module
     if next(module.parameters()).dtype != dtype:
-        import copy
-
         module = copy.deepcopy(module).to(dtype)
     layout = ctx.problem.layout
     theta = ctx.thetaT.to(dtype)
@@ -117,9 +89,9 @@ def run(ctx: Context, cfg: Config) -> dict:
     part.done()
     per_set = {}
     for j, name in enumerate(cfg.sets):
-        per_set[name] = {"regions": region_summary(kl[j], S, cfg.tau, idx),
+        per_set[name] = {"regions": region_summary(kl[j], S, ctx.tol, idx),
                          "median": float(np.median(kl[j])), "max": float(kl[j].max()),
                          "min": float(kl[j].min())}
     return {"sets": list(cfg.sets), "n_directions": int(len(idx)), "stride": cfg.stride,
-            "scale": cfg.scale, "precision": cfg.precision, "tau": cfg.tau,
+            "scale": cfg.scale, "precision": cfg.precision, "tol": ctx.tol,
             "n_inputs": {k: int(v.shape[0]) for k, v in xs.items()}, "per_set": per_set}

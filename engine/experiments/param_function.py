@@ -8,11 +8,11 @@ on at all. Perturbing theta_0 inside that space leaves the outputs on those inpu
 first order.
 
 Overlap with the bulk, swept over k: the mean cosine of the principal angles (as
-:func:`engine.spectrum.subspace_cosines` gives them) between the k right singular vectors of J
+:func:`engine.subspace.principal_cosines` gives them) between the k right singular vectors of J
 closest to s = 1 and the null space, against the same for random k-dimensional subspaces of R^P
 (sampled; by rotation invariance a random subspace against the null space is a random subspace
 against the first n coordinate axes). Computed block-wise from one product of the two bases
-(:mod:`engine.experiments.subspace`), so the whole sweep costs about one P x P SVD.
+(:mod:`engine.subspace`), so the whole sweep costs about one P x P SVD.
 
 Arrays: ``analyses/param_function_sv_<set>.npy`` (singular values of Jf),
 ``analyses/param_function_overlap.npy`` (sets x k x [k, bulk cosine, random cosine]).
@@ -20,7 +20,7 @@ Arrays: ``analyses/param_function_sv_<set>.npy`` (singular values of Jf),
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
 
 import numpy as np
 import scipy.linalg
@@ -29,37 +29,10 @@ import torch.nn.functional as F
 from torch.func import functional_call, vjp, vmap
 
 from .. import regions
-from ..config import _boolean, _f, _integer, _Invalid, _number
 from ..data import probe_sets
-from ..spectrum import subspace_cosines
-from . import Context, Partial, check_stop, k_grid, progress, register
-from .subspace import mean_cos_block, random_mean_cos
-
-SETS = ("test", "train", "gaussian_noise", "inverted", "uniform_noise")
-
-
-def _sets(v):
-    if not isinstance(v, list) or not v or not all(isinstance(s, str) and s in SETS for s in v):
-        raise _Invalid("a non-empty list of " + ", ".join(f'"{s}"' for s in SETS))
-    return list(v)
-
-
-@dataclass
-class Config:
-    enabled: bool = _f(True, _boolean, "run this analysis")
-    inputs: list = _f(["test", "uniform_noise"], _sets,
-                      "input sets the outputs are taken on: test (held out), train, "
-                      "gaussian_noise, inverted, uniform_noise (U(0,1), the paper's white noise)")
-    n_inputs: int = _f(0, _integer(0), "at most this many inputs per set (0 = all the test set's "
-                                       "size)")
-    rtol: float = _f(1e-3, _number(0, lo_open=True),
-                     "null space: singular values below rtol * sigma_max")
-    k_min: int = _f(100, _integer(1), "smallest bulk dimension in the sweep")
-    k_max: int = _f(0, _integer(0), "largest bulk dimension (0 = P)")
-    n_k: int = _f(20, _integer(1, 1000), "bulk dimensions in the sweep")
-    random_samples: int = _f(2, _integer(1), "random subspaces sampled per k")
-    chunk: int = _f(256, _integer(1), "Jacobian rows per vmap(vjp) call")
-    seed: int = _f(0, _integer(0), "seed of the noise inputs and the random subspaces")
+from ..sections import ParamFunctionConfig
+from ..subspace import k_grid, mean_cos_block, principal_cosines, random_mean_cos
+from .common import Context, Partial, check_stop, progress
 
 
 def output_jacobian(module, layout, theta: torch.Tensor, x: torch.Tensor, chunk: int = 256
@@ -91,7 +64,7 @@ def null_space(Jf: np.ndarray, rtol: float) -> tuple[np.ndarray, np.ndarray, int
 
 def mean_cos(A: np.ndarray, B: np.ndarray) -> float:
     """Mean principal-angle cosine between span(A) and span(B) (orthonormal columns)."""
-    c = subspace_cosines(A, B)
+    c = principal_cosines(A, B)
     return float(c.mean()) if c.size else 0.0
 
 
@@ -102,10 +75,7 @@ def inputs_for(ctx: Context, name: str, n: int, seed: int) -> np.ndarray:
     return probe_sets(ctx.data, seed)[name][:n]
 
 
-@register("param_function", Config, "Parameter-function Jacobian null space vs the bulk")
-def run(ctx: Context, cfg: Config) -> dict:
-    import copy
-
+def run(ctx: Context, cfg: ParamFunctionConfig) -> dict:
     S, Vh = ctx.S, ctx.Vh
     P = len(S)
     ks = k_grid(cfg.k_min, cfg.k_max, cfg.n_k, P)

@@ -21,57 +21,30 @@ complement, test_loss, test_acc]).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .. import regions
-from ..config import _boolean, _choice, _f, _integer, _Invalid, _number
-from . import Context, Partial, check_stop, evaluate, progress, register, retrain
-
-NAMED = ("top", "bulk", "bottom")
+from ..sections import PerturbationConfig
+from .common import Context, Partial, check_stop, evaluate, progress, retrain
 
 
-def _directions(v):
-    if not isinstance(v, list) or not v or not all(
-            (isinstance(d, str) and d in NAMED) or
-            (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in v):
-        raise _Invalid('a non-empty list of "top", "bulk", "bottom" or 0-based indices')
-    return list(v)
-
-
-@dataclass
-class Config:
-    enabled: bool = _f(True, _boolean, "run this analysis")
-    directions: list = _f(["bulk", "top"], _directions,
-                          'right singular vectors to perturb along: "top" (v_1), "bulk" (the '
-                          'middle of the bulk), "bottom" (v_P) or 0-based indices')
-    eps_min: float = _f(1e-3, _number(0, lo_open=True), "smallest stimulus")
-    eps_max: float = _f(1e3, _number(0, lo_open=True), "largest stimulus")
-    n_eps: int = _f(7, _integer(1, 200), "stimuli, log-spaced from eps_min to eps_max")
-    tau: float = _f(regions.DEFAULT_TAU, _number(0, lo_open=True),
-                    "region rule tolerance (locates the bulk)")
-    precision: str = _f("run", _choice("run", "float64"),
-                        "retrain in the run's dtype, or in float64 (twice the time, exact to "
-                        "~1e-12 instead of ~1e-6)")
-
-
-def resolve_direction(d, S: np.ndarray, tau: float) -> int:
+def resolve_direction(d, S: np.ndarray, tol: float) -> int:
     P = len(S)
     if d == "top":
         return 0
     if d == "bottom":
         return P - 1
     if d == "bulk":
-        return regions.bulk_middle(S, tau)
+        return regions.bulk_middle(S, tol)
     if d >= P:
         raise ValueError(f"analysis.perturbation.directions: index {d} is out of range "
                          f"(P = {P})")
     return int(d)
 
 
-def eps_grid(cfg: Config) -> np.ndarray:
+def eps_grid(cfg: PerturbationConfig) -> np.ndarray:
     if cfg.n_eps == 1:
         return np.array([cfg.eps_min])
     return np.geomspace(cfg.eps_min, cfg.eps_max, cfg.n_eps)
@@ -105,11 +78,10 @@ def response(problem, theta0: torch.Tensor, thetaT: torch.Tensor, u: np.ndarray,
             "complement": comp, "test_loss": ev["loss"], "test_acc": ev["acc"]}
 
 
-@register("perturbation", Config, "Finite perturbations along singular directions")
-def run(ctx: Context, cfg: Config) -> dict:
+def run(ctx: Context, cfg: PerturbationConfig) -> dict:
     S, U, Vh = ctx.S, ctx.U, ctx.Vh
     grid = eps_grid(cfg)
-    dirs = [resolve_direction(d, S, cfg.tau) for d in cfg.directions]
+    dirs = [resolve_direction(d, S, ctx.tol) for d in cfg.directions]
     problem, theta0, thetaT = ctx.problem, ctx.theta0, ctx.thetaT
     if cfg.precision == "float64" and theta0.dtype != torch.float64:
         problem = problem_in(problem, torch.float64)

@@ -5,7 +5,7 @@ c is trained with the run's optimizer, schedule and batches, the gradient with r
 being ``B grad L(theta)`` (the chain rule through theta = theta_0 + B^T c; an L2 penalty of the run
 acts on theta, as in the unrestricted run). Families of k directions:
 
-* ``bulk``       the k directions closest to s = 1 (smallest |ln s|, :mod:`engine.regions`)
+* ``bulk``       the k directions closest to s = 1 (smallest |s - 1|, :mod:`engine.regions`)
 * ``complement`` the k directions farthest from s = 1, i.e. the orthogonal complement of the
   (P - k) bulk directions
 * ``top``        v_1 .. v_k (largest s, chaotic first)
@@ -24,7 +24,6 @@ Arrays: ``analyses/restricted.npy`` (families x k x [k, test_loss, test_acc, tra
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,30 +31,10 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from .. import regions
-from ..config import _boolean, _f, _integer, _Invalid
+from ..sections import RestrictedConfig
+from ..subspace import k_grid
 from ..train import Optimizer
-from . import Context, Partial, check_stop, k_grid, progress, register
-
-FAMILIES = ("bulk", "complement", "top", "bottom")
-
-
-def _families(v):
-    if not isinstance(v, list) or not v or not all(isinstance(s, str) and s in FAMILIES
-                                                   for s in v):
-        raise _Invalid("a non-empty list of " + ", ".join(f'"{s}"' for s in FAMILIES))
-    return list(v)
-
-
-@dataclass
-class Config:
-    enabled: bool = _f(True, _boolean, "run this analysis")
-    families: list = _f(list(FAMILIES), _families,
-                        "subspace families: bulk, complement, top, bottom")
-    k_min: int = _f(100, _integer(1), "smallest subspace dimension")
-    k_max: int = _f(0, _integer(0), "largest subspace dimension (0 = P)")
-    n_k: int = _f(20, _integer(1, 1000), "subspace dimensions, evenly spaced")
-    batch_runs: int = _f(80, _integer(1), "restricted trainings run together as one batch (the "
-                         "basis is read twice per step per batch, so larger batches are faster)")
+from .common import Context, Partial, check_stop, progress
 
 
 def family_indices(family: str, S: np.ndarray, k: int) -> np.ndarray:
@@ -114,8 +93,7 @@ def restricted_train(problem, theta0: torch.Tensor, basis: torch.Tensor, mask: t
     return theta0 + C @ basis
 
 
-@register("restricted", Config, "Training restricted to subspaces of singular directions")
-def run(ctx: Context, cfg: Config) -> dict:
+def run(ctx: Context, cfg: RestrictedConfig) -> dict:
     S = ctx.S
     P = len(S)
     ks = k_grid(cfg.k_min, cfg.k_max, cfg.n_k, P)
@@ -134,7 +112,7 @@ def run(ctx: Context, cfg: Config) -> dict:
             mask = torch.zeros(len(batch), P, dtype=dt, device=dev)
             for r, (f, k) in enumerate(batch):
                 mask[r, torch.as_tensor(family_indices(f, S, k), device=dev)] = 1
-            ck = _Checkpoint(ctx, part.fp, a, dt, dev)
+            ck = Checkpoint(ctx, part.fp, a, dt, dev)
             with torch.no_grad():
                 thetas = restricted_train(ctx.problem, ctx.theta0, basis, mask, ctx.should_stop,
                                           start=ck.load(), checkpoint=ck.save)
@@ -150,7 +128,7 @@ def run(ctx: Context, cfg: Config) -> dict:
                       results[f"{f}:{k}"]["train_loss"]] for k in ks] for f in cfg.families])
     ctx.session.write_npy("analyses/restricted.npy", arr)
     part.done()
-    (ctx.session.path / _Checkpoint.REL).unlink(missing_ok=True)
+    (ctx.session.path / Checkpoint.REL).unlink(missing_ok=True)
     full = ctx.problem.evaluate(ctx.thetaT, ctx.problem.x_test, ctx.problem.y_test)
     return {"ks": ks, "families": list(cfg.families),
             "test_loss": {f: [results[f"{f}:{k}"]["test_loss"] for k in ks]
@@ -161,7 +139,7 @@ def run(ctx: Context, cfg: Config) -> dict:
             "full_test_loss": full[0], "full_test_acc": full[1]}
 
 
-class _Checkpoint:
+class Checkpoint:
     """The optimizer state of the batch in training (``analyses/.restricted.ckpt.npz``), so an
     interrupted analysis resumes at its last checkpoint step instead of the batch's start."""
 

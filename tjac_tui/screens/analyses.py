@@ -141,7 +141,7 @@ class AnalysesPane(VerticalScroll):
             new_sig = signature(path)
             data = None
             if new_sig != sig:
-                from engine.experiments.views import content
+                from engine.present.views import content
 
                 data = content(path)
         except Exception as e:  # noqa: BLE001 - a half-written file: try again next time
@@ -212,7 +212,7 @@ class AnalysesPane(VerticalScroll):
 
 
 def _maker(view, ascii: bool, color: bool):
-    from engine.experiments.views import make_plot
+    from engine.present.views import make_plot
 
     return lambda w, h: make_plot(view, w, h, ascii=ascii, color=color)
 

@@ -74,7 +74,7 @@ class ComparePane(Horizontal):
 
     @work(thread=True, exclusive=True, group="compare-load")
     def _load(self, selected: list[str]) -> None:
-        from engine.report import compare_rows  # imports torch (engine.spectrum): not on the loop
+        from engine.present.report import compare_rows
 
         sessions = [Session(p) for p in selected]
         cols, rows = compare_rows(sessions)

@@ -45,7 +45,7 @@ class RegionsPane(VerticalScroll):
 
     @work(thread=True, exclusive=True, group="regions-load")
     def _load(self, path: Path) -> None:
-        from engine.spectrum import region_rows  # imports torch: keep it off the event loop
+        from engine.spectrum import region_rows
 
         summary = Session(path).spectrum()
         rows = region_rows(summary) if summary is not None else []

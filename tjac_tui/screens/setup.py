@@ -36,9 +36,9 @@ class SetupPane(Vertical):
                         compact=True)
         yield Static("", id="setup-status")
         with VerticalScroll(id="setup-fields"):
-            for key, default, help in config_mod.describe():
-                self._described.add(key)
-                yield ConfigField(key, default, help)
+            for info in config_mod.describe():
+                self._described.add(info.key)
+                yield ConfigField(info.key, info.default, info.help)
         with Horizontal(id="setup-actions"):
             yield Input(placeholder="save as: name or path.toml", id="save-path", compact=True)
             yield Button("Save preset", id="save-btn", compact=True)

@@ -1,5 +1,5 @@
 """Markdown reports of sessions: config, timings, the regions table, ASCII plots, the analyses
-and the paper's findings checked (:mod:`engine.findings`).
+and the paper's findings checked (:mod:`engine.present.findings`).
 
     render_report(session) -> str           the markdown text
     write_report(session, path=None) -> Path    writes it (default: <session>/report.md)
@@ -15,29 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from . import asciiplot, spectrum as spectrum_mod
-from .session import Session, _atomic_write_bytes
+from .. import asciiplot, spectrum as spectrum_mod
+from ..files import atomic_write
+from ..session import Session
+from .findings import as_session, render_analyses_markdown
+from .markdown import code_block, md_table
 
 PLOT_WIDTH = 100
 PLOT_HEIGHT = 20
-
-
-def _session(s: Session | str | Path) -> Session:
-    return s if isinstance(s, Session) else Session(s)
-
-
-def _md_table(columns: list[str], rows: Iterable[list]) -> str:
-    def cell(v) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    out = ["| " + " | ".join(columns) + " |",
-           "| " + " | ".join("---" if i == 0 else "---:" for i in range(len(columns))) + " |"]
-    out += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def _code(text: str, lang: str = "text") -> str:
-    return f"```{lang}\n{text.rstrip()}\n```"
 
 
 def _g(v, spec: str = ".6g") -> str:
@@ -48,10 +33,10 @@ def regions_markdown(summary: dict) -> str:
     """The regions table of a ``spectrum.json`` summary as markdown (same rows as the CLI)."""
     rows = spectrum_mod.region_rows(summary)
     cols = list(rows[0])
-    return _md_table(cols, [[r[c] for c in cols] for r in rows])
+    return md_table(cols, [[r[c] for c in cols] for r in rows])
 
 
-def findings(summary: dict, manifest: dict | None = None) -> list[str]:
+def summary_lines(summary: dict, manifest: dict | None = None) -> list[str]:
     """Plain statements read off the summary (no interpretation beyond the numbers)."""
     P = summary["P"]
     reg = summary["regions"]
@@ -97,7 +82,7 @@ def _timings(manifest: dict) -> str:
             extra.append(st["error"])
         rows.append([name, st.get("status", "?"), _g(secs, ".2f"), ", ".join(extra)])
     rows.append(["total", "", f"{total:.2f}", ""])
-    return _md_table(["stage", "status", "seconds", "notes"], rows)
+    return md_table(["stage", "status", "seconds", "notes"], rows)
 
 
 def training_plots(metrics: list[dict], width: int = PLOT_WIDTH, height: int = 14,
@@ -120,7 +105,7 @@ def training_plots(metrics: list[dict], width: int = PLOT_WIDTH, height: int = 1
 def render_report(session: Session | str | Path, ascii_only: bool = True,
                   width: int = PLOT_WIDTH, height: int = PLOT_HEIGHT) -> str:
     """The markdown report of one session (whatever it holds so far)."""
-    s = _session(session)
+    s = as_session(session)
     m = s.manifest()
     summary = s.spectrum()
     parts = [f"# tjac report: {s.name}", ""]
@@ -146,7 +131,7 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
         parts += ["_The session is not finished: this report shows what it holds so far._", ""]
 
     if summary is not None:
-        parts += ["## Summary", ""] + [f"- {f}" for f in findings(summary, m)] + [""]
+        parts += ["## Summary", ""] + [f"- {f}" for f in summary_lines(summary, m)] + [""]
         parts += ["## Regions", "",
                   f"P = {summary['P']}, s_max = {_g(summary['s_max'])}, "
                   f"s_min = {_g(summary['s_min'])}, bulk_tol = {summary['bulk_tol']:g} "
@@ -165,10 +150,10 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
         if fm:
             keys = [k for k in ("step", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
                     if k in fm]
-            parts += [_md_table(keys, [[_g(fm[k], ".6g") if isinstance(fm[k], float) else
+            parts += [md_table(keys, [[_g(fm[k], ".6g") if isinstance(fm[k], float) else
                                         fm[k] for k in keys]]), ""]
         for p in training_plots(metrics, width, 14, ascii=ascii_only):
-            parts += [_code(p.text), ""]
+            parts += [code_block(p.text), ""]
 
     if s.has("svd/S.npy"):
         S = s.load_npy("svd/S.npy")
@@ -181,27 +166,25 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
             plots.append(asciiplot.alignment_plot(s.load_npy("svd/alignment.npy"), summary,
                                                   width, height, ascii=ascii_only, color=False))
         for p in plots:
-            parts += [f"### {p.title}", "", _code(p.text), ""]
+            parts += [f"### {p.title}", "", code_block(p.text), ""]
 
     if s.has("svd/S.npy"):  # every finished analysis, then the paper's findings checked
-        from .findings import render_analyses_markdown
-
         parts += [render_analyses_markdown(s, ascii_only=ascii_only, width=width).rstrip(), ""]
 
     if (s.path / "config.toml").is_file():
-        parts += ["## Config", "", _code((s.path / "config.toml").read_text(), "toml"), ""]
+        parts += ["## Config", "", code_block((s.path / "config.toml").read_text(), "toml"), ""]
     env = m.get("environment")
     if env:
-        parts += ["## Environment", "", _md_table(["key", "value"], sorted(env.items())), ""]
+        parts += ["## Environment", "", md_table(["key", "value"], sorted(env.items())), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
 def write_report(session: Session | str | Path, path: str | Path | None = None,
                  ascii_only: bool = True) -> Path:
     """Write the markdown report (default ``<session>/report.md``, atomically); returns the path."""
-    s = _session(session)
+    s = as_session(session)
     out = Path(path) if path is not None else s.path / "report.md"
-    _atomic_write_bytes(out, render_report(s, ascii_only=ascii_only).encode("utf-8"))
+    atomic_write(out, render_report(s, ascii_only=ascii_only).encode("utf-8"))
     return out
 
 
@@ -211,7 +194,7 @@ def write_report(session: Session | str | Path, path: str | Path | None = None,
 
 def compare_rows(sessions: Iterable[Session | str | Path]) -> tuple[list[str], list[list[str]]]:
     """Region counts (and spectrum summaries) side by side: one column per session."""
-    sess = [_session(s) for s in sessions]
+    sess = [as_session(s) for s in sessions]
     sums = [s.spectrum() for s in sess]
     cols = ["", *[s.name for s in sess]]
 
@@ -232,14 +215,14 @@ def compare_rows(sessions: Iterable[Session | str | Path]) -> tuple[list[str], l
 def render_compare(sessions: Iterable[Session | str | Path], ascii_only: bool = True,
                    width: int = PLOT_WIDTH, height: int = PLOT_HEIGHT) -> str:
     """Markdown comparison: the side-by-side table and overlaid spectra and |s - 1| curves."""
-    sess = [_session(s) for s in sessions]
+    sess = [as_session(s) for s in sessions]
     cols, rows = compare_rows(sess)
     parts = ["# tjac comparison: " + ", ".join(s.name for s in sess), "",
-             _md_table(cols, rows), ""]
+             md_table(cols, rows), ""]
     named = [(s.name, s.load_npy("svd/S.npy")) for s in sess if s.has("svd/S.npy")]
     if named:
         for kind in ("spectrum", "distance"):
             p = asciiplot.overlay_plot(named, kind, width, height, ascii=ascii_only, color=False)
-            parts += [f"## {p.title}", "", _code(p.text), ""]
+            parts += [f"## {p.title}", "", code_block(p.text), ""]
     return "\n".join(parts).rstrip() + "\n"
 

@@ -16,14 +16,23 @@ Each k then costs one block, whichever is smaller. The sum of the cosines of a b
 of the square roots of the eigenvalues of its smaller Gram matrix (B B^T or B^T B): several
 times faster than its singular values, and exact to ~1e-8 per cosine (cosines near 0 come from
 eigenvalues near the rounding level). The mean cosine divides the sum by ``min(k, n)``, the
-number of principal angles, as :func:`engine.spectrum.subspace_cosines` would (which these
-functions are tested against).
+number of principal angles, as :func:`principal_cosines` would (which these functions are
+tested against).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
+
+
+def principal_cosines(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Cosines of the principal angles between span(A) and span(B), for A and B with
+    orthonormal columns (descending): the singular values of ``A^T B``. Empty when either is
+    empty."""
+    if A.shape[1] == 0 or B.shape[1] == 0:
+        return np.zeros(0)
+    return np.clip(scipy.linalg.svdvals(A.T @ B), 0.0, 1.0)
 
 
 def cosines(block: np.ndarray) -> np.ndarray:
@@ -87,3 +96,12 @@ def random_mean_cos(P: int, k: int, n: int, rng: np.random.Generator, samples: i
             s = (k + n - P) + (_random_sum_cos(P, P - k, P - n, rng) if n < P else 0.0)
         vals.append(np.clip(s / m, 0.0, 1.0))
     return float(np.mean(vals))
+
+
+def k_grid(k_min: int, k_max: int, n: int, P: int) -> list[int]:
+    """``n`` subspace sizes from ``k_min`` to ``k_max`` (0 = P), evenly spaced, rounded to
+    integers, clipped to [1, P], without repeats."""
+    hi = P if k_max <= 0 else min(k_max, P)
+    lo = max(1, min(k_min, hi))
+    ks = np.unique(np.round(np.linspace(lo, hi, max(1, n))).astype(int))
+    return [int(k) for k in ks]

@@ -1,10 +1,10 @@
-"""Tests for engine.tangent_mlp.MLPKernel against torch.func references."""
+"""Tests for engine.kernels.mlp.MLPKernel against torch.func references."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.tangent_mlp import ACTIVATIONS, MLPKernel
+from engine.kernels.mlp import ACTIVATIONS, MLPKernel
 
 WIDTHS = {1: [5, 4], 2: [5, 7, 4], 3: [5, 6, 7, 3]}
 

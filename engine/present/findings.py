@@ -6,6 +6,7 @@
                                                  this run measured, agrees yes / no / partly
     render_findings_markdown(session) -> str     that table as markdown
     render_study_markdown(study_dir) -> str      the report of a study (several runs)
+    write_study_report(study_dir) -> Path        writes it as <study>/report.md
 
 The verdicts are mechanical: each finding states the criterion it was judged by next to the
 numbers, so a reader can disagree with the criterion without having to recompute anything. The
@@ -15,42 +16,32 @@ paper's figures are approximate (read off plots), so the criteria test the quali
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from . import regions
-from .experiments.views import (View, fmt, make_plot, sensitivity_view, session_views,
-                               study_views)
-from .session import Session
+from .. import regions
+from ..files import atomic_write
+from ..session import Session
+from ..study import Study
+from .markdown import code_block, md_table
+from .views import View, fmt, make_plot, sensitivity_view, session_views, study_views
 
 PLOT_WIDTH = 100
 PLOT_HEIGHT = 18
 
 
-def _session(s) -> Session:
+def as_session(s) -> Session:
     return s if isinstance(s, Session) else Session(s)
-
-
-def md_table(columns: list[str], rows: list[list]) -> str:
-    def cell(v) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    out = ["| " + " | ".join(cell(c) for c in columns) + " |",
-           "| " + " | ".join("---" if i == 0 else "---:" for i in range(len(columns))) + " |"]
-    out += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def _code(text: str) -> str:
-    return "```text\n" + text.rstrip() + "\n```"
 
 
 def view_markdown(view: View, ascii_only: bool = True, width: int = PLOT_WIDTH,
                   height: int = PLOT_HEIGHT, heading: str | None = "####") -> str:
     parts = [f"{heading} {view.title}", ""] if heading else []
     if view.series:
-        parts += [_code(make_plot(view, width, height, ascii=ascii_only, color=False).text), ""]
+        parts += [code_block(make_plot(view, width, height, ascii=ascii_only,
+                                       color=False).text), ""]
     if view.rows:
         parts += [md_table(view.columns, view.rows), ""]
     if view.note:
@@ -61,7 +52,7 @@ def view_markdown(view: View, ascii_only: bool = True, width: int = PLOT_WIDTH,
 def render_analyses_markdown(session, ascii_only: bool = True, width: int = PLOT_WIDTH,
                              height: int = PLOT_HEIGHT) -> str:
     """The "Analyses" and "Findings" sections of a session's report (markdown)."""
-    s = _session(session)
+    s = as_session(session)
     parts = ["## Analyses", ""]
     found = session_views(s)
     if not found:
@@ -153,56 +144,76 @@ def study_of(s: Session) -> Path | None:
     return None
 
 
+def session_tol(s: Session) -> float:
+    """The region tolerance of a session: its spectrum's (the config's spectrum.bulk_tol)."""
+    summary = s.spectrum()
+    if summary is not None and summary.get("bulk_tol"):
+        return float(summary["bulk_tol"])
+    return s.config().spectrum.bulk_tol
+
+
 def findings_table(session) -> list[dict]:
     """Findings 1-10 for one session (7 and 8 from its study, when it belongs to one)."""
-    s = _session(session)
+    s = as_session(session)
     if not s.has("svd/S.npy"):
         return []
     S = s.load_npy("svd/S.npy").astype(np.float64)
-    P = len(S)
-    rows = [_f1(S), _f2(S, _read(s, "distance")), _f3(_read(s, "distance")),
-            _f4(_read(s, "perturbation")), _f5(_read(s, "ood")), _f6(_read(s, "init_change"))]
-    study = study_of(s)
-    cross = None
-    if study is not None and (study / "analyses" / "study.json").is_file():
-        import json
+    return findings_rows(S, session_tol(s), {n: _read(s, n) for n in (
+        "distance", "perturbation", "ood", "init_change", "param_function", "restricted")},
+        _study_cross(s))
 
-        cross = json.loads((study / "analyses" / "study.json").read_text())
-    rows += [_f7(cross), _f8(cross), _f9(_read(s, "param_function"), P),
-             _f10(_read(s, "restricted"))]
+
+def _study_cross(s: Session) -> dict | None:
+    study = study_of(s)
+    if study is not None and (study / "analyses" / "study.json").is_file():
+        return json.loads((study / "analyses" / "study.json").read_text())
+    return None
+
+
+def findings_rows(S: np.ndarray, tol: float, results: dict, cross: dict | None) -> list[dict]:
+    """Findings 1-10 from the singular values, the region tolerance, the analyses' results
+    ({name: result or None}) and a study's cross-run result (or None): plain data in, verdicts
+    out (the tests feed it synthetic results)."""
+    P = len(S)
+    rows = [_f1(S, tol), _f2(S, tol), _f3(results.get("distance")),
+            _f4(results.get("perturbation")), _f5(results.get("ood")),
+            _f6(results.get("init_change"))]
+    rows += [_f7(cross), _f8(cross), _f9(results.get("param_function"), P),
+             _f10(results.get("restricted"))]
     return rows
 
 
-def _f1(S: np.ndarray) -> dict:
+def _f1(S: np.ndarray, tol: float) -> dict:
     P = len(S)
-    c = regions.counts(S, regions.DEFAULT_TAU)
+    c = regions.counts(S, tol)
     c2 = regions.counts(S, 1e-2)
-    measured = (f"s_1 = {S[0]:.4g}; at tau = 1e-3: chaotic {c['chaotic']}, bulk {c['bulk']} "
-                f"({100 * c['bulk'] / P:.0f}%), stable {c['stable']}; at tau = 1e-2: bulk "
+    measured = (f"s_1 = {S[0]:.4g}; at tol = {tol:g}: chaotic {c['chaotic']}, bulk {c['bulk']} "
+                f"({100 * c['bulk'] / P:.0f}%), stable {c['stable']}; at tol = 1e-2: bulk "
                 f"{c2['bulk']} ({100 * c2['bulk'] / P:.0f}%); s_min = {S[-1]:.3g}")
     checks = [10 <= S[0] <= 40, all(v > 0 for v in c.values()),
               c2["bulk"] / P >= 0.4, S[-1] < 0.1]
     return _row(1, measured, checks,
-                "s_1 in [10, 40]; all three regions non-empty at tau = 1e-3; bulk >= 40% of P "
-                "at tau = 1e-2; s_min < 0.1",
+                f"s_1 in [10, 40]; all three regions non-empty at tol = {tol:g}; bulk >= 40% of "
+                "P at tol = 1e-2; s_min < 0.1",
                 {"s1": float(S[0]), "counts": c, "counts_1e-2": c2, "s_min": float(S[-1])})
 
 
-def _f2(S: np.ndarray, dist: dict | None) -> dict:
-    d = np.abs(S - 1)
+def _f2(S: np.ndarray, tol: float) -> dict:
+    d = regions.distance(S)
     nontriv = d > regions.EXACT
-    n_exact = int(np.sum(~nontriv))
+    unity = regions.unity_counts(S)
     below = int(np.sum(nontriv & (d < 1e-7)))
     i = int(np.argmin(np.where(nontriv, d, np.inf))) if nontriv.any() else None
-    sl = regions.slices(S, regions.DEFAULT_TAU)["bulk"]
-    measured = (f"{below} values with 0 < |s-1| < 1e-7 (smallest {d[i]:.2g} at index {i}); "
-                f"{n_exact} exactly 1 (directions training never touches)") if i is not None \
-        else "every singular value is exactly 1"
+    sl = regions.slices(S, tol)["bulk"]
+    measured = (f"{below} values with {regions.EXACT:g} < |s-1| < 1e-7 (smallest {d[i]:.2g} at "
+                f"index {i}); {unity['within_exact']} with |s-1| <= {regions.EXACT:g} "
+                f"(directions training never touches), {unity['exactly_1']} of them exactly 1"
+                ) if i is not None else "every singular value is within 1e-12 of 1"
     checks = [below > 0, i is not None and sl.start <= i < sl.stop]
     return _row(2, measured, checks,
                 "some non-trivial |s - 1| < 1e-7 (excluding s = 1 to machine precision) and its "
                 "minimum lies in the bulk range",
-                {"below_1e-7": below, "exact": n_exact, "argmin": i})
+                {"below_1e-7": below, **unity, "argmin": i})
 
 
 def _f3(dist: dict | None) -> dict:
@@ -302,9 +313,9 @@ def _f7(cross: dict | None) -> dict:
     wn = next((r for r in cross["runs"] if r.get("variant") == "white_noise"), None)
     if ref is None or (sh is None and wn is None):
         return _row(7, "the study has no shuffled-label or white-noise run", None, "")
-    tau = cross.get("tau", regions.DEFAULT_TAU)
+    tol = cross.get("tol", regions.DEFAULT_TOL)
     b0 = ref["counts"]["bulk"]
-    parts, checks = [f"bulk (tau={tau:g}) {ref['name']}: {b0}"], []
+    parts, checks = [f"bulk (tol={tol:g}) {ref['name']}: {b0}"], []
     if sh is not None:
         b = sh["counts"]["bulk"]
         parts.append(f"shuffled labels: {b}")
@@ -314,7 +325,7 @@ def _f7(cross: dict | None) -> dict:
         parts.append(f"white noise: {b}")
         checks.append(b <= 0.5 * b0)
     return _row(7, ", ".join(parts), checks,
-                "bulk count at the study's tau: shuffled labels within 30% of the reference "
+                "bulk count at the study's tol: shuffled labels within 30% of the reference "
                 "run; white noise at most half of it")
 
 
@@ -397,9 +408,7 @@ def render_study_markdown(study_dir, ascii_only: bool = True, width: int = PLOT_
     """The report of a study: its runs, overlaid spectra and |s - 1|, the region sensitivity
     of every run, the bulk-subspace overlap between runs against random subspaces, and
     findings 7 and 8."""
-    from . import study as study_mod
-
-    st = study_mod.Study(study_dir)
+    st = Study(study_dir)
     m = st.manifest()
     cross = st.cross()
     parts = [f"# tjac study: {st.path.name}", "",
@@ -427,3 +436,9 @@ def render_study_markdown(study_dir, ascii_only: bool = True, width: int = PLOT_
         parts += [f"_Cross-run analyses took {cross.get('seconds', 0):.1f} s._", ""]
     return "\n".join(parts).rstrip() + "\n"
 
+
+def write_study_report(study_dir) -> Path:
+    """Write ``<study>/report.md`` (atomically); returns its path."""
+    out = Path(study_dir) / "report.md"
+    atomic_write(out, render_study_markdown(study_dir).encode("utf-8"))
+    return out

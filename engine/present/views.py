@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import asciiplot, regions
+from ..sections import ANALYSES
+from ..session import Session
+from ..study import Study, is_study
 
 MAX_TABLE_ROWS = 40
 
@@ -125,20 +128,18 @@ def _regions_row(name: str, summary: dict) -> list[str]:
             fmt(summary["min"]), fmt(summary["max"])]
 
 
-def sensitivity_view(S: np.ndarray, title: str = "Region sensitivity to the tolerance tau"
+def sensitivity_view(S: np.ndarray, title: str = "Region sensitivity to the tolerance"
                      ) -> View:
     rows = regions.sensitivity_table(S)
     return View("distance.sensitivity", title, [
-        ("bulk count", np.array([r["tau"] for r in rows]), np.array([r["bulk"] for r in rows]))],
-        logx=True, xlabel="tau", ylabel="bulk count",
-        columns=["tau", "chaotic", "bulk", "stable", "bulk %", "bulk indices",
-                 "bulk (|s-1|<=tau)", "elasticity"],
-        rows=[[f"{r['tau']:g}", fmt(r["chaotic"]), fmt(r["bulk"]), fmt(r["stable"]),
+        ("bulk count", np.array([r["tol"] for r in rows]), np.array([r["bulk"] for r in rows]))],
+        logx=True, xlabel="tol", ylabel="bulk count",
+        columns=["tol", "chaotic", "bulk", "stable", "bulk %", "bulk indices", "elasticity"],
+        rows=[[f"{r['tol']:g}", fmt(r["chaotic"]), fmt(r["bulk"]), fmt(r["stable"]),
                f"{100 * r['bulk_fraction']:.1f}", f"{r['bulk_start']}..{r['bulk_stop'] - 1}"
-               if r["bulk"] else "-", fmt(r["bulk_abs_rule"]),
-               fmt(r["elasticity"], ".3f")] for r in rows],
-        note=f"rule: {regions.RULE}; elasticity = d ln(bulk count) / d ln(tau) from the row above "
-             "(near 0: a plateau; near 1: no plateau at that scale)")
+               if r["bulk"] else "-", fmt(r["elasticity"], ".3f")] for r in rows],
+        note=f"rule: {regions.RULE}; elasticity = d ln(bulk count) / d ln(tol) from the row "
+             "above (near 0: a plateau; near 1: no plateau at that scale)")
 
 
 def distance_views(r: dict, session) -> list[View]:
@@ -157,7 +158,7 @@ def distance_views(r: dict, session) -> list[View]:
                                fmt(v["align_mean"]), fmt(v["align_min"]),
                                fmt(v.get("subspace_cos_mean"))]
                               for k, v in r["regions"].items()],
-                        note=f"regions by the rule at tau = {r['tau']:g}; min |s - 1| = "
+                        note=f"regions by the rule at tol = {r['tol']:g}; min |s - 1| = "
                              f"{fmt(r['min_dist'])} at index {r['argmin_dist']}; counts below "
                              + ", ".join(f"{k}: {v}" for k, v in r["count_below"].items())))
     if a is not None:
@@ -184,8 +185,8 @@ def init_change_views(r: dict, session) -> list[View]:
                           "share of |dtheta|^2"],
                  rows=[_regions_row(k, v) + [fmt(r["energy_share"][k])]
                        for k, v in r["regions"].items()],
-                 note=f"||theta_T - theta_0|| = {fmt(r['norm_total'])}; regions at tau = "
-                      f"{r['tau']:g}")]
+                 note=f"||theta_T - theta_0|| = {fmt(r['norm_total'])}; regions at tol = "
+                      f"{r['tol']:g}")]
 
 
 def perturbation_views(r: dict, session) -> list[View]:
@@ -224,7 +225,7 @@ def ood_views(r: dict, session) -> list[View]:
                  columns=["inputs", "chaotic median", "bulk median", "stable median",
                           "all median", "max"], rows=rows,
                  note=f"{r['n_directions']} directions (stride {r['stride']}), step "
-                      f"{r['scale']:g}, {r['precision']}; regions at tau = {r['tau']:g}")]
+                      f"{r['scale']:g}, {r['precision']}; regions at tol = {r['tol']:g}")]
 
 
 def restricted_views(r: dict, session) -> list[View]:
@@ -270,23 +271,18 @@ VIEWS = {"distance": distance_views, "init_change": init_change_views,
 
 def session_views(session) -> list[tuple[str, str, list[View]]]:
     """(name, title, views) for every analysis whose result the session holds, in run order."""
-    from . import MODULES, load_all
-
     if isinstance(session, (str, Path)):
-        from ..session import Session
-
         session = Session(session)
-    registry = load_all()
     out = []
-    for name in MODULES:
+    for name in ANALYSES:
         if not session.has(f"analyses/{name}.json"):
             continue
         try:
             r = session.read_json(f"analyses/{name}.json")
             views = VIEWS[name](r, session)
         except (ValueError, KeyError, OSError) as e:  # a result from an older layout
-            views = [View(name, registry[name].title, [], note=f"cannot show: {e}")]
-        out.append((name, registry[name].title, views))
+            views = [View(name, ANALYSES[name].title, [], note=f"cannot show: {e}")]
+        out.append((name, ANALYSES[name].title, views))
     return out
 
 
@@ -297,8 +293,6 @@ def session_views(session) -> list[tuple[str, str, list[View]]]:
 def study_views(study_dir) -> list[tuple[str, str, list[View]]]:
     """(name, title, views) of a study: its runs, the overlaid spectra and |s - 1|, the bulk
     size per tolerance for every run, and the bulk overlap with the reference run."""
-    from ..study import Study
-
     st = Study(study_dir)
     m = st.manifest()
     cross = st.cross() or {}
@@ -316,10 +310,10 @@ def study_views(study_dir) -> list[tuple[str, str, list[View]]]:
                      "-" if cnt is None else f"{cnt['chaotic']} / {cnt['bulk']} / "
                                              f"{cnt['stable']}",
                      fmt(cr["min_nontrivial_dist"], ".2g") if cr else "-"])
-    tau = cross.get("tau", regions.DEFAULT_TAU)
+    tol = cross.get("tol", regions.DEFAULT_TOL)
     out = [("runs", "Runs", [View("study.runs", "Runs", [], columns=[
         "run", "overrides", "status", "P", "test loss", "test acc", "s_max",
-        f"chaotic / bulk / stable (tau={tau:g})", "min |s-1| (s != 1)"], rows=rows)])]
+        f"chaotic / bulk / stable (tol={tol:g})", "min |s-1| (s != 1)"], rows=rows)])]
 
     spectra = []
     for r in m["runs"]:
@@ -327,11 +321,11 @@ def study_views(study_dir) -> list[tuple[str, str, list[View]]]:
         if s.has("svd/S.npy"):
             spectra.append((r["name"], s.load_npy("svd/S.npy").astype(np.float64)))
     if spectra:
-        taus = list(regions.SENSITIVITY_TAUS)
+        tols = list(regions.SENSITIVITY_TOLS)
         sens = []
         for n, S in spectra:
             sens.append([n] + [f"{t['bulk']} ({100 * t['bulk_fraction']:.0f}%)"
-                               for t in regions.sensitivity_table(S, taus)])
+                               for t in regions.sensitivity_table(S, tols)])
         out.append(("spectra", "Spectra", [
             View("study.spectra", "Singular values of J, every run",
                  [(n, np.arange(len(S)), S) for n, S in spectra], logy=True, xint=True,
@@ -339,7 +333,7 @@ def study_views(study_dir) -> list[tuple[str, str, list[View]]]:
             View("study.distance", "|s_i - 1|, every run",
                  [(n, np.arange(len(S)), np.abs(S - 1)) for n, S in spectra], logy=True,
                  xint=True, xlabel="index i", ylabel="|s_i - 1|",
-                 columns=["run"] + [f"bulk, tau={t:g}" for t in taus], rows=sens,
+                 columns=["run"] + [f"bulk, tol={t:g}" for t in tols], rows=sens,
                  note=f"rule: {regions.RULE}")]))
 
     ov = cross.get("overlap")
@@ -366,8 +360,6 @@ def content(path) -> list[dict]:
     """Everything the Analyses pane shows for a session or a study directory, as plain data:
     ``[{"name", "title", "views": [{"key", "title", "series": {label: (x, y)}, "logx",
     "logy", "columns", "rows", "note"}]}]`` (the TUI draws it; tests assert on it)."""
-    from ..study import is_study
-
     found = study_views(path) if is_study(path) else session_views(path)
     return [{"name": name, "title": title,
              "views": [{"key": v.key, "title": v.title, "logx": v.logx, "logy": v.logy,

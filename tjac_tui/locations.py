@@ -1,0 +1,62 @@
+"""Where things are: shipped presets, preset names, session directories (no Textual, no torch).
+
+Shared by the command line and the app, so both resolve ``quick`` or ``sessions/x`` the same
+way and say the same thing when a name matches nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+from engine.session import Session
+
+REPO_PRESETS = Path(__file__).resolve().parents[1] / "presets"
+
+
+class NotFound(LookupError):
+    """A preset or session argument that names nothing; ``str()`` is the one-line message."""
+
+
+def default_sessions_dir() -> Path:
+    return Path(os.environ.get("TJAC_SESSIONS", "sessions"))
+
+
+def shipped_presets() -> list[Path]:
+    return sorted(REPO_PRESETS.glob("*.toml")) if REPO_PRESETS.is_dir() else []
+
+
+def find_preset(name: str) -> Path:
+    """A path to a TOML file, or the name of a shipped preset (``quick``, ``quick.toml``).
+    Raises :class:`NotFound` (with the closest shipped names) when it is neither."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p
+    if p.exists():
+        raise NotFound(f"{name}: not a file")
+    stem = p.stem if p.suffix == ".toml" else p.name
+    if p.parent == Path("."):
+        shipped = REPO_PRESETS / f"{stem}.toml"
+        if shipped.is_file():
+            return shipped
+    names = [q.stem for q in shipped_presets()]
+    close = difflib.get_close_matches(stem, names, n=3, cutoff=0.5)
+    hint = (f"; did you mean {' or '.join(close)}?" if close else
+            f"; shipped presets: {', '.join(names)}" if names else "")
+    raise NotFound(f"{name}: no such preset file or shipped preset{hint}")
+
+
+def find_session(arg: str | Path, root: Path) -> Session:
+    """The session at path ``arg``, or named ``arg`` under ``root``; raises :class:`NotFound`
+    saying what is there instead."""
+    p = Path(arg).expanduser()
+    for cand in (p, Path(root) / p):
+        if (cand / "manifest.json").is_file():
+            return Session(cand)
+    for cand in (p, Path(root) / p):
+        if cand.is_dir():
+            raise NotFound(f"{arg}: not a session (no manifest.json in {cand})")
+        if cand.exists():
+            raise NotFound(f"{arg}: not a session (a file, not a directory)")
+    raise NotFound(f"{arg}: no such session (looked in {p} and {Path(root) / p})")
