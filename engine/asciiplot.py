@@ -12,7 +12,8 @@ so a 60,000-value spectrum draws in milliseconds and keeps its extremes (the dip
 
 ``ascii=True`` draws with ASCII markers and turns plotext's box-drawing frame into ``-|+``, so
 the text has neither braille nor block characters (for the markdown report and ``tjac --ascii``).
-``color=False`` renders without ANSI codes (``NO_COLOR``, the report).
+``color=False`` renders without ANSI codes (``NO_COLOR``, the report) and with a distinct
+marker per series (braille dots differ only by colour).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ import numpy as np
 
 REGION_NAMES = ("chaotic", "bulk", "stable")
 REGION_COLORS = {"chaotic": 9, "bulk": 10, "stable": 12}  # xterm-256 red, green, blue
-REGION_ASCII = {"chaotic": "+", "bulk": "o", "stable": "x"}
+# ASCII markers tell series apart without colour (NO_COLOR) and without braille (--ascii);
+# none of them is "+", "-" or "|", which the ASCII frame and its ticks are drawn with
+REGION_ASCII = {"chaotic": "^", "bulk": "o", "stable": "x"}
 PALETTE = [12, 9, 10, 11, 13, 14, 208, 141]
-ASCII_MARKERS = ["*", "o", "+", "x", "#", "@", "%", "&"]
+ASCII_MARKERS = ["*", "o", "x", "#", "@", "%", "&", "="]
 RULE_COLOR = 8  # grey region boundaries
 
 _ASCII_TABLE = str.maketrans({
@@ -211,7 +214,7 @@ def render(plot: Plot, width: int, height: int, *, ascii: bool = False, color: b
         for s in plot.series:
             if len(s.x) == 0:
                 continue
-            sym = s.marker if ascii else "braille"
+            sym = s.marker if (ascii or not color) else "braille"
             mk = pmarker(sym, ppixel(foreground=s.color)) if (color and s.color is not None) \
                 else pmarker(sym)
             sig = fig.signal([float(v) for v in s.x], [float(v) for v in s.y], marker=mk)
@@ -242,7 +245,7 @@ def render(plot: Plot, width: int, height: int, *, ascii: bool = False, color: b
 def legend_line(plot: Plot, *, ascii: bool, color: bool) -> str:
     parts = []
     for s in plot.series:
-        sym = s.marker if ascii else "●"
+        sym = s.marker if (ascii or not color) else "●"
         if color and s.color is not None:
             sym = f"\x1b[38;5;{s.color}m{sym}\x1b[0m"
         parts.append(f"{sym} {s.label}")

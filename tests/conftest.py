@@ -45,3 +45,37 @@ def make(cfg: config.RunConfig, kernel: str = "auto"):
     problem = train.make_problem(module, ds, cfg.train, cfg.seed, torch.device("cpu"), dtype,
                                  kernel)
     return problem, train.initial_theta(module, "cpu", dtype)
+
+
+@pytest.fixture(scope="session")
+def quick_session(tmp_path_factory) -> Path:
+    """A finished session of presets/quick.toml (run once, in this process). Tests may add
+    files to it (report.md) but copy it before changing what it holds."""
+    from engine.runner import run_session
+    from engine.session import Session
+
+    root = tmp_path_factory.mktemp("sessions")
+    quick = PRESETS / "quick.toml"
+    s = Session.create(root, "quick", config.load(quick), str(quick))
+    assert run_session(s.path) == 0
+    return s.path
+
+
+def screen_lines(app) -> list[str]:
+    """The app's screen as lines of text, rebuilt from its SVG screenshot (each text run there
+    carries its column, x = 12.2 px per cell, and its row, the clip path line-N)."""
+    import html
+    import re
+
+    svg = app.export_screenshot()
+    rows: dict[int, dict[int, str]] = {}
+    for x, row, text in re.findall(r'<text[^>]* x="([0-9.]+)"[^>]*clip-path="url\(#[^)]*-line-'
+                                   r'(\d+)\)"[^>]*>(.*?)</text>', svg):
+        col = round(float(x) / 12.2)
+        for i, ch in enumerate(html.unescape(text).replace("\xa0", " ")):
+            rows.setdefault(int(row), {})[col + i] = ch
+    out = []
+    for r in range(max(rows) + 1 if rows else 0):
+        cells = rows.get(r, {})
+        out.append("".join(cells.get(c, " ") for c in range(max(cells) + 1 if cells else 0)))
+    return out

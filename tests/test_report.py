@@ -9,7 +9,6 @@ import pytest
 
 from engine import asciiplot, config as config_mod
 from engine.present.report import compare_rows, render_compare, render_report, write_report
-from engine.runner import run_session
 from engine.session import Session
 from engine.spectrum import region_rows
 from tjac_tui.cli import main
@@ -19,11 +18,8 @@ QUICK = REPO / "presets" / "quick.toml"
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sessions")
-    s = Session.create(root, "quick", config_mod.load(QUICK), str(QUICK))
-    assert run_session(s.path) == 0
-    return s.path
+def finished(quick_session) -> Path:
+    return quick_session
 
 
 def code_blocks(text: str, lang: str = "text") -> list[str]:
@@ -58,7 +54,7 @@ def test_report_has_config_timings_regions_and_ascii_plots(finished):
     assert len(plots) >= 5
     assert all(asciiplot.is_plain_ascii(p) for p in plots)
     r = summary["regions"]
-    assert f"+ chaotic 0..{r['chaotic']['stop'] - 1}" in plots[2]
+    assert f"^ chaotic 0..{r['chaotic']['stop'] - 1}" in plots[2]
     assert f"o bulk {r['bulk']['start']}..{r['bulk']['stop'] - 1}" in plots[2]
     assert "singular values s_i (log scale)" in plots[2]
     # the analyses (none here, but the region sensitivity) and the paper's findings, checked
@@ -108,3 +104,15 @@ def test_compare(finished, tmp_path, capsys):
     assert all(asciiplot.is_plain_ascii(b) for b in code_blocks(text))
     assert main(["compare", str(finished), str(other)]) == 0
     assert capsys.readouterr().out == text
+
+
+def test_the_regions_note_names_columns_the_table_has(finished):
+    text = render_report(finished)
+    section = text.split("## Regions")[1].split("## Timings")[0]
+    header = next(line for line in section.splitlines() if line.startswith("| region |"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    note = Session(finished).spectrum()["alignment_note"]
+    assert f"_{note}_" in section
+    assert "align_" not in section
+    named = [c for c in ("u.v mean", "subspace cos") if c in note]
+    assert named == ["u.v mean", "subspace cos"] and all(c in columns for c in named)

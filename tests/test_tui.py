@@ -26,17 +26,15 @@ from tjac_tui.screens import (ComparePane, ConfirmScreen, HelpScreen, LivePane, 
 from tjac_tui.state import LiveState, parse_field, value_to_text
 from tjac_tui.widgets import JacobianBar
 
+from conftest import screen_lines
+
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "presets" / "quick.toml"
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A finished quick session (run in this process)."""
-    root = tmp_path_factory.mktemp("sessions")
-    s = Session.create(root, "quick", config_mod.load(QUICK), str(QUICK))
-    assert run_session(s.path) == 0
-    return s.path
+def finished(quick_session) -> Path:
+    return quick_session
 
 
 @pytest.fixture(scope="module")
@@ -394,7 +392,7 @@ def test_start_quick_from_setup_and_watch_it_finish(tmp_path):
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.press("ctrl+r")
             await until(pilot, lambda: app.current is not None, what="the session")
-            assert app.active_pane == "live"
+            await until(pilot, lambda: app.active_pane == "live", what="the Live pane")
             path = app.current
             await until(pilot, lambda: app.live.status == "done", timeout=120,
                         what="the run to finish")
@@ -508,4 +506,210 @@ def test_analyses_pane_follows_the_session(with_analysis):
             app.open_session(None)
             await pilot.pause(0.1)
             assert pane.shown == [] and pane.path is None
+    run(go())
+
+
+# --------------------------------------------------------------------------------------------
+# defects found by trying the workbench as a new user would
+
+
+def screen_text(app) -> str:
+    return "\n".join(screen_lines(app))
+
+
+SHIPPED = sorted(p.name for p in (REPO / "presets").glob("*.toml"))
+
+
+@pytest.mark.parametrize("preset", SHIPPED)
+def test_every_shipped_preset_loads_in_setup_with_no_invalid_field(preset, tmp_path):
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, preset=str(REPO / "presets" / preset))
+        async with app.run_test(size=(100, 30)) as pilot:
+            setup = app.query_one(SetupPane)
+            await pilot.pause(0.2)
+            assert setup.errors() == {}
+            assert setup.status_text.endswith(": valid. ctrl+r starts the run, ctrl+s saves a "
+                                              "preset")
+            assert not app.query_one("#start-btn").disabled
+            expected = config_mod.load(REPO / "presets" / preset)
+            assert setup.config() == expected  # every field reads back as loaded
+    run(go())
+
+
+def test_setup_never_imports_torch(tmp_path):
+    """Loading every shipped preset in the Setup pane (a fresh interpreter) imports no torch."""
+    code = f"""
+import asyncio, sys
+from pathlib import Path
+from tjac_tui.app import TjacApp
+from tjac_tui.screens import SetupPane
+
+async def go():
+    app = TjacApp(sessions_dir={str(tmp_path)!r})
+    async with app.run_test(size=(100, 30)) as pilot:
+        setup = app.query_one(SetupPane)
+        for p in sorted(Path({str(REPO / 'presets')!r}).glob("*.toml")):
+            assert setup.load_preset(p), setup.status_text
+            await pilot.pause(0.1)
+            assert setup.errors() == {{}}, (p, setup.errors())
+        await pilot.press("2", "3", "4", "5", "6", "7", "1")
+        await pilot.pause(0.5)
+    print("torch" in sys.modules)
+
+asyncio.run(go())
+"""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=180, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_lists_of_strings_read_back_quoted():
+    assert value_to_text(["bulk", "top", 2000]) == '["bulk", "top", 2000]'
+    assert parse_field("analysis.perturbation.directions",
+                       value_to_text(["bulk", "top", 2000])) == ["bulk", "top", 2000]
+    assert value_to_text("relu") == "relu"  # a bare word at the top stays bare
+
+
+def test_a_stale_error_goes_when_another_preset_loads(tmp_path):
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, preset=str(REPO / "presets" / "paper-digits-sgd.toml"))
+        async with app.run_test(size=(100, 30)) as pilot:
+            setup = app.query_one(SetupPane)
+            setup.field("analysis.perturbation.directions").input.value = "[bulk]"
+            await pilot.pause(0.2)
+            assert "1 invalid field(s)" in setup.status_text
+            assert app.query_one("#start-btn").disabled
+            assert setup.load_preset(QUICK)  # its analysis fields go with the old preset
+            assert "analysis.perturbation.directions" not in setup.fields()
+            assert setup.errors() == {}
+            assert setup.status_text == f"{QUICK}: valid. ctrl+r starts the run, ctrl+s saves " \
+                                        "a preset"
+            assert not app.query_one("#start-btn").disabled
+            await pilot.pause(0.2)
+            assert "invalid" not in setup.status_text
+            # and the other way round: ctrl+r refuses what the status line calls invalid
+            setup.field("train.lr").input.value = "fast"
+            await pilot.pause(0.2)
+            assert setup.action_start() is None and app.current is None
+    run(go())
+
+
+def test_live_log_shows_the_newest_line_at_80x24(finished):
+    async def go():
+        app = TjacApp(sessions_dir=finished.parent, session=finished.name)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.live.status == "done", what="the event log")
+            await pilot.pause(0.3)
+            newest = app.live.log[-1].text
+            assert newest.startswith("run ended: done")
+            assert newest in screen_text(app)
+    run(go())
+
+
+def test_a_running_stage_shows_its_elapsed_time(tmp_path):
+    """The worker is in the svd stage, started 12 s ago (a session whose lock this test holds,
+    as a live worker would): the stage's time counts up instead of showing '-'."""
+    s = Session.create(tmp_path, "svd-running", config_mod.load(QUICK))
+    now = time.time()
+    for ev in ({"event": "run_start", "time": now - 20, "device": "cpu", "dtype": "float32",
+                "threads": 1, "P": 1210, "stages": ["train", "jacobian", "svd", "spectrum"]},
+               {"event": "stage_start", "time": now - 20, "stage": "train"},
+               {"event": "stage_end", "time": now - 19, "stage": "train", "seconds": 1.0},
+               {"event": "stage_skip", "time": now - 19, "stage": "jacobian"},
+               {"event": "stage_start", "time": now - 12, "stage": "svd"}):
+        s.append_jsonl("events.jsonl", ev)
+    s.update_manifest(status="running", P=1210, stages={
+        "train": {"status": "done", "seconds": 1.0}, "jacobian": {"status": "done",
+                                                                  "seconds": 7.0},
+        "svd": {"status": "running"}})
+    s.acquire()
+    try:
+        async def go():
+            app = TjacApp(sessions_dir=tmp_path, session=s.path.name)
+            async with app.run_test(size=(100, 30)) as pilot:
+                await until(pilot, lambda: app.live.status == "running", what="the events")
+                t = app.query_one("#stages-table")
+
+                def svd_time() -> str:
+                    return str(t.get_cell("svd", "time"))
+
+                await until(pilot, lambda: svd_time().endswith(" s"), what="the svd time")
+                first = float(svd_time().split()[0])
+                assert 12 <= first < 40
+                await until(pilot, lambda: float(svd_time().split()[0]) > first, timeout=5,
+                            what="the time to count up")
+                assert str(t.get_cell("train", "time")) == "1.0 s"
+        run(go())
+    finally:
+        s.release()
+
+
+def test_a_stopped_jacobian_shows_no_eta():
+    from tjac_tui.widgets.progress import progress_text
+
+    jac = {"done": 128, "total": 610, "rate": 40.0, "eta": 12.0, "chunk": 64, "chunks": 10}
+    assert "ETA 12.0 s" in str(progress_text(jac, state="running"))
+    for state in ("interrupted", "failed", "stale"):
+        text = str(progress_text(jac, state=state))
+        assert "ETA" not in text and f"stopped ({state}; r resumes)" in text
+
+
+def test_ascii_mode_draws_only_ascii_on_every_pane(finished, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    async def go():
+        app = TjacApp(sessions_dir=finished.parent, session=finished.name, ascii_only=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.live.status == "done", what="the event log")
+            for key in ("1", "2", "3", "4", "5", "6", "7", "question_mark"):
+                await pilot.press(key)
+                await pilot.pause(0.6)
+                text = screen_text(app)
+                assert text.strip()
+                bad = sorted({c for c in text if ord(c) >= 128})
+                assert not bad, (key, bad)
+    run(go())
+    from textual.scrollbar import ScrollBar, ScrollBarRender
+
+    assert ScrollBar.renderer is ScrollBarRender  # restored for the apps that follow
+
+
+def test_without_colour_every_curve_has_its_own_marker():
+    p = asciiplot.curves_plot([0, 1, 2, 3], {"train loss": [2.0, 1.0, 0.5, 0.3],
+                                             "test loss": [2.1, 1.3, 0.9, 0.8]},
+                              60, 12, ascii=False, color=False)
+    markers = [s.marker for s in p.series]
+    assert len(set(markers)) == 2 and "braille" not in markers
+    assert f"{markers[0]} train loss" in p.legend and f"{markers[1]} test loss" in p.legend
+    assert markers[0] in p.text.split("\n", 1)[1] and markers[1] in p.text
+    S = np.concatenate([np.geomspace(20, 1.1, 50), np.ones(50), np.geomspace(0.9, 0.01, 50)])
+    regs = asciiplot.spectrum_plot(S, None, 60, 12, ascii=True, color=False)
+    assert "+" not in [s.marker for s in regs.series]  # "+" draws the ASCII frame
+
+
+def test_compare_rows_say_which_are_selected_without_colour(finished, tmp_path, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    root = tmp_path / "s"
+    root.mkdir()
+    for n in ("a", "b", "c"):
+        shutil.copytree(finished, root / n)
+
+    async def go():
+        app = TjacApp(sessions_dir=root)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("6")
+            cmp_ = app.query_one(ComparePane)
+            await until(pilot, lambda: len(cmp_.choices) == 3, what="compare choices")
+            cmp_.select([root / "a", root / "c"])
+            await pilot.pause(0.3)
+            pick = app.query_one("#compare-pick")
+            rows = {r.split()[-1]: r for r in pick.row_texts()}
+            assert rows == {"a": "[x] a", "b": "[ ] b", "c": "[x] c"}
+            text = screen_text(app)
+            for r in rows.values():
+                assert r in text
     run(go())

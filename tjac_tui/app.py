@@ -17,6 +17,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import Screen
+from textual.scrollbar import ScrollBar, ScrollBarRender
 from textual.widgets import DataTable, Footer, Header, TabbedContent, TabPane
 
 from engine import config as config_mod
@@ -50,6 +51,13 @@ class Panes(TabbedContent):
         event.stop()
 
 
+class AsciiScrollBarRender(ScrollBarRender):
+    """Scroll bars drawn with ``#`` on a blank track (``--ascii``)."""
+
+    VERTICAL_BARS = ["#"] * 7 + [" "]
+    HORIZONTAL_BARS = ["#"] * 7 + [" "]
+
+
 class TjacApp(App):
     CSS_PATH = "tjac.tcss"
     TITLE = "tjac"
@@ -74,6 +82,9 @@ class TjacApp(App):
         self.initial_preset = preset
         self.initial_session = session
         self.ascii_only = ascii_only
+        if ascii_only:  # tjac.tcss switches borders, tabs, header, footer and toasts to ASCII
+            self.add_class("-ascii")
+        self._scrollbar_render = ScrollBar.renderer
         self.plot_color = not self.no_color
         self.poll_interval = poll_interval
         self.current: Path | None = None
@@ -89,7 +100,7 @@ class TjacApp(App):
 
     # ---- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield Header(icon="*" if self.ascii_only else "⭘")
         with Panes(id="panes", initial="setup"):
             with TabPane(self._tab_label("setup"), id="setup"):
                 yield SetupPane(shipped_presets(), id="setup-pane")
@@ -115,7 +126,21 @@ class TjacApp(App):
         i = [k for k, _, _ in PANES].index(key)
         return f"{i + 1} {PANES[i][1]}"
 
+    def format_title(self, title: str, sub_title: str):
+        """The header's title; ``title - subtitle`` with an ASCII dash under ``--ascii``."""
+        if not self.ascii_only or not sub_title:
+            return super().format_title(title, sub_title)
+        from textual.content import Content
+
+        return Content.assemble(Content(title), (" - ", "dim"),
+                                Content(sub_title).stylize("dim"))
+
+    def on_unmount(self) -> None:
+        ScrollBar.renderer = self._scrollbar_render
+
     def on_mount(self) -> None:
+        if self.ascii_only:  # a class attribute: set while this app runs, restored on exit
+            ScrollBar.renderer = AsciiScrollBarRender
         setup = self.query_one(SetupPane)
         if self.initial_preset:
             try:

@@ -195,7 +195,21 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    if args.markdown:
+        return _write_or_print(keys_markdown(all_sections=True) + "\n", args.output)
     return _write_or_print(json.dumps(config_mod.json_schema(), indent=2) + "\n", args.output)
+
+
+def keys_markdown(all_sections: bool = False) -> str:
+    """The preset reference as a markdown table: every key, its default (as TOML) and its help
+    (all_sections: the analyses' and [study] keys too). The README's table is this one."""
+    import tomli_w
+
+    from engine.present.markdown import md_table
+
+    rows = [[f"`{r.key}`", f"`{tomli_w.dumps({'v': r.default})[4:].strip()}`", r.help]
+            for r in config_mod.describe(with_plugins=all_sections)]
+    return md_table(["key", "default", "meaning"], rows, align="lll")
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
@@ -279,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the JSON Schema of presets (for TOML editors: taplo, VS "
                              "Code Even Better TOML)")
     sc.add_argument("-o", "--output", help="write to this file instead of stdout")
+    sc.add_argument("--markdown", action="store_true",
+                    help="the reference of every key as a markdown table instead")
     sc.set_defaults(func=cmd_schema)
 
     o = sub.add_parser("open", parents=[common], help="open the TUI on a session")

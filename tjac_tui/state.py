@@ -89,7 +89,9 @@ class LiveState:
             log(f"run started on {ev.get('device')} ({ev.get('dtype')}, {ev.get('threads')} "
                 f"threads), P = {ev.get('P')}")
         elif kind == "stage_start":
-            self.stages.setdefault(ev["stage"], {})["status"] = "running"
+            st = self.stages.setdefault(ev["stage"], {})
+            st["status"] = "running"
+            st["started_at"] = t
             if ev["stage"] == "train":  # a restarted training replaces the curves
                 self.steps.clear()
                 for v in self.curves.values():
@@ -148,6 +150,17 @@ class LiveState:
             log(f"run ended: {ev.get('status')} after {ev.get('seconds', 0):.1f} s",
                 "error" if ev.get("status") == "failed" else "info")
         return changed
+
+    def stage_seconds(self, name: str, now: float | None = None) -> float | None:
+        """Seconds a stage has run: its recorded time, plus, while it runs, the time since it
+        started (the recorded time of a running stage is what earlier attempts took)."""
+        st = self.stages.get(name, {})
+        secs = st.get("seconds")
+        if st.get("status") == "running" and st.get("started_at") is not None \
+                and self.status == "running":
+            now = time.time() if now is None else now
+            return (secs or 0.0) + max(0.0, now - st["started_at"])
+        return secs
 
     def merge_manifest(self, m: dict) -> None:
         """The manifest is the truth for stage states and timings (events may be missing for
@@ -262,6 +275,11 @@ def value_to_text(v: Any, nested: bool = False) -> str:
         return repr(v)
     if isinstance(v, list):
         return "[" + ", ".join(value_to_text(x, nested=True) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table: { name = "seed1", set = ["seed=1"] }
+        keys = [k if k.replace("_", "").replace("-", "").isalnum() and k.isascii()
+                else json.dumps(k) for k in v]
+        return "{ " + ", ".join(f"{k} = {value_to_text(x, nested=True)}"
+                                for k, x in zip(keys, v.values())) + " }"
     return str(v)
 
 

@@ -15,7 +15,7 @@ from textual.widgets.selection_list import Selection
 from engine.session import Session
 
 from ..plots import overlay_plot
-from ..widgets import PlotView
+from ..widgets import CheckList, PlotView
 
 
 class ComparePane(Horizontal):
@@ -28,7 +28,7 @@ class ComparePane(Horizontal):
         self.rows: list[list[str]] = []
 
     def compose(self) -> ComposeResult:
-        yield SelectionList[str](id="compare-pick")
+        yield CheckList(id="compare-pick")
         with VerticalScroll(id="compare-right"):
             yield Static("pick two or more finished sessions on the left (space toggles)",
                          id="compare-head")

@@ -29,6 +29,7 @@ class LivePane(VerticalScroll):
         self.header_text = ""
         self._errors_shown: set[str] = set()
         self._steps_drawn = 0
+        self.live: LiveState | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("no session: start one in Setup (1) or open one in Sessions (5)",
@@ -49,10 +50,16 @@ class LivePane(VerticalScroll):
         t.add_column("stage", key="stage", width=13)  # analysis.NAME stages too
         t.add_column("state", key="state", width=13)
         t.add_column("time", key="time", width=7)
+        self.set_interval(1.0, self._tick)  # running stages' elapsed time
+
+    def _tick(self) -> None:
+        if self.live is not None and self.live.status == "running":
+            self._stage_times(self.live)
 
     # ---- feeding ---------------------------------------------------------------------------
     def reset(self, path: Path | None) -> None:
         self.path = path
+        self.live = None
         self._errors_shown.clear()
         self._steps_drawn = 0
         self.query_one("#stages-table", DataTable).clear()
@@ -86,8 +93,12 @@ class LivePane(VerticalScroll):
             head.append(f"  worker pid {m['pid']}", style="dim")
         self.set_header(head)
 
+        self.live = live
         self._stages(live)
-        self.query_one("#jac-bar", JacobianBar).set_progress(live.jac)
+        jac_state = live.stages.get("jacobian", {}).get("status")
+        if jac_state == "running" and status != "running":
+            jac_state = status  # the worker died (stale) or stopped without a last event
+        self.query_one("#jac-bar", JacobianBar).set_progress(live.jac, jac_state)
         self.query_one("#live-device", Static).update(self._device_text(live, snap))
         if len(live.steps) != self._steps_drawn:
             self._steps_drawn = len(live.steps)
@@ -116,8 +127,13 @@ class LivePane(VerticalScroll):
             if state == "running" and st.get("progress"):
                 shown = f"running {st['progress'][0]}/{st['progress'][1]}"
             t.update_cell(n, "state", Text(shown, style=STATUS_STYLE.get(state, "")))
-            t.update_cell(n, "time", fmt_seconds(st.get("seconds")) if st.get("seconds")
-                          is not None else "-")
+        self._stage_times(live)
+
+    def _stage_times(self, live: LiveState) -> None:
+        t = self.query_one("#stages-table", DataTable)
+        for n in list(live.stage_order) + [n for n in live.stages if n not in live.stage_order]:
+            if n in t.rows:
+                t.update_cell(n, "time", fmt_seconds(live.stage_seconds(n)))
 
     def _device_text(self, live: LiveState, snap: Snapshot) -> Text:
         m = snap.manifest

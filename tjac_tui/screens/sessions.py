@@ -68,7 +68,7 @@ class SessionsPane(Vertical):
     def _show(self, root: Path, rows: list[dict]) -> None:
         self.rows = rows
         self.query_one("#sessions-head", Static).update(
-            f"{len(rows)} session(s) in {root}   enter/o open · r resume · d delete · g refresh")
+            f"{len(rows)} session(s) in {root}   enter/o open, r resume, d delete, g refresh")
         t = self.query_one("#sessions-table", DataTable)
         keep = self.selected_path()
         t.clear()

@@ -27,6 +27,9 @@ class SetupPane(Vertical):
         self.preset_path: Path | None = None
         self.status_text = ""
         self._described: set[str] = set()
+        # the fields shown, kept here (not queried from the DOM): a field being removed is gone
+        # from this dict at once, so the status, the buttons and ctrl+r agree immediately
+        self._fields: dict[str, ConfigField] = {}
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="setup-source"):
@@ -38,7 +41,8 @@ class SetupPane(Vertical):
         with VerticalScroll(id="setup-fields"):
             for info in config_mod.describe():
                 self._described.add(info.key)
-                yield ConfigField(info.key, info.default, info.help)
+                self._fields[info.key] = ConfigField(info.key, info.default, info.help)
+                yield self._fields[info.key]
         with Horizontal(id="setup-actions"):
             yield Input(placeholder="save as: name or path.toml", id="save-path", compact=True)
             yield Button("Save preset", id="save-btn", compact=True)
@@ -46,7 +50,7 @@ class SetupPane(Vertical):
 
     # ---- fields ----------------------------------------------------------------------------
     def fields(self) -> dict[str, ConfigField]:
-        return {f.key: f for f in self.query(ConfigField)}
+        return dict(self._fields)
 
     def field(self, key: str) -> ConfigField:
         return self.fields()[key]
@@ -98,22 +102,22 @@ class SetupPane(Vertical):
             return False
         self.preset_path = path
         values = flatten(config_mod.to_dict(cfg))
-        fields = self.fields()
-        for key, f in fields.items():  # sections of the previous preset only (analyses)
+        for key, f in list(self._fields.items()):  # sections of the previous preset only
             if key not in values and key not in self._described:
+                del self._fields[key]
                 f.remove()
         box = self.query_one("#setup-fields", VerticalScroll)
         for key, value in values.items():
-            if key in fields:
-                fields[key].set_value(value)
+            if key in self._fields:
+                self._fields[key].set_value(value)
             else:
-                box.mount(ConfigField(key, value, field_help(key)))
+                self._fields[key] = ConfigField(key, value, field_help(key))
+                box.mount(self._fields[key])
         sel = self.query_one("#preset-select", Select)
         if str(path) in [str(p) for p in self.presets] and sel.value != str(path):
             with sel.prevent(Select.Changed):
                 sel.value = str(path)
-        self.set_status(f"loaded {path}")
-        self.call_after_refresh(self._refresh_status)
+        self._refresh_status()
         return True
 
     def on_select_changed(self, event: Select.Changed) -> None:

@@ -8,9 +8,11 @@ from textual.widgets import Static
 from ..state import fmt_seconds
 
 
-def progress_text(jac: dict, width: int = 30, ascii: bool = False) -> Text:
+def progress_text(jac: dict, width: int = 30, ascii: bool = False,
+                  state: str | None = None) -> Text:
     """Two lines: ``[#####-----] 512 / 1210 cols  42.3%`` and ``95.3 col/s  ETA 7.3 s
-    chunks of 64, 19 in all`` (Rich text)."""
+    chunks of 64, 19 in all`` (Rich text). ``state`` is the Jacobian stage's status: once it is
+    no longer running, an unfinished Jacobian shows that it stopped, not an ETA."""
     total = jac.get("total")
     done = jac.get("done") or 0
     if not total:
@@ -27,8 +29,12 @@ def progress_text(jac: dict, width: int = 30, ascii: bool = False) -> Text:
     rate = jac.get("rate")
     t.append(f"{rate:.1f} col/s" if rate else "- col/s")
     eta = jac.get("eta")
-    t.append(f"  ETA {fmt_seconds(eta)}" if eta is not None and done < total else
-             ("  ETA -" if done < total else "  complete"))
+    if done >= total:
+        t.append("  complete")
+    elif state not in (None, "running"):
+        t.append(f"  stopped ({state}; r resumes)", style="yellow")
+    else:
+        t.append(f"  ETA {fmt_seconds(eta)}" if eta is not None else "  ETA -")
     if jac.get("chunks"):
         t.append(f"  chunks of {jac.get('chunk')}, {jac.get('chunks')} in all", style="dim")
     return t
@@ -39,14 +45,16 @@ class JacobianBar(Static):
         super().__init__(progress_text({}), id=id)
         self.ascii = ascii
         self.jac: dict = {}
+        self.state: str | None = None
 
-    def set_progress(self, jac: dict) -> None:
+    def set_progress(self, jac: dict, state: str | None = None) -> None:
         self.jac = dict(jac)
+        self.state = state
         self.refresh_text()
 
     def refresh_text(self) -> None:
         width = max(10, min(40, self.content_size.width - 30))
-        self.update(progress_text(self.jac, width, self.ascii))
+        self.update(progress_text(self.jac, width, self.ascii, self.state))
 
     def on_resize(self) -> None:
         self.refresh_text()

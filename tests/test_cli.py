@@ -1,0 +1,184 @@
+"""The command line as a user meets it: wrong names, running sessions, the preset schema, presets
+that refer to files beside them, and a worker that cannot read its config."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import config, runner, worker
+from engine.session import Session, describe
+from tjac_tui.cli import main
+
+from conftest import PRESETS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tjac(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """The real command in a fresh interpreter (what a user runs)."""
+    return subprocess.run([sys.executable, "-m", "tjac_tui.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=300)
+
+
+# ---- names that match nothing ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["nosuch", "not-a-session"])
+def test_open_a_wrong_path_is_one_line_before_any_heavy_import(tmp_path, target):
+    (tmp_path / "not-a-session").mkdir()
+    code = ("import sys; from tjac_tui.cli import main; rc = main(['open', sys.argv[1], "
+            "'--sessions', sys.argv[2]]); heavy = [m for m in ('textual', 'torch') if m in "
+            "sys.modules]; print(heavy); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, target, str(tmp_path)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2
+    assert r.stdout.strip() == "[]"  # neither Textual nor torch was imported
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"{target}: ")
+    assert ("no such session" if target == "nosuch" else "not a session") in lines[0]
+
+
+def test_unknown_preset_name_suggests_close_names(capsys, tmp_path):
+    assert main(["run", "quik", "--sessions", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "quik: no such preset file or shipped preset; did you mean quick?"
+    assert main(["run", "paper-digits-sdg", "--sessions", str(tmp_path)]) == 2
+    assert "did you mean paper-digits-sgd" in capsys.readouterr().err
+    assert not (tmp_path / "quik").exists()
+
+
+# ---- tjac ls while a run is live -----------------------------------------------------------------
+
+
+def test_ls_shows_the_elapsed_time_of_a_running_session(tmp_path, capsys):
+    s = Session.create(tmp_path, "live", config.load(PRESETS / "quick.toml"))
+    started = (datetime.now(timezone.utc) - timedelta(seconds=95)).isoformat(timespec="seconds")
+    s.update_manifest(status="running", stages={
+        "train": {"status": "done", "seconds": 4.0},
+        "jacobian": {"status": "running", "started": started, "seconds": 10.0}})
+    s.acquire()  # a live worker holds the lock
+    try:
+        row = describe(s)
+        assert row["status"] == "running"
+        assert 4 + 10 + 95 <= row["seconds"] < 4 + 10 + 95 + 30
+        assert main(["ls", "--sessions", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert "running" in out and re.search(r"\b1m(49|5\d)s\b", out)  # 109 s and counting
+    finally:
+        s.release()
+    assert describe(s)["status"] == "stale"
+    assert describe(s)["seconds"] == pytest.approx(14.0)  # no live stage: the recorded time
+
+
+# ---- the preset schema -------------------------------------------------------------------------
+
+
+def test_schema_validates_the_shipped_presets_and_refuses_bad_ones(tmp_path, capsys):
+    jsonschema = pytest.importorskip("jsonschema")
+    import tomllib
+
+    out = tmp_path / "tjac.schema.json"
+    assert main(["schema", "-o", str(out)]) == 0
+    schema = json.loads(out.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for p in PRESETS.glob("*.toml"):
+        errors = list(validator.iter_errors(tomllib.loads(p.read_text())))
+        assert not errors, (p.name, [e.message for e in errors])
+    base = tomllib.loads((PRESETS / "quick.toml").read_text())
+    bad = [("train", "lr", "fast"), ("train", "momentum", 1.0), ("train", "optimizer", "rmsprop"),
+           ("train", "learning_rate", 0.1), ("model", "hidden", [16, 0]), ("data", "variant", 3)]
+    for section, key, value in bad:
+        table = json.loads(json.dumps(base))
+        table[section][key] = value
+        assert not validator.is_valid(table), (section, key, value)
+        with pytest.raises(config.ConfigError):  # the loader agrees with the schema
+            config.from_dict(table)
+    assert not validator.is_valid({**base, "analysis": {"nope": {}}})
+    assert validator.is_valid({**base, "analysis": {"ood": {"stride": 4}}})
+
+
+# ---- paths in presets ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_relative_data_path_runs_from_another_directory_and_resumes(tmp_path):
+    """A preset beside its data file (data.path = "data/x.npz"), started detached from another
+    working directory, stopped after its first Jacobian chunk and resumed from a third."""
+    proj = tmp_path / "project"
+    (proj / "data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 12))
+    np.savez(proj / "data" / "x.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    (proj / "rel.toml").write_text('name = "rel"\ndevice = "cpu"\nthreads = 1\n'
+                                   '[data]\ndataset = "npz"\npath = "data/x.npz"\n'
+                                   'test_size = 20\n[model]\nhidden = [8]\n'
+                                   "[train]\nbatch_size = 20\nepochs = 3\n"
+                                   "[jacobian]\nchunk = 4\n")
+    elsewhere, third = tmp_path / "elsewhere", tmp_path / "third"
+    elsewhere.mkdir()
+    third.mkdir()
+    sessions = tmp_path / "sessions"
+    r = tjac("run", str(proj / "rel.toml"), "--sessions", str(sessions), "--detach",
+             cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    s = Session(r.stdout.strip().splitlines()[-1])
+    cfg_text = (s.path / "config.toml").read_text()
+    assert f'path = "{proj / "data" / "x.npz"}"' in cfg_text  # stored absolute
+    t0 = time.time()
+    while not any(e["event"] == "jacobian_chunk" for e in s.events()[0]):
+        assert time.time() - t0 < 120, s.manifest().get("error")
+        time.sleep(0.05)
+    worker.request_stop(s.path)
+    while s.is_locked():
+        time.sleep(0.05)
+    assert s.manifest()["status"] in ("interrupted", "done")
+    r = tjac("resume", str(s.path), "-q", cwd=third)
+    assert r.returncode == 0, r.stderr
+    assert s.manifest()["status"] == "done"
+    assert s.load_npy("jacobian.npy").shape == (12 * 8 + 8 + 8 * 2 + 2,) * 2
+
+
+def test_a_worker_that_cannot_read_its_config_marks_the_session_failed(tmp_path, capsys):
+    s = Session.create(tmp_path, "broken", config.load(PRESETS / "quick.toml"))
+    (s.path / "config.toml").write_text("[train]\nlr = = 1\n")
+    assert runner.run_session(s.path) == runner.EXIT_FAILED
+    m = s.manifest()
+    assert m["status"] == "failed"
+    assert m["error"].startswith(f"{s.path / 'config.toml'}: invalid TOML")
+    assert len(m["error"].splitlines()) == 1
+    assert main(["resume", str(s.path), "-q"]) == runner.EXIT_FAILED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"{s.path}: {m['error']}"]
+
+
+# ---- the README stays true -----------------------------------------------------------------------
+
+
+def test_readme_config_reference_is_the_current_one():
+    from tjac_tui.cli import keys_markdown
+
+    block = (REPO / "README.md").read_text().split("<!-- keys: ")[1].split("<!-- /keys -->")[0]
+    assert keys_markdown() in block
+
+
+def test_readme_layout_names_every_engine_module():
+    text = (REPO / "README.md").read_text()
+    layout = text.split("## Layout of the code")[1].split("\n## ")[0]
+    for p in sorted((REPO / "engine").rglob("*.py")):
+        rel = p.relative_to(REPO)
+        if p.name == "__init__.py" and p.parent.name != "engine":
+            continue
+        top = "/".join(rel.parts[:2]) + "/" if len(rel.parts) > 2 else str(rel)
+        assert f"`{rel}`" in layout or f"`{top}`" in layout or p.name == "__init__.py", rel
