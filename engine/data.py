@@ -45,12 +45,22 @@ def load_digits_raw() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as f:
-        if "x" not in f or "y" not in f:
-            raise ValueError(f"{path}: expected arrays 'x' and 'y', found {sorted(f.files)}")
-        x = np.asarray(f["x"], dtype=np.float64)
-        y = np.asarray(f["y"])
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise ValueError(f"{path}: expected a .npz archive with arrays x and y")
+            if "x" not in f or "y" not in f:
+                raise ValueError(f"{path}: expected arrays 'x' and 'y', found {sorted(f.files)}")
+            x = np.asarray(f["x"], dtype=np.float64)
+            y = np.asarray(f["y"])
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .npz file ({e.__class__.__name__})") from None
+    if x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"{path}: x must have shape (N, ...) with N > 0, got {x.shape}")
     x = x.reshape(len(x), -1)
+    bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise ValueError(f"{path}: x has {bad} non-finite value(s) (NaN or infinity)")
     if y.ndim != 1 or len(y) != len(x):
         raise ValueError(f"{path}: y must have shape ({len(x)},), got {y.shape}")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:

@@ -5,13 +5,15 @@ columns is one run of :func:`engine.train.train_tangents` with K tangents. Chunk
 independent, so they can be computed in any order, on several devices, and an interrupted
 computation resumes at the first unfinished chunk.
 
-On disk (:class:`JacobianStore`): ``jacobian.npy``, a (P, P) array memory-mapped and filled
-chunk by chunk (entry [i, j] = d theta_T[i] / d theta_0[j]), and ``jacobian.progress.json``,
-written atomically after each chunk is flushed, listing the finished chunks.
+On disk (:class:`JacobianStore`): ``jacobian.npy``, a (P, P) array filled chunk by chunk
+(entry [i, j] = d theta_T[i] / d theta_0[j]; column-major, so a chunk is contiguous), and
+``jacobian.progress.json``, written atomically after each chunk is durable, listing the
+finished chunks with the digest of their bytes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .files import atomic_write_json
+from .files import atomic_write_json, block_digest, block_digests
 from .train import Problem, identity_columns, train, train_tangents
 
 # Tangent columns per chunk on the CPU: large enough for the step's matrix products to run near
@@ -80,27 +82,121 @@ def exact_jacobian(problem: Problem, theta0: torch.Tensor, chunk: int | None = N
     return J
 
 
+class NonFiniteJacobian(ArithmeticError):
+    """The tangents of training overflowed: the message names the step."""
+
+
 class JacobianStore:
-    """``jacobian.npy`` (memory-mapped) and the list of finished chunks beside it."""
+    """``jacobian.npy`` and ``jacobian.progress.json``: J on disk, chunk by chunk, verifiable.
+
+    J is stored column-major (``fortran_order`` in the .npy header; ``np.load`` reads it as
+    usual, ``J[i, j] = d theta_T[i] / d theta_0[j]``), so the K columns of a chunk are one
+    contiguous run of bytes: a chunk is one ``pwrite`` (and fsync), and its digest is the
+    digest of exactly those bytes. The file is preallocated to its full size when created
+    (``posix_fallocate``), so a full disk is an error when the run starts, not a SIGBUS in the
+    middle of one. The progress record lists each finished chunk with its digest.
+
+    Opening an existing store checks the header (shape, dtype, order) and the file size, and
+    recomputes the digest of every chunk recorded as finished: a chunk whose bytes do not match
+    (a truncated file, flipped bytes, a progress record claiming more than was written) is
+    dropped from the record and listed in :attr:`damaged`, so it is computed again.
+    """
+
+    FILE = "jacobian.npy"
+    PROGRESS = "jacobian.progress.json"
 
     def __init__(self, directory: Path, P: int, chunk: int, dtype: np.dtype):
-        self.path = Path(directory) / "jacobian.npy"
-        self.progress_path = Path(directory) / "jacobian.progress.json"
-        self.P, self.chunk = P, chunk
-        self.ranges = chunk_ranges(P, chunk)
-        if self.path.exists() and self.progress_path.exists():
-            prog = json.loads(self.progress_path.read_text())
-            if prog["chunk"] != chunk or prog["P"] != P:
-                raise ValueError(f"{self.progress_path}: written with chunk {prog['chunk']} and "
-                                 f"P {prog['P']}, asked for chunk {chunk} and P {P}")
-            self.done = set(prog["done"])
-            self.array = np.load(self.path, mmap_mode="r+", allow_pickle=False)
+        self.path = Path(directory) / self.FILE
+        self.progress_path = Path(directory) / self.PROGRESS
+        self.P, self.chunk, self.dtype = int(P), int(chunk), np.dtype(dtype)
+        self.item = self.dtype.itemsize
+        self.ranges = chunk_ranges(self.P, self.chunk)
+        self.done: dict[int, str] = {}
+        self.damaged: list[int] = []
+        self.offset = 0
+        prog = self._read_progress()
+        if prog is not None and self.path.is_file() and self._header_ok():
+            self._reopen(prog)
         else:
-            self.done = set()
-            self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=dtype,
-                                                   shape=(P, P))
-            self._save_progress()
+            self._create()
+        self._save_progress()
 
+    # ---- the file ----------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        return self.offset + self.P * self.P * self.item
+
+    def _header_ok(self) -> bool:
+        try:
+            with open(self.path, "rb") as f:
+                major, _ = np.lib.format.read_magic(f)
+                read = (np.lib.format.read_array_header_1_0 if major == 1 else
+                        np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read(f)
+                offset = f.tell()
+        except (OSError, ValueError):
+            return False
+        if shape != (self.P, self.P) or not fortran or np.dtype(dtype) != self.dtype:
+            return False
+        self.offset = offset
+        return True
+
+    def _create(self) -> None:
+        arr = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype,
+                                        shape=(self.P, self.P), fortran_order=True)
+        self.offset = arr.offset
+        del arr
+        self._allocate()
+        self.done = {}
+
+    def _allocate(self) -> None:
+        """Reserve the whole file on disk (a sparse file could fail mid-run on a full disk)."""
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            if os.fstat(fd).st_size < self.nbytes:
+                os.ftruncate(fd, self.nbytes)
+            try:
+                os.posix_fallocate(fd, 0, self.nbytes)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+        finally:
+            os.close(fd)
+
+    def _reopen(self, prog: dict) -> None:
+        if os.path.getsize(self.path) != self.nbytes:  # truncated (or grown): fix the size
+            self._allocate()
+            with open(self.path, "r+b") as f:
+                f.truncate(self.nbytes)
+        recorded = {int(i): d for i, d in prog["done"].items() if 0 <= int(i) < len(self.ranges)}
+        if recorded:
+            got = block_digests(self.path, self.offset, self.P * self.chunk * self.item,
+                                len(self.ranges))
+            for i, d in sorted(recorded.items()):
+                if got[i] == d:
+                    self.done[i] = d
+                else:
+                    self.damaged.append(i)
+
+    def _read_progress(self) -> dict | None:
+        """The progress record if it belongs to this J (P, chunk, dtype), else None."""
+        try:
+            prog = json.loads(self.progress_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(prog, dict) or not isinstance(prog.get("done"), dict):
+            return None
+        if (prog.get("P"), prog.get("chunk"), prog.get("dtype")) != (self.P, self.chunk,
+                                                                    self.dtype.str):
+            return None
+        return prog
+
+    def _save_progress(self) -> None:
+        atomic_write_json(self.progress_path, {
+            "P": self.P, "chunk": self.chunk, "dtype": self.dtype.str, "layout": "fortran",
+            "done": {str(i): d for i, d in sorted(self.done.items())}})
+
+    # ---- chunks ------------------------------------------------------------------------
     @property
     def pending(self) -> list[int]:
         return [i for i in range(len(self.ranges)) if i not in self.done]
@@ -109,35 +205,79 @@ class JacobianStore:
     def columns_done(self) -> int:
         return sum(len(self.ranges[i]) for i in self.done)
 
-    def write(self, index: int, block: np.ndarray) -> None:
-        """Store chunk ``index`` (a (P, K) block), flush it, then mark it finished."""
+    def write(self, index: int, rows: np.ndarray) -> None:
+        """Store chunk ``index`` given as its K columns of J, one per row ((K, P): row k is
+        column ``ranges[index][k]``), make it durable, then record it with its digest."""
         cols = self.ranges[index]
-        self.array[:, cols.start: cols.stop] = block
-        self.array.flush()
-        self.done.add(index)
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape != (len(cols), self.P):
+            raise ValueError(f"chunk {index}: expected ({len(cols)}, {self.P}), got {rows.shape}")
+        data = memoryview(rows).cast("B")
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            pos, at = 0, self.offset + cols.start * self.P * self.item
+            while pos < len(data):
+                pos += os.pwrite(fd, data[pos:], at + pos)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self.done[index] = block_digest(data)
         self._save_progress()
 
-    def _save_progress(self) -> None:
-        atomic_write_json(self.progress_path, {"P": self.P, "chunk": self.chunk,
-                                               "done": sorted(self.done)})
+    def record(self) -> dict:
+        """The block digests of the finished J, for the session manifest."""
+        return {"offset": self.offset, "block": self.P * self.chunk * self.item,
+                "digests": [self.done[i] for i in range(len(self.ranges))]}
 
-    def close(self) -> None:
-        self.array.flush()
-        del self.array
+    def load(self, mmap: bool = True) -> np.ndarray:
+        return np.load(self.path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def first_nonfinite_step(problem: Problem, theta0: torch.Tensor, cols: Iterable[int]) -> int:
+    """Train the chunk again, checking the tangents after every step: the first step (1-based)
+    after which one is not finite, or 0 if none is."""
+    P = theta0.numel()
+    e = identity_columns(P, list(cols), theta0.device, theta0.dtype)
+    found = []
+
+    class Found(Exception):
+        pass
+
+    def check(t, theta, dtheta):
+        if not all(bool(torch.isfinite(d).all()) for d in dtheta):
+            found.append(t + 1)
+            raise Found
+
+    try:
+        train_tangents(problem, theta0, e, on_step=check)
+    except Found:
+        pass
+    return found[0] if found else 0
 
 
 def compute_into(store: JacobianStore, problem: Problem, theta0: torch.Tensor,
                  on_chunk: Callable[[int, range, torch.Tensor], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> None:
     """Compute every unfinished chunk of ``store``. ``on_chunk(index, cols, theta_T)`` is called
-    after each chunk is on disk. Raises ``KeyboardInterrupt`` between chunks when ``should_stop()``
-    turns true (a chunk under way is finished and saved first)."""
+    after each chunk is on disk. Raises ``KeyboardInterrupt`` when ``should_stop()`` turns true
+    (checked at every training step: the chunk under way is dropped and computed again on
+    resume), and :class:`NonFiniteJacobian` naming the step at which a chunk's tangents became
+    infinite or NaN (nothing of that chunk is stored)."""
+    P = theta0.numel()
     for index in store.pending:
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         cols = store.ranges[index]
-        theta_T, block = jacobian_columns(problem, theta0, cols)
-        store.write(index, block.cpu().numpy())
+        e = identity_columns(P, list(cols), theta0.device, theta0.dtype)
+        theta_T, rows = train_tangents(problem, theta0, e, should_stop)
+        if not bool(torch.isfinite(rows).all()):
+            step = first_nonfinite_step(problem, theta0, cols)
+            lr = float(problem.lrs[step - 1]) if step else float("nan")
+            raise NonFiniteJacobian(
+                f"the Jacobian is not finite: the tangents of columns {cols.start}-"
+                f"{cols.stop - 1} overflowed at step {step} of {problem.steps} (learning rate "
+                f"{lr:.3g}); training is unstable to first order there: lower train.lr")
+        store.write(index, rows.cpu().numpy())
         if on_chunk is not None:
             on_chunk(index, cols, theta_T)
 

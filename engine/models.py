@@ -11,6 +11,8 @@ import hashlib
 import importlib
 import importlib.util
 import math
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -133,10 +135,17 @@ def load_user_builder(path: str):
         except FileNotFoundError:
             raise ValueError(f"model.build: no such file: {target}") from None
     else:
+        implicit = sys.path[0] if sys.path and sys.path[0] in ("", ".", os.getcwd()) else None
+        if implicit is not None:  # the current directory (python -m, -c): never searched
+            sys.path.pop(0)
         try:
             mod = importlib.import_module(target)
         except ImportError as e:
-            raise ValueError(f"model.build: cannot import {target}: {e}") from None
+            raise ValueError(f"model.build: cannot import {target} from the Python path "
+                             f"(not the current directory): {e}") from None
+        finally:
+            if implicit is not None:
+                sys.path.insert(0, implicit)
     fn = getattr(mod, fn_name, None)
     if fn is None:
         raise ValueError(f"model.build: {target} has no {fn_name}")
@@ -178,4 +187,7 @@ def load_init(module: nn.Module, path: Path) -> None:
             if tuple(arrays[name].shape) != tuple(p.shape):
                 raise ValueError(f"model.init: {path}: {name} has shape "
                                  f"{tuple(arrays[name].shape)}, the model needs {tuple(p.shape)}")
-            p.copy_(torch.from_numpy(np.asarray(arrays[name], dtype=np.float64)))
+            a = np.asarray(arrays[name], dtype=np.float64)
+            if not np.isfinite(a).all():
+                raise ValueError(f"model.init: {path}: {name} has non-finite values")
+            p.copy_(torch.from_numpy(a))

@@ -27,6 +27,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -35,11 +36,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import __version__, data as data_mod, jacobian as jac_mod, models, spectrum, train
+from . import (__version__, data as data_mod, jacobian as jac_mod, models, plan as plan_mod,
+               spectrum, train)
 from .config import ConfigError
+from .schema import one_line
 from .experiments.common import Context
 from .sections import ANALYSES
-from .session import Session, now_iso
+from .session import Session, SessionDamaged, SessionError, now_iso
 
 STAGES = ("train", "jacobian", "svd", "spectrum")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 3
@@ -68,12 +71,23 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+# a chunk's theta_T may differ from thetaT.npz by at most this, relative to max(1, |theta_T|)
+PRIMAL_DEV_FLOAT32 = 1e-4
+PRIMAL_DEV_FLOAT64 = 1e-10
+
+
+class PrimalMismatch(RuntimeError):
+    """The training inside the Jacobian does not reproduce the stored theta_T."""
+
+
 def failure_reason(e: BaseException) -> str:
     """The one line a user sees for a failure: the message alone for the errors tjac raises
-    itself (invalid config, diverged training, unreadable data or model), else the exception's
-    type and message."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, (ConfigError, train.TrainingDiverged, ValueError)) and msg:
+    itself (invalid config, diverged training, unreadable data or model, a run that does not
+    fit, a damaged session), else the exception's type and message."""
+    lines = str(e).strip().splitlines()
+    msg = one_line(lines[0]) if lines else ""
+    if isinstance(e, (ConfigError, train.TrainingDiverged, ValueError, ArithmeticError,
+                      PrimalMismatch, SessionError)) and msg:
         return msg
     if isinstance(e, OSError) and e.strerror:
         where = f"{e.filename}: " if e.filename else ""
@@ -84,7 +98,13 @@ def failure_reason(e: BaseException) -> str:
 class Runner:
     """Runs (or resumes) one session's stages, emitting events. Nothing is read until
     :meth:`run` (or :meth:`setup`), so every failure, a broken ``config.toml`` included, is
-    caught there and recorded in the session."""
+    caught there and recorded in the session.
+
+    Resuming trusts nothing it has not checked: every file a finished stage recorded is checked
+    against its record first (sizes, checksums, the Jacobian's chunk digests), and a stage whose
+    files are damaged runs again. A stage that runs again and reproduces its files bitwise (the
+    run is deterministic) leaves the later stages as they are; one that does not makes them run
+    again too."""
 
     def __init__(self, session: Session, listeners: list[Listener] | None = None,
                  device: str | None = None):
@@ -93,6 +113,7 @@ class Runner:
         self.device_override = device
         self.cfg = None
         self.stop_requested = False
+        self.svd_result: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     # ---- events ----------------------------------------------------------------------------
     def emit(self, event: str, **fields) -> None:
@@ -106,7 +127,8 @@ class Runner:
 
     # ---- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
-        """Read the config, pick the device and build the data, model and training problem."""
+        """Read the config, check that the run fits here, pick the device and build the data,
+        model and training problem."""
         self.cfg = cfg = self.session.config()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -116,11 +138,15 @@ class Runner:
         self.module = models.build(cfg.model, self.data.n_features, self.data.n_classes,
                                    cfg.seed)
         self.layout = models.Layout.of(self.module)
-        if self.session.has("theta0.npz"):  # resume: the stored init is the truth
-            models.load_init(self.module, self.session.path / "theta0.npz")
+        self.plan = plan_mod.make_plan(cfg, self.data, self.layout.size)
+        self.check_fits()
+        if self.session.has("theta0.npz") and not self.session.verify(only={"theta0.npz"}):
+            models.load_init(self.module, self.session.path / "theta0.npz")  # the stored init
         self.problem = train.make_problem(self.module, self.data, cfg.train, cfg.seed,
                                           self.device, self.dtype, cfg.jacobian.kernel)
         self.theta0 = train.initial_theta(self.module, self.device, self.dtype)
+        if not bool(torch.isfinite(self.theta0).all()):
+            raise ValueError("the initial parameters are not finite (model.init or model.build)")
         m = self.session.manifest()
         if "P" not in m:
             self.session.update_manifest(
@@ -134,21 +160,44 @@ class Runner:
             self.emit("warning", message=f"resuming on {self.device}; the session started on "
                                          f"{m.get('device')}: results may differ in the last bits")
 
+    def check_fits(self) -> None:
+        """Refuse (PlanError) a run whose files or SVD do not fit here; a Jacobian file already
+        in the session counts as written."""
+        already = 0
+        for rel in self.plan.disk:
+            p = self.session.path / rel
+            if p.is_file():
+                already += min(p.stat().st_size, self.plan.disk[rel])
+        plan_mod.check(self.plan, self.session.path, already,
+                       svd_on_cpu=self.device.type != "cuda")
+
+    def thetaT(self) -> torch.Tensor:
+        arrays = self.session.load_npz("thetaT.npz")
+        return self.layout.flatten([torch.from_numpy(arrays[n]) for n in self.layout.names]
+                                   ).to(self.device, self.dtype)
+
     # ---- stages ----------------------------------------------------------------------------
     def stage_train(self) -> None:
         s, p = self.session, self.problem
         (s.path / "metrics.jsonl").unlink(missing_ok=True)
-        (s.path / "jacobian.progress.json").unlink(missing_ok=True)  # J of a new theta_T
-        s.write_npz("theta0.npz", self.layout.to_npz_dict(self.layout.unflatten(self.theta0)))
+        s.write_npz("theta0.npz", self.layout.to_npz_dict(self.layout.unflatten(self.theta0)),
+                    stage="train")
 
         def on_step(m: dict) -> None:
             s.append_jsonl("metrics.jsonl", m)
             self.emit("train_step", steps=p.steps, **m)
 
         theta_T = train.train(p, self.theta0, on_step, self.should_stop)
-        s.write_npz("thetaT.npz", self.layout.to_npz_dict(self.layout.unflatten(theta_T)))
+        s.write_npz("thetaT.npz", self.layout.to_npz_dict(self.layout.unflatten(theta_T)),
+                    stage="train")
         last = s.metrics()[-1]
         s.update_manifest(final_metrics=last)
+
+    def primal_bound(self, thetaT: torch.Tensor) -> float:
+        """How far a chunk's theta_T may be from the stored one: 0 in principle (the same
+        operations on the same device), a few float32 ulps of amplification at most."""
+        scale = max(1.0, float(thetaT.abs().max()))
+        return (PRIMAL_DEV_FLOAT64 if self.dtype == torch.float64 else PRIMAL_DEV_FLOAT32) * scale
 
     def stage_jacobian(self) -> None:
         s, P = self.session, self.layout.size
@@ -157,9 +206,12 @@ class Runner:
             self.problem, self.device, self.dtype)
         s.set_stage("jacobian", chunk=chunk)
         store = jac_mod.JacobianStore(s.path, P, chunk, np.dtype(self.cfg.dtype))
-        arrays = s.load_npz("thetaT.npz")
-        thetaT = self.layout.flatten([torch.from_numpy(arrays[n]) for n in self.layout.names]
-                                     ).to(self.device, self.dtype)
+        if store.damaged:
+            self.emit("warning", message=f"jacobian.npy: {len(store.damaged)} chunk(s) did not "
+                                         f"match their digests (first: {store.damaged[0]}); "
+                                         "computing them again")
+        thetaT = self.thetaT()
+        bound = self.primal_bound(thetaT)
         self.emit("jacobian_start", total=P, chunk=chunk, chunks=len(store.ranges),
                   done=store.columns_done)
         t0, done0 = time.perf_counter(), store.columns_done
@@ -177,47 +229,53 @@ class Runner:
             self.emit("jacobian_chunk", chunk=index, done=done, total=P, rate=round(rate, 3),
                       eta=round((P - done) / rate, 1) if rate > 0 else None, primal_dev=dev,
                       **mem)
+            if dev > bound:
+                raise PrimalMismatch(
+                    f"the training inside the Jacobian reached a theta_T {dev:.3g} away from "
+                    f"thetaT.npz (allowed: {bound:.3g}): thetaT.npz is not the training of "
+                    "this config; `tjac resume` trains again")
 
         try:
             jac_mod.compute_into(store, self.problem, self.theta0, on_chunk, self.should_stop)
         finally:
-            store.close()
-            s.set_stage("jacobian", primal_dev=worst[0], columns_done=store.columns_done)
-        s.record_checksum("jacobian.npy")
+            s.set_stage("jacobian", primal_dev=worst[0], primal_bound=bound,
+                        columns_done=store.columns_done)
+        s.record_file("jacobian.npy", "jacobian", blocks=store.record())
 
     def stage_svd(self) -> None:
         s = self.session
         J = s.load_npy("jacobian.npy", mmap=True)
-        U, S, Vh = spectrum.svd(J, self.device)
+        U, S, Vh = spectrum.svd(J, self.device, self.should_stop)
         keep = np.float64 if self.cfg.dtype == "float64" else np.float32
-        s.write_npy("svd/S.npy", S)
-        s.write_npy("svd/U.npy", U.astype(keep, copy=False))
-        s.write_npy("svd/Vh.npy", Vh.astype(keep, copy=False))
-        s.write_npy("svd/alignment.npy", spectrum.alignment(U, Vh))
-        self._svd = (U, S, Vh)
+        s.write_npy("svd/S.npy", S, stage="svd")
+        s.write_npy("svd/U.npy", U.astype(keep, copy=False), stage="svd")
+        s.write_npy("svd/Vh.npy", Vh.astype(keep, copy=False), stage="svd")
+        s.write_npy("svd/alignment.npy", spectrum.alignment(U, Vh), stage="svd")
+        self.svd_result = (U, S, Vh)
 
     def stage_spectrum(self) -> None:
-        s = self.session
-        U, S, Vh = getattr(self, "_svd", None) or (
-            s.load_npy("svd/U.npy").astype(np.float64), s.load_npy("svd/S.npy"),
-            s.load_npy("svd/Vh.npy").astype(np.float64))
+        """The summary, from the float64 SVD of this process: when the SVD was finished by an
+        earlier process (a kill between the two stages), it is computed again rather than
+        read back from float32 U and Vh, so a resumed run agrees bitwise with one that was
+        never interrupted."""
+        if self.svd_result is None:
+            self.emit("warning", message="spectrum: computing the SVD again in float64 (the "
+                                         "stored U and Vh are rounded to the run's dtype)")
+            self.stage_svd()
+        U, S, Vh = self.svd_result
         summary = spectrum.summarize(S, U, Vh, self.cfg.spectrum.bulk_tol)
-        s.write_json("spectrum.json", summary)
-        s.record_checksum("spectrum.json")
+        self.session.write_json("spectrum.json", summary, stage="spectrum")
 
     def run_analysis(self, name: str) -> None:
         impl = importlib.import_module(ANALYSES[name].module)
         s = self.session
-        arrays = s.load_npz("thetaT.npz")
-        thetaT = self.layout.flatten([torch.from_numpy(arrays[n]) for n in self.layout.names]
-                                     ).to(self.device, self.dtype)
-        ctx = Context(session=s, problem=self.problem, theta0=self.theta0, thetaT=thetaT,
-                      data=self.data, emit=self.emit, should_stop=self.should_stop,
-                      tol=self.cfg.spectrum.bulk_tol)
+        ctx = Context(session=s, problem=self.problem, theta0=self.theta0,
+                      thetaT=self.thetaT(), data=self.data, emit=self.emit,
+                      should_stop=self.should_stop, tol=self.cfg.spectrum.bulk_tol,
+                      stage=f"analysis.{name}")
         (s.path / "analyses").mkdir(exist_ok=True)
         result = impl.run(ctx, self.cfg.analysis[name])
-        s.write_json(f"analyses/{name}.json", result)
-        s.record_checksum(f"analyses/{name}.json")
+        s.write_json(f"analyses/{name}.json", result, stage=f"analysis.{name}")
 
     # ---- driver ----------------------------------------------------------------------------
     def stages(self) -> list[str]:
@@ -228,64 +286,143 @@ class Runner:
         return list(STAGES) + [f"analysis.{n}" for n in ANALYSES
                                if n in self.cfg.analysis and self.cfg.analysis[n].enabled]
 
+    def open_manifest(self) -> dict:
+        """The manifest; a damaged one is set aside (``manifest.json.damaged``) and the session
+        starts over from its config, since nothing it recorded can be trusted."""
+        s = self.session
+        try:
+            return s.manifest()
+        except SessionDamaged as e:
+            reason = e.detail
+            bad = s.path / "manifest.json"
+            if bad.exists():
+                os.replace(bad, s.path / "manifest.json.damaged")
+            for rel in (jac_mod.JacobianStore.PROGRESS,):
+                (s.path / rel).unlink(missing_ok=True)
+            m = {"status": "created", "created": now_iso(), "preset": None, "stages": {},
+                 "files": {}, "repaired": f"{reason}: started over from config.toml"}
+            s.write_manifest(m)
+            self.emit("warning", message=f"{reason}: the session starts over from its config "
+                                         "(the old manifest is manifest.json.damaged)")
+            return m
+
+    def check_files(self, stages: list[str]) -> None:
+        """Check every recorded file (contents, block digests); a damaged one sends the stage
+        that wrote it back to pending (it runs again)."""
+        s = self.session
+        for rel, why in s.verify(deep=True).items():
+            stage = s.manifest()["files"][rel].get("stage")
+            self.emit("warning", message=f"{rel}: {why}; stage {stage} runs again")
+            if stage in stages and s.stage_status(stage) == "done":
+                s.set_stage(stage, status="pending")
+        for stage in stages:  # a finished stage must have left its files
+            if s.stage_status(stage) == "done" and not any(
+                    r.get("stage") == stage for r in s.manifest()["files"].values()):
+                s.set_stage(stage, status="pending")
+
+    def run_stage(self, stage: str, stages: list[str]) -> float:
+        """Run one stage; if it had finished before (its files were damaged) and now writes
+        different bytes, the later stages run again too. Returns the stage's seconds."""
+        s = self.session
+        before = {k: v for k, v in s.manifest()["files"].items() if v.get("stage") == stage}
+        prev = float(s.manifest()["stages"].get(stage, {}).get("seconds") or 0.0)
+        s.set_stage(stage, status="running", started=now_iso())
+        t0 = time.perf_counter()
+        try:
+            if stage.startswith("analysis."):
+                self.run_analysis(stage.split(".", 1)[1])
+            else:
+                getattr(self, f"stage_{stage}")()
+        finally:  # time spent counts, also when interrupted or failed (resume adds)
+            secs = round(prev + time.perf_counter() - t0, 3)
+            s.set_stage(stage, seconds=secs)
+        after = {k: v for k, v in s.manifest()["files"].items() if v.get("stage") == stage}
+        changed = [k for k, v in before.items() if k in after and
+                   (v.get("sha256"), v.get("blocks")) != (after[k].get("sha256"),
+                                                          after[k].get("blocks"))]
+        if changed:
+            later = stages[stages.index(stage) + 1:]
+            self.emit("warning", message=f"{stage}: {changed[0]} came out different; the "
+                                         "later stages run again")
+            for st in later:
+                s.set_stage(st, status="pending")
+            if stage == "train":
+                (s.path / jac_mod.JacobianStore.PROGRESS).unlink(missing_ok=True)
+        s.set_stage(stage, status="done", finished=now_iso())
+        return secs
+
     def run(self) -> int:
         s = self.session
         s.acquire()
         t_run = time.perf_counter()
         stage = "setup"
         try:
+            m = self.open_manifest()
             s.update_manifest(status="running", pid=os.getpid(), error=None,
-                              started=s.manifest().get("started") or now_iso())
+                              started=m.get("started") or now_iso())
             self.setup()
+            stages = self.stages()
             self.emit("run_start", session=str(s.path), device=str(self.device),
                       dtype=self.cfg.dtype, threads=torch.get_num_threads(), P=self.layout.size,
-                      stages=self.stages())
-            for stage in self.stages():
+                      stages=stages)
+            self.check_files(stages)
+            for stage in stages:
                 if s.stage_status(stage) == "done":
                     self.emit("stage_skip", stage=stage)
                     continue
-                if stage == "train":  # later stages depend on theta_T: redo them
-                    for later in self.stages()[1:]:
-                        if s.stage_status(later) != "pending":
-                            s.set_stage(later, status="pending")
+                if self.stop_requested:
+                    raise KeyboardInterrupt
                 self.emit("stage_start", stage=stage)
-                prev = s.manifest().get("stages", {}).get(stage, {}).get("seconds", 0.0)
-                s.set_stage(stage, status="running", started=now_iso())
-                t0 = time.perf_counter()
-                try:
-                    if stage.startswith("analysis."):
-                        self.run_analysis(stage.split(".", 1)[1])
-                    else:
-                        getattr(self, f"stage_{stage}")()
-                finally:  # time spent counts, also when interrupted or failed (resume adds)
-                    secs = round(prev + time.perf_counter() - t0, 3)
-                    s.set_stage(stage, seconds=secs)
-                s.set_stage(stage, status="done", finished=now_iso())
+                secs = self.run_stage(stage, stages)
                 self.emit("stage_end", stage=stage, seconds=secs)
             status, code = "done", EXIT_OK
         except KeyboardInterrupt:
-            if stage != "setup":
-                s.set_stage(stage, status="interrupted")
             status, code = "interrupted", EXIT_INTERRUPTED
-            self.emit("interrupted", stage=stage)
+            self._record_end(stage, "interrupted")
+            self._emit_quietly("interrupted", stage=stage)
         except Exception as e:  # noqa: BLE001 - every failure is recorded in the session
             msg = failure_reason(e)
-            if stage != "setup":
-                s.set_stage(stage, status="failed", error=msg)
-            s.update_manifest(error=msg, traceback=traceback.format_exc())
-            self.emit("error", stage=stage, message=msg)
             status, code = "failed", EXIT_FAILED
-        total = time.perf_counter() - t_run
-        s.update_manifest(status=status, finished=now_iso(), pid=None)
-        self.emit("run_end", status=status, seconds=round(total, 3))
+            self._record_end(stage, "failed", error=msg, traceback=traceback.format_exc())
+            self._emit_quietly("error", stage=stage, message=msg)
+            self.failure = msg
+        try:
+            s.update_manifest(status=status, finished=now_iso(), pid=None)
+        except (OSError, SessionError):  # e.g. the disk is full: the lock going says "stale"
+            pass
+        self._emit_quietly("run_end", status=status,
+                           seconds=round(time.perf_counter() - t_run, 3))
         s.release()
         return code
+
+    failure: str | None = None
+
+    def _record_end(self, stage: str, status: str, **fields) -> None:
+        """Mark the stage under way and the session; a disk that refuses even this (full,
+        read-only) leaves the session 'stale' once the lock goes, which resume handles."""
+        try:
+            if stage != "setup":
+                self.session.set_stage(stage, status=status,
+                                       **({"error": fields["error"]} if "error" in fields else {}))
+            if fields:
+                self.session.update_manifest(**fields)
+        except (OSError, SessionError):
+            pass
+
+    def _emit_quietly(self, event: str, **fields) -> None:
+        try:
+            self.emit(event, **fields)
+        except OSError:
+            for fn in self.listeners:
+                fn({"event": event, "time": round(time.time(), 3), **fields})
 
 
 def run_session(path: str | Path, listeners: list[Listener] | None = None,
                 device: str | None = None, handle_signals: bool = False) -> int:
     """Run or resume the session at ``path`` in this process; returns an exit code
-    (0 done, 1 failed, 3 interrupted)."""
+    (0 done, 1 failed, 3 interrupted). With ``handle_signals``, SIGTERM and SIGINT ask the run
+    to stop: the Jacobian within a training step, the SVD at once (it runs in a thread), an
+    analysis at its next unit; the session is marked interrupted and stays resumable."""
     runner = Runner(Session(path), listeners, device)
     if handle_signals:
         def stop(signum, frame):
@@ -328,7 +465,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return run_session(args.session, device=args.device, handle_signals=True)
+    try:
+        code = run_session(args.session, device=args.device, handle_signals=True)
+    except SessionError as e:  # another worker holds it, or it is not a session
+        print(e, file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"{args.session}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if threading.active_count() > 1:  # an abandoned SVD thread: do not wait for it
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
-__all__ = ["ConfigError", "Invalid", "Check", "number", "integer", "choice", "string",
+__all__ = ["ConfigError", "Invalid", "one_line", "Check", "number", "integer", "choice", "string",
            "boolean", "name", "list_of", "any_of", "option", "section", "optional", "plugins", "build",
            "to_table", "describe", "lookup", "check_value", "json_schema", "show",
            "suggest", "INT_MAX"]
@@ -38,8 +38,18 @@ __all__ = ["ConfigError", "Invalid", "Check", "number", "integer", "choice", "st
 INT_MAX = 2**63 - 1  # TOML integers are 64-bit
 
 
+def one_line(text: str) -> str:
+    """``text`` with its control characters (newlines, carriage returns, NUL...) written as
+    escapes, so a message stays on one line whatever a user's value or file name holds."""
+    return "".join(c if c.isprintable() or c == " " else
+                   c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 class ConfigError(ValueError):
     """A preset or override is invalid; ``str(err)`` is the one-line message for the user."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
 
 
 class Invalid(Exception):
@@ -242,7 +252,7 @@ def show(v: Any) -> str:
     """A value as it appears in a message: TOML-like and short."""
     if isinstance(v, str):
         text = v if len(v) <= 60 else v[:57] + "..."
-        return '"' + text.replace("\x00", "\\0") + '"'
+        return '"' + one_line(text) + '"'
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, dict):

@@ -4,17 +4,21 @@
 
     <sessions>/<name>/
       config.toml        the resolved config, exactly what ran
-      manifest.json      status per stage, versions, device, timings, parameter layout, checksums
+      manifest.json      status per stage, versions, device, timings, parameter layout, and a
+                         record (size, mtime, checksum) of every file a stage produced
       events.jsonl       one JSON object per line (stage start/end, train steps, chunks, errors)
       metrics.jsonl      one line per evaluated training step
       theta0.npz thetaT.npz     named parameter arrays
       jacobian.npy       (P, P), entry [i, j] = d theta_T[i] / d theta_0[j] (flat order: manifest)
-      jacobian.progress.json    finished chunks (while the Jacobian is computed)
+      jacobian.progress.json    finished chunks and their digests (while J is computed)
       svd/S.npy svd/U.npy svd/Vh.npy svd/alignment.npy
       spectrum.json      regions, thresholds, alignment
 
-Writes are atomic (temp file + rename); arrays are read with ``allow_pickle=False``; an
-exclusive lock (``.lock``, flock) keeps a second writer out and dies with its process.
+Writes are atomic (temp file + rename); arrays are read with ``allow_pickle=False``. A writer
+holds an exclusive ``flock`` on the session directory itself: it dies with its process, and no
+file can be deleted to get around it. :meth:`Session.verify` compares the files with their
+records; a session whose manifest or files do not match is *damaged* (``tjac ls`` says so and
+names the file; ``tjac resume`` recomputes what is damaged).
 """
 
 from __future__ import annotations
@@ -30,31 +34,44 @@ import numpy as np
 
 from . import config as config_mod
 from .files import (append_jsonl, atomic_save_npy, atomic_save_npz, atomic_write,
-                    atomic_write_json, read_jsonl, sha256)
+                    atomic_write_json, block_digests, publish_dir, read_jsonl,
+                    remove_temp_files, sha256)
 
 STATUSES = ("created", "running", "done", "failed", "interrupted")
+DEEP_VERIFY_MAX = 1 << 30  # files larger than this: size and mtime only, unless asked
+WRITER_PID = ".writer.pid"  # who holds the lock, for messages (deleting it unlocks nothing)
 
 
-class SessionLocked(RuntimeError):
+class SessionError(Exception):
+    """A session cannot be used as asked; ``str()`` is the one-line message."""
+
+
+class SessionLocked(SessionError):
     pass
+
+
+class SessionDamaged(SessionError):
+    """Files of a session do not match their records: ``problems`` maps each to the reason."""
+
+    def __init__(self, path: Path, problems: dict[str, str]):
+        self.problems = problems
+        rel, why = next(iter(problems.items()))
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        self.detail = f"{rel}: {why}{more}"
+        super().__init__(f"{path}: damaged: {self.detail}; `tjac resume` recomputes it")
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def unique_dir(root: str | Path, name: str) -> Path:
-    """Create and return ``root/name``, or ``name-2``, ``name-3``... if taken (race-free)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    path, n = root / name, 1
-    while True:
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
-            path = root / f"{name}-{n}"
+def pid_is_worker(pid: int) -> bool:
+    """True when ``pid`` is alive and runs the tjac worker (engine.runner)."""
+    try:
+        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return b"engine.runner" in cmdline
 
 
 class Session:
@@ -66,13 +83,17 @@ class Session:
     @classmethod
     def create(cls, root: str | Path, name: str, cfg: config_mod.RunConfig,
                preset: str | None = None) -> "Session":
-        """A new session directory ``root/name`` (``name-2``, ``name-3``... if taken)."""
-        path = unique_dir(root, name)
-        s = cls(path)
-        atomic_write(path / "config.toml", config_mod.dumps(cfg).encode())
-        s.write_manifest({"name": path.name, "status": "created", "created": now_iso(),
-                          "preset": preset, "stages": {}, "files": {}})
-        return s
+        """A new session directory ``root/name`` (``name-2``, ``name-3``... if taken), created
+        whole: a process killed while creating it leaves no directory behind."""
+        text = config_mod.dumps(cfg).encode()
+        manifest = {"status": "created", "created": now_iso(), "preset": preset, "stages": {},
+                    "files": {}}
+
+        def fill(tmp: Path) -> None:
+            atomic_write(tmp / "config.toml", text)
+            atomic_write_json(tmp / "manifest.json", manifest)
+
+        return cls(publish_dir(root, name, fill))
 
     @property
     def name(self) -> str:
@@ -82,23 +103,63 @@ class Session:
         return (self.path / "manifest.json").is_file()
 
     def config(self) -> config_mod.RunConfig:
-        return config_mod.loads((self.path / "config.toml").read_text(),
-                                str(self.path / "config.toml"))
+        p = self.path / "config.toml"
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise config_mod.ConfigError(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}"
+                                         ) from None
+        return config_mod.loads(text, str(p))
 
     # ---- lock ------------------------------------------------------------------------------
     def acquire(self) -> None:
-        """Take the writer lock or raise :class:`SessionLocked` naming the holder."""
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the writer lock (an exclusive flock on the directory) or raise
+        :class:`SessionLocked` naming the holder. A worker recorded as running whose process is
+        still alive counts as a holder too. Temporary files a killed writer left are removed."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise SessionLocked(f"{self.path}: another process (pid {holder}) is writing this "
-                                "session") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+            raise SessionLocked(f"{self.path}: another process (pid {self._holder()}) is "
+                                "writing this session") from None
+        pid = self._holder(default=None)
+        if pid is not None and pid != os.getpid() and pid_is_worker(pid) \
+                and self._worker_pid_running():
+            os.close(fd)
+            raise SessionLocked(f"{self.path}: a worker (pid {pid}) is still running this "
+                                "session")
         self._lock_fd = fd
+        remove_temp_files(self.path)
+        atomic_write(self.path / WRITER_PID, str(os.getpid()).encode())
+
+    def _holder(self, default="?"):
+        """The pid of the lock's holder as it recorded it (informational: the lock itself is
+        the flock), else that of a worker the manifest records as running, else ``default``."""
+        try:
+            return int((self.path / WRITER_PID).read_text())
+        except (OSError, ValueError):
+            pass
+        try:
+            m = self.manifest()
+        except SessionError:
+            return default
+        if m.get("status") != "running" or not m.get("pid"):
+            return default
+        return m["pid"]
+
+    def _worker_pid_running(self) -> bool:
+        try:
+            return self.manifest().get("status") == "running"
+        except SessionError:
+            return False
+
+    def writer_pid(self) -> int | None:
+        """The pid of the process holding the writer lock, None when no process holds it."""
+        if not self.is_locked():
+            return None
+        pid = self._holder(default=None)
+        return int(pid) if pid is not None else None
 
     def release(self) -> None:
         if self._lock_fd is not None:
@@ -109,8 +170,8 @@ class Session:
     def is_locked(self) -> bool:
         """True while some process holds the writer lock (a run is live)."""
         try:
-            fd = os.open(self.path / ".lock", os.O_RDONLY)
-        except FileNotFoundError:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -123,7 +184,19 @@ class Session:
 
     # ---- manifest --------------------------------------------------------------------------
     def manifest(self) -> dict:
-        return json.loads((self.path / "manifest.json").read_text())
+        """The manifest; :class:`SessionDamaged` when it is missing, not JSON or not an
+        object."""
+        p = self.path / "manifest.json"
+        try:
+            m = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SessionDamaged(self.path, {"manifest.json": "missing"}) from None
+        except (ValueError, UnicodeDecodeError):
+            raise SessionDamaged(self.path, {"manifest.json": "not valid JSON"}) from None
+        if not isinstance(m, dict) or not isinstance(m.get("stages", {}), dict) \
+                or not isinstance(m.get("files", {}), dict):
+            raise SessionDamaged(self.path, {"manifest.json": "not a session manifest"})
+        return m
 
     def write_manifest(self, m: dict) -> None:
         atomic_write_json(self.path / "manifest.json", m)
@@ -144,26 +217,46 @@ class Session:
         return self.manifest().get("stages", {}).get(stage, {}).get("status", "pending")
 
     # ---- files -----------------------------------------------------------------------------
-    def record_checksum(self, rel: str) -> None:
+    def record_file(self, rel: str, stage: str, blocks: dict | None = None) -> dict:
+        """Record a file a stage produced: size, mtime and sha256, or, for a file written in
+        blocks (the Jacobian), the digest of each block: ``blocks = {"offset", "block",
+        "digests"}``. Returns the record."""
         p = self.path / rel
+        st = p.stat()
+        rec: dict[str, Any] = {"stage": stage, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        if blocks is not None:
+            rec["blocks"] = blocks
+        else:
+            rec["sha256"] = sha256(p)
         m = self.manifest()
-        m.setdefault("files", {})[rel] = {"sha256": sha256(p), "bytes": p.stat().st_size}
+        m.setdefault("files", {})[rel] = rec
+        self.write_manifest(m)
+        return rec
+
+    def forget_files(self, stage: str) -> None:
+        """Drop the records of a stage's files (it is about to produce them again)."""
+        m = self.manifest()
+        m["files"] = {k: v for k, v in m.get("files", {}).items() if v.get("stage") != stage}
         self.write_manifest(m)
 
-    def write_json(self, rel: str, obj: Any) -> None:
+    def write_json(self, rel: str, obj: Any, stage: str | None = None) -> None:
         atomic_write_json(self.path / rel, obj)
+        if stage is not None:
+            self.record_file(rel, stage)
 
     def read_json(self, rel: str) -> Any:
         return json.loads((self.path / rel).read_text())
 
-    def write_npy(self, rel: str, arr: np.ndarray, record: bool = True) -> None:
+    def write_npy(self, rel: str, arr: np.ndarray, stage: str | None = None) -> None:
         atomic_save_npy(self.path / rel, arr)
-        if record:
-            self.record_checksum(rel)
+        if stage is not None:
+            self.record_file(rel, stage)
 
-    def write_npz(self, rel: str, arrays: dict[str, np.ndarray]) -> None:
+    def write_npz(self, rel: str, arrays: dict[str, np.ndarray], stage: str | None = None
+                  ) -> None:
         atomic_save_npz(self.path / rel, arrays)
-        self.record_checksum(rel)
+        if stage is not None:
+            self.record_file(rel, stage)
 
     def load_npy(self, rel: str, mmap: bool = False) -> np.ndarray:
         return np.load(self.path / rel, mmap_mode="r" if mmap else None, allow_pickle=False)
@@ -175,14 +268,49 @@ class Session:
     def has(self, rel: str) -> bool:
         return (self.path / rel).exists()
 
-    def verify(self) -> list[str]:
-        """Files whose checksum no longer matches the manifest."""
-        bad = []
-        for rel, info in self.manifest().get("files", {}).items():
-            p = self.path / rel
-            if not p.exists() or sha256(p) != info["sha256"]:
-                bad.append(rel)
-        return bad
+    def verify(self, deep: bool | int = True, only: set[str] | None = None) -> dict[str, str]:
+        """Recorded files that do not match their record: {rel: reason}. Always: missing files
+        and sizes. ``deep``: contents too (sha256, or every block's digest); an int is the
+        largest file checked deeply, larger ones by size and modification time only.
+        ``only`` limits the check to those files."""
+        problems = {}
+        files = self.manifest().get("files", {})
+        for rel, rec in files.items():
+            if only is not None and rel not in only:
+                continue
+            why = self._check(rel, rec, deep)
+            if why:
+                problems[rel] = why
+        return problems
+
+    def _check(self, rel: str, rec: dict, deep: bool | int) -> str | None:
+        p = self.path / rel
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            return "missing"
+        if st.st_size != rec.get("bytes"):
+            return f"{st.st_size} bytes, {rec.get('bytes')} were written"
+        thorough = deep is True or (deep and st.st_size <= deep)
+        if not thorough:
+            if st.st_mtime_ns != rec.get("mtime_ns"):
+                return "changed since it was written"
+            return None
+        if "blocks" in rec:
+            b = rec["blocks"]
+            got = block_digests(p, b["offset"], b["block"], len(b["digests"]))
+            bad = [i for i, (g, d) in enumerate(zip(got, b["digests"])) if g != d]
+            return f"{len(bad)} damaged block(s) (first: {bad[0]})" if bad else None
+        if sha256(p) != rec.get("sha256"):
+            return "contents differ from what was written (checksum)"
+        return None
+
+    def check_intact(self, deep: bool | int = DEEP_VERIFY_MAX, only: set[str] | None = None
+                     ) -> None:
+        """Raise :class:`SessionDamaged` naming the first damaged file, if any."""
+        problems = self.verify(deep, only)
+        if problems:
+            raise SessionDamaged(self.path, problems)
 
     # ---- logs ------------------------------------------------------------------------------
     def append_jsonl(self, rel: str, record: dict) -> None:
@@ -196,17 +324,31 @@ class Session:
 
     def spectrum(self) -> dict | None:
         p = self.path / "spectrum.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        if not p.exists():
+            return None
+        try:
+            out = json.loads(p.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise SessionDamaged(self.path, {"spectrum.json": "not valid JSON"}) from None
+        if not isinstance(out, dict):
+            raise SessionDamaged(self.path, {"spectrum.json": "not a spectrum summary"})
+        return out
 
 
 def list_sessions(root: str | Path) -> Iterator[Session]:
-    """Sessions under ``root``, newest first."""
+    """Sessions under ``root`` (directories with a manifest, damaged ones included), newest
+    first."""
     root = Path(root)
     if not root.is_dir():
         return iter(())
-    found = [Session(p) for p in root.iterdir() if (p / "manifest.json").is_file()]
-    found.sort(key=lambda s: (s.path / "manifest.json").stat().st_ctime, reverse=True)
-    return iter(found)
+    found = []
+    for p in root.iterdir():
+        try:
+            found.append((p.joinpath("manifest.json").stat().st_ctime, Session(p)))
+        except OSError:
+            continue
+    found.sort(key=lambda t: t[0], reverse=True)
+    return iter(s for _, s in found)
 
 
 def run_seconds(manifest: dict, live: bool, now: float | None = None) -> float:
@@ -214,7 +356,12 @@ def run_seconds(manifest: dict, live: bool, now: float | None = None) -> float:
     the time since the running stage started (its recorded time is added when it ends)."""
     total = 0.0
     for st in manifest.get("stages", {}).values():
-        total += float(st.get("seconds") or 0.0)
+        if not isinstance(st, dict):
+            continue
+        try:
+            total += float(st.get("seconds") or 0.0)
+        except (TypeError, ValueError):
+            continue
         if live and st.get("status") == "running" and st.get("started"):
             try:
                 t0 = datetime.fromisoformat(st["started"]).timestamp()
@@ -226,13 +373,25 @@ def run_seconds(manifest: dict, live: bool, now: float | None = None) -> float:
 
 
 def describe(s: Session) -> dict:
-    """One row for ``tjac ls`` and the Sessions pane."""
-    m = s.manifest()
-    status = m.get("status", "?")
+    """One row for ``tjac ls`` and the Sessions pane. A session whose manifest cannot be read,
+    or whose files do not match their records (size and modification time: cheap), is
+    ``damaged`` and ``problem`` says why."""
+    row = {"name": s.name, "path": str(s.path), "status": "damaged", "preset": None,
+           "P": None, "created": "", "seconds": 0.0, "device": None, "problem": None}
     live = s.is_locked()
+    try:
+        m = s.manifest()
+        problems = {} if live else s.verify(deep=False)
+    except SessionDamaged as e:
+        row["problem"] = e.detail
+        return row
+    status = m.get("status", "?")
     if status == "running" and not live:
         status = "stale"  # the worker died without marking the session (e.g. SIGKILL)
-    return {"name": s.name, "path": str(s.path), "status": status, "preset": m.get("preset"),
-            "P": m.get("P"), "created": m.get("created", ""),
-            "seconds": run_seconds(m, live and status == "running"),
-            "device": m.get("device")}
+    if problems:
+        rel, why = next(iter(problems.items()))
+        status, row["problem"] = "damaged", f"{rel}: {why}"
+    row.update(status=status, preset=m.get("preset"), P=m.get("P"),
+               created=str(m.get("created", "")),
+               seconds=run_seconds(m, live and status == "running"), device=m.get("device"))
+    return row

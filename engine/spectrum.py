@@ -19,7 +19,7 @@ import math
 import numpy as np
 import scipy.linalg
 
-from . import regions
+from . import interrupt, regions
 from .subspace import principal_cosines
 
 REGIONS = regions.REGIONS
@@ -29,21 +29,27 @@ ALIGNMENT_NOTE = ("u.v mean is the mean of the per-index u_i . v_i, ill-posed in
                   "angles between span(U_region) and span(V_region), the well-posed measure.")
 
 
-def svd(J, device="cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def svd(J, device="cpu", should_stop=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Full SVD in float64: (U (P, P), S (P,) descending, Vh (P, P)), as numpy arrays. On CUDA
-    it runs on the device (torch); on the CPU with LAPACK's gesdd (scipy), falling back to
-    gesvd if gesdd does not converge."""
+    it runs on the device (torch); on the CPU with LAPACK's gesdd (numpy), falling back to
+    gesvd (scipy) if gesdd does not converge. Both run in a thread that ``should_stop()`` can
+    abandon (:mod:`engine.interrupt`): a stop request does not wait for the SVD to end."""
+    if not np.isfinite(np.asarray(J)).all():
+        raise ValueError("the Jacobian has non-finite entries: no SVD")
     if str(device).startswith("cuda"):
         import torch
 
-        Jt = torch.as_tensor(np.asarray(J)).to(device=device, dtype=torch.float64)
-        U, S, Vh = torch.linalg.svd(Jt)
-        return U.cpu().numpy(), S.cpu().numpy(), Vh.cpu().numpy()
+        def run_cuda():
+            Jt = torch.as_tensor(np.asarray(J)).to(device=device, dtype=torch.float64)
+            U, S, Vh = torch.linalg.svd(Jt)
+            return U.cpu().numpy(), S.cpu().numpy(), Vh.cpu().numpy()
+
+        return interrupt.call(run_cuda, should_stop=should_stop)
     A = np.asarray(J, dtype=np.float64)
     try:
-        return scipy.linalg.svd(A, lapack_driver="gesdd", check_finite=True)
+        return interrupt.call(np.linalg.svd, A, should_stop=should_stop)
     except np.linalg.LinAlgError:
-        return scipy.linalg.svd(A, lapack_driver="gesvd", check_finite=True)
+        return scipy.linalg.svd(A, lapack_driver="gesvd", check_finite=False)
 
 
 def alignment(U: np.ndarray, Vh: np.ndarray) -> np.ndarray:

@@ -49,8 +49,11 @@ import numpy as np
 
 from . import config as config_mod, regions
 from .config import ConfigError
-from .files import append_jsonl, atomic_save_npy, atomic_write, atomic_write_json, read_jsonl
-from .session import Session, now_iso, unique_dir
+from .files import (append_jsonl, atomic_save_npy, atomic_write, atomic_write_json,
+                    publish_dir, read_jsonl)
+from .schema import Invalid
+from .schema import name as name_check
+from .session import Session, now_iso
 from .subspace import k_grid, mean_cos_block, random_mean_cos
 
 
@@ -132,21 +135,27 @@ def is_study(path: str | Path) -> bool:
 def create(root: str | Path, preset: str | Path, overrides: list[str] | None = None,
            name: str | None = None) -> Study:
     """Validate the preset's study and create its directory ``root/<name>`` (``-2``, ``-3``...
-    if taken) with one session per run (not started)."""
+    if taken) with one session per run (not started), whole: a process killed while creating
+    it leaves nothing behind (:func:`engine.files.publish_dir`)."""
     base, runs = plan(preset, overrides)
-    path = unique_dir(root, name or base.name)
-    atomic_write(path / "study.toml", config_mod.dumps(base).encode())
-    st = Study(path)
-    manifest = {"kind": "study", "name": path.name, "preset": str(preset),
-                "overrides": list(overrides or []), "created": now_iso(), "status": "created",
-                "reference": base.study.reference,
-                "runs": [{"name": r.name, "set": r.set} for r in runs]}
-    atomic_write_json(path / "study.json", manifest)
-    (path / "runs").mkdir()
-    for r in runs:
-        s = Session.create(path / "runs", r.name, r.config, str(preset))
-        assert s.path.name == r.name
-    return st
+    if name is not None:
+        try:
+            name = name_check()(name)
+        except Invalid as e:
+            raise ConfigError(f"--name {name!r}: expected {e}") from None
+
+    def fill(tmp: Path) -> None:
+        atomic_write(tmp / "study.toml", config_mod.dumps(base).encode())
+        atomic_write_json(tmp / "study.json", {
+            "kind": "study", "preset": str(preset), "overrides": list(overrides or []),
+            "created": now_iso(), "status": "created", "reference": base.study.reference,
+            "runs": [{"name": r.name, "set": r.set} for r in runs]})
+        (tmp / "runs").mkdir()
+        for r in runs:
+            s = Session.create(tmp / "runs", r.name, r.config, str(preset))
+            assert s.path.name == r.name
+
+    return Study(publish_dir(root, name or base.name, fill))
 
 
 def run(study_dir: str | Path, listeners: list[Callable[[dict], None]] | None = None,

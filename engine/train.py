@@ -293,8 +293,13 @@ def train(problem: Problem, theta0: torch.Tensor, on_step: StepCallback | None =
     infinite loss, and ``KeyboardInterrupt`` when ``should_stop()`` turns true."""
     p = problem
     theta = theta0
+    m0 = _metrics(p, theta, 0, None)
     if on_step is not None:
-        on_step(_metrics(p, theta, 0, None))
+        on_step(m0)
+    if not (math.isfinite(m0["train_loss"]) and math.isfinite(m0["test_loss"])):
+        raise TrainingDiverged(f"the loss is {m0['train_loss']} at initialisation, before any "
+                               "step: the initial parameters or the data give non-finite "
+                               "outputs")
     for t, theta in steps(p, theta0, should_stop):
         if (t + 1) % p.eval_every and t != p.steps - 1:
             continue
@@ -314,12 +319,17 @@ def _metrics(p: Problem, theta: torch.Tensor, step: int, lr: float | None) -> di
             "test_loss": te_loss, "test_acc": te_acc}
 
 
+TangentStep = Callable[[int, torch.Tensor, tuple[torch.Tensor, ...]], None]
+
+
 def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tensor,
-                   should_stop: Callable[[], bool] | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   should_stop: Callable[[], bool] | None = None,
+                   on_step: TangentStep | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Train from ``theta0`` (P,) while pushing the tangent directions ``tangents0`` (K, P)
     through every step. Returns (theta_T (P,), d theta_T (K, P)): row k of the second is the
     directional derivative of theta_T along tangents0[k], i.e. ``J @ tangents0[k]``.
+    ``on_step(t, theta, dtheta)`` sees the state after each step t (tangents per parameter
+    tensor, (K, *shape)).
 
     The primal runs exactly as in :func:`train` (flat tensors, bitwise the same trajectory).
     Tangents are kept per parameter tensor, (K, *shape) and contiguous, which is the layout the
@@ -345,6 +355,8 @@ def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tens
         dtheta = tuple(n[0] for n in new)
         dstate = tuple(tuple(n[1][j] for n in new) for j in range(len(state)))
         theta, state = p.optimizer.update(theta, state, g, lr, t)
+        if on_step is not None:
+            on_step(t, theta, dtheta)
     return theta, lay.flatten(dtheta)
 
 

@@ -45,9 +45,8 @@ def start_worker(path: str | Path, device: str | None = None) -> subprocess.Pope
 
 def request_stop(path: str | Path) -> bool:
     """Ask the worker running the session to stop (SIGTERM); False if none is running."""
-    s = Session(path)
-    pid = s.manifest().get("pid")
-    if not pid or not s.is_locked():
+    pid = Session(path).writer_pid()
+    if pid is None:
         return False
     try:
         os.kill(int(pid), signal.SIGTERM)

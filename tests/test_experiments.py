@@ -114,7 +114,7 @@ def test_every_analysis_ran_as_a_stage(tiny_session):
         assert m["stages"][f"analysis.{name}"]["status"] == "done"
         assert tiny_session.has(f"analyses/{name}.json")
     assert not list((tiny_session.path / "analyses").glob(".*.partial.json"))
-    assert tiny_session.verify() == []
+    assert tiny_session.verify() == {}
 
 
 def test_analysis_config_is_strict():

@@ -19,12 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS: list[list[str]] = [
     # foundations: no engine imports
     ["engine", "engine.schema", "engine.files", "engine.regions", "engine.subspace",
-     "engine.asciiplot", "engine.kernels", "engine.kernels.*", "engine.present.markdown"],
+     "engine.interrupt", "engine.asciiplot", "engine.kernels", "engine.kernels.*",
+     "engine.present.markdown"],
     # the registry of optional sections (analyses, study): the plug-in contract, torch-free
     ["engine.sections"],
     ["engine.config"],
     ["engine.data", "engine.models"],
-    ["engine.train"],
+    ["engine.train", "engine.plan"],
     ["engine.jacobian", "engine.spectrum"],
     ["engine.session"],
     ["engine.worker", "engine.experiments", "engine.experiments.common"],

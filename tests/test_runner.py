@@ -60,7 +60,7 @@ def test_sigkill_during_jacobian_then_resume_is_bitwise_equal(tmp_path):
     events = [e["event"] for e in killed.events()[0]]
     assert events.count("stage_skip") == 1  # train was not redone
     assert killed.manifest()["status"] == "done"
-    assert killed.verify() == []  # every checksum matches
+    assert killed.verify() == {}  # every checksum matches
 
     clean = Session.create(tmp_path, "clean", cfg)
     assert runner.run_session(clean.path) == runner.EXIT_OK
@@ -115,7 +115,7 @@ def test_headless_run_writes_the_whole_session(tmp_path, capsys):
                                                 "layers.1.weight", "layers.1.bias"]
     assert [r["offset"] for r in m["layout"]] == [0, 1024, 1040, 1200]
     assert {"torch", "numpy", "python"} <= set(m["environment"])
-    assert s.verify() == []
+    assert s.verify() == {}
     cfg = s.config()
     assert cfg.train.epochs == 1 and cfg.threads == 2  # the resolved config, overrides applied
     J = s.load_npy("jacobian.npy")

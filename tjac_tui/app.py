@@ -21,7 +21,7 @@ from textual.scrollbar import ScrollBar, ScrollBarRender
 from textual.widgets import DataTable, Footer, Header, TabbedContent, TabPane
 
 from engine import config as config_mod
-from engine.session import Session
+from engine.session import Session, describe
 
 from .locations import NotFound, find_preset, find_session, shipped_presets
 from .screens import (ComparePane, HelpScreen, LivePane, RegionsPane, SessionsPane, SetupPane,
@@ -309,7 +309,7 @@ class TjacApp(App):
         if s.is_locked() or self._starting(path):
             self.notify(f"{path.name} is already running", severity="warning")
             return False
-        if s.manifest().get("status") == "done":
+        if describe(s)["status"] == "done":  # a damaged one resumes: resume repairs it
             self.notify(f"{path.name} is done; nothing to resume")
             return False
         self.procs[path] = start_worker(path)

@@ -26,7 +26,9 @@ from pathlib import Path
 
 from engine import config as config_mod
 from engine.config import ConfigError
-from engine.session import SessionLocked
+from engine.schema import one_line
+from engine.plan import PlanError
+from engine.session import SessionDamaged, SessionError
 
 from .locations import (NotFound, default_sessions_dir, find_preset, find_session,
                         shipped_presets)
@@ -35,7 +37,8 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
 def _fail(msg: str, code: int = EXIT_USAGE) -> int:
-    print(msg.strip().splitlines()[0] if msg.strip() else "error", file=sys.stderr)
+    """One line on stderr (control characters escaped), and the exit status."""
+    print(one_line(msg.strip()) or "error", file=sys.stderr)
     return code
 
 
@@ -58,6 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.name is not None:
         overrides.append(f"name={json.dumps(args.name)}")  # checked like the preset's name
     cfg = config_mod.load(preset, overrides)
+    check_sessions_dir(args.sessions)
+    check_fits(cfg, args.sessions)
     session = Session.create(args.sessions, cfg.name, cfg, str(preset))
     if args.detach:
         from engine.worker import start_worker
@@ -68,31 +73,63 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_foreground(session, quiet=args.quiet)
 
 
+def check_sessions_dir(path: Path) -> None:
+    """The sessions folder is a directory, or can be made one (no file in the way)."""
+    p = Path(path).absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        where = "is a file" if p == Path(path).absolute() else f"is below the file {p}"
+        raise NotFound(f"--sessions {path}: {where}, not a directory")
+
+
+def check_fits(cfg, sessions: Path) -> None:
+    """Refuse, before any session directory exists, a run whose files cannot fit on the
+    sessions disk (or whose CPU SVD cannot fit in memory); the worker checks again where it
+    runs."""
+    from engine import plan as plan_mod
+
+    plan_mod.check(plan_mod.make_plan(cfg), sessions,
+                   svd_on_cpu=cfg.device == "cpu")
+
+
 def _run_foreground(session, quiet: bool = False, device: str | None = None) -> int:
     from engine.runner import EXIT_OK, run_session
 
     from .progress import RichProgress, regions_table
 
     err = _console(stderr=True, quiet=quiet)
+    errors: list[str] = []  # the run's failure, also when the disk refused to record it
+
+    def on_error(ev: dict) -> None:
+        if ev["event"] == "error":
+            errors.append(ev.get("message") or "")
+
     with RichProgress(err) as bars:
-        code = run_session(session.path, [bars], device=device, handle_signals=True)
-    summary = session.spectrum()
-    if code == EXIT_OK and summary is not None and not quiet:
+        code = run_session(session.path, [bars, on_error], device=device, handle_signals=True)
+    summary = session.spectrum() if code == EXIT_OK else None
+    if summary is not None and not quiet:
         from rich.console import Console
 
         Console(width=None if sys.stdout.isatty() else 120).print(regions_table(summary))
-    if code != EXIT_OK:
-        m = session.manifest()
-        if m.get("error"):
-            print(f"{session.path}: {m['error']}", file=sys.stderr)
+    if code != EXIT_OK and errors:
+        print(one_line(f"{session.path}: {errors[-1]}"), file=sys.stderr)
     print(session.path)
     return code
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    """Finish an interrupted session; a finished one is checked file by file first, and what
+    is damaged is computed again (a damaged manifest: everything)."""
+    from engine.session import SessionDamaged
+
     s = find_session(args.session, args.sessions)
-    if s.manifest().get("status") == "done":
-        print(f"{s.path}: already done", file=sys.stderr)
+    try:
+        done = s.manifest().get("status") == "done" and not s.verify(deep=True)
+    except SessionDamaged:
+        done = False
+    if done:
+        print(f"{s.path}: already done (every file checked)", file=sys.stderr)
         print(s.path)
         return 0
     return _run_foreground(s, quiet=args.quiet, device=args.device)
@@ -138,6 +175,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from engine.present.report import write_report
 
     s = find_session(args.session, args.sessions)
+    s.check_intact()  # a report of damaged files would state wrong numbers
     print(write_report(s, args.output, ascii_only=not args.unicode))
     return 0
 
@@ -171,7 +209,14 @@ def cmd_study(args: argparse.Namespace) -> int:
     if study_mod.is_study(target) or study_mod.is_study(args.sessions / args.target):
         st = study_mod.Study(target if study_mod.is_study(target) else args.sessions / target)
     else:
-        st = study_mod.create(args.sessions, find_preset(args.target), args.set, args.name)
+        from engine import plan as plan_mod
+
+        preset = find_preset(args.target)
+        check_sessions_dir(args.sessions)
+        base, runs = study_mod.plan(preset, args.set)
+        plan_mod.check_all([plan_mod.make_plan(r.config) for r in runs], args.sessions,
+                           svd_on_cpu=base.device == "cpu")
+        st = study_mod.create(args.sessions, preset, args.set, args.name)
 
     def one_run(path, listeners, handle_signals=False):
         err.print(f"[bold]run {Path(path).name}[/]")
@@ -310,9 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return cmd_tui(args) if args.cmd is None else args.func(args)
-    except (ConfigError, NotFound) as e:
+    except (ConfigError, NotFound, PlanError) as e:
         return _fail(str(e))
-    except SessionLocked as e:
+    except SessionDamaged as e:
+        return _fail(str(e), EXIT_FAILED)
+    except SessionError as e:
         return _fail(str(e))
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import config as config_mod
-from engine.session import Session
+from engine.session import Session, SessionError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -204,7 +204,7 @@ def read_snapshot(path: Path, offset: int) -> Snapshot:
     records, new_offset = s.events(offset)
     try:
         manifest = s.manifest()
-    except (FileNotFoundError, json.JSONDecodeError):
+    except SessionError:  # damaged or being replaced: show what the events say
         manifest = {}
     locked = s.is_locked()
     gpu = None

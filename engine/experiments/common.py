@@ -38,7 +38,12 @@ class Context:
     emit: Callable[..., None]  # emit("analysis_progress", name=..., done=..., total=...)
     should_stop: Callable[[], bool]
     tol: float = regions.DEFAULT_TOL  # the region rule's tolerance (spectrum.bulk_tol)
+    stage: str | None = None  # "analysis.NAME": the files written are recorded under it
     cache: dict = field(default_factory=dict)
+
+    def write_npy(self, rel: str, arr: np.ndarray) -> None:
+        """Save an array of the analysis (recorded in the manifest, checked on resume)."""
+        self.session.write_npy(rel, arr, stage=self.stage)
 
     def svd_array(self, key: str) -> np.ndarray:
         if key not in self.cache:

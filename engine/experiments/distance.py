@@ -31,8 +31,8 @@ def run(ctx: Context, cfg: DistanceConfig) -> dict:
         a = ctx.session.load_npy("svd/alignment.npy").astype(np.float64)
     else:
         a = alignment_of(ctx.U, ctx.Vh)
-    ctx.session.write_npy("analyses/distance_abs.npy", dist)
-    ctx.session.write_npy("analyses/distance_alignment.npy", a)
+    ctx.write_npy("analyses/distance_abs.npy", dist)
+    ctx.write_npy("analyses/distance_alignment.npy", a)
 
     sl = regions.slices(S, ctx.tol)
     per_region = {}

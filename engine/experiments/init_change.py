@@ -29,7 +29,7 @@ def _np(t):
 def run(ctx: Context, cfg: InitChangeConfig) -> dict:
     S = ctx.S
     c = projections(ctx.Vh, ctx.theta0, ctx.thetaT)
-    ctx.session.write_npy("analyses/init_change.npy", c)
+    ctx.write_npy("analyses/init_change.npy", c)
     total = float(np.linalg.norm(_np(ctx.thetaT).astype(np.float64) -
                                  _np(ctx.theta0).astype(np.float64)))
     per = region_summary(c, S, ctx.tol)

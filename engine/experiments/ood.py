@@ -84,8 +84,8 @@ def run(ctx: Context, cfg: OodConfig) -> dict:
                                                     ).cpu().numpy()
             part.put(str(a), kl[:, a: a + len(sel)].tolist())
         progress(ctx, "ood", min(a + cfg.chunk, len(idx)), len(idx))
-    ctx.session.write_npy("analyses/ood_kl.npy", kl)
-    ctx.session.write_npy("analyses/ood_index.npy", idx.astype(np.int64))
+    ctx.write_npy("analyses/ood_kl.npy", kl)
+    ctx.write_npy("analyses/ood_index.npy", idx.astype(np.int64))
     part.done()
     per_set = {}
     for j, name in enumerate(cfg.sets):

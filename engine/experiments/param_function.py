@@ -23,12 +23,11 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vjp, vmap
 
-from .. import regions
+from .. import interrupt, regions
 from ..data import probe_sets
 from ..sections import ParamFunctionConfig
 from ..subspace import k_grid, mean_cos_block, principal_cosines, random_mean_cos
@@ -53,11 +52,13 @@ def output_jacobian(module, layout, theta: torch.Tensor, x: torch.Tensor, chunk:
     return torch.cat(rows)
 
 
-def null_space(Jf: np.ndarray, rtol: float) -> tuple[np.ndarray, np.ndarray, int]:
+def null_space(Jf: np.ndarray, rtol: float, should_stop=None
+               ) -> tuple[np.ndarray, np.ndarray, int]:
     """(singular values, Bfull, rank) of Jf: Bfull (P, P) holds all right singular vectors as
     rows, reordered so that its first ``P - rank`` rows span the approximate null space
-    (singular values below ``rtol * sigma_max``, and the directions no output depends on)."""
-    _, sv, Vh = scipy.linalg.svd(Jf, full_matrices=True, lapack_driver="gesdd")
+    (singular values below ``rtol * sigma_max``, and the directions no output depends on).
+    The SVD (gesdd) runs where a stop request can cut it short (:mod:`engine.interrupt`)."""
+    _, sv, Vh = interrupt.call(np.linalg.svd, Jf, full_matrices=True, should_stop=should_stop)
     rank = int(np.sum(sv >= rtol * sv[0])) if sv.size else 0
     return sv, np.concatenate([Vh[rank:], Vh[:rank]]), rank
 
@@ -95,9 +96,9 @@ def run(ctx: Context, cfg: ParamFunctionConfig) -> dict:
         x = torch.as_tensor(inputs_for(ctx, name, n, cfg.seed), dtype=torch.float64,
                             device=theta.device)
         Jf = output_jacobian(module, ctx.problem.layout, theta, x, cfg.chunk).cpu().numpy()
-        sv, Bfull, rank = null_space(Jf, cfg.rtol)
+        sv, Bfull, rank = null_space(Jf, cfg.rtol, ctx.should_stop)
         del Jf
-        ctx.session.write_npy(f"analyses/param_function_sv_{name}.npy", sv)
+        ctx.write_npy(f"analyses/param_function_sv_{name}.npy", sv)
         nd = P - rank
         M = Vh[order] @ Bfull.T  # rows: J's directions closest to s = 1 first; cols: null first
         del Bfull
@@ -123,6 +124,6 @@ def run(ctx: Context, cfg: ParamFunctionConfig) -> dict:
                      "sigma_max": float(sv[0]) if sv.size else None,
                      "sigma_min": float(sv[-1]) if sv.size else None,
                      "sweep": rows}
-    ctx.session.write_npy("analyses/param_function_overlap.npy", overlap)
+    ctx.write_npy("analyses/param_function_overlap.npy", overlap)
     part.done()
     return {"ks": ks, "rtol": cfg.rtol, "inputs": list(cfg.inputs), "sets": out}

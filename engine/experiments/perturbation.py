@@ -110,7 +110,7 @@ def run(ctx: Context, cfg: PerturbationConfig) -> dict:
                     "linear_up_to": _linear_up_to(rows)})
         table.append([[r["eps"], r["response"], r["linear"], r["complement"], r["test_loss"],
                        r["test_acc"]] for r in rows])
-    ctx.session.write_npy("analyses/perturbation.npy", np.asarray(table, dtype=np.float64))
+    ctx.write_npy("analyses/perturbation.npy", np.asarray(table, dtype=np.float64))
     part.done()
     return {"eps": [float(e) for e in grid], "precision": cfg.precision,
             "base_test_loss": base["loss"], "base_test_acc": base["acc"], "directions": out}

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from .. import regions
+from ..files import atomic_save_npz
 from ..sections import RestrictedConfig
 from ..subspace import k_grid
 from ..train import Optimizer
@@ -126,7 +127,7 @@ def run(ctx: Context, cfg: RestrictedConfig) -> dict:
         progress(ctx, "restricted", min(a + cfg.batch_runs, len(runs)), len(runs))
     arr = np.array([[[k, results[f"{f}:{k}"]["test_loss"], results[f"{f}:{k}"]["test_acc"],
                       results[f"{f}:{k}"]["train_loss"]] for k in ks] for f in cfg.families])
-    ctx.session.write_npy("analyses/restricted.npy", arr)
+    ctx.write_npy("analyses/restricted.npy", arr)
     part.done()
     (ctx.session.path / Checkpoint.REL).unlink(missing_ok=True)
     full = ctx.problem.evaluate(ctx.thetaT, ctx.problem.x_test, ctx.problem.y_test)
@@ -161,8 +162,7 @@ class Checkpoint:
             return int(f["t"]), t(f["C"]), tuple(t(f[f"s{i}"]) for i in range(n))
 
     def save(self, step: int, C: torch.Tensor, state: tuple) -> None:
-        tmp = self.path.with_name(".restricted.ckpt.tmp.npz")
         arrays = {f"s{i}": s.detach().cpu().numpy() for i, s in enumerate(state)}
-        np.savez(tmp, key=np.array(self.key), t=np.array(step), n_state=np.array(len(state)),
-                 C=C.detach().cpu().numpy(), **arrays)
-        tmp.replace(self.path)
+        atomic_save_npz(self.path, {"key": np.array(self.key), "t": np.array(step),
+                                    "n_state": np.array(len(state)),
+                                    "C": C.detach().cpu().numpy(), **arrays})
