@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 CASES = {
     # name: (preset, overrides)
+    "quick": ("quick", []),
     "paper-sgd": ("paper-digits-sgd", []),
     "paper-adam": ("paper-digits-adam", []),
     "mlp-32": ("paper-digits-sgd", ["model.hidden=[32]"]),
@@ -42,20 +43,22 @@ def one(case: str, kernel: str, columns: int, device: str, chunk: int, threads: 
     """Run inside the subprocess: time J (or its first ``columns`` columns)."""
     import torch
 
-    from engine import config, data, jacobian, models, runner, train
+    from engine import config, data, jacobian, models, train
+    from engine import device as device_mod
 
     if threads:
         torch.set_num_threads(threads)
     preset, overrides = CASES[case]
     cfg = config.load(REPO / "presets" / f"{preset}.toml", overrides + [f"device={device}"])
-    dev = runner.resolve_device(cfg.device)
+    dev = device_mod.resolve(cfg.device)
+    device_mod.configure(dev)  # full float32, deterministic: what a session computes with
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     ds = data.load(cfg.data)
     module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed)
     problem = train.make_problem(module, ds, cfg.train, cfg.seed, dev, dtype, kernel)
     theta0 = train.initial_theta(module, dev, dtype)
     P = theta0.numel()
-    chunk = chunk or jacobian.auto_chunk(problem, dev, dtype)
+    chunk = chunk or jacobian.auto_chunk(problem, theta0, dev, dtype)
     ncols = P if columns <= 0 else min(columns, P)
     t0 = time.perf_counter()
     train.train(problem, theta0)
@@ -86,11 +89,17 @@ def one(case: str, kernel: str, columns: int, device: str, chunk: int, threads: 
 
 
 def spawn(case: str, kernel: str, columns: int, args) -> dict:
+    """One case in a fresh process; a failure is a row with its error (the others still run)."""
     cmd = [sys.executable, __file__, "--one", case, "--kernel", kernel, "--columns", str(columns),
            "--device", args.device, "--chunk", str(args.chunk), "--threads", str(args.threads)]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                           timeout=args.case_timeout or None)
+    except subprocess.TimeoutExpired:
+        return {"case": case, "kernel": kernel, "error": f"timed out after {args.case_timeout} s"}
     if r.returncode:
-        raise RuntimeError(f"{case}/{kernel} failed:\n{r.stderr[-3000:]}")
+        tail = [line for line in r.stderr.strip().splitlines() if line.strip()][-1:] or ["?"]
+        return {"case": case, "kernel": kernel, "error": f"exit {r.returncode}: {tail[0]}"}
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -102,7 +111,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="0 = torch's default")
     ap.add_argument("--baseline-columns", type=int, default=256,
                     help="columns the torch.func baseline computes (0 = skip, -1 = all)")
-    ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--json", help="also write the rows here, each as soon as it is measured "
+                                   "(JSON lines)")
+    ap.add_argument("--case-timeout", type=float, default=0,
+                    help="seconds a case may take (0 = no limit); a case over it is a row "
+                         "with its error")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--kernel", default="mlp", help=argparse.SUPPRESS)
     ap.add_argument("--columns", type=int, default=-1, help=argparse.SUPPRESS)
@@ -123,25 +136,36 @@ def main() -> int:
             f"{'cols/s':>8} {'peak RSS MB':>11} {'vs generic':>10}")
     print(head)
     print("-" * len(head))
+    out = open(args.json, "w") if args.json else None
+    failed = 0
+
+    def emit(r: dict, note: str = "") -> None:
+        nonlocal failed
+        rows.append(r)
+        if out is not None:
+            out.write(json.dumps(r) + "\n")
+            out.flush()
+        if "error" in r:
+            failed += 1
+            print(f"{r['case']:<11} {r['kernel']:<8} FAILED: {r['error']}", flush=True)
+            return
+        mark = "*" if r["extrapolated"] else " "
+        print(f"{r['case']:<11} {r['kernel']:<8} {r['P']:>6} {r['steps']:>5} {r['chunk']:>5} "
+              f"{r['full_jac_s']:>8.1f}{mark} {r['cols_per_s']:>8.1f} "
+              f"{r['peak_rss_mb']:>11.0f} {note:>10}", flush=True)
+
     for case in [c for c in args.cases.split(",") if c]:
         ours = spawn(case, "mlp", -1, args)
-        rows.append(ours)
-        base = None
-        if args.baseline_columns:
-            base = spawn(case, "generic", args.baseline_columns, args)
-            rows.append(base)
-        ratio = f"{base['full_jac_s'] / ours['full_jac_s']:.2f}x" if base else "-"
-        for r, note in ((ours, ratio), (base, "")):
-            if r is None:
-                continue
-            mark = "*" if r["extrapolated"] else " "
-            print(f"{r['case']:<11} {r['kernel']:<8} {r['P']:>6} {r['steps']:>5} {r['chunk']:>5} "
-                  f"{r['full_jac_s']:>8.1f}{mark} {r['cols_per_s']:>8.1f} "
-                  f"{r['peak_rss_mb']:>11.0f} {note:>10}", flush=True)
+        base = spawn(case, "generic", args.baseline_columns, args) \
+            if args.baseline_columns else None
+        ok = base is not None and "error" not in base and "error" not in ours
+        emit(ours, f"{base['full_jac_s'] / ours['full_jac_s']:.2f}x" if ok else "-")
+        if base is not None:
+            emit(base)
     print("* extrapolated from the first columns' rate; 'vs generic' = generic time / mlp time")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    return 0
+    if out is not None:
+        out.close()
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Datasets: UCI digits (as bundled with scikit-learn), user ``.npz`` files, the paper's variants.
 
+scikit-learn is needed only for the digits themselves (it ships them); ``.npz`` data and the
+train/test split (:func:`split`, the same rows as scikit-learn's) need only numpy.
+
 All arrays are numpy: inputs float64 (N, D), labels int64 (N,). The model moves them to its
 device and dtype.
 """
@@ -28,12 +31,17 @@ class Dataset:
         return self.x_train.shape[1]
 
 
-def _split(x: np.ndarray, y: np.ndarray, test_size: int, seed: int):
-    from sklearn.model_selection import train_test_split
-
-    if test_size >= len(x):
-        raise ValueError(f"data.test_size = {test_size} leaves no training rows ({len(x)} in all)")
-    return train_test_split(x, y, test_size=test_size, random_state=seed)
+def split(x: np.ndarray, y: np.ndarray, test_size: int, seed: int):
+    """(x_train, x_test, y_train, y_test): the split of scikit-learn's
+    ``train_test_split(x, y, test_size=test_size, random_state=seed)``, row for row (one
+    permutation from ``np.random.RandomState(seed)``: the first ``test_size`` rows of it are the
+    test set, the rest the training set), without importing scikit-learn."""
+    n = len(x)
+    if test_size >= n:
+        raise ValueError(f"data.test_size = {test_size} leaves no training rows ({n} in all)")
+    perm = np.random.RandomState(seed).permutation(n)
+    test, train = perm[:test_size], perm[test_size:]
+    return x[train], x[test], y[train], y[test]
 
 
 def load_digits_raw() -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +86,7 @@ def load(cfg: DataConfig) -> Dataset:
         path = Path(cfg.path)
         x, y = load_npz(path)
         name = path.stem
-    x_tr, x_te, y_tr, y_te = _split(x, y, cfg.test_size, cfg.split_seed)
+    x_tr, x_te, y_tr, y_te = split(x, y, cfg.test_size, cfg.split_seed)
     if cfg.n_train:
         x_tr, y_tr = x_tr[: cfg.n_train], y_tr[: cfg.n_train]
     rng = np.random.default_rng(cfg.variant_seed)

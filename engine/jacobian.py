@@ -28,32 +28,68 @@ from .train import Problem, identity_columns, train, train_tangents
 # Tangent columns per chunk on the CPU: large enough for the step's matrix products to run near
 # peak, small enough for the (K, P) tangent state to stay in cache (benchmarks/bench_jacobian.py).
 CPU_CHUNK = 256
+# On CUDA: the chunk is sized from a measured probe to use this fraction of the free memory.
+CUDA_FRACTION = 0.6
 
 
 def bytes_per_column(problem: Problem, dtype: torch.dtype) -> int:
-    """Rough memory one tangent column needs during a chunk: the tangent of theta, of the
-    optimizer state, of the gradient and the update's temporaries, plus the kernel's tangent
-    activations for one batch."""
+    """A rough estimate of the memory one tangent column needs during a chunk (the CPU's cap;
+    on CUDA the chunk is sized from a measurement, :func:`probe_column_bytes`): the tangents of
+    theta, of the optimizer state and of the gradient with the update's temporaries, plus the
+    kernel's tangent activations for one batch (taken as 8 numbers per sample and parameter
+    tensor's leading dimension, which counts a conv layer's channels, not its pixels: an
+    underestimate there)."""
     P = problem.layout.size
     n_state = len(problem.optimizer.init(torch.zeros(1)))
     batch = max(len(b) for b in problem.batches)
-    widths = sum(s[0] for s in problem.layout.shapes if len(s) == 1)  # biases: one per layer
+    widths = sum(s[0] for s in problem.layout.shapes)
     item = torch.finfo(dtype).bits // 8
     return item * (P * (4 + 3 * n_state) + batch * widths * 8)
 
 
-def auto_chunk(problem: Problem, device: torch.device, dtype: torch.dtype) -> int:
-    """Columns per chunk: on CUDA half the free memory's worth, on the CPU :data:`CPU_CHUNK`
-    (capped at a quarter of the available memory)."""
+def probe_column_bytes(problem: Problem, theta0: torch.Tensor, K: int = 8, steps: int = 2
+                       ) -> int:
+    """Device memory one tangent column takes, measured: the peak allocated while ``K`` columns
+    train for ``steps`` steps, above what was allocated before, over K (CUDA)."""
+    dev = theta0.device
+    K = max(1, min(K, theta0.numel()))
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    sub = problem.truncated(min(steps, problem.steps))
+    e = identity_columns(theta0.numel(), range(K), dev, theta0.dtype)
+    out = train_tangents(sub, theta0, e)
+    del out, e
+    torch.cuda.synchronize(dev)
+    peak = torch.cuda.max_memory_allocated(dev)
+    return max(1, (peak - base) // K)
+
+
+def auto_chunk(problem: Problem, theta0: torch.Tensor, device: torch.device,
+               dtype: torch.dtype, free_bytes: Callable[[], int] | None = None,
+               column_bytes: Callable[[], int] | None = None) -> int:
+    """Columns per chunk. On CUDA: :data:`CUDA_FRACTION` of the free device memory over the
+    memory a column was measured to take (``free_bytes`` and ``column_bytes`` replace the
+    measurements, e.g. in tests); on the CPU :data:`CPU_CHUNK`, capped at a quarter of the
+    available memory by the estimate of :func:`bytes_per_column`."""
     P = problem.layout.size
-    per = bytes_per_column(problem, dtype)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        k = int(0.5 * free // per)
+        free = free_bytes() if free_bytes else torch.cuda.mem_get_info(device)[0]
+        per = column_bytes() if column_bytes else probe_column_bytes(problem, theta0)
+        k = int(CUDA_FRACTION * free // max(per, 1))
     else:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        k = min(CPU_CHUNK, int(0.25 * avail // per))
+        k = min(CPU_CHUNK, int(0.25 * avail // bytes_per_column(problem, dtype)))
     return max(1, min(P, k))
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A failed allocation on the device or the host (what a smaller chunk may avoid)."""
+    if isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or
+                                            "can't allocate memory" in text)
 
 
 def chunk_ranges(P: int, chunk: int) -> list[range]:
@@ -75,7 +111,7 @@ def exact_jacobian(problem: Problem, theta0: torch.Tensor, chunk: int | None = N
     """The whole J (P, P) in memory: for notebooks and tests. Sessions use
     :func:`compute_into`, which writes chunks to disk."""
     P = theta0.numel()
-    chunk = chunk or auto_chunk(problem, theta0.device, theta0.dtype)
+    chunk = chunk or auto_chunk(problem, theta0, theta0.device, theta0.dtype)
     J = torch.empty(P, P, dtype=theta0.dtype, device=theta0.device)
     for cols in chunk_ranges(P, chunk):
         J[:, cols.start: cols.stop] = jacobian_columns(problem, theta0, cols)[1]

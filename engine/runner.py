@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import platform
 import signal
 import sys
 import threading
@@ -36,8 +35,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import (__version__, data as data_mod, jacobian as jac_mod, models, plan as plan_mod,
-               spectrum, train)
+from . import (__version__, data as data_mod, device as device_mod, jacobian as jac_mod, models,
+               plan as plan_mod, spectrum, train)
 from .config import ConfigError
 from .schema import one_line
 from .experiments.common import Context
@@ -48,27 +47,6 @@ STAGES = ("train", "jacobian", "svd", "spectrum")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 3
 
 Listener = Callable[[dict], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device = \"{name}\" but CUDA is not available on this machine")
-    return dev
-
-
-def environment(device: torch.device) -> dict:
-    import scipy
-
-    env = {"tjac": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": np.__version__, "scipy": scipy.__version__, "host": platform.node(),
-           "platform": platform.platform(), "threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    return env
 
 
 # a chunk's theta_T may differ from thetaT.npz by at most this, relative to max(1, |theta_T|)
@@ -87,7 +65,7 @@ def failure_reason(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     msg = one_line(lines[0]) if lines else ""
     if isinstance(e, (ConfigError, train.TrainingDiverged, ValueError, ArithmeticError,
-                      PrimalMismatch, SessionError)) and msg:
+                      MemoryError, PrimalMismatch, SessionError, device_mod.DeviceError)) and msg:
         return msg
     if isinstance(e, OSError) and e.strerror:
         where = f"{e.filename}: " if e.filename else ""
@@ -132,7 +110,8 @@ class Runner:
         self.cfg = cfg = self.session.config()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(self.device_override or cfg.device)
+        self.device = device_mod.resolve(self.device_override or cfg.device)
+        self.numerics = device_mod.configure(self.device, cfg.tf32)
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
         self.data = data_mod.load(cfg.data)
         self.module = models.build(cfg.model, self.data.n_features, self.data.n_classes,
@@ -148,10 +127,12 @@ class Runner:
         if not bool(torch.isfinite(self.theta0).all()):
             raise ValueError("the initial parameters are not finite (model.init or model.build)")
         m = self.session.manifest()
+        self.session.update_manifest(numerics=self.numerics,
+                                     device_info=device_mod.describe(self.device))
         if "P" not in m:
             self.session.update_manifest(
                 P=self.layout.size, layout=self.layout.to_json(), device=str(self.device),
-                dtype=cfg.dtype, environment=environment(self.device),
+                dtype=cfg.dtype, environment=device_mod.environment(self.device, __version__),
                 data={"name": self.data.name, "n_train": len(self.data.x_train),
                       "n_test": len(self.data.x_test), "n_features": self.data.n_features,
                       "n_classes": self.data.n_classes},
@@ -200,19 +181,48 @@ class Runner:
         return (PRIMAL_DEV_FLOAT64 if self.dtype == torch.float64 else PRIMAL_DEV_FLOAT32) * scale
 
     def stage_jacobian(self) -> None:
+        """J chunk by chunk into the store. The chunk size is the stored one (a resume), the
+        preset's, or chosen on this device (:func:`engine.jacobian.auto_chunk`); while no chunk
+        is finished, running out of memory halves it (recorded as ``chunk_fallbacks``)."""
         s, P = self.session, self.layout.size
         info = s.manifest().get("stages", {}).get("jacobian", {})
         chunk = info.get("chunk") or self.cfg.jacobian.chunk or jac_mod.auto_chunk(
-            self.problem, self.device, self.dtype)
-        s.set_stage("jacobian", chunk=chunk)
-        store = jac_mod.JacobianStore(s.path, P, chunk, np.dtype(self.cfg.dtype))
+            self.problem, self.theta0, self.device, self.dtype)
+        fallbacks = list(info.get("chunk_fallbacks", []))
+        while True:
+            s.set_stage("jacobian", chunk=chunk)
+            store = jac_mod.JacobianStore(s.path, P, chunk, np.dtype(self.cfg.dtype))
+            try:
+                self.compute_jacobian(store, info)
+                break
+            except Exception as e:  # noqa: BLE001 - only running out of memory is handled
+                if not jac_mod.is_out_of_memory(e):
+                    raise
+                if store.done or chunk == 1:
+                    raise MemoryError(
+                        f"out of memory computing J in chunks of {chunk} columns "
+                        f"({len(store.done)} chunk(s) already done with that size): free "
+                        "memory on the device, or start a new session with a smaller "
+                        "jacobian.chunk") from None
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                new = max(1, chunk // 2)
+                fallbacks.append({"from": chunk, "to": new})
+                s.set_stage("jacobian", chunk_fallbacks=fallbacks)
+                self.emit("warning", message=f"jacobian: out of memory with chunks of {chunk} "
+                                             f"columns; trying {new}")
+                chunk = new
+        s.record_file("jacobian.npy", "jacobian", blocks=store.record())
+
+    def compute_jacobian(self, store: jac_mod.JacobianStore, info: dict) -> None:
+        s, P = self.session, self.layout.size
         if store.damaged:
             self.emit("warning", message=f"jacobian.npy: {len(store.damaged)} chunk(s) did not "
                                          f"match their digests (first: {store.damaged[0]}); "
                                          "computing them again")
         thetaT = self.thetaT()
         bound = self.primal_bound(thetaT)
-        self.emit("jacobian_start", total=P, chunk=chunk, chunks=len(store.ranges),
+        self.emit("jacobian_start", total=P, chunk=store.chunk, chunks=len(store.ranges),
                   done=store.columns_done)
         t0, done0 = time.perf_counter(), store.columns_done
         worst = [float(info.get("primal_dev", 0.0))]
@@ -240,7 +250,6 @@ class Runner:
         finally:
             s.set_stage("jacobian", primal_dev=worst[0], primal_bound=bound,
                         columns_done=store.columns_done)
-        s.record_file("jacobian.npy", "jacobian", blocks=store.record())
 
     def stage_svd(self) -> None:
         s = self.session

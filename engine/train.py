@@ -17,6 +17,8 @@ order; tangents are (K, P); optimizer state is a tuple of (P,) tensors (tangents
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol, Sequence
@@ -224,6 +226,19 @@ class Problem:
         if len(self._gathered) * xy[0].numel() * xy[0].element_size() < 256 * 2**20:
             self._gathered[key] = xy
         return xy
+
+    def astype(self, dtype: torch.dtype) -> "Problem":
+        """The same training problem in another dtype: a copy with its own module and its own
+        batch cache (a cache shared with the original would hand it batches of the old dtype)."""
+        if self.x_train.dtype == dtype:
+            return self
+        return dataclasses.replace(self, module=copy.deepcopy(self.module).to(dtype),
+                                   x_train=self.x_train.to(dtype), x_test=self.x_test.to(dtype),
+                                   _gathered={})
+
+    def truncated(self, steps: int) -> "Problem":
+        """The first ``steps`` steps of this training (the same schedule, step by step)."""
+        return dataclasses.replace(self, batches=self.batches[:steps], lrs=self.lrs[:steps])
 
     @torch.no_grad()
     def evaluate(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .device import worker_environment
 from .session import Session
 
 # The worker runs engine.runner as __main__ without the current directory on sys.path (what
@@ -32,7 +33,7 @@ def start_worker(path: str | Path, device: str | None = None) -> subprocess.Pope
         cmd += ["--device", device]
     cmd += ["--", str(path)]
     log = open(path / "worker.log", "ab")
-    env = dict(os.environ)
+    env = {**os.environ, **worker_environment()}  # set before torch starts in the worker
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get(
         "PYTHONPATH") else root

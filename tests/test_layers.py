@@ -22,7 +22,7 @@ LAYERS: list[list[str]] = [
      "engine.interrupt", "engine.asciiplot", "engine.kernels", "engine.kernels.*",
      "engine.present.markdown"],
     # the registry of optional sections (analyses, study): the plug-in contract, torch-free
-    ["engine.sections"],
+    ["engine.sections", "engine.device"],
     ["engine.config"],
     ["engine.data", "engine.models"],
     ["engine.train", "engine.plan"],

@@ -61,6 +61,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.name is not None:
         overrides.append(f"name={json.dumps(args.name)}")  # checked like the preset's name
     cfg = config_mod.load(preset, overrides)
+    if args.skip_analyses:
+        for a in cfg.analysis.values():
+            a.enabled = False
     check_sessions_dir(args.sessions)
     check_fits(cfg, args.sessions)
     session = Session.create(args.sessions, cfg.name, cfg, str(preset))
@@ -296,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides the preset)")
     r.add_argument("--detach", action="store_true",
                    help="start the run as a background worker and print the session path")
+    r.add_argument("--skip-analyses", action="store_true",
+                   help="run train, J, SVD and spectrum only (the preset's analyses are kept in "
+                        "its config, switched off)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
     r.set_defaults(func=cmd_run)
 

@@ -8,7 +8,6 @@ workers and hands the results to the widgets on the event loop.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections import deque
@@ -207,51 +206,80 @@ def read_snapshot(path: Path, offset: int) -> Snapshot:
     except SessionError:  # damaged or being replaced: show what the events say
         manifest = {}
     locked = s.is_locked()
-    gpu = None
-    dev = str(manifest.get("device") or "")
-    if dev.startswith("cuda") and locked:
-        gpu = gpu_memory(manifest.get("pid"), dev)
+    gpu = gpu_stats(manifest) if locked else None
     return Snapshot(path, offset, records, new_offset, manifest, locked,
                     (path / "spectrum.json").is_file(), gpu)
 
 
 # --------------------------------------------------------------------------------------------
-# GPU memory of the worker (optional, NVML)
+# the worker's GPU (optional, NVML)
 
 _nvml: Any = None
 
 
-def gpu_memory(pid: int | None, device: str) -> dict | None:
-    """GPU memory of the worker process via NVML (``nvidia-ml-py``): {"used", "total",
-    "scope"} in bytes, scope "worker" when the pid is found on the device, else "device"
-    (all processes; pids differ inside containers). None when NVML is not importable."""
+def _load_nvml():
+    """pynvml (package nvidia-ml-py), initialised once; None where there is no NVML."""
     global _nvml
-    if _nvml is False:
-        return None
-    try:
-        if _nvml is None:
+    if _nvml is None:
+        try:
             import pynvml
 
             pynvml.nvmlInit()
             _nvml = pynvml
-        nv = _nvml
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if visible:
-            ids = [v.strip() for v in visible.split(",") if v.strip()]
-            if index < len(ids) and ids[index].isdigit():
-                index = int(ids[index])
-        h = nv.nvmlDeviceGetHandleByIndex(index)
-        mem = nv.nvmlDeviceGetMemoryInfo(h)
-        if pid:
-            for p in nv.nvmlDeviceGetComputeRunningProcesses(h):
-                if p.pid == pid and p.usedGpuMemory is not None:
-                    return {"used": int(p.usedGpuMemory), "total": int(mem.total),
-                            "scope": "worker"}
-        return {"used": int(mem.used), "total": int(mem.total), "scope": "device"}
-    except Exception:  # noqa: BLE001 - no NVML, no driver, no such device: show nothing
-        _nvml = False if _nvml is None else _nvml
+        except Exception:  # noqa: BLE001 - no package, no driver: no GPU stats
+            _nvml = False
+    return _nvml or None
+
+
+def _nvml_handle(nv, info: dict, device: str):
+    """The NVML handle of the session's GPU: by the UUID the worker recorded (CUDA numbers
+    devices by speed unless CUDA_DEVICE_ORDER=PCI_BUS_ID, NVML by PCI bus, and
+    CUDA_VISIBLE_DEVICES renumbers them), else by its PCI bus id, else by the index."""
+    if info.get("uuid"):
+        try:
+            return nv.nvmlDeviceGetHandleByUUID(info["uuid"]), "uuid"
+        except Exception:  # noqa: BLE001 - a MIG uuid, an old driver: try the bus id
+            pass
+    if info.get("pci_bus_id"):
+        try:
+            return nv.nvmlDeviceGetHandleByPciBusId(info["pci_bus_id"]), "pci"
+        except Exception:  # noqa: BLE001
+            pass
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    return nv.nvmlDeviceGetHandleByIndex(index), "index"
+
+
+def gpu_stats(manifest: dict) -> dict | None:
+    """The worker's GPU as NVML sees it: {"used", "total", "scope" ("worker": the worker
+    process's own memory; "device": every process's), "util" (%), "temp" (C), "found_by"},
+    or None without NVML (the Live pane then shows the worker's own figures from its events)."""
+    device = str(manifest.get("device") or "")
+    nv = _load_nvml()
+    if nv is None or not device.startswith("cuda"):
         return None
+    try:
+        h, found_by = _nvml_handle(nv, manifest.get("device_info") or {}, device)
+        mem = nv.nvmlDeviceGetMemoryInfo(h)
+    except Exception:  # noqa: BLE001 - no such device here
+        return None
+    out = {"used": int(mem.used), "total": int(mem.total), "scope": "device",
+           "found_by": found_by, "util": None, "temp": None}
+    pid = manifest.get("pid")
+    try:  # the worker's own memory; pids differ inside containers: keep the device's then
+        for p in nv.nvmlDeviceGetComputeRunningProcesses(h):
+            if pid and p.pid == pid and p.usedGpuMemory is not None:
+                out.update(used=int(p.usedGpuMemory), scope="worker")
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        out["util"] = int(nv.nvmlDeviceGetUtilizationRates(h).gpu)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        out["temp"] = int(nv.nvmlDeviceGetTemperature(h, 0))  # 0: NVML_TEMPERATURE_GPU
+    except Exception:  # noqa: BLE001
+        pass
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,8 +20,6 @@ complement, test_loss, test_acc]).
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 
@@ -50,17 +48,6 @@ def eps_grid(cfg: PerturbationConfig) -> np.ndarray:
     return np.geomspace(cfg.eps_min, cfg.eps_max, cfg.n_eps)
 
 
-def problem_in(problem, dtype: torch.dtype):
-    """The same training problem in another dtype (a copy: the original is untouched)."""
-    if problem.x_train.dtype == dtype:
-        return problem
-    p = copy.copy(problem)
-    p.module = copy.deepcopy(problem.module).to(dtype)
-    p.x_train = problem.x_train.to(dtype)
-    p.x_test = problem.x_test.to(dtype)
-    return p
-
-
 def response(problem, theta0: torch.Tensor, thetaT: torch.Tensor, u: np.ndarray,
              v: np.ndarray, s: float, eps: float, should_stop=None) -> dict:
     """Retrain from theta0 + eps v and measure the response along u (see the module doc)."""
@@ -84,7 +71,7 @@ def run(ctx: Context, cfg: PerturbationConfig) -> dict:
     dirs = [resolve_direction(d, S, ctx.tol) for d in cfg.directions]
     problem, theta0, thetaT = ctx.problem, ctx.theta0, ctx.thetaT
     if cfg.precision == "float64" and theta0.dtype != torch.float64:
-        problem = problem_in(problem, torch.float64)
+        problem = problem.astype(torch.float64)
         theta0 = theta0.to(torch.float64)
         thetaT = retrain(problem, theta0, ctx.should_stop)  # the float64 reference theta_T
     base = evaluate(problem, thetaT, "test")

@@ -127,6 +127,10 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
                   f"{data.get('n_classes')} classes; {m.get('steps', '?')} optimizer steps.", ""]
     if m.get("error"):
         parts += [f"**Error:** {m['error']}", ""]
+    if (m.get("numerics") or {}).get("tf32_matmul"):
+        parts += ["**TF32 matrix products were allowed** (`tf32 = true`): every float32 product "
+                  "had a 10-bit mantissa, so J's entries carry relative errors of ~1e-3, the "
+                  "size of the bulk tolerance.", ""]
     if m.get("status") != "done":
         parts += ["_The session is not finished: this report shows what it holds so far._", ""]
 
@@ -173,7 +177,11 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
 
     if (s.path / "config.toml").is_file():
         parts += ["## Config", "", code_block((s.path / "config.toml").read_text(), "toml"), ""]
-    env = m.get("environment")
+    env = dict(m.get("environment") or {})
+    num = m.get("numerics") or {}
+    env.update({f"numerics.{k}": v for k, v in num.items() if k != "env"})
+    env.update({f"env.{k}": v for k, v in (num.get("env") or {}).items()})
+    env.update({f"device.{k}": v for k, v in (m.get("device_info") or {}).items()})
     if env:
         parts += ["## Environment", "", md_table(["key", "value"], sorted(env.items())), ""]
     return "\n".join(parts).rstrip() + "\n"

@@ -145,9 +145,13 @@ class LivePane(VerticalScroll):
             t.append(f"  {live.run['threads']} threads")
         if str(dev).startswith("cuda"):
             if snap.gpu:
-                scope = "worker" if snap.gpu["scope"] == "worker" else "device (all processes)"
-                t.append(f"  GPU mem {fmt_bytes(snap.gpu['used'])} / "
-                         f"{fmt_bytes(snap.gpu['total'])} ({scope})")
+                g = snap.gpu
+                scope = "worker" if g["scope"] == "worker" else "device (all processes)"
+                t.append(f"  GPU mem {fmt_bytes(g['used'])} / {fmt_bytes(g['total'])} ({scope})")
+                if g.get("util") is not None:
+                    t.append(f"  util {g['util']}%")
+                if g.get("temp") is not None:
+                    t.append(f"  {g['temp']} C")
             elif live.jac.get("gpu_mem") is not None:
                 t.append(f"  GPU mem {fmt_bytes(live.jac['gpu_mem'])} allocated, peak "
                          f"{fmt_bytes(live.jac.get('gpu_mem_peak', 0))}")

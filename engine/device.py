@@ -1,0 +1,125 @@
+"""The device a run computes on, and the numerics settings it computes with.
+
+* :func:`resolve` turns ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` into a ``torch.device`` with an
+  explicit index (``cuda`` is ``cuda:<current>``, so a session started on ``cuda`` and resumed on
+  ``cuda:0`` is not a change), checked against the devices there are.
+* :func:`configure` fixes, before the first CUDA operation, what decides the numbers on a GPU:
+  full float32 matrix products (TF32 off, whatever the environment says: NVIDIA's containers
+  set ``TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1``, which gives every product a 10-bit mantissa and J
+  errors of ~1e-3, the size of the bulk tolerance, unless a preset asks for ``tf32 = true``),
+  and deterministic algorithms (``CUBLAS_WORKSPACE_CONFIG``, cuDNN's deterministic kernels), so
+  a resumed run is bitwise equal to an uninterrupted one. It returns the settings in effect,
+  for the manifest.
+* :func:`describe` names the device (model, UUID, PCI bus, memory) for the manifest and the TUI,
+  which finds the same GPU in NVML by its UUID (CUDA's numbering is not NVML's).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+ENV_FULL_FP32 = {"TORCH_ALLOW_TF32_CUBLAS_OVERRIDE": "0", "NVIDIA_TF32_OVERRIDE": "0"}
+ENV_DETERMINISTIC = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+
+
+class DeviceError(ValueError):
+    """The device named cannot be used here; ``str()`` is the one-line reason."""
+
+
+def resolve(name: str):
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` as a ``torch.device``
+    with an index; :class:`DeviceError` when there is no such device."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise DeviceError(f'device = "{name}": CUDA is not available on this machine')
+    n = torch.cuda.device_count()
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if index >= n:
+        raise DeviceError(f'device = "{name}": this machine has {n} CUDA device(s) '
+                          f"(cuda:0 .. cuda:{n - 1})")
+    return torch.device("cuda", index)
+
+
+def worker_environment(tf32: bool = False) -> dict[str, str]:
+    """Environment variables a worker process starts with (before torch touches CUDA). This
+    module imports torch only inside its functions, so the TUI can start workers without it."""
+    env = dict(ENV_DETERMINISTIC)
+    if not tf32:
+        env.update(ENV_FULL_FP32)
+    return env
+
+
+def configure(device, tf32: bool = False) -> dict:
+    """Set the numerics of this process for ``device``; returns the settings in effect. Call it
+    before the first CUDA operation (the cuBLAS workspace setting is read when the first handle
+    is made)."""
+    import torch
+
+    for k, v in worker_environment(tf32).items():
+        os.environ[k] = v
+    if tf32:  # the preset asks for TF32: lift the library-level veto a worker starts with
+        for k in ENV_FULL_FP32:
+            os.environ.pop(k, None)
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return settings()
+
+
+def settings() -> dict:
+    """The numerics settings in effect in this process."""
+    import torch
+
+    return {
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
+        "env": {k: os.environ.get(k) for k in (*ENV_FULL_FP32, *ENV_DETERMINISTIC)},
+    }
+
+
+def describe(device) -> dict:
+    """The device as the manifest records it: type, index and, on CUDA, the model, its UUID (as
+    NVML spells it, ``GPU-...``), PCI bus id and total memory."""
+    import torch
+
+    out: dict = {"type": device.type, "index": device.index}
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        out.update(name=p.name, total_memory=int(p.total_memory),
+                   capability=f"{p.major}.{p.minor}")
+        uuid = getattr(p, "uuid", None)
+        if uuid is not None:
+            text = str(uuid)
+            out["uuid"] = text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
+        if hasattr(p, "pci_bus_id"):
+            out["pci_bus_id"] = (f"{getattr(p, 'pci_domain_id', 0):08x}:{p.pci_bus_id:02x}:"
+                                 f"{getattr(p, 'pci_device_id', 0):02x}.0")
+    return out
+
+
+def environment(device, version: str) -> dict:
+    """Versions and host of a run (the manifest's ``environment``)."""
+    import numpy as np
+    import scipy
+    import torch
+
+    env = {"tjac": version, "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": np.__version__, "scipy": scipy.__version__, "host": platform.node(),
+           "platform": platform.platform(), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env

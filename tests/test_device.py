@@ -1,0 +1,237 @@
+"""What meets a GPU box, checked on the CPU: the worker's numerics settings (TF32 off whatever the
+environment says, deterministic algorithms), device names, chunk sizing from a measured probe,
+running out of memory, and an analysis in float64 on a float32 run."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from engine import config, device, jacobian, runner, worker
+from engine.session import Session
+
+SMALL = {"name": "small", "device": "cpu", "threads": 1, "data": {"n_train": 128},
+         "model": {"hidden": [8]}, "train": {"lr": 0.1, "momentum": 0.9, "batch_size": 32,
+                                             "epochs": 2}}
+
+
+def small(**sections) -> config.RunConfig:
+    table = json.loads(json.dumps(SMALL))
+    for k, v in sections.items():
+        table.setdefault(k, {}).update(v) if isinstance(v, dict) else table.update({k: v})
+    return config.from_dict(table)
+
+
+# ---- numerics --------------------------------------------------------------------------------
+
+
+def wait_done(s: Session, timeout: float = 120) -> dict:
+    t0 = time.time()
+    while s.manifest()["status"] in ("created", "running"):
+        assert time.time() - t0 < timeout
+        time.sleep(0.05)
+    return s.manifest()
+
+
+def test_the_worker_forces_full_float32_and_determinism(tmp_path, monkeypatch):
+    """A worker started from an environment like NVIDIA's containers (TF32 override on)
+    computes in full float32 with deterministic algorithms, and the manifest says so."""
+    monkeypatch.setenv("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1")
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "1")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    s = Session.create(tmp_path, "numerics", small(jacobian={"enabled": False}))
+    worker.start_worker(s.path)
+    m = wait_done(s)
+    assert m["status"] == "done", m.get("error")
+    n = m["numerics"]
+    assert n["float32_matmul_precision"] == "highest"
+    assert n["tf32_matmul"] is False and n["tf32_cudnn"] is False
+    assert n["deterministic_algorithms"] is True and n["cudnn_deterministic"] is True
+    assert n["env"] == {"TORCH_ALLOW_TF32_CUBLAS_OVERRIDE": "0", "NVIDIA_TF32_OVERRIDE": "0",
+                        "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+
+
+def test_a_preset_can_ask_for_tf32_and_the_report_says_so(tmp_path):
+    s = Session.create(tmp_path, "tf32", small(tf32=True, jacobian={"enabled": False}))
+    try:
+        assert runner.run_session(s.path) == 0
+        n = s.manifest()["numerics"]
+        assert n["tf32_matmul"] is True and n["float32_matmul_precision"] == "high"
+        assert n["env"]["TORCH_ALLOW_TF32_CUBLAS_OVERRIDE"] is None
+        from engine.present.report import render_report
+
+        assert "TF32 matrix products were allowed" in render_report(s)
+    finally:
+        device.configure(torch.device("cpu"))  # back to full float32 for the other tests
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
+# ---- device names --------------------------------------------------------------------------------
+
+
+def test_cuda_names_are_checked_and_normalised(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert device.resolve("cuda") == torch.device("cuda", 0)
+    assert device.resolve("cuda:1") == torch.device("cuda", 1)
+    assert device.resolve("auto") == torch.device("cuda", 0)
+    with pytest.raises(device.DeviceError, match=r'device = "cuda:3": this machine has 2 CUDA '
+                                                 r"device\(s\) \(cuda:0 .. cuda:1\)"):
+        device.resolve("cuda:3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(device.DeviceError, match="CUDA is not available"):
+        device.resolve("cuda")
+    assert device.resolve("auto") == torch.device("cpu")
+
+
+def test_a_missing_gpu_is_one_line_in_the_session(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    s = Session.create(tmp_path, "nogpu", small(device="cuda:1"))
+    assert runner.run_session(s.path) == runner.EXIT_FAILED
+    assert s.manifest()["error"] == 'device = "cuda:1": CUDA is not available on this machine'
+
+
+# ---- chunk size: measured, and halved on running out of memory -----------------------------------
+
+
+def test_cuda_chunk_is_sized_from_the_measured_column_memory(tiny_npz):
+    from conftest import make, tiny_config
+
+    problem, theta0 = make(tiny_config(tiny_npz))
+    cuda = torch.device("cuda", 0)
+    k = jacobian.auto_chunk(problem, theta0, cuda, torch.float32, free_bytes=lambda: 10_000,
+                            column_bytes=lambda: 300)
+    assert k == int(jacobian.CUDA_FRACTION * 10_000 // 300) == 20
+    assert jacobian.auto_chunk(problem, theta0, cuda, torch.float32,
+                               free_bytes=lambda: 10**12, column_bytes=lambda: 1) == 39  # <= P
+
+
+def test_running_out_of_memory_halves_the_chunk_until_it_fits(tmp_path, monkeypatch):
+    """A fake device that fails to allocate more than 100 tangent columns at once: the stage
+    retries with 128, then 64 columns, records it, and J is that of a run with chunks of 64."""
+    real = jacobian.train_tangents
+
+    def small_device(problem, theta0, tangents0, *a, **k):
+        if tangents0.shape[0] > 100:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(problem, theta0, tangents0, *a, **k)
+
+    monkeypatch.setattr(jacobian, "train_tangents", small_device)
+    s = Session.create(tmp_path, "oom", small(jacobian={"chunk": 256}))
+    assert runner.run_session(s.path) == runner.EXIT_OK, s.manifest().get("error")
+    info = s.manifest()["stages"]["jacobian"]
+    assert info["chunk"] == 64
+    assert info["chunk_fallbacks"] == [{"from": 256, "to": 128}, {"from": 128, "to": 64}]
+    warnings = [e["message"] for e in s.events()[0] if e["event"] == "warning"]
+    assert "jacobian: out of memory with chunks of 256 columns; trying 128" in warnings
+    monkeypatch.setattr(jacobian, "train_tangents", real)
+    ref = Session.create(tmp_path, "ref", small(jacobian={"chunk": 64}))
+    assert runner.run_session(ref.path) == runner.EXIT_OK
+    assert np.array_equal(s.load_npy("jacobian.npy"), ref.load_npy("jacobian.npy"))
+    assert runner.run_session(s.path) == runner.EXIT_OK  # resume keeps the chunk that fitted
+
+
+def test_out_of_memory_after_a_finished_chunk_is_one_line(tmp_path, monkeypatch):
+    real = jacobian.train_tangents
+    calls = []
+
+    def flaky(problem, theta0, tangents0, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return real(problem, theta0, tangents0, *a, **k)
+
+    monkeypatch.setattr(jacobian, "train_tangents", flaky)
+    s = Session.create(tmp_path, "oom-late", small(jacobian={"chunk": 64}))
+    assert runner.run_session(s.path) == runner.EXIT_FAILED
+    assert s.manifest()["error"].startswith("out of memory computing J in chunks of 64 columns "
+                                            "(2 chunk(s) already done with that size)")
+
+
+# ---- an analysis in float64 on a float32 run -------------------------------------------------
+
+
+def test_perturbation_in_float64_on_a_float32_run(tmp_path):
+    cfg = small(analysis={"perturbation": {"directions": ["bulk", 0], "eps_min": 1e-3,
+                                           "eps_max": 1.0, "n_eps": 3,
+                                           "precision": "float64"}})
+    s = Session.create(tmp_path, "pert64", cfg)
+    assert runner.run_session(s.path) == runner.EXIT_OK, s.manifest().get("error")
+    r = s.read_json("analyses/perturbation.json")
+    assert r["precision"] == "float64" and len(r["directions"]) == 2
+    top = r["directions"][1]
+    assert top["index"] == 0
+    # small stimuli respond linearly: s eps within 1% (float64 makes 1e-3 resolvable)
+    assert abs(top["rows"][0]["response"] - top["rows"][0]["linear"]) <= \
+        0.01 * abs(top["rows"][0]["linear"])
+
+
+def test_the_split_is_scikit_learns_without_scikit_learn():
+    sklearn = pytest.importorskip("sklearn.model_selection")
+    from engine.data import load_digits_raw, split
+
+    x, y = load_digits_raw()
+    for seed in (0, 3):
+        ours = split(x, y, 197, seed)
+        theirs = sklearn.train_test_split(x, y, test_size=197, random_state=seed)
+        assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+
+
+# ---- the TUI finds the worker's GPU in NVML by its UUID --------------------------------------
+
+
+class FakeNVML:
+    """Two GPUs whose NVML order is the reverse of CUDA's."""
+
+    def __init__(self, process_query_fails=False):
+        self.fail = process_query_fails
+        self.gpus = {"GPU-bbbb": {"used": 7, "total": 80, "util": 55, "temp": 61, "procs": []},
+                     "GPU-aaaa": {"used": 3, "total": 40, "util": 12, "temp": 40,
+                                  "procs": [(4242, 2)]}}
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        if uuid not in self.gpus:
+            raise RuntimeError("not found")
+        return uuid
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus):
+        raise RuntimeError("not found")
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return list(self.gpus)[i]
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return type("M", (), {"used": self.gpus[h]["used"], "total": self.gpus[h]["total"]})
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        if self.fail:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        return [type("P", (), {"pid": p, "usedGpuMemory": m}) for p, m in self.gpus[h]["procs"]]
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        return type("U", (), {"gpu": self.gpus[h]["util"]})
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        return self.gpus[h]["temp"]
+
+
+def test_gpu_stats_follow_the_recorded_uuid(monkeypatch):
+    from tjac_tui import state
+
+    manifest = {"device": "cuda:0", "pid": 4242, "device_info": {"uuid": "GPU-aaaa"}}
+    monkeypatch.setattr(state, "_nvml", FakeNVML())
+    g = state.gpu_stats(manifest)  # cuda:0 is NVML's second GPU: found by UUID, not index
+    assert g == {"used": 2, "total": 40, "scope": "worker", "found_by": "uuid", "util": 12,
+                 "temp": 40}
+    monkeypatch.setattr(state, "_nvml", FakeNVML(process_query_fails=True))
+    g = state.gpu_stats(manifest)  # the process query fails: the device's figures remain
+    assert (g["used"], g["scope"], g["util"]) == (3, "device", 12)
+    g = state.gpu_stats({"device": "cuda:0"})  # an old session without a UUID: the index
+    assert g["found_by"] == "index" and g["total"] == 80
+    assert state.gpu_stats({"device": "cpu"}) is None
