@@ -220,7 +220,6 @@ def main(argv=None) -> None:
         print(f"{K:5d} {t_jvp * 1e3:11.3f} {K / t_jvp:9.0f} {t_tan * 1e3:10.3f} {base_s} "
               f"{t_upd * 1e3:9.3f} {t_loop * 1e3:8.3f} {full:8.1f} {shared:14.1f}",
               flush=True)
-        del tangents, outs, dth, dm, loop_step
         kern.clear_workspace()
 
 

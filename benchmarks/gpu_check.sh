@@ -8,6 +8,10 @@
 #                                               ./gpu-check)
 #   bash benchmarks/gpu_check.sh --dry-run      the same steps on this CPU at tiny sizes, to
 #                                               check the script itself before device time
+#   bash benchmarks/gpu_check.sh --lenet [OUT]  only the LeNet-5 appendix run: lenet5-digits28
+#                                               (900 steps of batch 200, P = 61,706) to a
+#                                               finished spectrum, under GPU_CHECK_BUDGET
+#                                               (default 600 s here)
 #
 # Installs nothing from the network. A bare image needs torch, numpy, scipy and rich (there)
 # plus these wheels in .whl/ (installed from there into /tmp/site first):
@@ -19,11 +23,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-DRY=0
+DRY=0; LENET=0
 if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
+if [[ "${1:-}" == "--lenet" ]]; then LENET=1; shift; fi
 out=${1:-${OUT:-gpu-check}}
 mkdir -p "$out"
-budget=${GPU_CHECK_BUDGET:-450}
+budget=${GPU_CHECK_BUDGET:-$(( LENET ? 600 : 450 ))}
 start_all=$(date +%s)
 : > "$out/summary.txt"
 fails=0
@@ -66,6 +71,33 @@ else
 fi
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" | tee -a "$out/gpu.txt"
 
+report_session() {  # report_session LOG: copy the session's manifest and print its timings
+  local spath
+  spath=$(tail -n 1 "$1")
+  [[ -f "$spath/manifest.json" ]] || return
+  cp "$spath/manifest.json" "$out/$(basename "$1" .txt).manifest.json"
+  cp "$spath/spectrum.json" "$out/$(basename "$1" .txt).spectrum.json" 2>/dev/null
+  python3 - "$spath" <<'PY' | tee -a "$1"
+import json, sys
+m = json.load(open(sys.argv[1] + "/manifest.json"))
+st = m.get("stages", {})
+print("stages:", ", ".join(f"{k} {v.get('seconds', 0):.2f} s" for k, v in st.items()),
+      f"| total {sum(v.get('seconds', 0) for v in st.values()):.2f} s",
+      f"| chunk {st.get('jacobian', {}).get('chunk')}",
+      f"| primal_dev {st.get('jacobian', {}).get('primal_dev')}",
+      f"| tf32 {m.get('numerics', {}).get('tf32_matmul')}")
+PY
+}
+
+if (( LENET )); then
+  step "lenet5-digits28 on $dev: J and spectrum" "$budget" "$out/lenet.txt" \
+    python3 -m tjac_tui.cli run lenet5-digits28 --device "$dev" -q \
+    --sessions "$(mktemp -d /tmp/gpu-sessions.XXXXXX)"
+  report_session "$out/lenet.txt"
+  echo "total $(( $(date +%s) - start_all )) s, $fails step(s) failed" | tee -a "$out/summary.txt"
+  exit $(( fails > 0 ))
+fi
+
 step "gpu tests" 150 "$out/gpu_tests.txt" \
   python3 -m pytest -q -p no:cacheprovider -s "${tests[@]}"
 
@@ -77,19 +109,9 @@ sessions=$(mktemp -d /tmp/gpu-sessions.XXXXXX)
 step "session: $preset on $dev" 150 "$out/session.txt" \
   python3 -m tjac_tui.cli run "$preset" --device "$dev" --skip-analyses -q \
   --sessions "$sessions" "${session_extra[@]}"
-spath=$(tail -n 1 "$out/session.txt")
-if [[ -f "$spath/manifest.json" ]]; then
-  cp "$spath/manifest.json" "$spath/spectrum.json" "$out/" 2>/dev/null
-  python3 - "$spath" <<'PY' | tee -a "$out/session.txt"
-import json, sys
-m = json.load(open(sys.argv[1] + "/manifest.json"))
-st = m.get("stages", {})
-print("stages:", ", ".join(f"{k} {v.get('seconds', 0):.2f} s" for k, v in st.items()),
-      f"| total {sum(v.get('seconds', 0) for v in st.values()):.2f} s",
-      f"| chunk {st.get('jacobian', {}).get('chunk')}",
-      f"| primal_dev {st.get('jacobian', {}).get('primal_dev')}",
-      f"| tf32 {m.get('numerics', {}).get('tf32_matmul')}")
-PY
-fi
+report_session "$out/session.txt"
+
+step "lenet5-digits28 plan and probe on $dev" 60 "$out/lenet_plan.txt" \
+  python3 -m tjac_tui.cli run lenet5-digits28 --device "$dev" --plan --sessions "$sessions"
 echo "total $(( $(date +%s) - start_all )) s, $fails step(s) failed" | tee -a "$out/summary.txt"
 exit $(( fails > 0 ))

@@ -111,26 +111,46 @@ def _widths() -> Check:
 # the sections
 
 
+DATASETS = ("digits", "digits28", "mnist", "fashion_mnist", "npz")
+IDX_DATASETS = ("mnist", "fashion_mnist")
+
+
 @dataclass
 class DataConfig:
-    dataset: str = option("digits", choice("digits", "npz"),
-                          "digits: UCI digits bundled with scikit-learn; npz: a local file "
-                          "with x, y")
-    path: str = option("", string(), 'the .npz file for dataset = "npz" (arrays x (N, D) and '
-                                     "y (N,)), relative to the preset's folder")
+    dataset: str = option("digits", choice(*DATASETS),
+                          "digits: UCI digits bundled with scikit-learn (8x8); digits28: the "
+                          "same resized to 28x28, one channel; mnist / fashion_mnist: the four "
+                          "IDX files in the folder data.path (never downloaded); npz: a local "
+                          "file with x, y")
+    path: str = option("", string(), 'dataset = "npz": the .npz file (x (N, D) or images '
+                                     "(N, C, H, W), y (N,)); mnist / fashion_mnist: the folder "
+                                     "of the IDX files (gzipped or not, or torchvision's "
+                                     "MNIST/raw); relative to the preset's folder")
     variant: str = option("none", choice("none", "shuffled_labels", "white_noise"),
                           "none, shuffled_labels (permuted training labels) or white_noise "
                           "(uniform noise inputs of the same shape)")
     variant_seed: int = option(0, integer(0, SEED_MAX), "seed of the shuffled labels / white "
                                                         "noise")
-    test_size: int = option(197, integer(1), "rows held out for the test set")
+    test_size: int = option(197, integer(1), "rows held out for the test set (mnist and "
+                                             "fashion_mnist keep their own test set)")
     split_seed: int = option(0, integer(0, SEED_MAX), "random_state of the train/test split")
     n_train: int = option(0, integer(0), "keep only the first n training rows (0 = all)")
+    n_test: int = option(0, integer(0), "keep only the first n test rows (0 = all)")
 
 
 @dataclass
 class ModelConfig:
-    hidden: list = option([64], _widths(), "hidden layer widths of the MLP")
+    arch: str = option("mlp", choice("mlp", "lenet5", "cnn"),
+                       "mlp; lenet5 (conv 6@5x5 pad 2, pool, conv 16@5x5, pool, fc 120-84: "
+                       "P = 61,706 on 28x28 images); cnn (model.channels convs of "
+                       "model.kernel_size, each followed by a 2x2 pool, then model.hidden)")
+    hidden: list = option([64], _widths(), "hidden layer widths of the MLP (of the cnn's "
+                                           "fully connected part)")
+    channels: list = option([8, 16], _widths(), "cnn: output channels of each convolution")
+    kernel_size: int = option(3, integer(1, 15), "cnn: the convolutions' kernel size (padded "
+                                                 "to keep the image size)")
+    pooling: str = option("max", choice("max", "avg"),
+                          "lenet5 / cnn: 2x2 pooling after each convolution")
     activation: str = option("gelu_tanh", choice("relu", "tanh", "gelu", "gelu_tanh"),
                              "activation: relu, tanh, gelu (exact erf) or gelu_tanh (the "
                              "paper's)")
@@ -175,8 +195,9 @@ class TrainConfig:
 class JacobianConfig:
     enabled: bool = option(True, boolean(), "compute the exact training Jacobian")
     chunk: int = option(0, integer(0), "tangent columns per chunk (0 = chosen from free memory)")
-    kernel: str = option("auto", choice("auto", "mlp", "generic"),
-                         "auto: the fused MLP kernel for MLPs, torch.func otherwise")
+    kernel: str = option("auto", choice("auto", "fused", "generic"),
+                         "auto: the fused kernel of the built-in MLP or conv net, torch.func for "
+                         "a user model; fused: that kernel or an error; generic: torch.func")
     svd: bool = option(True, boolean(), "full SVD of J after it is computed")
 
 
@@ -185,6 +206,10 @@ class SpectrumConfig:
     bulk_tol: float = option(1e-3, number(0, 1, lo_open=True, hi_open=True),
                              "the region rule's tolerance, used everywhere: bulk |s - 1| <= "
                              "bulk_tol, chaotic s > 1 + bulk_tol, stable s < 1 - bulk_tol")
+    vectors: bool = option(True, boolean(),
+                           "compute U and V with the singular values (the alignment, the "
+                           "regions' subspaces and every analysis need them); false: the "
+                           "singular values only, in a fraction of the memory")
 
 
 @dataclass
@@ -255,6 +280,9 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
                               '"npz"')
         if not Path(cfg.data.path).is_file():
             raise ConfigError(f"{where}: data.path: no such file: {cfg.data.path}")
+    if cfg.model.build and cfg.model.arch != "mlp":
+        raise ConfigError(f'{where}: model.arch: "{cfg.model.arch}" and model.build both name '
+                          "a model; keep one")
     if cfg.model.init.endswith(".npz") and not Path(cfg.model.init).is_file():
         raise ConfigError(f"{where}: model.init: no such file: {cfg.model.init}")
     if cfg.model.build and _is_build_file(cfg.model.build):
@@ -268,9 +296,14 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
     if cfg.train.final_lr > cfg.train.lr:
         raise ConfigError(f"{where}: train.final_lr: expected a number <= train.lr "
                           f"({cfg.train.lr}), got {show(cfg.train.final_lr)}")
-    if cfg.model.build and cfg.jacobian.kernel == "mlp":
-        raise ConfigError(f'{where}: jacobian.kernel: "mlp" needs the built-in MLP, but '
-                          f"model.build = {show(cfg.model.build)}")
+    if not cfg.spectrum.vectors:
+        needing = [n for n, a in cfg.analysis.items() if a.enabled]
+        if needing:
+            raise ConfigError(f"{where}: spectrum.vectors: analysis.{needing[0]} needs the "
+                              "singular vectors: set spectrum.vectors = true or switch it off")
+    if cfg.model.build and cfg.jacobian.kernel == "fused":
+        raise ConfigError(f'{where}: jacobian.kernel: "fused" needs a built-in model (mlp, '
+                          f"lenet5, cnn), but model.build = {show(cfg.model.build)}")
 
 
 # --------------------------------------------------------------------------------------------

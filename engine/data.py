@@ -1,20 +1,29 @@
-"""Datasets: UCI digits (as bundled with scikit-learn), user ``.npz`` files, the paper's variants.
+"""Datasets: UCI digits (as bundled with scikit-learn), digits28, MNIST and Fashion-MNIST from
+local IDX files, user ``.npz`` files, and the paper's variants.
 
-scikit-learn is needed only for the digits themselves (it ships them); ``.npz`` data and the
-train/test split (:func:`split`, the same rows as scikit-learn's) need only numpy.
+scikit-learn is needed only for the digits themselves (it ships them); everything else, the
+train/test split included (:func:`split`, the same rows as scikit-learn's), needs only numpy
+(and scipy for digits28). Nothing is ever downloaded: MNIST is read from a folder the user
+points ``data.path`` at.
 
-All arrays are numpy: inputs float64 (N, D), labels int64 (N,). The model moves them to its
-device and dtype.
+All arrays are numpy: inputs float64 flattened to (N, D), labels int64 (N,). Image datasets
+also give ``image_shape`` (C, H, W): a convolutional model reshapes its input to it, an MLP
+uses the flat D = C H W. The model moves the arrays to its device and dtype.
 """
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .config import DataConfig
+
+
+class DataError(ValueError):
+    """The data cannot be read; ``str()`` is one line naming the file."""
 
 
 @dataclass
@@ -25,10 +34,77 @@ class Dataset:
     y_test: np.ndarray  # (N_test,) int64
     n_classes: int
     name: str
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) of image datasets
 
     @property
     def n_features(self) -> int:
         return self.x_train.shape[1]
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST-format files (IDX)
+
+IDX_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+             "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+# the folders torchvision leaves behind, under the folder the user names
+TORCHVISION_DIRS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def find_idx(folder: Path, dataset: str) -> dict[str, Path]:
+    """The four IDX files of an MNIST-format dataset in ``folder``, gzipped or not, also in the
+    ``MNIST/raw`` (``FashionMNIST/raw``) layout torchvision writes. :class:`DataError` naming
+    the first file that is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder (data.path must name the folder that holds "
+                        f"the {dataset} IDX files)")
+    places = [folder, folder / "raw", folder / TORCHVISION_DIRS[dataset] / "raw"]
+    out = {}
+    for key, name in IDX_FILES.items():
+        found = next((d / f for d in places for f in (name, name + ".gz")
+                      if (d / f).is_file()), None)
+        if found is None:
+            raise DataError(f"{folder}: no {name} (or {name}.gz) there, nor in raw/ or "
+                            f"{TORCHVISION_DIRS[dataset]}/raw/")
+        out[key] = found
+    return out
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzipped or not) as a numpy array; :class:`DataError` if it is not one."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: cannot read ({e.__class__.__name__})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES or raw[3] == 0:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    ndim = raw[3]
+    head = 4 + 4 * ndim
+    if len(raw) < head:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(IDX_TYPES[raw[2]])
+    need = head + int(np.prod(dims)) * dtype.itemsize
+    if len(raw) != need:
+        raise DataError(f"{path}: {len(raw)} bytes, an IDX array of shape {dims} needs {need}")
+    return np.frombuffer(raw, dtype=dtype, offset=head).reshape(dims)
+
+
+def load_idx_set(folder: Path, dataset: str) -> tuple[np.ndarray, ...]:
+    """(x_train (N, 1, 28, 28) in [0, 1], y_train, x_test, y_test) of MNIST-format data."""
+    files = find_idx(folder, dataset)
+    arrays = {k: read_idx(p) for k, p in files.items()}
+    for split_ in ("train", "test"):
+        x, y = arrays[f"{split_}_x"], arrays[f"{split_}_y"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{files[split_ + '_x']}: images of shape {x.shape} do not match "
+                            f"labels of shape {y.shape}")
+    def images(x):
+        return (x.astype(np.float64) / 255.0)[:, None, :, :]
+
+    return (images(arrays["train_x"]), arrays["train_y"].astype(np.int64),
+            images(arrays["test_x"]), arrays["test_y"].astype(np.int64))
 
 
 def split(x: np.ndarray, y: np.ndarray, test_size: int, seed: int):
@@ -38,7 +114,7 @@ def split(x: np.ndarray, y: np.ndarray, test_size: int, seed: int):
     test set, the rest the training set), without importing scikit-learn."""
     n = len(x)
     if test_size >= n:
-        raise ValueError(f"data.test_size = {test_size} leaves no training rows ({n} in all)")
+        raise DataError(f"data.test_size = {test_size} leaves no training rows ({n} in all)")
     perm = np.random.RandomState(seed).permutation(n)
     test, train = perm[:test_size], perm[test_size:]
     return x[train], x[test], y[train], y[test]
@@ -52,43 +128,72 @@ def load_digits_raw() -> tuple[np.ndarray, np.ndarray]:
     return d.data.astype(np.float64) / 16.0, d.target.astype(np.int64)
 
 
+def digits28(x: np.ndarray) -> np.ndarray:
+    """8x8 digits (N, 64) resized to 28x28 (N, 1, 28, 28) by linear interpolation (scipy's
+    zoom, order 1), clipped to [0, 1]: MNIST's shape, so convolutional presets and tests run
+    anywhere without MNIST."""
+    from scipy.ndimage import zoom
+
+    out = zoom(x.reshape(-1, 8, 8), (1, 3.5, 3.5), order=1, mode="nearest", grid_mode=True)
+    return np.clip(out, 0.0, 1.0)[:, None, :, :]
+
+
 def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as f:
             if not hasattr(f, "files"):
-                raise ValueError(f"{path}: expected a .npz archive with arrays x and y")
+                raise DataError(f"{path}: expected a .npz archive with arrays x and y")
             if "x" not in f or "y" not in f:
-                raise ValueError(f"{path}: expected arrays 'x' and 'y', found {sorted(f.files)}")
+                raise DataError(f"{path}: expected arrays 'x' and 'y', found {sorted(f.files)}")
             x = np.asarray(f["x"], dtype=np.float64)
             y = np.asarray(f["y"])
     except (OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable .npz file ({e.__class__.__name__})") from None
+        raise DataError(f"{path}: not a readable .npz file ({e.__class__.__name__})") from None
     if x.ndim < 2 or len(x) == 0:
-        raise ValueError(f"{path}: x must have shape (N, ...) with N > 0, got {x.shape}")
-    x = x.reshape(len(x), -1)
+        raise DataError(f"{path}: x must have shape (N, ...) with N > 0, got {x.shape}")
+    if x.ndim == 3:  # (N, H, W): one channel
+        x = x[:, None]
+    elif x.ndim != 4:  # images stay (N, C, H, W) for convolutional models; the rest is flat
+        x = x.reshape(len(x), -1)
     bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
     if bad:
-        raise ValueError(f"{path}: x has {bad} non-finite value(s) (NaN or infinity)")
+        raise DataError(f"{path}: x has {bad} non-finite value(s) (NaN or infinity)")
     if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"{path}: y must have shape ({len(x)},), got {y.shape}")
+        raise DataError(f"{path}: y must have shape ({len(x)},), got {y.shape}")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
-        raise ValueError(f"{path}: y must hold non-negative integer class labels")
+        raise DataError(f"{path}: y must hold non-negative integer class labels")
     return x, y.astype(np.int64)
 
 
 def load(cfg: DataConfig) -> Dataset:
-    """Load the dataset a config names (its path is absolute: :mod:`engine.config`), split it,
-    and apply its variant."""
-    if cfg.dataset == "digits":
+    """Load the dataset a config names (its path is absolute: :mod:`engine.config`), split it
+    (MNIST-format data keep their own test set), and apply its variant."""
+    image_shape = None
+    if cfg.dataset in ("digits", "digits28"):
         x, y = load_digits_raw()
-        name = "digits"
+        name = cfg.dataset
+        if cfg.dataset == "digits28":
+            x = digits28(x)
+        x_tr, x_te, y_tr, y_te = split(x, y, cfg.test_size, cfg.split_seed)
+    elif cfg.dataset in TORCHVISION_DIRS:
+        if not cfg.path:
+            raise DataError(f'data.path: set it to the folder that holds the {cfg.dataset} IDX '
+                            f"files ({IDX_FILES['train_x']}[.gz] and the three others; "
+                            "nothing is downloaded), e.g. --set data.path=/data/mnist")
+        x_tr, y_tr, x_te, y_te = load_idx_set(Path(cfg.path), cfg.dataset)
+        name = cfg.dataset
     else:
         path = Path(cfg.path)
         x, y = load_npz(path)
         name = path.stem
-    x_tr, x_te, y_tr, y_te = split(x, y, cfg.test_size, cfg.split_seed)
+        x_tr, x_te, y_tr, y_te = split(x, y, cfg.test_size, cfg.split_seed)
+    if x_tr.ndim == 4:
+        image_shape = tuple(int(d) for d in x_tr.shape[1:])
+        x_tr, x_te = x_tr.reshape(len(x_tr), -1), x_te.reshape(len(x_te), -1)
     if cfg.n_train:
         x_tr, y_tr = x_tr[: cfg.n_train], y_tr[: cfg.n_train]
+    if cfg.n_test:
+        x_te, y_te = x_te[: cfg.n_test], y_te[: cfg.n_test]
     rng = np.random.default_rng(cfg.variant_seed)
     if cfg.variant == "shuffled_labels":
         y_tr = rng.permutation(y_tr)
@@ -98,7 +203,8 @@ def load(cfg: DataConfig) -> Dataset:
         name += "+white_noise"
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
     return Dataset(np.ascontiguousarray(x_tr), np.ascontiguousarray(y_tr),
-                   np.ascontiguousarray(x_te), np.ascontiguousarray(y_te), n_classes, name)
+                   np.ascontiguousarray(x_te), np.ascontiguousarray(y_te), n_classes, name,
+                   image_shape)
 
 
 def probe_sets(ds: Dataset, seed: int = 0) -> dict[str, np.ndarray]:

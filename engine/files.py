@@ -68,6 +68,27 @@ def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
     atomic_write_with(path, lambda f: np.save(f, np.ascontiguousarray(arr), allow_pickle=False))
 
 
+def atomic_save_npy_rows(path: str | Path, shape: tuple[int, ...], dtype, rows) -> None:
+    """An .npy file of ``shape`` written atomically from ``rows``, consecutive row blocks
+    (numpy arrays) in order: an array larger than memory never has to be whole anywhere."""
+    dtype = np.dtype(dtype)
+
+    def write(f):
+        np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                 "fortran_order": False,
+                                                 "shape": tuple(shape)})
+        n = 0
+        for r in rows:
+            r = np.ascontiguousarray(r, dtype=dtype)
+            f.write(memoryview(r).cast("B"))
+            n += r.size
+        if n != int(np.prod(shape)):
+            raise ValueError(f"{path}: wrote {n} numbers, the shape {shape} needs "
+                             f"{int(np.prod(shape))}")
+
+    atomic_write_with(path, write)
+
+
 def atomic_save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write_with(path, lambda f: np.savez(f, **arrays))
 

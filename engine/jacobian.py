@@ -70,8 +70,9 @@ def auto_chunk(problem: Problem, theta0: torch.Tensor, device: torch.device,
                column_bytes: Callable[[], int] | None = None) -> int:
     """Columns per chunk. On CUDA: :data:`CUDA_FRACTION` of the free device memory over the
     memory a column was measured to take (``free_bytes`` and ``column_bytes`` replace the
-    measurements, e.g. in tests); on the CPU :data:`CPU_CHUNK`, capped at a quarter of the
-    available memory by the estimate of :func:`bytes_per_column`."""
+    measurements, e.g. in tests); on the CPU the kernel's ``cpu_chunk`` (else
+    :data:`CPU_CHUNK`), capped at a quarter of the available memory by the estimate of
+    :func:`bytes_per_column`."""
     P = problem.layout.size
     if device.type == "cuda":
         free = free_bytes() if free_bytes else torch.cuda.mem_get_info(device)[0]
@@ -79,8 +80,33 @@ def auto_chunk(problem: Problem, theta0: torch.Tensor, device: torch.device,
         k = int(CUDA_FRACTION * free // max(per, 1))
     else:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        k = min(CPU_CHUNK, int(0.25 * avail // bytes_per_column(problem, dtype)))
+        k = min(getattr(problem.kernel, "cpu_chunk", CPU_CHUNK),
+                int(0.25 * avail // bytes_per_column(problem, dtype)))
     return max(1, min(P, k))
+
+
+def measure_rate(problem: Problem, theta0: torch.Tensor, columns: int, steps: int = 2,
+                 repeats: int = 2) -> float:
+    """Column-steps per second of the tangent loop with ``columns`` tangents on the problem's
+    device, timed over ``steps`` training steps (after one untimed warm-up), the best of
+    ``repeats``: the rate a J of these chunks runs at."""
+    import time
+
+    dev = theta0.device
+    sub = problem.truncated(min(steps, problem.steps))
+    e = identity_columns(theta0.numel(), range(min(columns, theta0.numel())), dev,
+                         theta0.dtype)
+    train_tangents(sub.truncated(1), theta0, e)
+    best = float("inf")
+    for _ in range(repeats):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        train_tangents(sub, theta0, e)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        best = min(best, time.perf_counter() - t0)
+    return e.shape[0] * sub.steps / best
 
 
 def is_out_of_memory(e: BaseException) -> bool:

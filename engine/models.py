@@ -51,6 +51,65 @@ class MLP(nn.Module):
 
 
 @dataclass(frozen=True)
+class ConvSpec:
+    """One convolution of a :class:`ConvNet`: output channels, square kernel, zero padding."""
+
+    out_channels: int
+    kernel: int
+    padding: int
+
+
+class ConvNet(nn.Module):
+    """Convolutions, each followed by the activation and a 2x2 pooling (stride 2), then the
+    flattened maps through fully connected layers (the activation between them, none after the
+    last). Its input is a flat (B, C*H*W) batch, viewed as images of ``in_shape`` (C, H, W).
+    Parameters: ``convs.{i}.weight`` (out, in, k, k), ``convs.{i}.bias``, then
+    ``fcs.{i}.weight`` / ``fcs.{i}.bias`` as in :class:`MLP`."""
+
+    def __init__(self, in_shape: Sequence[int], convs: Sequence[ConvSpec],
+                 widths: Sequence[int], activation: str = "relu", pooling: str = "max"):
+        super().__init__()
+        self.in_shape = tuple(int(d) for d in in_shape)
+        self.specs = list(convs)
+        self.activation, self.pooling = activation, pooling
+        c, h, w = self.in_shape
+        layers = []
+        for sp in self.specs:
+            layers.append(nn.Conv2d(c, sp.out_channels, sp.kernel, padding=sp.padding))
+            c = sp.out_channels
+            h, w = (h + 2 * sp.padding - sp.kernel + 1) // 2, (w + 2 * sp.padding - sp.kernel + 1) // 2
+            if h < 1 or w < 1:
+                raise ValueError(f"model: images of shape {self.in_shape} are too small for "
+                                 f"{len(self.specs)} convolution(s) and poolings")
+        self.convs = nn.ModuleList(layers)
+        self.flat_features = c * h * w
+        self.widths = [self.flat_features, *widths]
+        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.widths[:-1],
+                                                                  self.widths[1:]))
+        self.act = ACTIVATIONS[activation]()
+        self.pool = nn.MaxPool2d(2) if pooling == "max" else nn.AvgPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], *self.in_shape)
+        for conv in self.convs:
+            x = self.pool(self.act(conv(x)))
+        x = x.flatten(1)
+        for i, layer in enumerate(self.fcs):
+            x = layer(x)
+            if i < len(self.fcs) - 1:
+                x = self.act(x)
+        return x
+
+
+def lenet5(in_shape: Sequence[int], n_classes: int, activation: str = "relu",
+           pooling: str = "max") -> ConvNet:
+    """LeNet-5 as in the paper's appendix: conv 6@5x5 (padding 2), pool, conv 16@5x5, pool,
+    fully connected 400-120-84-10 on 28x28 images (P = 61,706)."""
+    return ConvNet(in_shape, [ConvSpec(6, 5, 2), ConvSpec(16, 5, 0)], [120, 84, n_classes],
+                   activation, pooling)
+
+
+@dataclass(frozen=True)
 class Layout:
     """Names, shapes and offsets of the parameters in the flat vector."""
 
@@ -107,8 +166,8 @@ def _lecun_init_(module: nn.Module, gen: torch.Generator) -> None:
     # std of a standard normal truncated to [-2, 2]; divide it out so the variance is 1/fan_in
     trunc_std = 0.87962566103423978
     for layer in module.modules():
-        if isinstance(layer, nn.Linear):
-            fan_in = layer.in_features
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            fan_in = layer.weight[0].numel()  # in_features, or in_channels * k * k
             std = fan_in ** -0.5 / trunc_std
             w = torch.empty(layer.weight.shape, dtype=torch.float64)
             nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std, generator=gen)
@@ -152,10 +211,25 @@ def load_user_builder(path: str):
     return fn
 
 
-def build(cfg: ModelConfig, n_features: int, n_classes: int, seed: int) -> nn.Module:
-    """The model with its initial parameters (float64, CPU). Deterministic given the seed."""
+def build(cfg: ModelConfig, n_features: int, n_classes: int, seed: int,
+          image_shape: Sequence[int] | None = None) -> nn.Module:
+    """The model with its initial parameters (float64, CPU). Deterministic given the seed.
+    Convolutional models need the data's ``image_shape`` (C, H, W)."""
     torch.manual_seed(seed)  # user builders and torch's default init draw from the global RNG
-    if cfg.build:
+    if cfg.arch != "mlp" and not cfg.build:
+        if image_shape is None:
+            raise ValueError(f'model.arch = "{cfg.arch}" needs images (digits28, mnist, '
+                             "fashion_mnist, or an npz of x (N, C, H, W)); this data is flat")
+        if cfg.arch == "lenet5":
+            module = lenet5(image_shape, n_classes, cfg.activation, cfg.pooling)
+        else:
+            k = cfg.kernel_size
+            module = ConvNet(image_shape, [ConvSpec(c, k, k // 2) for c in cfg.channels],
+                             [*cfg.hidden, n_classes], cfg.activation, cfg.pooling)
+        module = module.double()
+        if cfg.init == "lecun":
+            _lecun_init_(module, torch.Generator().manual_seed(seed))
+    elif cfg.build:
         module = load_user_builder(cfg.build)(n_features, n_classes)
         if not isinstance(module, nn.Module):
             raise ValueError(f"model.build: {cfg.build} returned {type(module).__name__}, "

@@ -19,9 +19,11 @@ from pathlib import Path
 from .config import ConfigError, RunConfig
 from .data import load as load_data
 
-# The float64 SVD (LAPACK gesdd, full U and Vh) of a P x P matrix holds the float64 copy of J,
-# U, Vh and a workspace of about 4 P^2 numbers: 7 P^2 doubles in all.
-SVD_DOUBLES_PER_P2 = 7
+# Memory of the float64 SVD of a P x P matrix, in P^2 doubles. CPU (LAPACK gesdd): J's float64
+# copy, U, Vh and a workspace of about 4 P^2; the singular values alone: the copy and about as
+# much workspace. GPU (torch / cuSOLVER): J on the device, U, Vh and about one P^2 of workspace;
+# alone: J and its workspace. (The GPU path also holds one column block of J in host memory.)
+SVD_P2 = {("cpu", True): 7, ("cpu", False): 2, ("cuda", True): 4, ("cuda", False): 2}
 
 
 class PlanError(ValueError):
@@ -44,8 +46,17 @@ class Plan:
     itemsize: int  # bytes per number of the run's dtype
     jacobian: bool
     svd: bool
+    vectors: bool = True  # U and V too (spectrum.vectors)
     disk: dict[str, int] = field(default_factory=dict)  # file -> bytes
-    svd_memory: int = 0  # bytes held during the SVD
+
+    def svd_memory(self, device: str = "cpu", vectors: bool | None = None) -> int:
+        """Bytes the float64 SVD holds while it runs, on the CPU or on a CUDA device (with U
+        and V, or the singular values alone)."""
+        if not self.svd:
+            return 0
+        kind = "cuda" if str(device).startswith("cuda") else "cpu"
+        vec = self.vectors if vectors is None else vectors
+        return SVD_P2[(kind, vec)] * 8 * self.P * self.P
 
     @property
     def disk_total(self) -> int:
@@ -59,20 +70,24 @@ class Plan:
                        f"({self.P:,} x {self.P:,}, {self.itemsize * 8}-bit)")
         if self.svd:
             svd_disk = sum(v for k, v in self.disk.items() if k.startswith("svd/"))
-            out.append(f"SVD: {fmt_bytes(svd_disk)} on disk (S, U, Vh), "
-                       f"{fmt_bytes(self.svd_memory)} of memory while it runs (float64)")
+            what = "S, U, Vh" if self.vectors else "S only"
+            out.append(f"SVD: {fmt_bytes(svd_disk)} on disk ({what}), "
+                       f"{fmt_bytes(self.svd_memory('cpu'))} of memory while it runs on the "
+                       f"CPU, {fmt_bytes(self.svd_memory('cuda'))} on a GPU (float64)")
         out.append(f"disk in all: {fmt_bytes(self.disk_total)}")
         return out
 
 
-def count_parameters(cfg: RunConfig, n_features: int, n_classes: int) -> int:
-    """P of the built-in MLP by arithmetic; a user model (``model.build``) is built to count
-    (that imports torch)."""
-    if cfg.model.build:
+def count_parameters(cfg: RunConfig, n_features: int, n_classes: int,
+                     image_shape=None) -> int:
+    """P of the built-in MLP by arithmetic; another model (a convolutional arch, a user model)
+    is built to count (that imports torch)."""
+    if cfg.model.build or cfg.model.arch != "mlp":
         from .models import Layout, build
 
         try:
-            return Layout.of(build(cfg.model, n_features, n_classes, cfg.seed)).size
+            return Layout.of(build(cfg.model, n_features, n_classes, cfg.seed,
+                                   image_shape)).size
         except ValueError as e:  # the builder cannot be imported, or returns no module
             raise ConfigError(str(e)) from None
         except Exception as e:  # noqa: BLE001 - the user's code failed: one line, named
@@ -92,20 +107,22 @@ def make_plan(cfg: RunConfig, ds=None, P: int | None = None) -> Plan:
     """The sizes of a run. The data (``ds``, an :class:`engine.data.Dataset`) is loaded when
     not given, to know its shape; P is counted when not given (a user model is built)."""
     ds = load_data(cfg.data) if ds is None else ds
-    P = count_parameters(cfg, ds.n_features, ds.n_classes) if P is None else P
+    P = count_parameters(cfg, ds.n_features, ds.n_classes, ds.image_shape) if P is None else P
     t = cfg.train
     item = 8 if cfg.dtype == "float64" else 4
     jac = cfg.jacobian.enabled
     svd = jac and cfg.jacobian.svd
     plan = Plan(P=P, steps=count_steps(len(ds.x_train), t.batch_size, t.epochs, t.drop_last),
-                n_train=len(ds.x_train), itemsize=item, jacobian=jac, svd=svd)
+                n_train=len(ds.x_train), itemsize=item, jacobian=jac, svd=svd,
+                vectors=cfg.spectrum.vectors)
     plan.disk["theta0.npz"] = plan.disk["thetaT.npz"] = 8 * P
     if jac:
         plan.disk["jacobian.npy"] = P * P * item
     if svd:
-        plan.disk.update({"svd/S.npy": 8 * P, "svd/alignment.npy": 8 * P,
-                          "svd/U.npy": P * P * item, "svd/Vh.npy": P * P * item})
-        plan.svd_memory = SVD_DOUBLES_PER_P2 * 8 * P * P
+        plan.disk["svd/S.npy"] = 8 * P
+        if plan.vectors:
+            plan.disk.update({"svd/alignment.npy": 8 * P, "svd/U.npy": P * P * item,
+                              "svd/Vh.npy": P * P * item})
     return plan
 
 
@@ -128,10 +145,32 @@ def free_disk(path: Path) -> int:
     return shutil.disk_usage(p).free
 
 
-def check(plan: Plan, directory: Path, already: int = 0, svd_on_cpu: bool = True) -> None:
+def where_svd_runs(device: str) -> str:
+    """The device the SVD of a run configured with ``device`` will use, without importing
+    torch: "auto" is CUDA where an NVIDIA driver is loaded."""
+    if device == "auto":
+        return "cuda" if Path("/proc/driver/nvidia/version").exists() else "cpu"
+    return device
+
+
+def device_memory(device: str) -> int | None:
+    """Free memory of a CUDA device (torch), None for the CPU or when it cannot be read."""
+    if not str(device).startswith("cuda"):
+        return None
+    try:
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    except Exception:  # noqa: BLE001 - no CUDA here: the worker checks again where it runs
+        return None
+
+
+def check(plan: Plan, directory: Path, already: int = 0, device: str | None = "cpu") -> None:
     """Raise :class:`PlanError` when the run's files do not fit on the disk that holds
-    ``directory`` (``already``: bytes of them already there, e.g. a resumed Jacobian) or its
-    CPU SVD does not fit in the available memory."""
+    ``directory`` (``already``: bytes of them already there, e.g. a resumed Jacobian) or its SVD
+    does not fit in the memory where it runs: host memory for the CPU, the device's for CUDA
+    (``device`` None: unknown yet, e.g. "auto" before torch is imported: the memory is checked
+    by the worker)."""
     need = plan.disk_total - already
     free = free_disk(directory)
     if need > free:
@@ -139,16 +178,21 @@ def check(plan: Plan, directory: Path, already: int = 0, svd_on_cpu: bool = True
         raise PlanError(f"this run needs {fmt_bytes(need)} of disk ({big} alone "
                         f"{fmt_bytes(plan.disk[big])}; P = {plan.P:,}) and {directory} has "
                         f"{fmt_bytes(free)} free")
-    if plan.svd and svd_on_cpu:
-        mem = available_memory()
-        if plan.svd_memory > mem:
-            raise PlanError(f"the SVD of this run's {plan.P:,} x {plan.P:,} Jacobian needs "
-                            f"{fmt_bytes(plan.svd_memory)} of memory and "
-                            f"{fmt_bytes(mem)} is available here (set jacobian.svd = false, or "
-                            "run where it fits)")
+    if plan.svd and device is not None:
+        cuda = str(device).startswith("cuda")
+        mem = device_memory(device) if cuda else available_memory()
+        need = plan.svd_memory(device)
+        if mem is not None and need > mem:
+            where = f"free on {device}" if cuda else "available here"
+            hint = ("set spectrum.vectors = false (the singular values alone need "
+                    f"{fmt_bytes(plan.svd_memory(device, vectors=False))})"
+                    if plan.vectors else "set jacobian.svd = false")
+            raise PlanError(f"the float64 SVD of this run's {plan.P:,} x {plan.P:,} Jacobian "
+                            f"needs {fmt_bytes(need)} of memory and {fmt_bytes(mem)} is {where}:"
+                            f" {hint}, or run where it fits")
 
 
-def check_all(plans: list[Plan], directory: Path, svd_on_cpu: bool = True) -> None:
+def check_all(plans: list[Plan], directory: Path, device: str | None = "cpu") -> None:
     """:func:`check` for runs that share a disk (a study): their files add up; their SVDs run
     one after the other."""
     if not plans:
@@ -160,4 +204,4 @@ def check_all(plans: list[Plan], directory: Path, svd_on_cpu: bool = True) -> No
                         f"(P up to {max(p.P for p in plans):,}) and {directory} has "
                         f"{fmt_bytes(free)} free")
     for p in plans:
-        check(p, directory, svd_on_cpu=svd_on_cpu)
+        check(p, directory, device=device)

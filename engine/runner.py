@@ -35,8 +35,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import (__version__, data as data_mod, device as device_mod, jacobian as jac_mod, models,
-               plan as plan_mod, spectrum, train)
+from . import (__version__, data as data_mod, device as device_mod, files, jacobian as jac_mod,
+               models, plan as plan_mod, spectrum, train)
 from .config import ConfigError
 from .schema import one_line
 from .experiments.common import Context
@@ -115,7 +115,7 @@ class Runner:
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
         self.data = data_mod.load(cfg.data)
         self.module = models.build(cfg.model, self.data.n_features, self.data.n_classes,
-                                   cfg.seed)
+                                   cfg.seed, self.data.image_shape)
         self.layout = models.Layout.of(self.module)
         self.plan = plan_mod.make_plan(cfg, self.data, self.layout.size)
         self.check_fits()
@@ -149,8 +149,7 @@ class Runner:
             p = self.session.path / rel
             if p.is_file():
                 already += min(p.stat().st_size, self.plan.disk[rel])
-        plan_mod.check(self.plan, self.session.path, already,
-                       svd_on_cpu=self.device.type != "cuda")
+        plan_mod.check(self.plan, self.session.path, already, device=self.device.type)
 
     def thetaT(self) -> torch.Tensor:
         arrays = self.session.load_npz("thetaT.npz")
@@ -252,14 +251,37 @@ class Runner:
                         columns_done=store.columns_done)
 
     def stage_svd(self) -> None:
-        s = self.session
+        """The float64 SVD of J. On the CPU with numpy's gesdd (J whole in memory, as float64);
+        on CUDA with torch on the device, J assembled there from column blocks of the file and
+        U, Vh written back in row blocks, so host memory never holds a P x P matrix. U and Vh
+        are stored in the run's dtype, S and the alignment in float64; the summary (the next
+        stage) uses the float64 vectors of this process."""
+        s, keep = self.session, (np.float64 if self.cfg.dtype == "float64" else np.float32)
         J = s.load_npy("jacobian.npy", mmap=True)
-        U, S, Vh = spectrum.svd(J, self.device, self.should_stop)
-        keep = np.float64 if self.cfg.dtype == "float64" else np.float32
-        s.write_npy("svd/S.npy", S, stage="svd")
-        s.write_npy("svd/U.npy", U.astype(keep, copy=False), stage="svd")
-        s.write_npy("svd/Vh.npy", Vh.astype(keep, copy=False), stage="svd")
-        s.write_npy("svd/alignment.npy", spectrum.alignment(U, Vh), stage="svd")
+        vectors = self.cfg.spectrum.vectors
+        if self.device.type == "cuda":
+            U, S_t, Vh = spectrum.svd_device(J, self.device, vectors, self.should_stop)
+            S = S_t.cpu().numpy()
+            s.write_npy("svd/S.npy", S, stage="svd")
+            if vectors:
+                P = len(S)
+                for rel, M in (("svd/U.npy", U), ("svd/Vh.npy", Vh)):
+                    spectrum_rows = (M[a: a + 4096].cpu().numpy() for a in range(0, P, 4096))
+                    files.atomic_save_npy_rows(s.path / rel, (P, P), keep, spectrum_rows)
+                    s.record_file(rel, "svd")
+                a = torch.einsum("ij,ji->j", U, Vh).cpu().numpy()
+                s.write_npy("svd/alignment.npy", a, stage="svd")
+        else:
+            if vectors:
+                U, S, Vh = spectrum.svd(J, self.device, self.should_stop)
+            else:
+                U = Vh = None
+                S = spectrum.svdvals(J, self.should_stop)
+            s.write_npy("svd/S.npy", S, stage="svd")
+            if vectors:
+                s.write_npy("svd/U.npy", U.astype(keep, copy=False), stage="svd")
+                s.write_npy("svd/Vh.npy", Vh.astype(keep, copy=False), stage="svd")
+                s.write_npy("svd/alignment.npy", spectrum.alignment(U, Vh), stage="svd")
         self.svd_result = (U, S, Vh)
 
     def stage_spectrum(self) -> None:
@@ -272,7 +294,14 @@ class Runner:
                                          "stored U and Vh are rounded to the run's dtype)")
             self.stage_svd()
         U, S, Vh = self.svd_result
-        summary = spectrum.summarize(S, U, Vh, self.cfg.spectrum.bulk_tol)
+        tol = self.cfg.spectrum.bulk_tol
+        if U is None:
+            summary = spectrum.summarize(S, tol=tol)
+        elif isinstance(U, np.ndarray):
+            summary = spectrum.summarize(S, U, Vh, tol)
+        else:  # on the GPU: the alignment and the regions' cosines computed there
+            summary = spectrum.summarize(S, tol=tol, align=self.session.load_npy(
+                "svd/alignment.npy"), cosines=spectrum.region_cosines(U, Vh, S, tol))
         self.session.write_json("spectrum.json", summary, stage="spectrum")
 
     def run_analysis(self, name: str) -> None:
@@ -424,6 +453,47 @@ class Runner:
         except OSError:
             for fn in self.listeners:
                 fn({"event": event, "time": round(time.time(), 3), **fields})
+
+
+def probe(cfg, device: str | None = None) -> dict:
+    """What a run of ``cfg`` will take here, before it starts: the plan's sizes, whether they
+    fit, the chunk on this device, and times estimated from a short timed probe (a few training
+    steps of one chunk of tangents; the float64 SVD from a timed SVD of 1,000 x 1,000 scaled by
+    P^3). Returns plain data: ``tjac run --plan`` and the Setup pane print it."""
+    dev = device_mod.resolve(device or cfg.device)
+    device_mod.configure(dev, cfg.tf32)
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    ds = data_mod.load(cfg.data)
+    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed, ds.image_shape)
+    plan = plan_mod.make_plan(cfg, ds, models.Layout.of(module).size)
+    out: dict = {"plan": plan, "device": str(dev), "fits": None, "chunk": None}
+    try:
+        plan_mod.check(plan, Path("."), device=dev.type)
+        out["fits"] = "yes"
+    except plan_mod.PlanError as e:
+        out["fits"] = str(e)
+    if not cfg.jacobian.enabled:
+        return out
+    problem = train.make_problem(module, ds, cfg.train, cfg.seed, dev, dtype,
+                                 cfg.jacobian.kernel)
+    theta0 = train.initial_theta(module, dev, dtype)
+    chunk = cfg.jacobian.chunk or jac_mod.auto_chunk(problem, theta0, dev, dtype)
+    out["chunk"] = chunk
+    if dev.type == "cuda":
+        out["chunk_bytes"] = jac_mod.probe_column_bytes(problem, theta0) * chunk
+    t0 = time.perf_counter()
+    rate = jac_mod.measure_rate(problem, theta0, chunk, steps=2, repeats=1)
+    out["probe_seconds"] = time.perf_counter() - t0
+    out["column_steps_per_s"] = rate
+    out["jacobian_s"] = plan.P * plan.steps / rate
+    if plan.svd:
+        A = np.random.default_rng(0).standard_normal((1000, 1000))
+        t0 = time.perf_counter()
+        np.linalg.svd(A)
+        out["svd_s"] = (time.perf_counter() - t0) * (plan.P / 1000) ** 3
+        if dev.type == "cuda":
+            out["svd_s_note"] = "CPU figure; the SVD runs on the GPU"
+    return out
 
 
 def run_session(path: str | Path, listeners: list[Listener] | None = None,

@@ -52,22 +52,75 @@ def svd(J, device="cpu", should_stop=None) -> tuple[np.ndarray, np.ndarray, np.n
         return scipy.linalg.svd(A, lapack_driver="gesvd", check_finite=False)
 
 
+def svdvals(J, should_stop=None) -> np.ndarray:
+    """The singular values alone, float64, descending (gesdd without vectors: J's float64
+    copy and a small workspace)."""
+    A = np.asarray(J, dtype=np.float64)
+    if not np.isfinite(A).all():
+        raise ValueError("the Jacobian has non-finite entries: no SVD")
+    return interrupt.call(np.linalg.svd, A, compute_uv=False, should_stop=should_stop)
+
+
+def svd_device(J, device, vectors: bool = True, should_stop=None, block: int = 2048):
+    """The float64 SVD on a torch device (a GPU), for a J that need not fit in host memory: the
+    matrix is assembled on the device from column blocks of ``J`` (a memory-mapped
+    column-major array: each block is one contiguous read), so the host holds one block at a
+    time. Returns torch tensors on the device, ``(U, S, Vh)``, or ``(None, S, None)`` without
+    ``vectors`` (``torch.linalg.svdvals``: no U, V and a fraction of the memory)."""
+    import torch
+
+    P = J.shape[0]
+    A = torch.empty(P, P, dtype=torch.float64, device=device)
+    for a in range(0, P, block):
+        blk = np.ascontiguousarray(J[:, a: a + block])
+        if not np.isfinite(blk).all():
+            raise ValueError("the Jacobian has non-finite entries: no SVD")
+        A[:, a: a + block] = torch.from_numpy(blk).to(device=device, dtype=torch.float64)
+    if not vectors:
+        return None, interrupt.call(torch.linalg.svdvals, A, should_stop=should_stop), None
+    U, S, Vh = interrupt.call(torch.linalg.svd, A, should_stop=should_stop)
+    del A
+    return U, S, Vh
+
+
+def region_cosines(U, Vh, S: np.ndarray, tol: float) -> dict[str, np.ndarray]:
+    """Per region, the cosines of the principal angles between span(U_region) and
+    span(V_region); U and Vh numpy arrays or torch tensors (computed where they are)."""
+    out = {}
+    for name, sl in regions.slices(S, tol).items():
+        if sl.stop <= sl.start:
+            out[name] = np.zeros(0)
+        elif isinstance(U, np.ndarray):
+            out[name] = principal_cosines(U[:, sl], Vh[sl].T)
+        else:
+            import torch
+
+            c = torch.linalg.svdvals(U[:, sl].T @ Vh[sl].T).clamp(0.0, 1.0)
+            out[name] = c.cpu().numpy()
+    return out
+
+
 def alignment(U: np.ndarray, Vh: np.ndarray) -> np.ndarray:
     """Per-index u_i . v_i, shape (P,)."""
     return np.einsum("ij,ji->j", U, Vh, optimize=True)
 
 
 def summarize(S: np.ndarray, U: np.ndarray | None = None, Vh: np.ndarray | None = None,
-              tol: float = regions.DEFAULT_TOL) -> dict:
+              tol: float = regions.DEFAULT_TOL, align: np.ndarray | None = None,
+              cosines: dict[str, np.ndarray] | None = None) -> dict:
     """The spectrum summary stored as ``spectrum.json``: P, s_max, s_min, and per region its
     count, index range [start, stop), singular-value range, fraction of P, threshold rule and
-    (with U and Vh) alignment per index and as subspaces."""
+    (with U and Vh, or the alignment and region cosines computed elsewhere: on the GPU)
+    alignment per index and as subspaces."""
     S = np.asarray(S, dtype=np.float64)
     P = len(S)
     slices = regions.slices(S, tol)
     rules = {"chaotic": f"s > 1 + {tol:g}", "bulk": f"|s - 1| <= {tol:g}",
              "stable": f"s < 1 - {tol:g}"}
-    a = alignment(U, Vh) if U is not None and Vh is not None else None
+    a = align if align is not None else (alignment(U, Vh) if U is not None and Vh is not None
+                                         else None)
+    if a is not None and cosines is None:
+        cosines = region_cosines(U, Vh, S, tol)
     out_regions = {}
     for name in REGIONS:
         sl = slices[name]
@@ -77,7 +130,7 @@ def summarize(S: np.ndarray, U: np.ndarray | None = None, Vh: np.ndarray | None 
              "s_max": float(S[sl].max()) if n else None,
              "s_min": float(S[sl].min()) if n else None}
         if a is not None:
-            cos = principal_cosines(U[:, sl], Vh[sl].T)
+            cos = cosines[name]
             r["align_mean"] = float(a[sl].mean()) if n else None
             r["align_min"] = float(a[sl].min()) if n else None
             r["subspace_cos_mean"] = float(cos.mean()) if n else None

@@ -30,8 +30,9 @@ from torch import nn
 from torch.func import functional_call, jvp, vmap
 
 from .config import TrainConfig
+from .kernels.conv import ConvKernel
 from .kernels.mlp import MLPKernel
-from .models import MLP, Layout
+from .models import MLP, ConvNet, Layout
 
 
 class TrainingDiverged(RuntimeError):
@@ -78,11 +79,14 @@ class GenericKernel:
 
 
 def make_kernel(module: nn.Module, kind: str = "auto") -> LossKernel:
-    """The fused MLP kernel for the built-in MLP (``kind`` auto or mlp), torch.func otherwise."""
+    """The fused kernel of the built-in models (``kind`` auto or fused): MLPKernel for the MLP,
+    ConvKernel for the conv nets; torch.func (GenericKernel) otherwise."""
     if kind != "generic" and isinstance(module, MLP):
         return MLPKernel(module.widths, module.activation)
-    if kind == "mlp":
-        raise ValueError("jacobian.kernel = \"mlp\" needs the built-in MLP")
+    if kind != "generic" and isinstance(module, ConvNet):
+        return ConvKernel.of(module)
+    if kind == "fused":
+        raise ValueError('jacobian.kernel = "fused" needs a built-in model (mlp, lenet5, cnn)')
     return GenericKernel(module)
 
 

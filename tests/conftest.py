@@ -40,7 +40,7 @@ def tiny_config(npz: Path, **train_kw) -> config.RunConfig:
 def make(cfg: config.RunConfig, kernel: str = "auto"):
     """(problem, theta0) for a config, on the CPU."""
     ds = data.load(cfg.data)
-    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed)
+    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed, ds.image_shape)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     problem = train.make_problem(module, ds, cfg.train, cfg.seed, torch.device("cpu"), dtype,
                                  kernel)

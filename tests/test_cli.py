@@ -52,7 +52,7 @@ def test_open_a_wrong_path_is_one_line_before_any_heavy_import(tmp_path, target)
 def test_unknown_preset_name_suggests_close_names(capsys, tmp_path):
     assert main(["run", "quik", "--sessions", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "quik: no such preset file or shipped preset; did you mean quick?"
+    assert err == "quik: no such preset file or shipped preset; did you mean quick or cnn-quick?"
     assert main(["run", "paper-digits-sdg", "--sessions", str(tmp_path)]) == 2
     assert "did you mean paper-digits-sgd" in capsys.readouterr().err
     assert not (tmp_path / "quik").exists()

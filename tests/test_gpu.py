@@ -27,7 +27,7 @@ FLOAT32_REL_ERROR = 1e-5
 
 def cuda_problem(cfg, kernel="auto", dtype=torch.float64):
     ds = data.load(cfg.data)
-    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed)
+    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed, ds.image_shape)
     dev = device.resolve("cuda")
     device.configure(dev, cfg.tf32)
     p = train.make_problem(module, ds, cfg.train, cfg.seed, dev, dtype, kernel)
@@ -40,7 +40,7 @@ def test_auto_device_is_cuda_with_an_index():
     assert info["uuid"].startswith(("GPU-", "MIG-")) and info["total_memory"] > 0
 
 
-@pytest.mark.parametrize("kernel", ["mlp", "generic"])
+@pytest.mark.parametrize("kernel", ["fused", "generic"])
 def test_cuda_float64_jacobian_equals_cpu_float64(tiny_npz, kernel):
     cfg = tiny_config(tiny_npz, optimizer="sgd", momentum=0.9, schedule="cosine")
     problem, theta0 = make(cfg, kernel)

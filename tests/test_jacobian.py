@@ -27,7 +27,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
 
 
-@pytest.mark.parametrize("kernel", ["mlp", "generic"])
+@pytest.mark.parametrize("kernel", ["fused", "generic"])
 @pytest.mark.parametrize("sched", list(SCHEDULES))
 @pytest.mark.parametrize("opt", list(OPTIMIZERS))
 def test_forward_mode_matches_finite_differences(tiny_npz, opt, sched, kernel):
@@ -41,7 +41,7 @@ def test_forward_mode_matches_finite_differences(tiny_npz, opt, sched, kernel):
     assert rel_err(J, torch.eye(39, dtype=J.dtype)) > 1e-2
 
 
-@pytest.mark.parametrize("kernel", ["mlp", "generic"])
+@pytest.mark.parametrize("kernel", ["fused", "generic"])
 @pytest.mark.parametrize("opt", ["momentum", "adam"])
 def test_forward_mode_matches_reverse_mode(tiny_npz, opt, kernel):
     """An independent computation: torch.func.jacrev of the unrolled training (reverse-mode

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from engine import config as config_mod
 from engine.config import ConfigError
+from engine.data import DataError
 from engine.schema import one_line
 from engine.plan import PlanError
 from engine.session import SessionDamaged, SessionError
@@ -64,6 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.skip_analyses:
         for a in cfg.analysis.values():
             a.enabled = False
+    if args.plan:
+        return print_plan(cfg, args.sessions)
     check_sessions_dir(args.sessions)
     check_fits(cfg, args.sessions)
     session = Session.create(args.sessions, cfg.name, cfg, str(preset))
@@ -74,6 +77,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(session.path)
         return 0
     return _run_foreground(session, quiet=args.quiet)
+
+
+def print_plan(cfg, sessions: Path) -> int:
+    """``tjac run PRESET --plan``: the sizes, whether they fit here, and times estimated from a
+    short timed probe on this device; nothing is written."""
+    from engine import plan as plan_mod
+    from engine.runner import probe
+
+    from .state import fmt_seconds
+
+    pl = plan_mod.make_plan(cfg)
+    for line in pl.lines():
+        print(line)
+    try:
+        plan_mod.check(pl, sessions, device=plan_mod.where_svd_runs(cfg.device))
+        print(f"fits in {sessions}: yes ({plan_mod.fmt_bytes(plan_mod.free_disk(sessions))} "
+              "free)")
+    except plan_mod.PlanError as e:
+        print(f"does not fit: {e}")
+    if not cfg.jacobian.enabled:
+        return 0
+    print("probing (a few training steps of one chunk)...", file=sys.stderr)
+    r = probe(cfg)
+    line = f"device {r['device']}: chunks of {r['chunk']} columns"
+    if r.get("chunk_bytes"):
+        line += f" ({plan_mod.fmt_bytes(r['chunk_bytes'])} each)"
+    print(line)
+    print(f"probe: {r['column_steps_per_s']:.1f} column-steps/s -> J in about "
+          f"{fmt_seconds(r['jacobian_s'])}")
+    if "svd_s" in r:
+        note = f" ({r['svd_s_note']})" if r.get("svd_s_note") else ""
+        print(f"float64 SVD: about {fmt_seconds(r['svd_s'])}{note}")
+    return 0
 
 
 def check_sessions_dir(path: Path) -> None:
@@ -93,7 +129,7 @@ def check_fits(cfg, sessions: Path) -> None:
     from engine import plan as plan_mod
 
     plan_mod.check(plan_mod.make_plan(cfg), sessions,
-                   svd_on_cpu=cfg.device == "cpu")
+                   device=plan_mod.where_svd_runs(cfg.device))
 
 
 def _run_foreground(session, quiet: bool = False, device: str | None = None) -> int:
@@ -218,7 +254,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         check_sessions_dir(args.sessions)
         base, runs = study_mod.plan(preset, args.set)
         plan_mod.check_all([plan_mod.make_plan(r.config) for r in runs], args.sessions,
-                           svd_on_cpu=base.device == "cpu")
+                           device=plan_mod.where_svd_runs(base.device))
         st = study_mod.create(args.sessions, preset, args.set, args.name)
 
     def one_run(path, listeners, handle_signals=False):
@@ -299,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides the preset)")
     r.add_argument("--detach", action="store_true",
                    help="start the run as a background worker and print the session path")
+    r.add_argument("--plan", action="store_true",
+                   help="print P, the steps, J's size, the SVD's memory, whether they fit, and "
+                        "times estimated from a short timed probe on this device; start "
+                        "nothing")
     r.add_argument("--skip-analyses", action="store_true",
                    help="run train, J, SVD and spectrum only (the preset's analyses are kept in "
                         "its config, switched off)")
@@ -361,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return cmd_tui(args) if args.cmd is None else args.func(args)
-    except (ConfigError, NotFound, PlanError) as e:
+    except (ConfigError, NotFound, PlanError, DataError) as e:
         return _fail(str(e))
     except SessionDamaged as e:
         return _fail(str(e), EXIT_FAILED)

@@ -1,0 +1,126 @@
+"""The conv-net kernel and the exact J of convolutional nets, in float64: against torch.func
+(the gradient and its jvp), reverse mode through training, and central finite differences."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, jvp, vmap
+
+from engine import config, data, jacobian, models, train
+from engine.kernels.conv import ConvKernel
+from engine.models import ConvNet, ConvSpec
+
+from conftest import PRESETS
+
+CASES = list(itertools.product(["relu", "tanh", "gelu", "gelu_tanh"], ["max", "avg"],
+                               [(2, 9, 9), (1, 8, 8)]))
+
+
+@pytest.mark.parametrize("act,pool,shape", CASES)
+def test_grad_and_its_jvp_equal_torch_func(act, pool, shape):
+    torch.manual_seed(0)
+    net = ConvNet(shape, [ConvSpec(3, 3, 1), ConvSpec(4, 3, 0)], [5, 3], act, pool).double()
+    names = [n for n, _ in net.named_parameters()]
+    params = tuple(p.detach() for p in net.parameters())
+    x = torch.randn(7, int(np.prod(shape)), dtype=torch.float64)
+    y = torch.randint(0, 3, (7,))
+
+    def loss(ps):
+        return F.cross_entropy(functional_call(net, dict(zip(names, ps)), (x,)), y)
+
+    tangents = tuple(torch.randn(5, *p.shape, dtype=torch.float64) for p in params)
+    g_ref = grad(loss)(params)
+    dg_ref = vmap(lambda t: jvp(grad(loss), (params,), (t,))[1])(tangents)
+    g, dg = ConvKernel.of(net).grad_jvp(params, tangents, x, y)
+    for a, b in zip(g, g_ref):
+        assert torch.allclose(a, b, rtol=0, atol=1e-14)
+    for a, b in zip(dg, dg_ref):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, rtol=0, atol=1e-13 * float(b.abs().max()))
+
+
+def tiny_cnn(pooling: str, activation: str = "tanh", **train_kw) -> config.RunConfig:
+    """A cnn (2 and 3 channels, 4 hidden units: P = 719) on 24 digits28 images, float64."""
+    return config.from_dict({
+        "dtype": "float64", "device": "cpu",
+        "data": {"dataset": "digits28", "n_train": 24, "n_test": 8},
+        "model": {"arch": "cnn", "channels": [2, 3], "kernel_size": 3, "hidden": [4],
+                  "activation": activation, "pooling": pooling},
+        "train": {"lr": 0.2, "momentum": 0.9, "batch_size": 8, "epochs": 1, **train_kw}})
+
+
+def problem_of(cfg, kernel="auto"):
+    ds = data.load(cfg.data)
+    m = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed, ds.image_shape)
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    p = train.make_problem(m, ds, cfg.train, cfg.seed, torch.device("cpu"), dtype, kernel)
+    return p, train.initial_theta(m, "cpu", dtype)
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_cnn_jacobian_equals_reverse_mode_through_training(pooling):
+    cfg = tiny_cnn(pooling)
+    problem, theta0 = problem_of(cfg)
+    assert isinstance(problem.kernel, ConvKernel)
+    P = theta0.numel()
+    assert P == 2 * 9 + 2 + 3 * 2 * 9 + 3 + (3 * 7 * 7) * 4 + 4 + 4 * 10 + 10
+    J = jacobian.exact_jacobian(problem, theta0, chunk=64)
+    reference, _ = problem_of(cfg, "generic")
+    J_rev = torch.func.jacrev(lambda th: train.train(reference, th))(theta0)
+    assert torch.allclose(J, J_rev, rtol=0, atol=1e-11 * float(J_rev.abs().max()))
+    assert float((J - torch.eye(P, dtype=J.dtype)).norm()) > 1e-3  # training did move
+
+
+def test_cnn_columns_equal_central_differences():
+    cfg = tiny_cnn("max", "gelu_tanh", optimizer="adam", lr=0.01, momentum=0.0)
+    problem, theta0 = problem_of(cfg)
+    cols = [0, 7, 19, 40, 200, 333]
+    J = jacobian.jacobian_columns(problem, theta0, cols)[1]
+    J_fd = jacobian.finite_difference_columns(problem, theta0, cols, h=1e-6)
+    assert float((J - J_fd).norm() / J_fd.norm()) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def lenet_2steps():
+    """LeNet-5 on digits28, two SGD-momentum steps of batch 100, float64 (P = 61,706)."""
+    cfg = config.load(PRESETS / "lenet5-digits28.toml",
+                      ["dtype=float64", "device=cpu", "train.epochs=1", "data.n_train=200",
+                       "train.batch_size=100", "data.n_test=50"])
+    problem, theta0 = problem_of(cfg)
+    assert theta0.numel() == 61706 and problem.steps == 2
+    return problem, theta0
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_lenet5_columns_equal_central_differences(pooling):
+    """Finite differences need a smooth training: ReLU's kinks (and ties of a max) crossed by
+    the step h would make them disagree with the exact (almost everywhere) derivative, so the
+    smooth GELU here; the ReLU network is checked against torch.func below."""
+    cfg = config.load(PRESETS / "lenet5-digits28.toml",
+                      ["dtype=float64", "device=cpu", "train.epochs=1", "data.n_train=400",
+                       "data.n_test=50", 'model.activation="gelu_tanh"',
+                       f'model.pooling="{pooling}"'])
+    problem, theta0 = problem_of(cfg)
+    cols = [0, 151, 160, 2000, 30000, 61700]  # conv1, conv2, fc1, fc3 weights and biases
+    J = jacobian.jacobian_columns(problem, theta0, cols)[1]
+    J_fd = jacobian.finite_difference_columns(problem, theta0, cols, h=1e-6)
+    assert float((J - J_fd).norm() / J_fd.norm()) < 1e-7
+
+
+@pytest.mark.slow
+def test_lenet5_hundreds_of_columns_equal_the_generic_path(lenet_2steps):
+    problem, theta0 = lenet_2steps
+    ref = dataclasses.replace(problem, kernel=train.GenericKernel(problem.module))
+    cols = list(range(0, 61706, 307))  # 201 columns, every layer's parameters
+    for a in range(0, len(cols), 40):
+        chunk = cols[a: a + 40]
+        th, fused = jacobian.jacobian_columns(problem, theta0, chunk)
+        th_g, gen = jacobian.jacobian_columns(ref, theta0, chunk)
+        assert torch.allclose(th, th_g, rtol=0, atol=1e-12)
+        assert torch.allclose(fused, gen, rtol=0, atol=1e-11 * float(gen.abs().max()))
