@@ -210,6 +210,10 @@ class SpectrumConfig:
                            "compute U and V with the singular values (the alignment, the "
                            "regions' subspaces and every analysis need them); false: the "
                            "singular values only, in a fraction of the memory")
+    svd_dtype: str = option("float64", choice("float64", "float32"),
+                            "precision of the SVD: float32 halves its memory (the LeNet-5 SVD "
+                            "with vectors fits an 80 GB GPU); its error bound is ~eps32 x s_1 "
+                            "(benchmarks/svd_precision.py measures the change on a J)")
 
 
 @dataclass

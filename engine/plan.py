@@ -2,7 +2,7 @@
 
 :func:`make_plan` counts the parameters P and the optimizer steps, and sizes the files and the
 memory of each stage: the Jacobian (P x P in the run's dtype) on disk, the SVD's outputs (S, U,
-Vh, the alignment) on disk, and the memory the float64 SVD takes while it runs. :func:`check`
+Vh, the alignment) on disk, and the memory the SVD takes while it runs. :func:`check`
 compares that with the free disk under the sessions folder and the memory available here, and
 refuses, in one line with the figures, a run that cannot fit: a model with ``hidden = [4000]``
 (P = 300k, a 360 GB Jacobian) is refused before its session directory exists.
@@ -13,14 +13,14 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import ConfigError, RunConfig
 from .data import load as load_data
 
-# Memory of the float64 SVD of a P x P matrix, in P^2 doubles. CPU (LAPACK gesdd): J's float64
-# copy, U, Vh and a workspace of about 4 P^2; the singular values alone: the copy and about as
+# Memory of the SVD of a P x P matrix, in P^2 numbers of the SVD's dtype (spectrum.svd_dtype).
+# CPU (LAPACK gesdd): J's copy, U, Vh and a workspace of about 4 P^2; the singular values alone: the copy and about as
 # much workspace. GPU (torch / cuSOLVER): J on the device, U, Vh and about one P^2 of workspace;
 # alone: J and its workspace. (The GPU path also holds one column block of J in host memory.)
 SVD_P2 = {("cpu", True): 7, ("cpu", False): 2, ("cuda", True): 4, ("cuda", False): 2}
@@ -47,16 +47,17 @@ class Plan:
     jacobian: bool
     svd: bool
     vectors: bool = True  # U and V too (spectrum.vectors)
+    svd_itemsize: int = 8  # bytes per number of the SVD (spectrum.svd_dtype)
     disk: dict[str, int] = field(default_factory=dict)  # file -> bytes
 
     def svd_memory(self, device: str = "cpu", vectors: bool | None = None) -> int:
-        """Bytes the float64 SVD holds while it runs, on the CPU or on a CUDA device (with U
+        """Bytes the SVD holds while it runs, on the CPU or on a CUDA device (with U
         and V, or the singular values alone)."""
         if not self.svd:
             return 0
         kind = "cuda" if str(device).startswith("cuda") else "cpu"
         vec = self.vectors if vectors is None else vectors
-        return SVD_P2[(kind, vec)] * 8 * self.P * self.P
+        return SVD_P2[(kind, vec)] * self.svd_itemsize * self.P * self.P
 
     @property
     def disk_total(self) -> int:
@@ -73,7 +74,8 @@ class Plan:
             what = "S, U, Vh" if self.vectors else "S only"
             out.append(f"SVD: {fmt_bytes(svd_disk)} on disk ({what}), "
                        f"{fmt_bytes(self.svd_memory('cpu'))} of memory while it runs on the "
-                       f"CPU, {fmt_bytes(self.svd_memory('cuda'))} on a GPU (float64)")
+                       f"CPU, {fmt_bytes(self.svd_memory('cuda'))} on a GPU "
+                       f"(float{self.svd_itemsize * 8})")
         out.append(f"disk in all: {fmt_bytes(self.disk_total)}")
         return out
 
@@ -114,7 +116,8 @@ def make_plan(cfg: RunConfig, ds=None, P: int | None = None) -> Plan:
     svd = jac and cfg.jacobian.svd
     plan = Plan(P=P, steps=count_steps(len(ds.x_train), t.batch_size, t.epochs, t.drop_last),
                 n_train=len(ds.x_train), itemsize=item, jacobian=jac, svd=svd,
-                vectors=cfg.spectrum.vectors)
+                vectors=cfg.spectrum.vectors,
+                svd_itemsize=8 if cfg.spectrum.svd_dtype == "float64" else 4)
     plan.disk["theta0.npz"] = plan.disk["thetaT.npz"] = 8 * P
     if jac:
         plan.disk["jacobian.npy"] = P * P * item
@@ -184,12 +187,18 @@ def check(plan: Plan, directory: Path, already: int = 0, device: str | None = "c
         need = plan.svd_memory(device)
         if mem is not None and need > mem:
             where = f"free on {device}" if cuda else "available here"
-            hint = ("set spectrum.vectors = false (the singular values alone need "
-                    f"{fmt_bytes(plan.svd_memory(device, vectors=False))})"
-                    if plan.vectors else "set jacobian.svd = false")
-            raise PlanError(f"the float64 SVD of this run's {plan.P:,} x {plan.P:,} Jacobian "
-                            f"needs {fmt_bytes(need)} of memory and {fmt_bytes(mem)} is {where}:"
-                            f" {hint}, or run where it fits")
+            hints = []
+            if plan.svd_itemsize == 8:
+                half = replace(plan, svd_itemsize=4)
+                hints.append(f'spectrum.svd_dtype = "float32" (it needs '
+                             f"{fmt_bytes(half.svd_memory(device))})")
+            hints.append("spectrum.vectors = false (the singular values alone need "
+                         f"{fmt_bytes(plan.svd_memory(device, vectors=False))})"
+                         if plan.vectors else "jacobian.svd = false")
+            hint = "set " + " or ".join(hints)
+            raise PlanError(f"the float{plan.svd_itemsize * 8} SVD of this run's {plan.P:,} x "
+                            f"{plan.P:,} Jacobian needs {fmt_bytes(need)} of memory and "
+                            f"{fmt_bytes(mem)} is {where}: {hint}, or run where it fits")
 
 
 def check_all(plans: list[Plan], directory: Path, device: str | None = "cpu") -> None:

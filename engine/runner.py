@@ -251,17 +251,17 @@ class Runner:
                         columns_done=store.columns_done)
 
     def stage_svd(self) -> None:
-        """The float64 SVD of J. On the CPU with numpy's gesdd (J whole in memory, as float64);
+        """The SVD of J, in float64 (``spectrum.svd_dtype``). On the CPU with numpy's gesdd (J whole in memory, as float64);
         on CUDA with torch on the device, J assembled there from column blocks of the file and
         U, Vh written back in row blocks, so host memory never holds a P x P matrix. U and Vh
         are stored in the run's dtype, S and the alignment in float64; the summary (the next
         stage) uses the float64 vectors of this process."""
         s, keep = self.session, (np.float64 if self.cfg.dtype == "float64" else np.float32)
         J = s.load_npy("jacobian.npy", mmap=True)
-        vectors = self.cfg.spectrum.vectors
+        vectors, dt = self.cfg.spectrum.vectors, np.dtype(self.cfg.spectrum.svd_dtype)
         if self.device.type == "cuda":
-            U, S_t, Vh = spectrum.svd_device(J, self.device, vectors, self.should_stop)
-            S = S_t.cpu().numpy()
+            U, S_t, Vh = spectrum.svd_device(J, self.device, vectors, self.should_stop, dtype=dt)
+            S = S_t.double().cpu().numpy()
             s.write_npy("svd/S.npy", S, stage="svd")
             if vectors:
                 P = len(S)
@@ -269,29 +269,31 @@ class Runner:
                     spectrum_rows = (M[a: a + 4096].cpu().numpy() for a in range(0, P, 4096))
                     files.atomic_save_npy_rows(s.path / rel, (P, P), keep, spectrum_rows)
                     s.record_file(rel, "svd")
-                a = torch.einsum("ij,ji->j", U, Vh).cpu().numpy()
+                a = torch.einsum("ij,ji->j", U, Vh).double().cpu().numpy()
                 s.write_npy("svd/alignment.npy", a, stage="svd")
         else:
             if vectors:
-                U, S, Vh = spectrum.svd(J, self.device, self.should_stop)
+                U, S, Vh = spectrum.svd(J, self.device, self.should_stop, dtype=dt)
             else:
                 U = Vh = None
-                S = spectrum.svdvals(J, self.should_stop)
+                S = spectrum.svdvals(J, self.should_stop, dtype=dt)
             s.write_npy("svd/S.npy", S, stage="svd")
             if vectors:
                 s.write_npy("svd/U.npy", U.astype(keep, copy=False), stage="svd")
                 s.write_npy("svd/Vh.npy", Vh.astype(keep, copy=False), stage="svd")
-                s.write_npy("svd/alignment.npy", spectrum.alignment(U, Vh), stage="svd")
+                s.write_npy("svd/alignment.npy", spectrum.alignment(U, Vh).astype(np.float64),
+                            stage="svd")
         self.svd_result = (U, S, Vh)
 
     def stage_spectrum(self) -> None:
-        """The summary, from the float64 SVD of this process: when the SVD was finished by an
-        earlier process (a kill between the two stages), it is computed again rather than
-        read back from float32 U and Vh, so a resumed run agrees bitwise with one that was
-        never interrupted."""
+        """The summary, from the SVD of this process: when the SVD was finished by an earlier
+        process (a kill between the two stages), it is computed again rather than read back
+        from U and Vh rounded to the run's dtype, so a resumed run agrees bitwise with one that
+        was never interrupted."""
         if self.svd_result is None:
-            self.emit("warning", message="spectrum: computing the SVD again in float64 (the "
-                                         "stored U and Vh are rounded to the run's dtype)")
+            self.emit("warning", message="spectrum: computing the SVD again in "
+                                         f"{self.cfg.spectrum.svd_dtype} (the stored U and Vh "
+                                         "are rounded to the run's dtype)")
             self.stage_svd()
         U, S, Vh = self.svd_result
         tol = self.cfg.spectrum.bulk_tol
@@ -302,6 +304,7 @@ class Runner:
         else:  # on the GPU: the alignment and the regions' cosines computed there
             summary = spectrum.summarize(S, tol=tol, align=self.session.load_npy(
                 "svd/alignment.npy"), cosines=spectrum.region_cosines(U, Vh, S, tol))
+        summary["svd_dtype"] = self.cfg.spectrum.svd_dtype
         self.session.write_json("spectrum.json", summary, stage="spectrum")
 
     def run_analysis(self, name: str) -> None:
@@ -458,8 +461,8 @@ class Runner:
 def probe(cfg, device: str | None = None) -> dict:
     """What a run of ``cfg`` will take here, before it starts: the plan's sizes, whether they
     fit, the chunk on this device, and times estimated from a short timed probe (a few training
-    steps of one chunk of tangents; the float64 SVD from a timed SVD of 1,000 x 1,000 scaled by
-    P^3). Returns plain data: ``tjac run --plan`` and the Setup pane print it."""
+    steps of one chunk of tangents; the SVD from a timed SVD of 1,000 x 1,000 in the SVD's
+    dtype, scaled by P^3). Returns plain data: ``tjac run --plan`` and the Setup pane print it."""
     dev = device_mod.resolve(device or cfg.device)
     device_mod.configure(dev, cfg.tf32)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
@@ -487,7 +490,8 @@ def probe(cfg, device: str | None = None) -> dict:
     out["column_steps_per_s"] = rate
     out["jacobian_s"] = plan.P * plan.steps / rate
     if plan.svd:
-        A = np.random.default_rng(0).standard_normal((1000, 1000))
+        A = np.random.default_rng(0).standard_normal((1000, 1000)).astype(
+            cfg.spectrum.svd_dtype)
         t0 = time.perf_counter()
         np.linalg.svd(A)
         out["svd_s"] = (time.perf_counter() - t0) * (plan.P / 1000) ** 3

@@ -2,8 +2,10 @@
 
 Regions follow the one rule of :mod:`engine.regions` (bulk ``|s - 1| <= tol``, chaotic above,
 stable below, ``tol = spectrum.bulk_tol``). Because s is sorted, each region is one contiguous
-index range. The SVD is computed in float64 whatever the run's dtype: float32 SVDs move values
-near the thresholds by up to 5e-5.
+index range. The SVD is computed in float64 whatever the run's dtype unless
+``spectrum.svd_dtype = "float32"``, whose error bound is a small multiple of 6e-8 x s_1 (on the
+paper MLP's J, s_1 = 19.4, the observed change is at most 6e-8 near s = 1 and no region count
+moves: ``benchmarks/svd_precision.py``); it matters when s_1 is large or bulk_tol small.
 
 Alignment. Per index, a_i = u_i . v_i (1 when the direction comes back unrotated). Inside the
 bulk the singular values are nearly degenerate, so individual u_i and v_i are ill-defined
@@ -29,8 +31,10 @@ ALIGNMENT_NOTE = ("u.v mean is the mean of the per-index u_i . v_i, ill-posed in
                   "angles between span(U_region) and span(V_region), the well-posed measure.")
 
 
-def svd(J, device="cpu", should_stop=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Full SVD in float64: (U (P, P), S (P,) descending, Vh (P, P)), as numpy arrays. On CUDA
+def svd(J, device="cpu", should_stop=None, dtype=np.float64
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full SVD in ``dtype`` (float64 unless asked): (U (P, P), S (P,) descending, float64,
+    Vh (P, P)), as numpy arrays. On CUDA
     it runs on the device (torch); on the CPU with LAPACK's gesdd (numpy), falling back to
     gesvd (scipy) if gesdd does not converge. Both run in a thread that ``should_stop()`` can
     abandon (:mod:`engine.interrupt`): a stop request does not wait for the SVD to end."""
@@ -40,42 +44,51 @@ def svd(J, device="cpu", should_stop=None) -> tuple[np.ndarray, np.ndarray, np.n
         import torch
 
         def run_cuda():
-            Jt = torch.as_tensor(np.asarray(J)).to(device=device, dtype=torch.float64)
+            Jt = torch.as_tensor(np.asarray(J)).to(device=device, dtype=_torch_dtype(dtype))
             U, S, Vh = torch.linalg.svd(Jt)
-            return U.cpu().numpy(), S.cpu().numpy(), Vh.cpu().numpy()
+            return U.cpu().numpy(), S.double().cpu().numpy(), Vh.cpu().numpy()
 
         return interrupt.call(run_cuda, should_stop=should_stop)
-    A = np.asarray(J, dtype=np.float64)
+    A = np.asarray(J, dtype=dtype)
     try:
-        return interrupt.call(np.linalg.svd, A, should_stop=should_stop)
+        U, S, Vh = interrupt.call(np.linalg.svd, A, should_stop=should_stop)
     except np.linalg.LinAlgError:
-        return scipy.linalg.svd(A, lapack_driver="gesvd", check_finite=False)
+        U, S, Vh = scipy.linalg.svd(A, lapack_driver="gesvd", check_finite=False)
+    return U, S.astype(np.float64), Vh
 
 
-def svdvals(J, should_stop=None) -> np.ndarray:
-    """The singular values alone, float64, descending (gesdd without vectors: J's float64
-    copy and a small workspace)."""
-    A = np.asarray(J, dtype=np.float64)
+def svdvals(J, should_stop=None, dtype=np.float64) -> np.ndarray:
+    """The singular values alone, descending, returned as float64 (gesdd without vectors on a
+    ``dtype`` copy of J and a small workspace)."""
+    A = np.asarray(J, dtype=dtype)
     if not np.isfinite(A).all():
         raise ValueError("the Jacobian has non-finite entries: no SVD")
-    return interrupt.call(np.linalg.svd, A, compute_uv=False, should_stop=should_stop)
+    return interrupt.call(np.linalg.svd, A, compute_uv=False,
+                          should_stop=should_stop).astype(np.float64)
 
 
-def svd_device(J, device, vectors: bool = True, should_stop=None, block: int = 2048):
-    """The float64 SVD on a torch device (a GPU), for a J that need not fit in host memory: the
+def _torch_dtype(dtype):
+    import torch
+
+    return torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+
+
+def svd_device(J, device, vectors: bool = True, should_stop=None, block: int = 2048,
+               dtype=np.float64):
+    """The SVD (in ``dtype``) on a torch device (a GPU), for a J that need not fit in host memory: the
     matrix is assembled on the device from column blocks of ``J`` (a memory-mapped
     column-major array: each block is one contiguous read), so the host holds one block at a
     time. Returns torch tensors on the device, ``(U, S, Vh)``, or ``(None, S, None)`` without
     ``vectors`` (``torch.linalg.svdvals``: no U, V and a fraction of the memory)."""
     import torch
 
-    P = J.shape[0]
-    A = torch.empty(P, P, dtype=torch.float64, device=device)
+    P, tdt = J.shape[0], _torch_dtype(dtype)
+    A = torch.empty(P, P, dtype=tdt, device=device)
     for a in range(0, P, block):
         blk = np.ascontiguousarray(J[:, a: a + block])
         if not np.isfinite(blk).all():
             raise ValueError("the Jacobian has non-finite entries: no SVD")
-        A[:, a: a + block] = torch.from_numpy(blk).to(device=device, dtype=torch.float64)
+        A[:, a: a + block] = torch.from_numpy(blk).to(device=device, dtype=tdt)
     if not vectors:
         return None, interrupt.call(torch.linalg.svdvals, A, should_stop=should_stop), None
     U, S, Vh = interrupt.call(torch.linalg.svd, A, should_stop=should_stop)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from engine import config, data, models, runner
+from engine import plan as plan_mod
 from engine.session import Session
 from tjac_tui.cli import main
 
@@ -177,5 +178,34 @@ def test_an_svd_that_cannot_fit_is_refused_with_the_figure(tmp_path, capsys, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0] == ("the float64 SVD of this run's 61,706 x 61,706 Jacobian needs 213.2 GB of "
-                      "memory and 16.0 GB is available here: set spectrum.vectors = false (the "
-                      "singular values alone need 60.9 GB), or run where it fits")
+                      'memory and 16.0 GB is available here: set spectrum.svd_dtype = "float32" '
+                      "(it needs 106.6 GB) or spectrum.vectors = false (the singular values "
+                      "alone need 60.9 GB), or run where it fits")
+    code = main(["run", "lenet5-digits28", "--set", "device=cpu", "--sessions", str(tmp_path),
+                 "--set", "spectrum.vectors=false", "--set", "spectrum.svd_dtype=float32"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [
+        "the float32 SVD of this run's 61,706 x 61,706 Jacobian needs 30.5 GB of memory and "
+        "16.0 GB is available here: set jacobian.svd = false, or run where it fits"]
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_float32_svd_is_recorded_and_close_to_the_float64_one(tmp_path):
+    """spectrum.svd_dtype = "float32": half the memory; S within float32 rounding of s_1 of the
+    float64 SVD of the same J, the alignment still float64 on disk, the summary says which."""
+    cfg = config.load(PRESETS / "quick.toml", ["spectrum.svd_dtype=float32", "device=cpu"])
+    s = Session.create(tmp_path, "f32", cfg)
+    assert runner.run_session(s.path) == runner.EXIT_OK
+    S32 = s.load_npy("svd/S.npy")
+    S64 = np.linalg.svd(s.load_npy("jacobian.npy").astype(np.float64), compute_uv=False)
+    assert S32.dtype == np.float64 and s.load_npy("svd/alignment.npy").dtype == np.float64
+    err = np.abs(S32 - S64).max() / S64[0]
+    assert 0 < err < 1e-5
+    assert s.spectrum()["svd_dtype"] == "float32"
+    from engine.present.report import render_report
+
+    assert "The SVD ran in float32 (`spectrum.svd_dtype`)" in render_report(s)
+    f32 = plan_mod.make_plan(cfg)
+    f64 = plan_mod.make_plan(config.load(PRESETS / "quick.toml", ["device=cpu"]))
+    assert f32.svd_memory("cpu") * 2 == f64.svd_memory("cpu") > 0
+    assert "on a GPU (float32)" in f32.lines()[2]

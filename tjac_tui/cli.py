@@ -108,7 +108,7 @@ def print_plan(cfg, sessions: Path) -> int:
           f"{fmt_seconds(r['jacobian_s'])}")
     if "svd_s" in r:
         note = f" ({r['svd_s_note']})" if r.get("svd_s_note") else ""
-        print(f"float64 SVD: about {fmt_seconds(r['svd_s'])}{note}")
+        print(f"{cfg.spectrum.svd_dtype} SVD: about {fmt_seconds(r['svd_s'])}{note}")
     return 0
 
 

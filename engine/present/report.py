@@ -142,6 +142,11 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
                   f"(chaotic above {summary['thresholds']['chaotic_above']:g}, stable below "
                   f"{summary['thresholds']['stable_below']:g}).", "",
                   regions_markdown(summary), ""]
+        if summary.get("svd_dtype") == "float32":
+            parts += [f"The SVD ran in float32 (`spectrum.svd_dtype`): each singular value may "
+                      f"be off by up to a small multiple of 6e-8 x s_max = "
+                      f"{_g(6e-8 * summary['s_max'])}; compare with bulk_tol before reading "
+                      "counts near the thresholds.", ""]
         if summary.get("alignment_note"):
             parts += [f"_{summary['alignment_note']}_", ""]
 
