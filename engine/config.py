@@ -418,10 +418,12 @@ def to_dict(cfg: RunConfig) -> dict:
 
 
 def dumps(cfg: RunConfig) -> str:
-    """The resolved config as TOML (every key, defaults included)."""
+    """The resolved config as TOML (every key, defaults included; no empty table for the
+    optional sections that are off)."""
     import tomli_w
 
-    return tomli_w.dumps(to_dict(cfg))
+    d = to_dict(cfg)
+    return tomli_w.dumps({k: v for k, v in d.items() if not (isinstance(v, dict) and not v)})
 
 
 def describe(with_plugins: bool = False) -> list[schema.FieldInfo]:

@@ -20,10 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import DataConfig
+from .schema import DataError
 
-
-class DataError(ValueError):
-    """The data cannot be read; ``str()`` is one line naming the file."""
 
 
 @dataclass

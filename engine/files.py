@@ -24,9 +24,10 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where arrays are written: the UI starts without it
+    import numpy as np
 
 TMP_PREFIX = "."
 TMP_SUFFIX = ".tmp"
@@ -65,12 +66,16 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 
 def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
+    import numpy as np
+
     atomic_write_with(path, lambda f: np.save(f, np.ascontiguousarray(arr), allow_pickle=False))
 
 
 def atomic_save_npy_rows(path: str | Path, shape: tuple[int, ...], dtype, rows) -> None:
     """An .npy file of ``shape`` written atomically from ``rows``, consecutive row blocks
     (numpy arrays) in order: an array larger than memory never has to be whole anywhere."""
+    import numpy as np
+
     dtype = np.dtype(dtype)
 
     def write(f):
@@ -90,6 +95,8 @@ def atomic_save_npy_rows(path: str | Path, shape: tuple[int, ...], dtype, rows) 
 
 
 def atomic_save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    import numpy as np
+
     atomic_write_with(path, lambda f: np.savez(f, **arrays))
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .archs import LENET5, LENET5_HIDDEN, ConvSpec, conv_output, conv_specs
 from .config import ModelConfig
 
 ACTIVATIONS = {
@@ -50,15 +51,6 @@ class MLP(nn.Module):
         return x
 
 
-@dataclass(frozen=True)
-class ConvSpec:
-    """One convolution of a :class:`ConvNet`: output channels, square kernel, zero padding."""
-
-    out_channels: int
-    kernel: int
-    padding: int
-
-
 class ConvNet(nn.Module):
     """Convolutions, each followed by the activation and a 2x2 pooling (stride 2), then the
     flattened maps through fully connected layers (the activation between them, none after the
@@ -72,16 +64,10 @@ class ConvNet(nn.Module):
         self.in_shape = tuple(int(d) for d in in_shape)
         self.specs = list(convs)
         self.activation, self.pooling = activation, pooling
-        c, h, w = self.in_shape
-        layers = []
-        for sp in self.specs:
-            layers.append(nn.Conv2d(c, sp.out_channels, sp.kernel, padding=sp.padding))
-            c = sp.out_channels
-            h, w = (h + 2 * sp.padding - sp.kernel + 1) // 2, (w + 2 * sp.padding - sp.kernel + 1) // 2
-            if h < 1 or w < 1:
-                raise ValueError(f"model: images of shape {self.in_shape} are too small for "
-                                 f"{len(self.specs)} convolution(s) and poolings")
-        self.convs = nn.ModuleList(layers)
+        c, h, w = conv_output(self.in_shape, self.specs)
+        ins = [self.in_shape[0]] + [sp.out_channels for sp in self.specs[:-1]]
+        self.convs = nn.ModuleList(nn.Conv2d(i, sp.out_channels, sp.kernel, padding=sp.padding)
+                                   for i, sp in zip(ins, self.specs))
         self.flat_features = c * h * w
         self.widths = [self.flat_features, *widths]
         self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.widths[:-1],
@@ -105,8 +91,7 @@ def lenet5(in_shape: Sequence[int], n_classes: int, activation: str = "relu",
            pooling: str = "max") -> ConvNet:
     """LeNet-5 as in the paper's appendix: conv 6@5x5 (padding 2), pool, conv 16@5x5, pool,
     fully connected 400-120-84-10 on 28x28 images (P = 61,706)."""
-    return ConvNet(in_shape, [ConvSpec(6, 5, 2), ConvSpec(16, 5, 0)], [120, 84, n_classes],
-                   activation, pooling)
+    return ConvNet(in_shape, list(LENET5), [*LENET5_HIDDEN, n_classes], activation, pooling)
 
 
 @dataclass(frozen=True)
@@ -220,12 +205,8 @@ def build(cfg: ModelConfig, n_features: int, n_classes: int, seed: int,
         if image_shape is None:
             raise ValueError(f'model.arch = "{cfg.arch}" needs images (digits28, mnist, '
                              "fashion_mnist, or an npz of x (N, C, H, W)); this data is flat")
-        if cfg.arch == "lenet5":
-            module = lenet5(image_shape, n_classes, cfg.activation, cfg.pooling)
-        else:
-            k = cfg.kernel_size
-            module = ConvNet(image_shape, [ConvSpec(c, k, k // 2) for c in cfg.channels],
-                             [*cfg.hidden, n_classes], cfg.activation, cfg.pooling)
+        specs, hidden = conv_specs(cfg)
+        module = ConvNet(image_shape, specs, [*hidden, n_classes], cfg.activation, cfg.pooling)
         module = module.double()
         if cfg.init == "lecun":
             _lecun_init_(module, torch.Generator().manual_seed(seed))

@@ -16,7 +16,9 @@ import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .archs import parameter_count
 from .config import ConfigError, RunConfig
+from .schema import PlanError
 from .data import load as load_data
 
 # Memory of the SVD of a P x P matrix, in P^2 numbers of the SVD's dtype (spectrum.svd_dtype).
@@ -25,9 +27,6 @@ from .data import load as load_data
 # alone: J and its workspace. (The GPU path also holds one column block of J in host memory.)
 SVD_P2 = {("cpu", True): 7, ("cpu", False): 2, ("cuda", True): 4, ("cuda", False): 2}
 
-
-class PlanError(ValueError):
-    """The run cannot fit here; ``str()`` is the one-line reason with the figures."""
 
 
 def fmt_bytes(n: float) -> str:
@@ -82,21 +81,23 @@ class Plan:
 
 def count_parameters(cfg: RunConfig, n_features: int, n_classes: int,
                      image_shape=None) -> int:
-    """P of the built-in MLP by arithmetic; another model (a convolutional arch, a user model)
-    is built to count (that imports torch)."""
-    if cfg.model.build or cfg.model.arch != "mlp":
-        from .models import Layout, build
-
+    """P of a built-in architecture by arithmetic (:mod:`engine.archs`, no torch); a user
+    model is built to count (that imports torch)."""
+    if not cfg.model.build:
         try:
-            return Layout.of(build(cfg.model, n_features, n_classes, cfg.seed,
-                                   image_shape)).size
-        except ValueError as e:  # the builder cannot be imported, or returns no module
+            return parameter_count(cfg.model, n_features, n_classes, image_shape)
+        except ValueError as e:
             raise ConfigError(str(e)) from None
-        except Exception as e:  # noqa: BLE001 - the user's code failed: one line, named
-            raise ConfigError(f"model.build: {cfg.model.build} failed: "
-                              f"{e.__class__.__name__}: {e}") from None
-    widths = [n_features, *cfg.model.hidden, n_classes]
-    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    from .models import Layout, build
+
+    try:
+        return Layout.of(build(cfg.model, n_features, n_classes, cfg.seed,
+                               image_shape)).size
+    except ValueError as e:  # the builder cannot be imported, or returns no module
+        raise ConfigError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - the user's code failed: one line, named
+        raise ConfigError(f"model.build: {cfg.model.build} failed: "
+                          f"{e.__class__.__name__}: {e}") from None
 
 
 def count_steps(n_train: int, batch_size: int, epochs: int, drop_last: bool) -> int:

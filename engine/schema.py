@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
-__all__ = ["ConfigError", "Invalid", "one_line", "Check", "number", "integer", "choice", "string",
+__all__ = ["ConfigError", "DataError", "PlanError", "Invalid", "one_line", "Check", "number", "integer", "choice", "string",
            "boolean", "name", "list_of", "any_of", "option", "section", "optional", "plugins", "build",
            "to_table", "describe", "lookup", "check_value", "json_schema", "show",
            "suggest", "INT_MAX"]
@@ -50,6 +50,14 @@ class ConfigError(ValueError):
 
     def __init__(self, message: str):
         super().__init__(one_line(message))
+
+
+class DataError(ValueError):
+    """The data cannot be read; ``str()`` is one line naming the file."""
+
+
+class PlanError(ValueError):
+    """The run cannot fit here; ``str()`` is the one-line reason with the figures."""
 
 
 class Invalid(Exception):

@@ -28,9 +28,10 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where arrays are read: the UI starts without it
+    import numpy as np
 
 from . import config as config_mod
 from .files import (append_jsonl, atomic_save_npy, atomic_save_npz, atomic_write,
@@ -259,9 +260,13 @@ class Session:
             self.record_file(rel, stage)
 
     def load_npy(self, rel: str, mmap: bool = False) -> np.ndarray:
+        import numpy as np
+
         return np.load(self.path / rel, mmap_mode="r" if mmap else None, allow_pickle=False)
 
     def load_npz(self, rel: str) -> dict[str, np.ndarray]:
+        import numpy as np
+
         with np.load(self.path / rel, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Drive the real `tjac` TUI in tmux at 80x24 and 160x48: open a finished session, start a run
-# from the Setup pane, visit every pane, and check the captured screens show the regions table
-# (with the counts of the session's spectrum.json), the help screen, and ASCII-only plots under
-# --ascii with NO_COLOR.
+# Drive the real `tjac` TUI in tmux at 80x24 and 160x48: time the first paint, open a finished
+# session, visit every pane (Live with its sparklines, Spectrum, Regions, Analyses with the
+# findings, Sessions, Compare, Setup with its field search, preset picker and save-as screen,
+# help), start a run from the Setup pane, and check the captured screens show the regions table
+# (with the counts of the session's spectrum.json) and ASCII-only plots under --ascii with
+# NO_COLOR.
 #
 #   scripts/tui_smoke.sh [OUT_DIR]        captures go to OUT_DIR (default: a new temp folder)
 #
@@ -74,14 +76,31 @@ check_regions() {  # check_regions FILE: the regions table with the right counts
     grep -qF "P = $P" "$f" || fail "$f: no 'P = $P' summary"
 }
 
+say "- time to first paint (80x24): from the command to the Setup pane on screen"
+for try in 1 2 3; do
+    start 80 24 tjac --sessions "$SESS"
+    t0=$(date +%s.%N)
+    for ((i = 0; i < 1000; i++)); do
+        if "${TMUX_CMD[@]}" capture-pane -p -t smoke | grep -qF "preset:"; then break; fi
+        sleep 0.01
+    done
+    t1=$(date +%s.%N)
+    say "  first paint, try $try: $(python -c "print(f'{$t1 - $t0:.2f}')") s"
+    keys q
+done
+say "  for scale, 'import torch' alone: $(python -c "
+import time; t = time.perf_counter(); import torch; print(f'{time.perf_counter() - t:.2f}')") s"
+
 for size in 80x24 160x48; do
     W=${size%x*}
     H=${size#*x}
     say "- $size: tjac open quick"
     start "$W" "$H" tjac --sessions "$SESS" open quick
     wait_for "status done" 60 || fail "$size: the Live pane never showed 'status done'"
-    wait_for "● train loss" 30 || fail "$size: no training curves"
+    wait_for "accuracy" 30 || fail "$size: no training curves"
     capture "live-$size"
+    grep -qE "loss +[▁▂▃▄▅▆▇█]+ " "$OUT/live-$size.txt" || fail "$size: no loss sparkline"
+    grep -qE "col/s +[▁▂▃▄▅▆▇█]+ " "$OUT/live-$size.txt" || fail "$size: no col/s sparkline"
     keys 4
     wait_for "chaotic" 30 || fail "$size: no regions table"
     capture "regions-$size"
@@ -90,14 +109,33 @@ for size in 80x24 160x48; do
     wait_for "singular values" 30 || fail "$size: no spectrum plot"
     capture "spectrum-$size"
     keys 7
-    wait_for "no analysis has finished yet" 30 || fail "$size: the Analyses pane is empty"
+    wait_for "Findings: the paper vs this run" 30 || fail "$size: no findings in Analyses"
     capture "analyses-$size"
     keys 5
     capture "sessions-$size"
     grep -qF "quick" "$OUT/sessions-$size.txt" || fail "$size: the session is not listed"
+    grep -qF "by created" "$OUT/sessions-$size.txt" || fail "$size: Sessions says no order"
+    keys 6
+    capture "compare-$size"
+    grep -qF "sessions" "$OUT/compare-$size.txt" || fail "$size: no Compare pane"
     keys 1
     capture "setup-$size"
-    grep -qE "^ *seed +0" "$OUT/setup-$size.txt" || fail "$size: Setup does not show the seed field"
+    grep -qE "^ .*optimizer +sgd" "$OUT/setup-$size.txt" || fail "$size: Setup shows no train group"
+    keys /
+    PAUSE=0.3 keys s e e d
+    keys Enter
+    capture "setup-search-$size"
+    grep -qE "^ *> *seed +0" "$OUT/setup-search-$size.txt" \
+        || fail "$size: the field search did not land on the seed field"
+    keys Escape
+    keys C-s
+    capture "saveas-$size"
+    grep -qF "Save the edited config" "$OUT/saveas-$size.txt" || fail "$size: no save-as screen"
+    keys Escape
+    keys C-o
+    capture "presets-$size"
+    grep -qF "Load a preset" "$OUT/presets-$size.txt" || fail "$size: no preset picker"
+    keys Escape
     keys '?'
     capture "help-$size"
     grep -qF "Export" "$OUT/help-$size.txt" || fail "$size: the help screen lists no bindings"

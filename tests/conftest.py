@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,24 @@ def screen_lines(app) -> list[str]:
         cells = rows.get(r, {})
         out.append("".join(cells.get(c, " ") for c in range(max(cells) + 1 if cells else 0)))
     return out
+
+
+@contextlib.asynccontextmanager
+async def running(app, size: tuple[int, int]):
+    """``app.run_test(size=...)`` that lets the startup building finish before the app is
+    torn down, as quitting with ``q`` does (a test can end within the first frames)."""
+    async with app.run_test(size=size) as pilot:
+        yield pilot
+        if hasattr(app, "settled"):  # the workbench (tests also host single panes)
+            await app.settled()
+
+
+async def until(pilot, cond, timeout: float = 30.0, what: str = "") -> None:
+    """Let the app run until ``cond()`` holds; fail after ``timeout`` seconds naming ``what``."""
+    import time
+
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or cond}")
+        await pilot.pause(0.05)

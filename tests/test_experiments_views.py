@@ -14,6 +14,7 @@ from engine.present.views import View, content, make_plot, session_views
 from engine.runner import run_on_session
 from engine.sections import ANALYSES, OodConfig
 
+from conftest import running
 from test_experiments import tiny_session  # noqa: F401  (the module-scoped fixture)
 
 
@@ -92,7 +93,7 @@ def test_the_pane_shows_and_follows_the_analyses(tiny_session):  # noqa: F811
 
     async def go():
         app = One()
-        async with app.run_test(size=(120, 60)) as pilot:
+        async with running(app, (120, 60)) as pilot:
             pane = app.query_one(AnalysesPane)
             await until(pilot, lambda: pane.shown and pane.table_rows(), "the tables")
             assert [a["name"] for a in pane.shown] == list(ANALYSES)
@@ -137,7 +138,7 @@ def test_the_pane_shows_a_study(tmp_path):
 
     async def go():
         app = Host()
-        async with app.run_test(size=(120, 60)) as pilot:
+        async with running(app, (120, 60)) as pilot:
             for _ in range(600):
                 pane = app.screen.query("AnalysesPane").first()
                 if pane.shown and len(pane.table_rows()) >= 3:

@@ -14,7 +14,8 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from engine import config, data, jacobian, models, train
 from engine.kernels.conv import ConvKernel
-from engine.models import ConvNet, ConvSpec
+from engine.archs import ConvSpec
+from engine.models import ConvNet
 
 from conftest import PRESETS
 
@@ -124,3 +125,21 @@ def test_lenet5_hundreds_of_columns_equal_the_generic_path(lenet_2steps):
         th_g, gen = jacobian.jacobian_columns(ref, theta0, chunk)
         assert torch.allclose(th, th_g, rtol=0, atol=1e-12)
         assert torch.allclose(fused, gen, rtol=0, atol=1e-11 * float(gen.abs().max()))
+
+
+@pytest.mark.parametrize("arch, shape, extra", [
+    ("mlp", None, {"hidden": [64, 64]}),
+    ("lenet5", (1, 28, 28), {}),
+    ("lenet5", (1, 32, 32), {}),
+    ("cnn", (1, 8, 8), {"channels": [4, 8], "kernel_size": 3, "hidden": [16]}),
+    ("cnn", (3, 12, 12), {"channels": [5], "kernel_size": 3, "hidden": []}),
+])
+def test_the_torch_free_parameter_count_is_the_built_models(arch, shape, extra):
+    """The Setup pane's plan counts P by arithmetic (engine.archs, no torch): it must be the
+    size of the model the worker builds."""
+    from engine.archs import parameter_count
+
+    mc = dataclasses.replace(config.ModelConfig(), arch=arch, **extra)
+    n_features = 64 if shape is None else int(np.prod(shape))
+    built = models.Layout.of(models.build(mc, n_features, 10, 0, shape)).size
+    assert parameter_count(mc, n_features, 10, shape) == built

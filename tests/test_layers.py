@@ -24,6 +24,7 @@ LAYERS: list[list[str]] = [
     # the registry of optional sections (analyses, study): the plug-in contract, torch-free
     ["engine.sections", "engine.device"],
     ["engine.config"],
+    ["engine.archs"],
     ["engine.data", "engine.models"],
     ["engine.train", "engine.plan"],
     ["engine.jacobian", "engine.spectrum"],
@@ -33,11 +34,12 @@ LAYERS: list[list[str]] = [
     ["engine.runner"],
     ["engine.study"],
     ["engine.present", "engine.present.views"],
-    ["engine.present.findings"],
+    ["engine.present.findings", "engine.present.figures"],
     ["engine.present.report"],
     # the UI
     ["tjac_tui", "tjac_tui.locations"],
     ["tjac_tui.state", "tjac_tui.plots", "tjac_tui.progress"],
+    ["tjac_tui.widgets.inputs"],
     ["tjac_tui.widgets.*"],
     ["tjac_tui.widgets"],
     ["tjac_tui.screens.confirm"],

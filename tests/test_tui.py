@@ -26,7 +26,7 @@ from tjac_tui.screens import (ComparePane, ConfirmScreen, HelpScreen, LivePane, 
 from tjac_tui.state import LiveState, parse_field, value_to_text
 from tjac_tui.widgets import JacobianBar
 
-from conftest import screen_lines
+from conftest import running, screen_lines, until
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "presets" / "quick.toml"
@@ -52,14 +52,6 @@ def with_analysis(finished, tmp_path_factory) -> Path:
 
 def run(coro):
     return asyncio.run(coro)
-
-
-async def until(pilot, cond, timeout: float = 30.0, what: str = "") -> None:
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or cond}")
-        await pilot.pause(0.05)
 
 
 def expected_rows(path: Path) -> list[list[str]]:
@@ -134,7 +126,7 @@ def test_live_state_folds_the_event_log(finished):
 def test_open_finished_session_live_regions_spectrum(finished):
     async def go():
         app = TjacApp(sessions_dir=finished.parent, session=finished.name)
-        async with app.run_test(size=(120, 40)) as pilot:
+        async with running(app, (120, 40)) as pilot:
             assert app.active_pane == "live"
             await until(pilot, lambda: app.live.status == "done", what="the event log")
             await until(pilot, lambda: app.regions_rows() == expected_rows(finished),
@@ -211,7 +203,7 @@ def test_open_finished_session_live_regions_spectrum(finished):
 def test_regions_table_at_80x24(finished):
     async def go():
         app = TjacApp(sessions_dir=finished.parent, session=finished.name)
-        async with app.run_test(size=(80, 24)) as pilot:
+        async with running(app, (80, 24)) as pilot:
             await pilot.press("4")
             await until(pilot, lambda: app.regions_rows() == expected_rows(finished),
                         what="the regions table")
@@ -222,7 +214,7 @@ def test_regions_table_at_80x24(finished):
 def test_export_writes_the_report(finished):
     async def go():
         app = TjacApp(sessions_dir=finished.parent, session=finished.name)
-        async with app.run_test(size=(100, 30)) as pilot:
+        async with running(app, (100, 30)) as pilot:
             await until(pilot, lambda: app.live.status == "done", what="the event log")
             (finished / "report.md").unlink(missing_ok=True)
             await pilot.press("e")
@@ -243,15 +235,16 @@ def test_export_writes_the_report(finished):
 
 
 @pytest.mark.slow
-def test_setup_validates_as_you_type(tmp_path):
+def test_setup_validates_as_you_type(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
     async def go():
         app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
-        async with app.run_test(size=(100, 30)) as pilot:
-            setup = app.query_one(SetupPane)
+        async with running(app, (100, 30)) as pilot:
+            setup = app.pane("setup")
             assert setup.preset_path == QUICK
-            lr = setup.field("train.lr")
+            lr = await setup.reveal("train.lr")
             assert lr.input.value == "0.1"
-            lr.input.focus()
             lr.input.value = ""
             await pilot.press(*"fast")
             await pilot.pause(0.1)
@@ -262,33 +255,52 @@ def test_setup_validates_as_you_type(tmp_path):
             assert lr.input.has_class("-bad-value")
             assert app.query_one("#start-btn").disabled
             assert msg in setup.status_text
-            # fixed: valid again, the whole config checks out
+            assert msg in str(app.query_one("#setup-help").render())  # the focused field's
+            # fixed: valid again, the whole config checks out; the field and the preset are
+            # marked modified
             lr.input.value = ""
             await pilot.press(*"0.05")
             await pilot.pause(0.1)
             assert lr.error is None and not app.query_one("#start-btn").disabled
             assert setup.config().train.lr == 0.05
+            assert lr.modified and ">*lr" in str(lr.query_one(".field-key").render())
+            assert setup.status_text == f"{QUICK} (modified: 1 field): valid"
             # a cross-key rule (final_lr <= lr) is reported like the CLI does
-            setup.field("train.final_lr").input.value = "0.5"
+            (await setup.reveal("train.final_lr", focus=False)).input.value = "0.5"
             await pilot.pause(0.1)
             assert "train.final_lr: expected a number <= train.lr (0.05), got 0.5" in \
                 setup.status_text
             setup.field("train.final_lr").input.value = "0.0"
-            setup.field("model.hidden").input.value = "[8, 0]"
+            hidden = await setup.reveal("model.hidden", focus=False)
+            hidden.input.value = "[8, 0]"
             await pilot.pause(0.1)
             assert setup.field("model.hidden").error == (
                 "model.hidden: expected a list of positive integers (hidden layer widths), "
                 "got [8, 0]")
             setup.field("model.hidden").input.value = "[8]"
             await pilot.pause(0.1)
-            # save as a new preset, then load it back from its path
-            app.query_one("#save-path").value = str(tmp_path / "mine")
-            await pilot.click("#save-btn")
-            await pilot.pause(0.1)
+            # save as a new preset (ctrl+s asks a name), then it is the loaded preset
+            app.set_focus(None)
+            await pilot.press("ctrl+s")
+            await pilot.pause(0.2)
+            box = app.screen.query_one("#save-path")
+            assert box.value == "quick-edited"
+            box.value = ""
+            await pilot.press(*"mine", "enter")
+            await pilot.pause(0.2)
             saved = tmp_path / "mine.toml"
             cfg = config_mod.load(saved)
             assert cfg.train.lr == 0.05 and cfg.model.hidden == [8]
-            assert setup.preset_path == saved
+            assert setup.preset_path == saved and setup.modified_keys() == []
+            # saving over an existing file is refused in the dialog, which stays open
+            await pilot.press("ctrl+s")
+            await pilot.pause(0.2)
+            app.screen.query_one("#save-path").value = "mine"
+            await pilot.press("enter")
+            await pilot.pause(0.2)
+            assert "mine.toml: exists; pick another name" in \
+                str(app.screen.query_one("#saveas-msg").render())
+            await pilot.press("escape")
             # a bad file: one line naming it, fields unchanged
             bad = tmp_path / "bad.toml"
             bad.write_text("[train]\nlr = -1\n")
@@ -302,7 +314,7 @@ def test_help_palette_and_ascii(finished, monkeypatch):
 
     async def go():
         app = TjacApp(sessions_dir=finished.parent, session=finished.name, ascii_only=True)
-        async with app.run_test(size=(80, 24)) as pilot:
+        async with running(app, (80, 24)) as pilot:
             await pilot.press("question_mark")
             assert isinstance(app.screen, HelpScreen)
             keys = [k for _, rows in app.screen.sections for k, _ in rows]
@@ -340,7 +352,7 @@ def test_sessions_delete_and_compare(finished, tmp_path):
 
     async def go():
         app = TjacApp(sessions_dir=root)
-        async with app.run_test(size=(120, 40)) as pilot:
+        async with running(app, (120, 40)) as pilot:
             await pilot.press("5")
             pane = app.query_one(SessionsPane)
             await until(pilot, lambda: len(pane.rows) == 2, what="the sessions table")
@@ -389,7 +401,7 @@ def test_sessions_delete_and_compare(finished, tmp_path):
 def test_start_quick_from_setup_and_watch_it_finish(tmp_path):
     async def go():
         app = TjacApp(sessions_dir=tmp_path, preset="quick")
-        async with app.run_test(size=(120, 40)) as pilot:
+        async with running(app, (120, 40)) as pilot:
             await pilot.press("ctrl+r")
             await until(pilot, lambda: app.current is not None, what="the session")
             await until(pilot, lambda: app.active_pane == "live", what="the Live pane")
@@ -430,28 +442,31 @@ def test_cancel_resume_detach_and_reattach(tmp_path):
 
     async def first():
         app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
-        async with app.run_test(size=(100, 30)) as pilot:
+        async with running(app, (100, 30)) as pilot:
             setup = app.query_one(SetupPane)
-            # P = 610 in 10 chunks of 64 (a chunk costs about as much as a full quick chunk:
-            # more, smaller chunks would only add overhead)
-            setup.field("jacobian.chunk").input.value = "64"
-            setup.field("model.hidden").input.value = "[8]"
-            setup.field("name").input.value = "many-chunks"
+            # P = 610 in 20 chunks of 32: enough chunks that the stop (asked, then confirmed)
+            # lands mid-Jacobian
+            for key, value in (("jacobian.chunk", "32"), ("model.hidden", "[8]"),
+                               ("name", "many-chunks")):
+                (await setup.reveal(key, focus=False)).input.value = value
             await pilot.pause(0.1)
             await pilot.press("ctrl+r")
             await until(pilot, lambda: app.current is not None, what="the session")
             path = app.current
             await until(pilot, lambda: 0 < (app.live.jac.get("done") or 0) < P,
                         timeout=120, what="the first Jacobian chunk")
-            assert app.live.jac["chunks"] == 10
-            await pilot.press("x")
+            assert app.live.jac["chunks"] == 20
+            await pilot.press("x")  # asks first
+            assert isinstance(app.screen, ConfirmScreen)
+            assert "Stop the run many-chunks" in " ".join(screen_lines(app))
+            await pilot.press("y")
             await until(pilot, lambda: app.live.status == "interrupted", timeout=60,
                         what="the interruption")
             m = Session(path).manifest()
             assert m["status"] == "interrupted"
             assert m["stages"]["jacobian"]["status"] == "interrupted"
             done_at_stop = m["stages"]["jacobian"]["columns_done"]
-            assert 0 < done_at_stop < P and done_at_stop % 64 == 0
+            assert 0 < done_at_stop < P and done_at_stop % 32 == 0
             await until(pilot, lambda: app.check_action("resume_run", ()), what="resumable")
             await pilot.press("r")
             await until(pilot, lambda: app.live.status == "running", timeout=60,
@@ -468,7 +483,7 @@ def test_cancel_resume_detach_and_reattach(tmp_path):
 
     async def second():
         app = TjacApp(sessions_dir=tmp_path, session=str(path))
-        async with app.run_test(size=(100, 30)) as pilot:
+        async with running(app, (100, 30)) as pilot:
             await until(pilot, lambda: app.live.events_seen > 0, what="the catch-up")
             await until(pilot, lambda: app.live.status == "done", timeout=180,
                         what="the run to finish")
@@ -489,7 +504,7 @@ def test_cancel_resume_detach_and_reattach(tmp_path):
 def test_analyses_pane_follows_the_session(with_analysis):
     async def go():
         app = TjacApp(sessions_dir=with_analysis.parent, session=with_analysis.name)
-        async with app.run_test(size=(120, 40)) as pilot:
+        async with running(app, (120, 40)) as pilot:
             await until(pilot, lambda: app.live.status == "done", what="the event log")
             assert "analysis.distance" in app.stage_states()
             await pilot.press("7")
@@ -524,12 +539,11 @@ SHIPPED = sorted(p.name for p in (REPO / "presets").glob("*.toml"))
 def test_every_shipped_preset_loads_in_setup_with_no_invalid_field(preset, tmp_path):
     async def go():
         app = TjacApp(sessions_dir=tmp_path, preset=str(REPO / "presets" / preset))
-        async with app.run_test(size=(100, 30)) as pilot:
+        async with running(app, (100, 30)) as pilot:
             setup = app.query_one(SetupPane)
             await pilot.pause(0.2)
             assert setup.errors() == {}
-            assert setup.status_text.endswith(": valid. ctrl+r starts the run, ctrl+s saves a "
-                                              "preset")
+            assert setup.status_text.endswith(": valid")
             assert not app.query_one("#start-btn").disabled
             expected = config_mod.load(REPO / "presets" / preset)
             assert setup.config() == expected  # every field reads back as loaded
@@ -554,6 +568,7 @@ async def go():
             assert setup.errors() == {{}}, (p, setup.errors())
         await pilot.press("2", "3", "4", "5", "6", "7", "1")
         await pilot.pause(0.5)
+        await app.settled()
     print("torch" in sys.modules)
 
 asyncio.run(go())
@@ -577,22 +592,21 @@ def test_lists_of_strings_read_back_quoted():
 def test_a_stale_error_goes_when_another_preset_loads(tmp_path):
     async def go():
         app = TjacApp(sessions_dir=tmp_path, preset=str(REPO / "presets" / "paper-digits-sgd.toml"))
-        async with app.run_test(size=(100, 30)) as pilot:
+        async with running(app, (100, 30)) as pilot:
             setup = app.query_one(SetupPane)
-            setup.field("analysis.perturbation.directions").input.value = "[bulk]"
+            (await setup.reveal("analysis.perturbation.directions")).input.value = "[bulk]"
             await pilot.pause(0.2)
             assert "1 invalid field(s)" in setup.status_text
             assert app.query_one("#start-btn").disabled
             assert setup.load_preset(QUICK)  # its analysis fields go with the old preset
             assert "analysis.perturbation.directions" not in setup.fields()
             assert setup.errors() == {}
-            assert setup.status_text == f"{QUICK}: valid. ctrl+r starts the run, ctrl+s saves " \
-                                        "a preset"
+            assert setup.status_text == f"{QUICK}: valid"
             assert not app.query_one("#start-btn").disabled
             await pilot.pause(0.2)
             assert "invalid" not in setup.status_text
             # and the other way round: ctrl+r refuses what the status line calls invalid
-            setup.field("train.lr").input.value = "fast"
+            (await setup.reveal("train.lr")).input.value = "fast"
             await pilot.pause(0.2)
             assert setup.action_start() is None and app.current is None
     run(go())
@@ -601,7 +615,7 @@ def test_a_stale_error_goes_when_another_preset_loads(tmp_path):
 def test_live_log_shows_the_newest_line_at_80x24(finished):
     async def go():
         app = TjacApp(sessions_dir=finished.parent, session=finished.name)
-        async with app.run_test(size=(80, 24)) as pilot:
+        async with running(app, (80, 24)) as pilot:
             await until(pilot, lambda: app.live.status == "done", what="the event log")
             await pilot.pause(0.3)
             newest = app.live.log[-1].text
@@ -630,7 +644,7 @@ def test_a_running_stage_shows_its_elapsed_time(tmp_path):
     try:
         async def go():
             app = TjacApp(sessions_dir=tmp_path, session=s.path.name)
-            async with app.run_test(size=(100, 30)) as pilot:
+            async with running(app, (100, 30)) as pilot:
                 await until(pilot, lambda: app.live.status == "running", what="the events")
                 t = app.query_one("#stages-table")
 
@@ -663,7 +677,7 @@ def test_ascii_mode_draws_only_ascii_on_every_pane(finished, monkeypatch):
 
     async def go():
         app = TjacApp(sessions_dir=finished.parent, session=finished.name, ascii_only=True)
-        async with app.run_test(size=(80, 24)) as pilot:
+        async with running(app, (80, 24)) as pilot:
             await until(pilot, lambda: app.live.status == "done", what="the event log")
             for key in ("1", "2", "3", "4", "5", "6", "7", "question_mark"):
                 await pilot.press(key)
@@ -700,7 +714,7 @@ def test_compare_rows_say_which_are_selected_without_colour(finished, tmp_path, 
 
     async def go():
         app = TjacApp(sessions_dir=root)
-        async with app.run_test(size=(100, 30)) as pilot:
+        async with running(app, (100, 30)) as pilot:
             await pilot.press("6")
             cmp_ = app.query_one(ComparePane)
             await until(pilot, lambda: len(cmp_.choices) == 3, what="compare choices")

@@ -8,6 +8,8 @@ manifest, arrays) and plotting happen in thread workers; the event loop only upd
 
 from __future__ import annotations
 
+import asyncio
+
 import subprocess
 from pathlib import Path
 from typing import Iterable
@@ -17,6 +19,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.scrollbar import ScrollBar, ScrollBarRender
 from textual.widgets import DataTable, Footer, Header, TabbedContent, TabPane
 
@@ -24,9 +27,7 @@ from engine import config as config_mod
 from engine.session import Session, describe
 
 from .locations import NotFound, find_preset, find_session, shipped_presets
-from .screens import (ComparePane, HelpScreen, LivePane, RegionsPane, SessionsPane, SetupPane,
-                      SpectrumPane)
-from .screens.analyses import AnalysesPane
+from .screens.setup import SetupPane
 from .state import LiveState, Snapshot, read_snapshot
 
 PANES = [("setup", "Setup", "pick and edit a preset, start a run"),
@@ -49,6 +50,24 @@ class Panes(TabbedContent):
 
     def _on_tab_pane_focused(self, event: TabPane.Focused) -> None:
         event.stop()
+        event.prevent_default()  # TabbedContent's own handler would switch back
+
+
+class PaneSlot(Widget):
+    """Where a pane will be: replaced by the pane right after the first paint, so the app
+    appears at once (the Setup pane is built straight away)."""
+
+    DEFAULT_CSS = "PaneSlot { height: 1; color: $text-muted; }"
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+
+    def render(self) -> str:
+        return "loading..."
+
+    def on_mount(self) -> None:
+        self.call_after_refresh(self.app.fill_slot, self)
 
 
 class AsciiScrollBarRender(ScrollBarRender):
@@ -63,13 +82,16 @@ class TjacApp(App):
     TITLE = "tjac"
     SUB_TITLE = "training-Jacobian workbench"
     BINDINGS = [
-        Binding("ctrl+r", "start_run", "Start run"),  # these two: on the Setup pane only
-        Binding("ctrl+s", "save_preset", "Save preset"),
+        Binding("ctrl+r", "start_run", "Start run"),  # these three: on the Setup pane only
+        Binding("ctrl+s", "save_preset", "Save as"),
+        Binding("ctrl+t", "estimate", "Time estimate", show=False),
+        Binding("ctrl+o", "open_preset", "Open preset", show=False),
         *[Binding(str(i + 1), f"pane('{key}')", label, tooltip=desc, group=PANE_KEYS)
           for i, (key, label, desc) in enumerate(PANES)],
         Binding("e", "export", "Export"),
         Binding("x", "cancel_run", "Cancel"),
         Binding("r", "resume_run", "Resume"),
+        Binding("l", "toggle_log", "Log y", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
@@ -87,7 +109,11 @@ class TjacApp(App):
         self._scrollbar_render = ScrollBar.renderer
         self.plot_color = not self.no_color
         self.poll_interval = poll_interval
+        self.log_y = False  # the loss curves' y axis (l)
         self.current: Path | None = None
+        self.panes_ready = False  # the panes other than Setup are mounted after first paint
+        self._slots_left = {key for key, _, _ in PANES if key != "setup"}
+        self._pending: list = []  # calls waiting for the panes
         self.live = LiveState()
         self.snapshot: Snapshot | None = None
         self.procs: dict[Path, subprocess.Popen] = {}  # workers started here, by session
@@ -100,26 +126,39 @@ class TjacApp(App):
 
     # ---- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
+        """The tabs, with only the Setup pane built: the others are mounted right after the
+        first paint (:meth:`_mount_panes`), so the screen appears at once."""
         yield Header(icon="*" if self.ascii_only else "⭘")
-        with Panes(id="panes", initial="setup"):
-            with TabPane(self._tab_label("setup"), id="setup"):
-                yield SetupPane(shipped_presets(), id="setup-pane")
-            with TabPane(self._tab_label("live"), id="live"):
-                yield LivePane(ascii=self.ascii_only, color=self.plot_color, id="live-pane")
-            with TabPane(self._tab_label("spectrum"), id="spectrum"):
-                yield SpectrumPane(ascii=self.ascii_only, color=self.plot_color,
-                                   id="spectrum-pane")
-            with TabPane(self._tab_label("regions"), id="regions"):
-                yield RegionsPane(id="regions-pane")
-            with TabPane(self._tab_label("sessions"), id="sessions"):
-                yield SessionsPane(id="sessions-pane")
-            with TabPane(self._tab_label("compare"), id="compare"):
-                yield ComparePane(ascii=self.ascii_only, color=self.plot_color,
-                                  id="compare-pane")
-            with TabPane(self._tab_label("analyses"), id="analyses"):
-                yield AnalysesPane(ascii=self.ascii_only, color=self.plot_color,
-                                   id="analyses-pane")
+        with Panes(id="panes", initial="live" if self.initial_session else "setup"):
+            for key, _, _ in PANES:
+                with TabPane(self._tab_label(key), id=key):
+                    yield self._pane(key) if key == "setup" else PaneSlot(key)
         yield Footer(compact=True)
+
+    def _pane(self, key: str):
+        from . import screens as sc
+
+        a, c = self.ascii_only, self.plot_color
+        return {"setup": lambda: SetupPane(shipped_presets(), ascii=a, id="setup-pane"),
+                "live": lambda: sc.LivePane(ascii=a, color=c, id="live-pane"),
+                "spectrum": lambda: sc.SpectrumPane(ascii=a, color=c, id="spectrum-pane"),
+                "regions": lambda: sc.RegionsPane(id="regions-pane"),
+                "sessions": lambda: sc.SessionsPane(id="sessions-pane"),
+                "compare": lambda: sc.ComparePane(ascii=a, color=c, id="compare-pane"),
+                "analyses": lambda: sc.AnalysesPane(ascii=a, color=c, id="analyses-pane"),
+                }[key]()
+
+    async def fill_slot(self, slot: "PaneSlot") -> None:
+        """Replace a placeholder by its pane; once the last is in, :meth:`_after_panes`."""
+        parent = slot.parent
+        if parent is None or not parent.is_attached or not self.is_running:
+            return  # quitting already: nothing more to build
+        await parent.mount(self._pane(slot.key), after=slot)
+        await slot.remove()
+        self._slots_left.discard(slot.key)
+        if not self._slots_left and not self.panes_ready and self.is_running:
+            self.panes_ready = True
+            self._after_panes()
 
     @staticmethod
     def _tab_label(key: str) -> str:
@@ -141,7 +180,7 @@ class TjacApp(App):
     def on_mount(self) -> None:
         if self.ascii_only:  # a class attribute: set while this app runs, restored on exit
             ScrollBar.renderer = AsciiScrollBarRender
-        setup = self.query_one(SetupPane)
+        setup = self.pane("setup")
         if self.initial_preset:
             try:
                 setup.load_preset(find_preset(str(self.initial_preset)))
@@ -151,6 +190,13 @@ class TjacApp(App):
             quick = next((p for p in shipped_presets() if p.stem == "quick"), None)
             if quick is not None:
                 setup.load_preset(quick)
+
+    def _after_panes(self) -> None:
+        """Once every pane exists: the session named on the command line, what waited for
+        the panes, the timers."""
+        for fn in self._pending:
+            fn()
+        self._pending.clear()
         if self.initial_session:
             try:
                 path = find_session(str(self.initial_session), self.sessions_dir).path
@@ -158,13 +204,29 @@ class TjacApp(App):
                 self.notify(str(e), severity="error", timeout=10)
             else:
                 self.open_session(path, pane="live")
-        if self.current is None:
+        if self.current is None and self.active_pane == "setup":
             self.show_pane("setup")
-        self.query_one(SessionsPane).refresh_rows()
+        self.pane("sessions").refresh_rows()
         self.set_interval(self.poll_interval, self._poll)
         self.set_interval(3.0, self._rescan)
 
+    async def settled(self) -> None:
+        """Wait until the startup building is over: every pane mounted, the Setup fields
+        being built finished (quitting in the middle would tear widgets half-made)."""
+        while not self.panes_ready and self.is_running:
+            await asyncio.sleep(0.02)
+        await self.pane("setup").settled()
+
+    async def action_quit(self) -> None:
+        await self.settled()
+        self.exit()
+
     # ---- panes -----------------------------------------------------------------------------
+    def pane(self, key: str):
+        """The pane of a tab ("setup", "live", ...); NoMatches until it is mounted (the
+        panes other than Setup are, right after the first paint)."""
+        return self.query_one(f"#{key}-pane")
+
     def show_pane(self, name: str) -> None:
         self.query_one("#panes", Panes).active = name
         self.call_after_refresh(self._focus_pane, name)
@@ -190,40 +252,45 @@ class TjacApp(App):
 
     def action_pane(self, name: str) -> None:
         self.show_pane(name)
-        if name in ("sessions", "compare"):
-            self.query_one(SessionsPane).refresh_rows()
+        if name in ("sessions", "compare") and self.panes_ready:
+            self.pane("sessions").refresh_rows()
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         self.refresh_bindings()  # ctrl+r / ctrl+s belong to the Setup pane
-        if event.pane.id in ("sessions", "compare"):
-            self.query_one(SessionsPane).refresh_rows()
+        if event.pane.id in ("sessions", "compare") and self.panes_ready:
+            self.pane("sessions").refresh_rows()
 
     def _rescan(self) -> None:
         try:
             if self.active_pane in ("sessions", "compare"):
-                self.query_one(SessionsPane).refresh_rows()
+                self.pane("sessions").refresh_rows()
         except NoMatches:  # a timer firing while the app shuts down
             pass
 
     def sessions_scanned(self, rows: list[dict]) -> None:
         try:
-            self.query_one(ComparePane).set_choices(rows)
+            self.pane("compare").set_choices(rows)
         except NoMatches:
             pass
 
     # ---- the current session ---------------------------------------------------------------
-    def open_session(self, path: Path | None, pane: str | None = None) -> None:
-        """Make ``path`` the session every pane follows (None: no session)."""
+    def open_session(self, path: Path | None, pane: str | None = None,
+                     note: str | None = None) -> None:
+        """Make ``path`` the session every pane follows (None: no session). ``note``: what
+        the Live pane says until the session's events arrive ("starting the worker...")."""
+        if not self.panes_ready:  # the panes are being mounted: right after they are
+            self._pending.append(lambda: self.open_session(path, pane, note))
+            return
         self.current = Path(path) if path is not None else None
         self.live = LiveState()
         self.snapshot = None
         self._offset = 0
         self._spectrum_seen = False
         self._status, self._locked = None, False
-        self.query_one(LivePane).reset(self.current)
-        self.query_one(SpectrumPane).load(self.current)
-        self.query_one(RegionsPane).load(self.current)
-        self.query_one(AnalysesPane).load(self.current)
+        self.pane("live").reset(self.current, note)
+        self.pane("spectrum").load(self.current)
+        self.pane("regions").load(self.current)
+        self.pane("analyses").load(self.current)
         self.sub_title = self.current.name if self.current else "training-Jacobian workbench"
         self.refresh_bindings()
         if pane:
@@ -275,7 +342,7 @@ class TjacApp(App):
         for ev in snap.records:
             changed |= self.live.apply(ev)
         self.live.merge_manifest(snap.manifest)
-        self.query_one(LivePane).update_from(self.live, snap, changed,
+        self.pane("live").update_from(self.live, snap, changed,
                                              self.live.new_log_lines(before))
         status = snap.status
         if status != self._status or snap.locked != self._locked:
@@ -285,10 +352,10 @@ class TjacApp(App):
             self.refresh_bindings()
         if snap.has_spectrum and not self._spectrum_seen:
             self._spectrum_seen = True
-            if self.query_one(SpectrumPane).loaded != snap.path:
-                self.query_one(SpectrumPane).load(snap.path)
-            if self.query_one(RegionsPane).summary is None:
-                self.query_one(RegionsPane).load(snap.path)
+            if self.pane("spectrum").loaded != snap.path:
+                self.pane("spectrum").load(snap.path)
+            if self.pane("regions").summary is None:
+                self.pane("regions").load(snap.path)
 
     # ---- runs ------------------------------------------------------------------------------
     def start_run(self, cfg: config_mod.RunConfig, preset: Path | None) -> Path:
@@ -298,8 +365,9 @@ class TjacApp(App):
         s = Session.create(self.sessions_dir, cfg.name, cfg, str(preset) if preset else None)
         self.procs[s.path] = start_worker(s.path)
         self.notify(f"started {s.name} (worker process; quitting the TUI leaves it running)")
-        self.open_session(s.path, pane="live")
-        self.query_one(SessionsPane).refresh_rows()
+        self.open_session(s.path, pane="live", note="starting the worker...")
+        if self.panes_ready:
+            self.pane("sessions").refresh_rows()
         return s.path
 
     def resume_session(self, path: Path) -> bool:
@@ -315,7 +383,9 @@ class TjacApp(App):
         self.procs[path] = start_worker(path)
         self.notify(f"resuming {path.name}")
         if path != self.current:
-            self.open_session(path)
+            self.open_session(path, note="resuming: starting the worker...")
+        elif self.panes_ready:
+            self.pane("live").set_note("resuming: starting the worker...")
         self._locked = True
         self._status = "running"
         self.refresh_bindings()
@@ -335,26 +405,50 @@ class TjacApp(App):
                     and self._status in ("interrupted", "failed", "stale", "created"))
         if action == "export":
             return self.current is not None
-        if action in ("start_run", "save_preset"):
+        if action in ("start_run", "save_preset", "estimate", "open_preset"):
             return self.active_pane == "setup"
         return True
 
     def action_start_run(self) -> None:
-        self.query_one(SetupPane).action_start()
+        self.pane("setup").action_start()
 
     def action_save_preset(self) -> None:
-        self.query_one(SetupPane).action_save()
+        self.pane("setup").action_save()
+
+    def action_estimate(self) -> None:
+        self.pane("setup").action_estimate()
+
+    def action_open_preset(self) -> None:
+        self.pane("setup").action_choose_preset()
 
     def action_cancel_run(self) -> None:
-        from engine.worker import request_stop
+        """Ask first: a stop is resumable, but the chunk in flight is done over."""
+        from .screens.confirm import ConfirmScreen
 
         if self.current is None:
             return
-        if request_stop(self.current):
+        path = self.current
+        self.push_screen(
+            ConfirmScreen(f"Stop the run {path.name}?\n\nThe worker finishes its current "
+                          "chunk, saves and marks the session interrupted; r resumes it."),
+            lambda yes: self._cancel(path) if yes else None)
+
+    def _cancel(self, path: Path) -> None:
+        from engine.worker import request_stop
+
+        if request_stop(path):
             self.notify("stop requested: the worker finishes its current chunk, saves and "
                         "marks the session interrupted (r resumes it)")
         else:
             self.notify("no worker is running this session", severity="warning")
+
+    def action_toggle_log(self) -> None:
+        """A log or linear y axis for the loss curves (Live and Compare)."""
+        self.log_y = not self.log_y
+        if self.panes_ready:
+            self.pane("live").set_log(self.log_y)
+            self.pane("compare").set_log(self.log_y)
+        self.notify(f"loss curves: {'log' if self.log_y else 'linear'} y axis", timeout=2)
 
     def action_resume_run(self) -> None:
         if self.current is not None:
@@ -369,21 +463,31 @@ class TjacApp(App):
 
     @work(thread=True, group="export", exit_on_error=False)
     def _export(self, path: Path) -> None:
+        """report.md with PNG/SVG figures and spectrum.csv in <session>/figures (the figures
+        when matplotlib is installed: the extra ``tjac[figures]``)."""
+        from engine.present.figures import INSTALL_HINT
         from engine.present.report import write_report
 
+        self.call_from_thread(self.notify, f"exporting {path.name}: report and figures...",
+                              timeout=3)
         try:
-            out = write_report(Session(path), ascii_only=True)
+            out = write_report(Session(path), ascii_only=True, figures=True)
         except Exception as e:  # noqa: BLE001 - shown to the user
             self.call_from_thread(self.notify, f"export failed: {e}", severity="error")
             return
-        self.call_from_thread(self._exported, out)
+        figs = sorted(p.name for p in (path / "figures").glob("*.png"))
+        note = (f"; {len(figs)} figure(s) (PNG + SVG) in {path / 'figures'}" if figs else
+                f"; spectrum.csv only ({INSTALL_HINT})")
+        self.call_from_thread(self._exported, out, note)
 
-    def _exported(self, out: Path) -> None:
+    def _exported(self, out: Path, note: str = "") -> None:
         self.last_report = out
         self.sub_title = f"report: {out}"
-        self.notify(f"report written: {out}", timeout=8)
+        self.notify(f"report written: {out}{note}", timeout=8, markup=False)
 
     def help_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        from .screens.sessions import SessionsPane
+
         def rows(bindings) -> list[tuple[str, str]]:
             out = []
             for b in bindings:
@@ -392,22 +496,32 @@ class TjacApp(App):
                             b.action))
             return out
 
-        everywhere = [b for b in self.BINDINGS if b.action not in ("start_run", "save_preset")]
+        everywhere = [b for b in self.BINDINGS
+                      if b.action not in ("start_run", "save_preset", "estimate",
+                                          "open_preset")]
         return [
             ("Everywhere", rows(everywhere) + [
                 ("ctrl+p", "command palette (panes, export, cancel, resume...)"),
                 ("tab / shift+tab", "move the focus")]),
             ("Setup", [("ctrl+r", "start the run (a worker process)"),
-                       ("ctrl+s", "save the edited config as a new preset"),
+                       ("ctrl+o", "open a preset: the shipped ones, or a TOML file by path"),
+                       ("ctrl+s", "save the edited config as a new preset (asks a name)"),
+                       ("ctrl+t", "time estimate (timed steps, separate process)"),
+                       ("/", "find a field by name (fuzzy); enter jumps to it"),
+                       ("enter (group title)", "open or close a group of fields"),
+                       ("space (analyses list)", "switch an analysis on or off"),
                        ("escape", "leave the field being edited"),
                        ("enter (file path)", "load that TOML")]),
             ("Sessions", [("enter", "open the selected session")] + rows(SessionsPane.BINDINGS)),
-            ("Compare", [("space", "select / deselect a session")]),
+            ("Compare", [("space", "select / deselect a session"),
+                         ("l", "log / linear y axis of the loss curves (here and in Live)")]),
             ("Live", [("x", "cancel: the worker finishes its chunk and saves (resumable)"),
                       ("r", "resume an interrupted or failed session")]),
         ]
 
     def action_help(self) -> None:
+        from .screens.help import HelpScreen
+
         self.push_screen(HelpScreen(self.help_sections()))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -415,7 +529,8 @@ class TjacApp(App):
         for i, (key, label, desc) in enumerate(PANES):
             yield SystemCommand(f"{label} pane ({i + 1})", desc,
                                 lambda k=key: self.action_pane(k))
-        yield SystemCommand("Export report (e)", "write report.md of the current session",
+        yield SystemCommand("Export report (e)", "write report.md, PNG/SVG figures and "
+                            "spectrum.csv of the current session",
                             self.action_export)
         yield SystemCommand("Cancel run (x)", "stop the worker gracefully (resumable)",
                             self.action_cancel_run)
@@ -425,7 +540,7 @@ class TjacApp(App):
 
     # ---- for tests and the smoke script ----------------------------------------------------
     def regions_rows(self) -> list[list[str]]:
-        return self.query_one(RegionsPane).table_rows()
+        return self.pane("regions").table_rows()
 
     def stage_states(self) -> dict[str, str]:
         t = self.query_one("#stages-table", DataTable)

@@ -5,7 +5,9 @@
     tjac resume SESSION           finish an interrupted session
     tjac ls                       sessions and their status
     tjac presets                  the shipped presets
-    tjac report SESSION [-o FILE] write the markdown report (default SESSION/report.md)
+    tjac report SESSION [-o FILE] [--figures]
+                                  write the markdown report (default SESSION/report.md);
+                                  --figures: PNG/SVG figures and spectrum.csv too
     tjac compare S1 S2 [...]      region counts side by side and overlaid spectra (markdown)
     tjac open SESSION             open the workbench on a session (running or finished)
     tjac study PRESET|DIR         run every run of a preset's [study] (or resume a study), then
@@ -26,9 +28,7 @@ from pathlib import Path
 
 from engine import config as config_mod
 from engine.config import ConfigError
-from engine.data import DataError
-from engine.schema import one_line
-from engine.plan import PlanError
+from engine.schema import DataError, PlanError, one_line
 from engine.session import SessionDamaged, SessionError
 
 from .locations import (NotFound, default_sessions_dir, find_preset, find_session,
@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for a in cfg.analysis.values():
             a.enabled = False
     if args.plan:
-        return print_plan(cfg, args.sessions)
+        return print_plan(cfg, args.sessions, as_json=args.json)
     check_sessions_dir(args.sessions)
     check_fits(cfg, args.sessions)
     session = Session.create(args.sessions, cfg.name, cfg, str(preset))
@@ -79,23 +79,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_foreground(session, quiet=args.quiet)
 
 
-def print_plan(cfg, sessions: Path) -> int:
+def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
     """``tjac run PRESET --plan``: the sizes, whether they fit here, and times estimated from a
-    short timed probe on this device; nothing is written."""
+    short timed probe on this device; nothing is written. ``as_json``: one JSON object (the
+    Setup pane's time estimate reads it)."""
     from engine import plan as plan_mod
     from engine.runner import probe
 
     from .state import fmt_seconds
 
     pl = plan_mod.make_plan(cfg)
-    for line in pl.lines():
-        print(line)
     try:
         plan_mod.check(pl, sessions, device=plan_mod.where_svd_runs(cfg.device))
-        print(f"fits in {sessions}: yes ({plan_mod.fmt_bytes(plan_mod.free_disk(sessions))} "
-              "free)")
+        fits = (f"fits in {sessions}: yes ({plan_mod.fmt_bytes(plan_mod.free_disk(sessions))} "
+                "free)")
     except plan_mod.PlanError as e:
-        print(f"does not fit: {e}")
+        fits = f"does not fit: {e}"
+    if as_json:
+        out = {"P": pl.P, "steps": pl.steps, "lines": pl.lines(), "fits": fits}
+        if cfg.jacobian.enabled:
+            r = probe(cfg)
+            out.update({k: r.get(k) for k in ("device", "chunk", "column_steps_per_s",
+                                                "jacobian_s", "svd_s", "svd_s_note")})
+        print(json.dumps(out))
+        return 0
+    for line in pl.lines():
+        print(line)
+    print(fits)
     if not cfg.jacobian.enabled:
         return 0
     print("probing (a few training steps of one chunk)...", file=sys.stderr)
@@ -215,7 +225,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     s = find_session(args.session, args.sessions)
     s.check_intact()  # a report of damaged files would state wrong numbers
-    print(write_report(s, args.output, ascii_only=not args.unicode))
+    out = write_report(s, args.output, ascii_only=not args.unicode, figures=args.figures)
+    print(out)
+    if args.figures:
+        from engine.present.figures import INSTALL_HINT
+
+        err = _console(stderr=True, quiet=getattr(args, "quiet", False))
+        figs = sorted((s.path / "figures").glob("*"))
+        err.print(f"figures: {len(figs)} file(s) in {s.path / 'figures'}", soft_wrap=True)
+        if not any(p.suffix == ".png" for p in figs):
+            err.print(INSTALL_HINT, style="yellow", markup=False, soft_wrap=True)
     return 0
 
 
@@ -339,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print P, the steps, J's size, the SVD's memory, whether they fit, and "
                         "times estimated from a short timed probe on this device; start "
                         "nothing")
+    r.add_argument("--json", action="store_true",
+                   help="with --plan: print the plan and the probe's figures as one JSON object")
     r.add_argument("--skip-analyses", action="store_true",
                    help="run train, J, SVD and spectrum only (the preset's analyses are kept in "
                         "its config, switched off)")
@@ -360,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--output", help="output file (default: SESSION/report.md)")
     rp.add_argument("--unicode", action="store_true",
                     help="plots with braille characters instead of plain ASCII")
+    rp.add_argument("--figures", action="store_true",
+                    help="also PNG and SVG figures (matplotlib: pip install 'tjac[figures]') "
+                         "and the spectrum as CSV, in SESSION/figures, linked from the report")
     rp.set_defaults(func=cmd_report)
 
     cp = sub.add_parser("compare", parents=[common],

@@ -60,3 +60,31 @@ def find_session(arg: str | Path, root: Path) -> Session:
         if cand.exists():
             raise NotFound(f"{arg}: not a session (a file, not a directory)")
     raise NotFound(f"{arg}: no such session (looked in {p} and {Path(root) / p})")
+
+
+ADDED = "added-sessions.txt"  # in the sessions folder: sessions kept elsewhere, one path a line
+
+
+def added_sessions(root: Path) -> list[Path]:
+    """The sessions added by path to the sessions folder ``root`` (they may live anywhere,
+    e.g. a study's runs or a colleague's folder), in the order they were added."""
+    f = Path(root) / ADDED
+    try:
+        lines = f.read_text().splitlines()
+    except OSError:
+        return []
+    return [Path(line.strip()) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def add_session(root: Path, arg: str | Path) -> Session:
+    """Remember the session at ``arg`` (absolute path) in ``root``'s list of added sessions;
+    raises :class:`NotFound` when ``arg`` is not a session. Adding one twice keeps one."""
+    s = find_session(str(Path(arg).expanduser()), root)
+    path = s.path.resolve()
+    known = [p.resolve() for p in added_sessions(root)]
+    inside = Path(root).resolve() == path.parent
+    if path not in known and not inside:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        with open(Path(root) / ADDED, "a") as f:
+            f.write(f"{path}\n")
+    return Session(path)

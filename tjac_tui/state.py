@@ -48,6 +48,7 @@ class LiveState:
     curves: dict[str, list[float | None]] = field(default_factory=lambda: {
         "train_loss": [], "test_loss": [], "train_acc": [], "test_acc": []})
     jac: dict[str, Any] = field(default_factory=dict)  # done, total, rate, eta, chunk, chunks
+    rates: list[float] = field(default_factory=list)  # columns/s of each chunk of this attempt
     run: dict[str, Any] = field(default_factory=dict)  # device, dtype, threads, P
     status: str = "?"
     log: deque = field(default_factory=lambda: deque(maxlen=200))
@@ -111,6 +112,7 @@ class LiveState:
             self.jac = {"done": ev.get("done", 0), "total": ev.get("total"),
                         "chunk": ev.get("chunk"), "chunks": ev.get("chunks"),
                         "rate": None, "eta": None}
+            self.rates.clear()
             changed.add("jac")
             log(f"jacobian: {ev.get('total')} columns in {ev.get('chunks')} chunks of "
                 f"{ev.get('chunk')}" + (f", {ev.get('done')} already done" if ev.get("done")
@@ -118,6 +120,8 @@ class LiveState:
         elif kind == "jacobian_chunk":
             self.jac.update({k: ev.get(k) for k in ("done", "total", "rate", "eta")})
             self.jac["last_chunk"] = ev.get("chunk")
+            if ev.get("rate"):
+                self.rates.append(float(ev["rate"]))
             for k in ("gpu_mem", "gpu_mem_peak"):
                 if k in ev:
                     self.jac[k] = ev[k]

@@ -2,7 +2,9 @@
 and the paper's findings checked (:mod:`engine.present.findings`).
 
     render_report(session) -> str           the markdown text
-    write_report(session, path=None) -> Path    writes it (default: <session>/report.md)
+    write_report(session, path=None, figures=False) -> Path
+                                            writes it (default: <session>/report.md); with
+                                            figures, also PNG/SVG figures and spectrum.csv
     compare_rows(sessions) -> (columns, rows)   region counts side by side
     render_compare(sessions) -> str         markdown comparison of several sessions
 
@@ -18,6 +20,7 @@ from typing import Iterable
 from .. import asciiplot, spectrum as spectrum_mod
 from ..files import atomic_write
 from ..session import Session
+from .figures import Figures, figures_markdown, write_figures
 from .findings import as_session, render_analyses_markdown
 from .markdown import code_block, md_table
 
@@ -103,8 +106,11 @@ def training_plots(metrics: list[dict], width: int = PLOT_WIDTH, height: int = 1
 
 
 def render_report(session: Session | str | Path, ascii_only: bool = True,
-                  width: int = PLOT_WIDTH, height: int = PLOT_HEIGHT) -> str:
-    """The markdown report of one session (whatever it holds so far)."""
+                  width: int = PLOT_WIDTH, height: int = PLOT_HEIGHT,
+                  figures: Figures | None = None, report_dir: Path | None = None) -> str:
+    """The markdown report of one session (whatever it holds so far); ``figures`` (from
+    :func:`write_figures`) adds a section that shows and links them, relative to
+    ``report_dir`` (default: the session)."""
     s = as_session(session)
     m = s.manifest()
     summary = s.spectrum()
@@ -180,6 +186,9 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
     if s.has("svd/S.npy"):  # every finished analysis, then the paper's findings checked
         parts += [render_analyses_markdown(s, ascii_only=ascii_only, width=width).rstrip(), ""]
 
+    if figures is not None:
+        parts += [figures_markdown(figures, report_dir or s.path).rstrip(), ""]
+
     if (s.path / "config.toml").is_file():
         parts += ["## Config", "", code_block((s.path / "config.toml").read_text(), "toml"), ""]
     env = dict(m.get("environment") or {})
@@ -193,11 +202,15 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
 
 
 def write_report(session: Session | str | Path, path: str | Path | None = None,
-                 ascii_only: bool = True) -> Path:
-    """Write the markdown report (default ``<session>/report.md``, atomically); returns the path."""
+                 ascii_only: bool = True, figures: bool = False) -> Path:
+    """Write the markdown report (default ``<session>/report.md``, atomically); returns the
+    path. ``figures``: also the PNG/SVG figures and spectrum.csv (:func:`write_figures`, in
+    ``<session>/figures``), shown and linked from the report."""
     s = as_session(session)
     out = Path(path) if path is not None else s.path / "report.md"
-    atomic_write(out, render_report(s, ascii_only=ascii_only).encode("utf-8"))
+    figs = write_figures(s) if figures else None
+    atomic_write(out, render_report(s, ascii_only=ascii_only, figures=figs,
+                                    report_dir=out.parent.absolute()).encode("utf-8"))
     return out
 
 

@@ -191,11 +191,16 @@ def init_change_views(r: dict, session) -> list[View]:
 
 def perturbation_views(r: dict, session) -> list[View]:
     out = []
+    tol = (session.spectrum() or {}).get("bulk_tol") or regions.DEFAULT_TOL
     for d in r["directions"]:
         eps = np.array([row["eps"] for row in d["rows"]])
-        name = f"{d['direction']} (i = {d['index']}, s = {d['s']:.6g})"
+        i, s = d["index"], float(d["s"])
+        region = next(k for k, m in regions.masks(np.array([s]), tol).items() if m[0])
+        asked = str(d["direction"])
+        which = region if asked in (str(i), region) else f"{asked}, {region}"
         out.append(View(
-            f"perturbation.{d['index']}", f"Perturbation along v_{d['index']}: {name}",
+            f"perturbation.{i}", f"Retraining from theta_0 + eps v_{i} ({which}, s = {s:.6g}): "
+                                 f"response along u_{i} vs eps",
             [("|u.delta|", eps, np.array([abs(row["response"]) for row in d["rows"]])),
              ("s eps (linear)", eps, np.array([abs(row["linear"]) for row in d["rows"]])),
              ("|complement|", eps, np.array([row["complement"] for row in d["rows"]])),

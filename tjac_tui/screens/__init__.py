@@ -1,13 +1,21 @@
-"""The panes of the workbench (one per tab) and its modal screens."""
+"""The panes of the workbench (one per tab) and its modal screens.
 
-from .compare import ComparePane
-from .confirm import ConfirmScreen
-from .help import HelpScreen
-from .live import LivePane
-from .regions import RegionsPane
-from .sessions import SessionsPane
-from .setup import SetupPane
-from .spectrum import SpectrumPane
+Imported on first use (PEP 562), so that starting the app loads only the Setup pane's code; the
+other panes (and numpy, plotext) load while the first screen is already shown."""
 
-__all__ = ["ComparePane", "ConfirmScreen", "HelpScreen", "LivePane", "RegionsPane",
-           "SessionsPane", "SetupPane", "SpectrumPane"]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {"ComparePane": "compare", "ConfirmScreen": "confirm", "HelpScreen": "help",
+          "LivePane": "live", "RegionsPane": "regions", "SessionsPane": "sessions",
+          "SetupPane": "setup", "SpectrumPane": "spectrum",
+          "AnalysesPane": "analyses"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Footer, Header, OptionList, Static
+from textual.widgets.option_list import Option
 
 from ..widgets import PlotView
 
@@ -41,7 +42,35 @@ def signature(path: Path) -> tuple:
         if d.is_dir():
             for p in sorted(d.glob("*.json")):
                 items.append((str(p), p.stat().st_mtime_ns))
+    spectrum = path / "spectrum.json"  # the findings need the spectrum
+    if spectrum.is_file():
+        items.append(("spectrum.json", spectrum.stat().st_mtime_ns))
     return tuple(items)
+
+
+FINDINGS_COLUMNS = ["#", "experiment", "the paper", "this run", "agrees"]
+FINDINGS_WIDTHS = {"experiment": 24, "the paper": 28, "this run": 40, "agrees": 7}
+
+
+def findings_content(path: Path) -> dict | None:
+    """The findings table (paper vs this run, with verdicts) and, when the distance analysis
+    (which holds it) did not run, the region sensitivity view of a session; None for a study
+    or a session without a spectrum. The same functions as the report's."""
+    from engine.present.findings import findings_table
+    from engine.present.views import sensitivity_view
+    from engine.session import Session
+
+    if (path / "study.json").is_file():
+        return None
+    s = Session(path)
+    rows = findings_table(s)
+    if not rows:
+        return None
+    sens = None if s.has("analyses/distance.json") else sensitivity_view(s.load_npy("svd/S.npy"))
+    return {"rows": [[str(r["n"]), r["experiment"], r["paper"], r["measured"], r["agrees"]]
+                     for r in rows],
+            "criteria": [f"{r['n']}: {r.get('criterion') or ''}" for r in rows],
+            "sensitivity": sens}
 
 
 def last_progress(path: Path, offset: int) -> tuple[dict | None, int]:
@@ -89,6 +118,7 @@ class AnalysesPane(VerticalScroll):
     AnalysesPane PlotView { height: 20; }
     AnalysesPane DataTable { height: auto; max-height: 14; }
     AnalysesPane .view-note { color: $text-muted; }
+    AnalysesPane #analyses-toc { height: auto; max-height: 10; display: none; }
     """
 
     def __init__(self, path: str | Path | None = None, *, ascii: bool = False,
@@ -99,6 +129,7 @@ class AnalysesPane(VerticalScroll):
         self.color = color
         self.poll = poll
         self.shown: list[dict] = []  # the content on screen (tests read it)
+        self.findings: dict | None = None
         self._sig: tuple | None = None
         self._offset = 0
         self._busy = False
@@ -106,6 +137,7 @@ class AnalysesPane(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static("no session selected", id="analyses-head")
         yield Static("", id="analyses-progress")
+        yield OptionList(id="analyses-toc")
         yield Vertical(id="analyses-body")
 
     def on_mount(self) -> None:
@@ -116,8 +148,11 @@ class AnalysesPane(VerticalScroll):
         """Follow another session or study directory (None: nothing)."""
         self.path = Path(path) if path is not None else None
         self._sig, self._offset = None, 0
-        self.shown = []
-        self.query_one("#analyses-body", Vertical).remove_children()
+        self.shown, self.findings = [], None
+        self.call_later(self.query_one("#analyses-body", Vertical).remove_children)
+        toc = self.query_one("#analyses-toc", OptionList)
+        toc.clear_options()
+        toc.display = False
         self.query_one("#analyses-progress", Static).update("")
         self.query_one("#analyses-head", Static).update(
             "no session selected" if path is None else f"{self.path.name}: loading...")
@@ -139,15 +174,16 @@ class AnalysesPane(VerticalScroll):
         try:
             ev, new_offset = last_progress(path, offset)
             new_sig = signature(path)
-            data = None
+            data = findings = None
             if new_sig != sig:
                 from engine.present.views import content
 
                 data = content(path)
+                findings = findings_content(path)
         except Exception as e:  # noqa: BLE001 - a half-written file: try again next time
             self.app.call_from_thread(self._failed, path, e)
             return
-        self.app.call_from_thread(self._apply, path, new_sig, new_offset, ev, data)
+        self.app.call_from_thread(self._apply, path, new_sig, new_offset, ev, data, findings)
 
     def _failed(self, path: Path, err: Exception) -> None:
         self._busy = False
@@ -155,7 +191,7 @@ class AnalysesPane(VerticalScroll):
             self.query_one("#analyses-progress", Static).update(f"cannot read: {err}")
 
     def _apply(self, path: Path, sig: tuple, offset: int, ev: dict | None,
-               data: list[dict] | None) -> None:
+               data: list[dict] | None, findings: dict | None = None) -> None:
         self._busy = False
         if path != self.path:
             return
@@ -165,43 +201,109 @@ class AnalysesPane(VerticalScroll):
         if data is None:
             return
         self._sig = sig
-        self.show(data)
+        self.call_later(self.show, data, findings)  # in order with load()'s clearing
 
-    def show(self, data: list[dict]) -> None:
+    async def show(self, data: list[dict], findings: dict | None = None) -> None:
+        """Draw ``data`` (:func:`engine.present.views.content`) and ``findings``
+        (:func:`findings_content`), under a table of contents. The old content is removed
+        before the new is mounted (the sections have ids)."""
         self.shown = data
+        self.findings = findings
         kind = "study" if (self.path / "study.json").is_file() else "session"
         head = self.query_one("#analyses-head", Static)
         if not data:
             head.update(f"{self.path.name}: no analysis has finished yet (add [analysis.NAME] "
-                        "sections to the preset)")
+                        "sections to the preset)"
+                        + ("; the findings below come from the spectrum" if findings else ""))
         else:
             head.update(f"{self.path.name} ({kind}): " + ", ".join(a["name"] for a in data))
         body = self.query_one("#analyses-body", Vertical)
-        body.remove_children()
-        widgets, payload = [], {}
+        await body.remove_children()
+        widgets, payload, toc = [], {}, []
         asc, col = self.ascii, self.color
+
+        def section(key: str, title: str) -> None:
+            toc.append(Option(title, id=f"toc-{key}"))
+            widgets.append(Static(title, id=f"sec-{key}", classes="analysis-title"))
+
+        def view(v: dict, table_id: str | None = None) -> None:
+            widgets.append(Static(v["title"], classes="view-title"))
+            if v["series"]:
+                pv = PlotView("", classes="analysis-plot")
+                payload[id(pv)] = v["view"]
+                widgets.append(pv)
+            if v["rows"]:
+                t = DataTable(zebra_stripes=True, cursor_type="row", classes="analysis-table",
+                              id=table_id)
+                payload[id(t)] = (v["columns"], v["rows"])
+                widgets.append(t)
+            if v["note"]:
+                widgets.append(Static(v["note"], classes="view-note"))
+
+        if findings is not None:
+            section("findings", "Findings: the paper vs this run")
+            t = DataTable(zebra_stripes=True, cursor_type="row", id="findings-table")
+            payload[id(t)] = (FINDINGS_COLUMNS, findings["rows"])
+            widgets.append(t)
+            widgets.append(Static("", id="findings-detail", classes="view-note"))
+            if findings["sensitivity"] is not None:
+                sv = findings["sensitivity"]
+                section("sensitivity", "Region sensitivity")
+                view({"title": sv.title, "series": sv.series, "view": sv, "rows": sv.rows,
+                      "columns": sv.columns, "note": sv.note}, "sensitivity-table")
         for a in data:
-            widgets.append(Static(f"{a['title']} ({a['name']})", classes="analysis-title"))
+            section(a["name"], f"{a['title']} ({a['name']})")
             for v in a["views"]:
-                widgets.append(Static(v["title"], classes="view-title"))
-                if v["series"]:
-                    pv = PlotView("", classes="analysis-plot")
-                    payload[id(pv)] = v["view"]
-                    widgets.append(pv)
-                if v["rows"]:
-                    t = DataTable(zebra_stripes=True, cursor_type="row", classes="analysis-table")
-                    payload[id(t)] = (v["columns"], v["rows"])
-                    widgets.append(t)
-                if v["note"]:
-                    widgets.append(Static(v["note"], classes="view-note"))
-        body.mount(*widgets)
+                view(v)
+        toc_list = self.query_one("#analyses-toc", OptionList)
+        toc_list.clear_options()
+        toc_list.add_options(toc)
+        toc_list.display = bool(toc)
+        await body.mount(*widgets)
         for w in widgets:
             if isinstance(w, PlotView):
                 w.show(_maker(payload[id(w)], asc, col))
             elif isinstance(w, DataTable):
                 cols, rows = payload[id(w)]
-                w.add_columns(*cols)
+                if w.id == "findings-table":  # long texts: cut here, whole in the detail line
+                    for c in cols:
+                        w.add_column(c, key=c, width=FINDINGS_WIDTHS.get(c))
+                else:
+                    w.add_columns(*cols)
                 w.add_rows(rows)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """The whole of the highlighted finding, under the table."""
+        if event.data_table.id != "findings-table" or self.findings is None:
+            return
+        i = event.cursor_row
+        if not 0 <= i < len(self.findings["rows"]):
+            return
+        n, exp, paper, measured, agrees = self.findings["rows"][i]
+        crit = self.findings["criteria"][i] if i < len(self.findings["criteria"]) else ""
+        self.query_one("#findings-detail", Static).update(
+            f"{n}. {exp}: agrees {agrees}\n  the paper: {paper}\n  this run: {measured}"
+            + (f"\n  criterion: {crit.split(': ', 1)[-1]}" if crit else ""))
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        """The table of contents: jump to the section."""
+        if event.option_list.id != "analyses-toc" or not event.option.id:
+            return
+        event.stop()
+        target = self.query_one("#sec-" + event.option.id.removeprefix("toc-"))
+        self.scroll_to_widget(target, animate=False, top=True)
+
+    def toc(self) -> list[str]:
+        ol = self.query_one("#analyses-toc", OptionList)
+        return [str(ol.get_option_at_index(i).prompt) for i in range(ol.option_count)]
+
+    def findings_rows(self) -> list[list[str]]:
+        """The findings table on screen, as text (tests, the smoke script)."""
+        found = self.query("#findings-table")
+        if not found:
+            return []
+        t = found.first(DataTable)
+        return [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
 
     def table_rows(self) -> list[list[list[str]]]:
         """Every table on screen as text (tests)."""

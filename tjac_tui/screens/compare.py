@@ -14,7 +14,7 @@ from textual.widgets.selection_list import Selection
 
 from engine.session import Session
 
-from ..plots import overlay_plot
+from ..plots import overlay_plot, runs_loss_plot
 from ..widgets import CheckList, PlotView
 
 
@@ -26,6 +26,8 @@ class ComparePane(Horizontal):
         self.choices: list[str] = []  # session paths with a spectrum
         self.columns: list[str] = []
         self.rows: list[list[str]] = []
+        self.log_y = False  # the loss overlay's y axis (the app's `l` toggles it)
+        self.losses: list[tuple[str, list[int], list[float | None]]] = []  # on screen
 
     def compose(self) -> ComposeResult:
         yield CheckList(id="compare-pick")
@@ -35,6 +37,7 @@ class ComparePane(Horizontal):
             yield DataTable(id="compare-table", cursor_type="none", zebra_stripes=True)
             yield PlotView("", id="cmp-s", classes="compare-plot")
             yield PlotView("", id="cmp-dist", classes="compare-plot")
+            yield PlotView("", id="cmp-loss", classes="compare-plot")
 
     def on_mount(self) -> None:
         self.query_one("#compare-pick", SelectionList).border_title = "sessions"
@@ -66,7 +69,8 @@ class ComparePane(Horizontal):
             self.query_one("#compare-head", Static).update(
                 "pick two or more finished sessions on the left (space toggles)")
             self.query_one("#compare-table", DataTable).clear(columns=True)
-            for v in ("#cmp-s", "#cmp-dist"):
+            self.losses = []
+            for v in ("#cmp-s", "#cmp-dist", "#cmp-loss"):
                 self.query_one(v, PlotView).show(None, "")
             self.columns, self.rows = [], []
             return
@@ -80,10 +84,14 @@ class ComparePane(Horizontal):
         cols, rows = compare_rows(sessions)
         named = [(s.name, s.load_npy("svd/S.npy").astype(np.float64)) for s in sessions
                  if s.has("svd/S.npy")]
-        self.app.call_from_thread(self._show, selected, cols, rows, named)
+        losses = []
+        for s in sessions:
+            m = s.metrics() if s.has("metrics.jsonl") else []
+            losses.append((s.name, [int(r["step"]) for r in m], [r.get("train_loss") for r in m]))
+        self.app.call_from_thread(self._show, selected, cols, rows, named, losses)
 
     def _show(self, selected: list[str], cols: list[str], rows: list[list[str]],
-              named: list[tuple[str, np.ndarray]]) -> None:
+              named: list[tuple[str, np.ndarray]], losses: list | None = None) -> None:
         if list(self.query_one("#compare-pick", SelectionList).selected) != selected:
             return
         self.columns, self.rows = cols, rows
@@ -99,3 +107,20 @@ class ComparePane(Horizontal):
             lambda w, h: overlay_plot(named, "spectrum", w, h, ascii=asc, color=col))
         self.query_one("#cmp-dist", PlotView).show(
             lambda w, h: overlay_plot(named, "distance", w, h, ascii=asc, color=col))
+        self.losses = losses or []
+        self._draw_losses()
+
+    def _draw_losses(self) -> None:
+        runs = [r for r in self.losses if r[1]]
+        if not runs:
+            self.query_one("#cmp-loss", PlotView).show(None, "no training curves")
+            return
+        asc, col, lg = self.ascii, self.color, self.log_y
+        self.query_one("#cmp-loss", PlotView).show(
+            lambda w, h: runs_loss_plot(runs, w, h, ascii=asc, color=col, log=lg))
+
+    def set_log(self, log: bool) -> None:
+        """A log (or linear) y axis for the loss overlay."""
+        self.log_y = log
+        if self.losses:
+            self._draw_losses()

@@ -13,6 +13,7 @@ from textual.widgets import DataTable, RichLog, Static
 from ..plots import accuracy_plot, loss_plot
 from ..state import LiveState, Snapshot, fmt_bytes, fmt_seconds
 from ..widgets import JacobianBar, PlotView
+from ..widgets.spark import Spark
 
 STATUS_STYLE = {"done": "green", "running": "bold cyan", "failed": "bold red",
                 "interrupted": "yellow", "stale": "yellow", "pending": "dim", "created": "dim"}
@@ -30,6 +31,7 @@ class LivePane(VerticalScroll):
         self._errors_shown: set[str] = set()
         self._steps_drawn = 0
         self.live: LiveState | None = None
+        self.log_y = False  # the loss plot's y axis (the app's `l` toggles it)
 
     def compose(self) -> ComposeResult:
         yield Static("no session: start one in Setup (1) or open one in Sessions (5)",
@@ -39,6 +41,8 @@ class LivePane(VerticalScroll):
             with Vertical(id="live-side"):
                 yield JacobianBar(ascii=self.ascii, id="jac-bar")
                 yield Static("", id="live-train")
+                yield Spark("loss", log=True, ascii=self.ascii, id="spark-loss")
+                yield Spark("col/s", fmt="{:.1f}", ascii=self.ascii, id="spark-rate")
                 yield Static("", id="live-device")
         with Horizontal(id="live-curves"):
             yield PlotView("training curves appear as steps arrive", id="loss-plot")
@@ -57,7 +61,8 @@ class LivePane(VerticalScroll):
             self._stage_times(self.live)
 
     # ---- feeding ---------------------------------------------------------------------------
-    def reset(self, path: Path | None) -> None:
+    def reset(self, path: Path | None, note: str | None = None) -> None:
+        """Follow ``path`` from scratch; ``note`` is the header until its events arrive."""
         self.path = path
         self.live = None
         self._errors_shown.clear()
@@ -65,13 +70,22 @@ class LivePane(VerticalScroll):
         self.query_one("#stages-table", DataTable).clear()
         self.query_one("#jac-bar", JacobianBar).set_progress({})
         self.query_one("#live-train", Static).update("")
+        self.query_one("#spark-loss", Spark).set_values([])
+        self.query_one("#spark-rate", Spark).set_values([])
         self.query_one("#live-device", Static).update("")
         self.query_one("#loss-plot", PlotView).show(None, "training curves appear as steps "
                                                           "arrive")
         self.query_one("#acc-plot", PlotView).show(None, "")
         self.query_one("#live-log", RichLog).clear()
-        self.set_header(f"{path.name}: reading the event log..." if path else
-                        "no session: start one in Setup (1) or open one in Sessions (5)")
+        if path is None:
+            self.set_header("no session: start one in Setup (1) or open one in Sessions (5)")
+        else:
+            self.set_note(note or "reading the event log...")
+
+    def set_note(self, note: str) -> None:
+        """A header saying what is happening before the worker's first event."""
+        self.set_header(Text.assemble((self.path.name if self.path else "", "bold"),
+                                      f": {note}"))
 
     def set_header(self, text: str | Text) -> None:
         self.header_text = str(text)
@@ -99,6 +113,8 @@ class LivePane(VerticalScroll):
         if jac_state == "running" and status != "running":
             jac_state = status  # the worker died (stale) or stopped without a last event
         self.query_one("#jac-bar", JacobianBar).set_progress(live.jac, jac_state)
+        if "jac" in changed:
+            self.query_one("#spark-rate", Spark).set_values(live.rates)
         self.query_one("#live-device", Static).update(self._device_text(live, snap))
         if len(live.steps) != self._steps_drawn:
             self._steps_drawn = len(live.steps)
@@ -171,8 +187,15 @@ class LivePane(VerticalScroll):
             if last.get(k) is not None:
                 txt.append(f"  {k.replace('_', ' ')} {last[k]:.4f}")
         tr.update(txt)
-        a, c = self.ascii, self.color
+        self.query_one("#spark-loss", Spark).set_values(curves["train_loss"])
+        a, c, lg = self.ascii, self.color, self.log_y
         self.query_one("#loss-plot", PlotView).show(
-            lambda w, h: loss_plot(steps, curves, w, h, ascii=a, color=c))
+            lambda w, h: loss_plot(steps, curves, w, h, ascii=a, color=c, log=lg))
         self.query_one("#acc-plot", PlotView).show(
             lambda w, h: accuracy_plot(steps, curves, w, h, ascii=a, color=c))
+
+    def set_log(self, log: bool) -> None:
+        """A log (or linear) y axis for the loss curves."""
+        self.log_y = log
+        if self.live is not None and self.live.steps:
+            self._curves(self.live)

@@ -1,4 +1,5 @@
-"""Sessions pane: every session under the sessions directory; open, resume, delete."""
+"""Sessions pane: every session under the sessions directory and those added by path; filter,
+sort, open, resume, delete."""
 
 from __future__ import annotations
 
@@ -8,28 +9,93 @@ from pathlib import Path
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from rich.text import Text
 from textual.containers import Vertical
+from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
 from engine.session import Session, describe, list_sessions
 
+from ..locations import NotFound, add_session, added_sessions
 from ..state import fmt_seconds
+from ..widgets.inputs import OrderedInput
 from .confirm import ConfirmScreen
 
 COLUMNS = ("name", "preset", "status", "P", "created", "duration")
 
 
+SORTS = ("created", "name", "status", "P", "duration")
+
+
 def scan(root: Path) -> list[dict]:
-    """Rows for the table (reads manifests and locks: call it off the event loop)."""
+    """Rows for the table: the sessions in ``root``, then those added by path (reads
+    manifests and locks: call it off the event loop)."""
     rows = []
-    for s in list_sessions(root):
+    inside = list(list_sessions(root))
+    seen = {s.path.resolve() for s in inside}
+    added = [Session(p) for p in added_sessions(root) if p.resolve() not in seen]
+    for s, where in [(s, "") for s in inside] + [(s, "added") for s in added]:
+        if not (s.path / "manifest.json").is_file():
+            continue  # an added session that was moved or deleted since
         try:
             r = describe(s)
         except (OSError, ValueError):
             continue
         r["has_spectrum"] = (s.path / "spectrum.json").is_file()
+        r["added"] = where == "added"
         rows.append(r)
     return rows
+
+
+def sort_rows(rows: list[dict], key: str) -> list[dict]:
+    """Newest first for "created", longest first for "duration" and "P", else A-Z."""
+    if key == "created":
+        return sorted(rows, key=lambda r: r["created"] or "", reverse=True)
+    if key in ("duration", "P"):
+        field = "seconds" if key == "duration" else "P"
+        return sorted(rows, key=lambda r: r[field] or 0, reverse=True)
+    return sorted(rows, key=lambda r: str(r[key]).lower())
+
+
+def matches(row: dict, text: str) -> bool:
+    """``text`` (case-insensitive; every word) in the row's name, preset, status or path."""
+    hay = " ".join(str(row.get(k) or "") for k in ("name", "preset", "status", "path")).lower()
+    return all(w in hay for w in text.lower().split())
+
+
+class AddSessionScreen(ModalScreen[Path | None]):
+    """Type the path of a session kept outside the sessions folder; enter adds it."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="add-box"):
+            yield Static("Add a session by path (it stays where it is; the Sessions and "
+                         "Compare panes list it). Enter adds, escape cancels.", id="add-title")
+            yield OrderedInput(placeholder="/path/to/session", id="add-path", compact=True)
+            yield Static("", id="add-msg")
+
+    def on_mount(self) -> None:
+        self.query_one("#add-path", OrderedInput).focus()
+
+    def on_input_submitted(self, event: OrderedInput.Submitted) -> None:
+        event.stop()
+        text = event.value.strip()
+        if not text:
+            return
+        try:
+            s = add_session(self.root, text)
+        except NotFound as e:
+            self.query_one("#add-msg", Static).update(Text(str(e), style="bold red"))
+            return
+        self.dismiss(s.path)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
 
 
 class SessionsPane(Vertical):
@@ -37,21 +103,70 @@ class SessionsPane(Vertical):
         Binding("o", "open_selected", "Open"),
         Binding("r", "resume_selected", "Resume"),
         Binding("d", "delete_selected", "Delete"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("s", "sort", "Sort"),
+        Binding("a", "add", "Add by path"),
         Binding("g", "refresh", "Refresh"),
     ]
 
     def __init__(self, *, id: str | None = None):
         super().__init__(id=id)
-        self.rows: list[dict] = []
+        self.rows: list[dict] = []  # every session scanned
+        self.shown: list[dict] = []  # the rows in the table (filtered, sorted)
+        self.sort_key = "created"
+        self.filter_text = ""
+        self._root: Path | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="sessions-head")
+        yield OrderedInput(placeholder="filter: words in the name, preset, status or path "
+                                       "(escape clears)", id="sessions-filter", compact=True)
         yield DataTable(id="sessions-table", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
         t = self.query_one("#sessions-table", DataTable)
         for c in COLUMNS:
             t.add_column(c, key=c)
+        self.query_one("#sessions-filter").display = False
+
+    # ---- filter, sort, add -----------------------------------------------------------------
+    def action_filter(self) -> None:
+        box = self.query_one("#sessions-filter", OrderedInput)
+        box.display = True
+        box.focus()
+
+    def on_input_changed(self, event: OrderedInput.Changed) -> None:
+        if event.input.id == "sessions-filter":
+            event.stop()
+            self.filter_text = event.value
+            self._draw()
+
+    def on_input_submitted(self, event: OrderedInput.Submitted) -> None:
+        if event.input.id == "sessions-filter":
+            event.stop()
+            self.query_one("#sessions-table", DataTable).focus()
+
+    def on_key(self, event) -> None:
+        box = self.query_one("#sessions-filter", OrderedInput)
+        if event.key == "escape" and box.display and (box.has_focus or self.filter_text):
+            event.stop()
+            box.value = ""
+            self.filter_text = ""
+            box.display = False
+            self.query_one("#sessions-table", DataTable).focus()
+            self._draw()
+
+    def action_sort(self) -> None:
+        self.sort_key = SORTS[(SORTS.index(self.sort_key) + 1) % len(SORTS)]
+        self._draw()
+
+    def action_add(self) -> None:
+        def added(path: Path | None) -> None:
+            if path is not None:
+                self.app.notify(f"added {path}")
+                self.refresh_rows()
+
+        self.app.push_screen(AddSessionScreen(Path(self.app.sessions_dir)), added)
 
     # ---- data ------------------------------------------------------------------------------
     def action_refresh(self) -> None:
@@ -67,20 +182,38 @@ class SessionsPane(Vertical):
 
     def _show(self, root: Path, rows: list[dict]) -> None:
         self.rows = rows
+        self._root = root
+        self._draw()
+        self.app.sessions_scanned(rows)
+
+    def _draw(self) -> None:
+        """The table: the rows that match the filter, in the chosen order."""
+        shown = sort_rows([r for r in self.rows if matches(r, self.filter_text)], self.sort_key)
+        self.shown = shown
+        n_added = sum(1 for r in self.rows if r.get("added"))
+        where = f"{self._root}" + (f" (+{n_added} added by path)" if n_added else "")
+        count = (f"{len(shown)} of {len(self.rows)} session(s) match \"{self.filter_text}\""
+                 if self.filter_text else f"{len(self.rows)} session(s)")
         self.query_one("#sessions-head", Static).update(
-            f"{len(rows)} session(s) in {root}   enter/o open, r resume, d delete, g refresh")
+            f"{count} in {where}, by {self.sort_key}   enter/o open, r resume, d delete, "
+            "/ filter, s sort, a add by path")
         t = self.query_one("#sessions-table", DataTable)
         keep = self.selected_path()
         t.clear()
-        for r in rows:
-            t.add_row(r["name"], Path(r["preset"]).stem if r["preset"] else "-", r["status"],
+        for r in shown:
+            name = r["name"] + (" (added)" if r.get("added") else "")
+            t.add_row(name, Path(r["preset"]).stem if r["preset"] else "-", r["status"],
                       str(r["P"] or "-"), r["created"].replace("T", " ")[:19],
                       fmt_seconds(r["seconds"]), key=r["path"])
         if keep is not None:
-            for i, r in enumerate(rows):
+            for i, r in enumerate(shown):
                 if r["path"] == str(keep):
                     t.move_cursor(row=i)
-        self.app.sessions_scanned(rows)
+
+    def table_rows(self) -> list[list[str]]:
+        """The table as text (tests, the smoke script)."""
+        t = self.query_one("#sessions-table", DataTable)
+        return [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
 
     def selected_path(self) -> Path | None:
         t = self.query_one("#sessions-table", DataTable)

@@ -1,65 +1,342 @@
-"""Setup pane: pick a preset (shipped or any TOML file), see and edit every config field with
-the CLI's validation as you type, save as a new preset, start the run."""
+"""Setup pane: pick a preset (shipped or any TOML file), edit it, see the run's plan, start it.
+
+Fields are grouped by section in collapsible groups; a group's fields are built the first time
+it opens, so the pane (and the app) paints at once however many keys there are. ``/`` jumps to
+a field by (fuzzy) name; closed choices and booleans are Selects offering only valid values;
+the analyses are switched on and off in a list, and each one that is on has its own group.
+Every field is checked as you type with the CLI's rules, and the whole config as it changes.
+A ``*`` marks a field that differs from the loaded preset, ``>`` the field with the focus.
+
+The plan line (P, steps, J's size, the SVD's memory, whether it fits) is computed off the event
+loop as the config changes (no torch: :mod:`engine.plan`); ctrl+t adds a time estimate from
+``tjac run --plan --json`` in a separate process (a few timed training steps).
+"""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from rich.text import Text
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Input, Select, Static
+from textual.fuzzy import Matcher
+from textual.screen import ModalScreen
+from textual.widgets import OptionList, Static
+from textual.widgets.option_list import Option
 
 from engine import config as config_mod
+from engine.schema import one_line
+from engine.sections import ANALYSES
 
-from ..state import field_help, flatten, unflatten
-from ..widgets import ConfigField
+from ..state import field_help, flatten, fmt_seconds, unflatten
+from ..widgets.fields import ConfigField
+from ..widgets.groups import ActionLink, Group
+from ..widgets.inputs import OrderedInput
+
+RUN = "run"  # the group of the top-level keys (name, seed, device, dtype...)
+BASE_SECTIONS = (RUN, "data", "model", "train", "jacobian", "spectrum")
+OPEN_AT_START = ("train",)
+PLAN_DELAY = 0.4  # seconds without a change before the plan is recomputed
+SECTION_HELP = {RUN: "name, seed, device, dtype", "data": "dataset, split, variant",
+                "model": "architecture, widths, init", "train": "optimizer, schedule, epochs",
+                "jacobian": "chunks, kernel, SVD", "spectrum": "region rule, vectors",
+                "analyses": "switch the paper's analyses on and off", "study": "several runs"}
+
+
+def section_of(key: str) -> str:
+    parts = key.split(".")
+    if len(parts) == 1:
+        return RUN
+    if parts[0] == "analysis":
+        return f"analysis.{parts[1]}"
+    return parts[0]
+
+
+def section_id(name: str) -> str:
+    return "section-" + name.replace(".", "--").replace("_", "-")
+
+
+def short_key(key: str) -> str:
+    sec = section_of(key)
+    return key if sec == RUN else key[len(sec) + 1:]
+
+
+class PresetScreen(ModalScreen[Path | None]):
+    """The shipped (and saved) presets to choose from; enter loads one, escape cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, presets: list[Path], current: Path | None) -> None:
+        super().__init__()
+        self.presets = presets
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="presets-box"):
+            yield Static("Load a preset: pick one, or type the path of a TOML file (enter "
+                         "loads, escape cancels)", id="presets-title")
+            yield OrderedInput(placeholder="path/to/preset.toml", id="preset-path",
+                               compact=True)
+            yield Static("", id="presets-msg")
+            yield OptionList(*[Option(f"{p.stem}  ({p})", id=str(p)) for p in self.presets],
+                             id="presets-list")
+
+    def on_mount(self) -> None:
+        ol = self.query_one("#presets-list", OptionList)
+        keys = [str(p) for p in self.presets]
+        if self.current is not None and str(self.current) in keys:
+            ol.highlighted = keys.index(str(self.current))
+        ol.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.dismiss(Path(event.option.id))
+
+    def on_input_submitted(self, event: OrderedInput.Submitted) -> None:
+        event.stop()
+        text = event.value.strip()
+        if not text:
+            return
+        path = Path(text).expanduser()
+        if not path.is_file():
+            self.query_one("#presets-msg", Static).update(
+                Text(f"{path}: no such file", style="bold red"))
+            return
+        self.dismiss(path)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class PresetPicker(Static, can_focus=True):
+    """``preset: quick  v``: enter or a click opens the list of presets."""
+
+    BINDINGS = [Binding("enter,space", "choose", "Choose preset", show=False)]
+
+    def action_choose(self) -> None:
+        pane = self.ancestors_with_self[1]
+        pane.action_choose_preset()
+
+    def on_click(self) -> None:
+        self.action_choose()
+
+
+class SaveAsScreen(ModalScreen[Path | None]):
+    """Save the edited config as a new preset: a name (saved next to the current directory) or
+    a path. Enter saves, Escape cancels; a refusal stays on screen with its reason."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, pane: "SetupPane", suggestion: str) -> None:
+        super().__init__()
+        self.pane = pane
+        self.suggestion = suggestion
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="saveas-box"):
+            yield Static("Save the edited config as a new preset (a name or a path; enter "
+                         "saves, escape cancels)", id="saveas-title")
+            yield OrderedInput(self.suggestion, id="save-path", compact=True)
+            yield Static("", id="saveas-msg")
+
+    def on_mount(self) -> None:
+        self.query_one("#save-path", OrderedInput).focus()
+
+    def on_input_submitted(self, event: OrderedInput.Submitted) -> None:
+        event.stop()
+        path, err = self.pane.save_as(event.value)
+        if err:
+            self.query_one("#saveas-msg", Static).update(Text(err, style="bold red"))
+        else:
+            self.dismiss(path)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
 
 
 class SetupPane(Vertical):
-    # ctrl+r (start) and ctrl+s (save) are app bindings, live while this pane is shown
-    BINDINGS = [Binding("escape", "leave_field", "Leave field", show=False)]
+    # ctrl+r (start), ctrl+s (save as), ctrl+t (time estimate) are app bindings, live while
+    # this pane is shown
+    BINDINGS = [Binding("escape", "leave_field", "Leave field", show=False),
+                Binding("slash", "search", "Find field", key_display="/")]
 
-    def __init__(self, presets: list[Path], *, id: str | None = None):
+    def __init__(self, presets: list[Path], *, ascii: bool = False, id: str | None = None):
         super().__init__(id=id)
         self.presets = list(presets)
+        self.ascii = ascii
         self.preset_path: Path | None = None
         self.status_text = ""
-        self._described: set[str] = set()
-        # the fields shown, kept here (not queried from the DOM): a field being removed is gone
-        # from this dict at once, so the status, the buttons and ctrl+r agree immediately
-        self._fields: dict[str, ConfigField] = {}
+        self.plan_text = ""
+        self.estimate_text = ""
+        self.values: dict = {}  # every key of the edited config -> its last valid value
+        self.loaded: dict = {}  # the preset's values (the "modified" markers compare to it)
+        self._fields: dict[str, ConfigField] = {}  # the fields built so far (open groups)
+        self._stash: dict[str, dict] = {}  # the values of analyses switched off, by name
+        self._building: set = set()  # mounts of fields in flight (see settled())
+        self._plan_gen = 0
+        self._plan_timer = None
+        for info in config_mod.describe():
+            self.values[info.key] = info.default
+        self.loaded = dict(self.values)
 
     def compose(self) -> ComposeResult:
-        with Horizontal(id="setup-source"):
-            yield Select([(p.stem, str(p)) for p in self.presets], id="preset-select",
-                         prompt="shipped preset", compact=True)
-            yield Input(placeholder="or a TOML file: path, then enter", id="preset-path",
-                        compact=True)
+        yield PresetPicker("preset: -", id="preset-picker")
         yield Static("", id="setup-status")
+        yield Static("", id="setup-plan")
+        yield Vertical(id="setup-search")  # the search box, built on the first "/"
         with VerticalScroll(id="setup-fields"):
-            for info in config_mod.describe():
-                self._described.add(info.key)
-                self._fields[info.key] = ConfigField(info.key, info.default, info.help)
-                yield self._fields[info.key]
+            for name in BASE_SECTIONS:
+                yield self._group(name)
+            yield Group("analyses", self._title("analyses"), ascii=self.ascii,
+                        id=section_id("analyses"))
+        yield Static("/ finds a field; enter on a group opens it", id="setup-help")
         with Horizontal(id="setup-actions"):
-            yield Input(placeholder="save as: name or path.toml", id="save-path", compact=True)
-            yield Button("Save preset", id="save-btn", compact=True)
-            yield Button("Start run", id="start-btn", variant="primary", compact=True)
+            yield ActionLink("Save as (ctrl+s)", id="save-btn")
+            yield ActionLink("Time estimate (ctrl+t)", id="estimate-btn")
+            yield ActionLink("Start run (ctrl+r)", id="start-btn")
+
+    def on_mount(self) -> None:
+        self.query_one("#setup-search").display = False
+        self._refresh_status()
+        self.call_after_refresh(self._open_at_start)
+
+    def _open_at_start(self) -> None:
+        """The groups open at start get their fields after the first paint."""
+        for name in OPEN_AT_START:
+            self._fill(self.sections()[name])
+
+    # ---- groups ----------------------------------------------------------------------------
+    def _title(self, name: str) -> str:
+        extra = SECTION_HELP.get(name)
+        if name.startswith("analysis."):
+            extra = ANALYSES[name.split(".", 1)[1]].title
+        return f"{name}  ({extra})" if extra else name
+
+    def _group(self, name: str, collapsed: bool | None = None) -> Group:
+        if collapsed is None:
+            collapsed = name not in OPEN_AT_START
+        return Group(name, self._title(name), collapsed=collapsed, ascii=self.ascii,
+                     id=section_id(name))
+
+    def sections(self) -> dict[str, Group]:
+        return {g.name_: g for g in self.query(Group).results(Group)}
+
+    def _keys_of(self, name: str) -> list[str]:
+        return [k for k in self.values if section_of(k) == name
+                and not (name.startswith("analysis.") and k.endswith(".enabled"))]
+
+    def _group_names(self) -> list[str]:
+        """The groups the current config has (base, the analyses that are on, study)."""
+        names = list(BASE_SECTIONS)
+        names += [f"analysis.{n}" for n in ANALYSES if self.values.get(f"analysis.{n}.enabled")]
+        if any(k.startswith("study.") for k in self.values):
+            names.append("study")
+        return names
+
+    def _make_field(self, key: str) -> ConfigField:
+        try:
+            info = config_mod.field_info(key)
+            choices = info.check.choices
+            boolean = info.check.schema.get("type") == "boolean"
+        except KeyError:
+            choices, boolean = None, False
+        return ConfigField(key, self.values[key], field_help(key), label=short_key(key),
+                           choices=choices, boolean=boolean,
+                           loaded=self.loaded.get(key, self.values[key]))
+
+    def _fill(self, group: Group):
+        """Build the fields of a group (once); returns the mount's awaitable (or None)."""
+        if group.filled or not self.app.is_running:  # built already, or quitting
+            return None
+        group.filled = True
+        if group.name_ == "analyses":
+            from textual.widgets.selection_list import Selection
+
+            from ..widgets.checklist import CheckList
+
+            toggles = CheckList(*[Selection(f"{n}: {spec.title}", n,
+                                            bool(self.values.get(f"analysis.{n}.enabled")))
+                                  for n, spec in ANALYSES.items()], id="analysis-toggles")
+            mounting = group.body.mount(toggles)
+            self._building.add(mounting)
+            return mounting
+        new = []
+        for key in self._keys_of(group.name_):
+            self._fields[key] = self._make_field(key)
+            new.append(self._fields[key])
+        if not new:
+            return None
+        mounting = group.body.mount(*new)
+        self._building.add(mounting)
+        return mounting
+
+    async def settled(self) -> None:
+        """Wait for the fields being built (quitting mid-build would tear them half-made)."""
+        while self._building:
+            await self._building.pop()
+
+    def on_group_opened(self, event: Group.Opened) -> None:
+        self._fill(event.group)
+
+    def _sync_groups(self) -> None:
+        """Add and remove the analysis / study groups so they match the config."""
+        want = self._group_names()
+        have = self.sections()
+        box = self.query_one("#setup-fields", VerticalScroll)
+        for name, sec in have.items():
+            if name not in want and name not in BASE_SECTIONS and name != "analyses":
+                for key in [k for k in self._fields if section_of(k) == name]:
+                    del self._fields[key]
+                sec.remove()
+        for name in want:
+            if name not in have:
+                box.mount(self._group(name, collapsed=True))
+        found = self.query("#analysis-toggles")
+        if not found:
+            return  # built with the current values when the group first opens
+        toggles = found.first()
+        with toggles.prevent(type(toggles).SelectedChanged, type(toggles).SelectionToggled):
+            for n in ANALYSES:
+                if self.values.get(f"analysis.{n}.enabled"):
+                    toggles.select(n)
+                else:
+                    toggles.deselect(n)
+
+    async def reveal(self, key: str, focus: bool = True) -> ConfigField:
+        """Open the group of ``key``, build its fields if needed, scroll to the field and
+        focus it."""
+        group = self.sections()[section_of(key)]
+        group.collapsed = False
+        pending = self._fill(group)
+        if pending is not None:
+            await pending
+        f = self._fields[key]
+        if focus:
+            f.input.focus()
+        f.scroll_visible(animate=False, top=True)
+        return f
 
     # ---- fields ----------------------------------------------------------------------------
     def fields(self) -> dict[str, ConfigField]:
+        """The fields built so far (the groups opened at least once)."""
         return dict(self._fields)
 
     def field(self, key: str) -> ConfigField:
-        return self.fields()[key]
-
-    def values(self) -> dict:
-        return {k: f.value for k, f in self.fields().items()}
+        return self._fields[key]
 
     def errors(self) -> dict[str, str]:
-        return {k: f.error for k, f in self.fields().items() if f.error}
+        return {k: f.error for k, f in self._fields.items() if f.error}
+
+    def modified_keys(self) -> list[str]:
+        keys = set(self.values) | set(self.loaded)
+        return sorted(k for k in keys if self.values.get(k, None) != self.loaded.get(k, None)
+                      or (k in self._fields and self._fields[k].error))
 
     def config(self) -> config_mod.RunConfig:
         """The edited config, validated as a whole (raises ConfigError)."""
@@ -67,7 +344,7 @@ class SetupPane(Vertical):
         if errs:
             raise config_mod.ConfigError(next(iter(errs.values())))
         where = str(self.preset_path) if self.preset_path else "<setup>"
-        return config_mod.from_dict(unflatten(self.values()), where,
+        return config_mod.from_dict(unflatten(self.values), where,
                                     self.preset_path.parent if self.preset_path else None)
 
     def set_status(self, text: str, style: str = "") -> None:
@@ -75,22 +352,141 @@ class SetupPane(Vertical):
         self.query_one("#setup-status", Static).update(Text(text, style=style))
 
     def on_config_field_changed(self, event: ConfigField.Changed) -> None:
+        f = event.field
+        if f.error is None:
+            self.values[f.key] = f.value
+        if f.focused_here:
+            self._show_help(f)
         self._refresh_status()
+
+    def on_config_field_focused(self, event: ConfigField.Focused) -> None:
+        self._show_help(event.field)
+
+    def _show_help(self, f: ConfigField) -> None:
+        text = Text(f"{f.key}: ", style="bold")
+        if f.error:
+            text.append(f.error, style="bold red")
+        else:
+            text.append(f.help or "")
+            if f.modified:
+                text.append(f"  (preset: {json.dumps(f.loaded)})", style="dim")
+        self.query_one("#setup-help", Static).update(text)
+
+    def _source(self) -> str:
+        src = str(self.preset_path) if self.preset_path else "defaults"
+        n = len(self.modified_keys())
+        return f"{src} (modified: {n} field{'s' if n != 1 else ''})" if n else src
 
     def _refresh_status(self) -> None:
         errs = self.errors()
-        src = str(self.preset_path) if self.preset_path else "defaults"
-        self.query_one("#start-btn", Button).disabled = bool(errs)
+        self.query_one("#start-btn", ActionLink).disabled = bool(errs)
         if errs:
             self.set_status(f"{len(errs)} invalid field(s); first: {next(iter(errs.values()))}",
                             "bold red")
             return
         try:
-            self.config()
+            cfg = self.config()
+        except config_mod.ConfigError as e:
+            self.set_status(str(e), "bold red")
+            self.query_one("#start-btn", ActionLink).disabled = True
+            return
+        self.set_status(f"{self._source()}: valid", "green")
+        self._request_plan(cfg)
+
+    # ---- the plan --------------------------------------------------------------------------
+    def _request_plan(self, cfg: config_mod.RunConfig) -> None:
+        """Recompute the plan once the config has stopped changing for a moment (not on every
+        key; never before the first paint)."""
+        self._plan_gen += 1
+        self.estimate_text = ""
+        if self._plan_timer is not None:
+            self._plan_timer.stop()
+        gen = self._plan_gen
+        self._plan_timer = self.set_timer(PLAN_DELAY, lambda: self._plan(cfg, gen))
+
+    @work(thread=True, exclusive=True, group="setup-plan", exit_on_error=False)
+    def _plan(self, cfg: config_mod.RunConfig, gen: int) -> None:
+        from engine import plan as plan_mod
+
+        try:
+            pl = plan_mod.make_plan(cfg)
+            dot = " - " if self.ascii else " · "
+            text = (f"plan: P = {pl.P:,}{dot}{pl.steps:,} steps{dot}J "
+                    f"{plan_mod.fmt_bytes(pl.disk.get('jacobian.npy', 0))} on disk")
+            if pl.svd:
+                text += (f"{dot}SVD memory {plan_mod.fmt_bytes(pl.svd_memory('cpu'))} (CPU), "
+                         f"{plan_mod.fmt_bytes(pl.svd_memory('cuda'))} (GPU)")
+            try:
+                plan_mod.check(pl, Path(self.app.sessions_dir),
+                               device=plan_mod.where_svd_runs(cfg.device))
+                text += f"{dot}fits here"
+            except plan_mod.PlanError as e:
+                text += f"\ndoes not fit here: {e}"
+        except Exception as e:  # noqa: BLE001 - e.g. data.path names nothing yet
+            text = f"plan: {one_line(str(e))}"
+        self.app.call_from_thread(self._show_plan, gen, text)
+
+    def _show_plan(self, gen: int, text: str) -> None:
+        if gen != self._plan_gen:
+            return
+        self.plan_text = text
+        self._draw_plan()
+
+    def _draw_plan(self) -> None:
+        first, _, rest = self.plan_text.partition("\n")
+        t = Text(first, style="" if first.startswith("plan: P") else "yellow")
+        if rest:
+            t.append("\n" + rest, style="yellow")
+        if self.estimate_text:
+            t.append("\n" + self.estimate_text, style="cyan")
+        self.query_one("#setup-plan", Static).update(t)
+
+    def action_estimate(self) -> None:
+        try:
+            cfg = self.config()
         except config_mod.ConfigError as e:
             self.set_status(str(e), "bold red")
             return
-        self.set_status(f"{src}: valid. ctrl+r starts the run, ctrl+s saves a preset", "green")
+        if not cfg.jacobian.enabled:
+            self.estimate_text = "time: no Jacobian in this run"
+            self._draw_plan()
+            return
+        self.estimate_text = "time: probing (a few training steps of one chunk, in a " \
+                             "separate process)..."
+        self._draw_plan()
+        self._estimate(config_mod.dumps(cfg), self._plan_gen)
+
+    @work(thread=True, exclusive=True, group="setup-estimate", exit_on_error=False)
+    def _estimate(self, toml_text: str, gen: int) -> None:
+        with tempfile.TemporaryDirectory(prefix="tjac-probe-") as tmp:
+            path = Path(tmp) / "probe.toml"
+            path.write_text(toml_text, encoding="utf-8")
+            try:
+                r = subprocess.run([sys.executable, "-m", "tjac_tui.cli", "run", str(path),
+                                    "--plan", "--json", "--sessions",
+                                    str(Path(self.app.sessions_dir).absolute())],
+                                   capture_output=True, text=True, timeout=600, cwd=tmp)
+                out = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 \
+                    else None
+            except (subprocess.TimeoutExpired, ValueError, IndexError, OSError):
+                out, r = None, None
+        if out is None:
+            err = (r.stderr.strip().splitlines() or ["?"])[-1] if r is not None else "timed out"
+            text = f"time: the probe failed: {err}"
+        else:
+            text = (f"time on {out['device']}: J about {fmt_seconds(out['jacobian_s'])} "
+                    f"({out['column_steps_per_s']:,.0f} column-steps/s, chunks of "
+                    f"{out['chunk']})")
+            if out.get("svd_s") is not None:
+                text += f", SVD about {fmt_seconds(out['svd_s'])}"
+                if out.get("svd_s_note"):
+                    text += f" ({out['svd_s_note']})"
+        self.app.call_from_thread(self._show_estimate, gen, text)
+
+    def _show_estimate(self, gen: int, text: str) -> None:
+        if gen == self._plan_gen:
+            self.estimate_text = text
+            self._draw_plan()
 
     # ---- loading ---------------------------------------------------------------------------
     def load_preset(self, path: str | Path) -> bool:
@@ -101,81 +497,162 @@ class SetupPane(Vertical):
             self.set_status(str(e), "bold red")
             return False
         self.preset_path = path
-        values = flatten(config_mod.to_dict(cfg))
-        for key, f in list(self._fields.items()):  # sections of the previous preset only
-            if key not in values and key not in self._described:
-                del self._fields[key]
-                f.remove()
-        box = self.query_one("#setup-fields", VerticalScroll)
-        for key, value in values.items():
-            if key in self._fields:
-                self._fields[key].set_value(value)
-            else:
-                self._fields[key] = ConfigField(key, value, field_help(key))
-                box.mount(self._fields[key])
-        sel = self.query_one("#preset-select", Select)
-        if str(path) in [str(p) for p in self.presets] and sel.value != str(path):
-            with sel.prevent(Select.Changed):
-                sel.value = str(path)
+        self.values = flatten(config_mod.to_dict(cfg))
+        self.loaded = dict(self.values)
+        self._stash.clear()
+        self._sync_groups()
+        for key, f in self._fields.items():
+            f.set_value(self.values[key], loaded=self.values[key])
+        self._show_preset()
         self._refresh_status()
         return True
 
-    def on_select_changed(self, event: Select.Changed) -> None:
-        if event.select.id == "preset-select" and isinstance(event.value, str):
-            event.stop()
-            self.load_preset(event.value)
+    def _show_preset(self) -> None:
+        name = self.preset_path.stem if self.preset_path else "defaults"
+        arrow = "v" if self.ascii else "▼"
+        self.query_one("#preset-picker", PresetPicker).update(
+            f"preset: {name} {arrow}  (ctrl+o: another preset or a TOML file)")
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "preset-path" and event.value.strip():
-            event.stop()
-            self.load_preset(Path(event.value.strip()).expanduser())
-        elif event.input.id == "save-path":
-            event.stop()
-            self.action_save()
+    def action_choose_preset(self) -> None:
+        def chosen(path: Path | None) -> None:
+            if path is not None:
+                self.load_preset(path)
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "start-btn":
-            self.action_start()
-        elif event.button.id == "save-btn":
-            self.action_save()
+        self.app.push_screen(PresetScreen(self.presets, self.preset_path), chosen)
+
+    def on_action_link_pressed(self, event: ActionLink.Pressed) -> None:
+        {"start-btn": self.action_start, "save-btn": self.action_save,
+         "estimate-btn": self.action_estimate}[event.link.id]()
+
+    # ---- analyses on and off ---------------------------------------------------------------
+    def set_analysis(self, name: str, on: bool) -> None:
+        """Switch ``[analysis.NAME]`` on (its last values, or the defaults) or off (the
+        section leaves the config: a saved preset no longer has it)."""
+        prefix = f"analysis.{name}."
+        if on:
+            restored = self._stash.pop(name, None) or {
+                info.key: info.default for info in config_mod.describe(with_plugins=True)
+                if info.key.startswith(prefix)}
+            restored[f"{prefix}enabled"] = True
+            self.values.update(restored)
+        else:
+            self._stash[name] = {k: v for k, v in self.values.items() if k.startswith(prefix)}
+            for k in list(self.values):
+                if k.startswith(prefix):
+                    del self.values[k]
+        self._sync_groups()
+        self._refresh_status()
+
+    def on_selection_list_selection_toggled(self, event) -> None:
+        if event.selection_list.id != "analysis-toggles":
+            return
+        event.stop()
+        name = event.selection.value
+        self.set_analysis(name, name in event.selection_list.selected)
+
+    # ---- find a field ----------------------------------------------------------------------
+    async def action_search(self) -> None:
+        box = self.query_one("#setup-search")
+        if not box.children:
+            await box.mount(OrderedInput(placeholder="find a field: type part of its name, "
+                                                     "enter jumps", id="field-search",
+                                         compact=True),
+                            OptionList(id="field-matches", compact=True))
+        box.display = True
+        inp = self.query_one("#field-search", OrderedInput)
+        inp.value = ""
+        self._matches("")
+        inp.focus()
+
+    def matches(self, text: str) -> list[str]:
+        """Keys of the current config matching ``text`` (fuzzy), best first."""
+        keys = list(self.values)
+        if not text.strip():
+            return keys
+        m = Matcher(text.strip())
+        scored = [(m.match(k), k) for k in keys]
+        return [k for s, k in sorted(scored, key=lambda sk: -sk[0]) if s > 0]
+
+    def _matches(self, text: str) -> None:
+        ol = self.query_one("#field-matches", OptionList)
+        ol.clear_options()
+        keys = self.matches(text)[:8]
+        ol.add_options([Option(k, id=k) for k in keys])
+        if keys:
+            ol.highlighted = 0
+
+    def on_input_changed(self, event: OrderedInput.Changed) -> None:
+        if event.input.id == "field-search":
+            event.stop()
+            self._matches(event.value)
+
+    @on(OrderedInput.Submitted, "#field-search")
+    async def _search_submitted(self, event: OrderedInput.Submitted) -> None:
+        event.stop()
+        ol = self.query_one("#field-matches", OptionList)
+        if ol.option_count == 0:
+            return
+        key = ol.get_option_at_index(ol.highlighted or 0).id
+        self.query_one("#setup-search").display = False
+        await self.reveal(key)
+
+    @on(OptionList.OptionSelected, "#field-matches")
+    async def _match_chosen(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.query_one("#setup-search").display = False
+        await self.reveal(event.option.id)
+
+    def on_key(self, event) -> None:
+        """Up and down move through the matches while the search box has the focus."""
+        if getattr(self.app.focused, "id", None) != "field-search":
+            return
+        ol = self.query_one("#field-matches", OptionList)
+        if event.key in ("down", "up") and ol.option_count:
+            event.stop()
+            step = 1 if event.key == "down" else -1
+            ol.highlighted = ((ol.highlighted or 0) + step) % ol.option_count
 
     # ---- actions ---------------------------------------------------------------------------
     def action_leave_field(self) -> None:
+        if self.query_one("#setup-search").display:
+            self.query_one("#setup-search").display = False
         self.app.set_focus(None)
 
-    def action_save(self) -> Path | None:
-        text = self.query_one("#save-path", Input).value.strip()
+    def action_save(self) -> None:
+        stem = self.preset_path.stem if self.preset_path else "preset"
+        self.app.push_screen(SaveAsScreen(self, f"{stem}-edited"))
+
+    def save_as(self, text: str) -> tuple[Path | None, str | None]:
+        """Write the edited config to ``text`` (a name or a path; ``.toml`` added). Returns
+        (path, None), or (None, the reason it was not written)."""
+        text = text.strip()
         if not text:
-            self.set_status("type a file name for the new preset first", "bold red")
-            self.query_one("#save-path", Input).focus()
-            return None
+            return None, "type a file name for the new preset first"
         try:
             cfg = self.config()
         except config_mod.ConfigError as e:
-            self.set_status(str(e), "bold red")
-            return None
-        path = Path(text).expanduser()
+            return None, str(e)
+        path = Path(text).expanduser().absolute()
         if path.suffix != ".toml":
             path = path.with_name(path.name + ".toml")
         if path.exists():
-            self.set_status(f"{path}: exists; pick another name", "bold red")
-            return None
+            return None, f"{path}: exists; pick another name"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"# saved from the tjac workbench\n{config_mod.dumps(cfg)}",
                             encoding="utf-8")
         except OSError as e:
-            self.set_status(f"{path}: cannot write: {e}", "bold red")
-            return None
+            return None, f"{path}: cannot write: {e.strerror or e}"
         self.preset_path = path
+        self.loaded = dict(self.values)
+        for f in self._fields.values():
+            f.set_value(f.value, loaded=f.value)
         self.presets.append(path)
-        sel = self.query_one("#preset-select", Select)
-        with sel.prevent(Select.Changed):
-            sel.set_options([(p.stem, str(p)) for p in self.presets])
-            sel.value = str(path)
+        self._show_preset()
+        self._refresh_status()
         self.set_status(f"saved {path}", "green")
         self.app.notify(f"preset saved: {path}")
-        return path
+        return path, None
 
     def action_start(self) -> Path | None:
         try:

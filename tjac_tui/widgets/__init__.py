@@ -1,8 +1,18 @@
-"""Small widgets of the workbench: text plots, the Jacobian progress line, config fields."""
+"""Small widgets of the workbench: text plots, the Jacobian progress line, config fields.
 
-from .checklist import CheckList
-from .fields import ConfigField
-from .plot import PlotView
-from .progress import JacobianBar
+Imported on first use (PEP 562): the Setup pane's widgets do not pull in the plotting code."""
 
-__all__ = ["CheckList", "ConfigField", "JacobianBar", "PlotView"]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {"CheckList": "checklist", "ConfigField": "fields", "JacobianBar": "progress",
+          "OrderedInput": "inputs", "PlotView": "plot", "Spark": "spark"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

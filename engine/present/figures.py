@@ -1,0 +1,175 @@
+"""Figures of a session for papers and slides: PNG and SVG drawn with matplotlib, and the
+spectrum as CSV.
+
+    write_figures(session, formats=("png", "svg"))  ->  Figures(files, csv, skipped)
+
+Written to ``<session>/figures/``: ``spectrum``, ``distance`` (|s - 1|), ``alignment``
+(u_i . v_i) with the regions coloured and their boundaries marked, ``analysis-NAME[-PART]``
+for every analysis view that has a plot (the same data as the report's text plots), and
+``spectrum.csv`` (index, s,
+|s - 1|, u.v, region). matplotlib is an optional extra (``pip install 'tjac[figures]'``):
+without it only the CSV is written and ``skipped`` says why. It is imported here only, through
+its object API (no pyplot state: safe from the app's worker threads).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import regions
+from ..session import Session
+from .views import View, session_views
+
+REGION_COLOURS = {"chaotic": "#d62728", "bulk": "#2ca02c", "stable": "#1f77b4"}
+INSTALL_HINT = "PNG/SVG figures need matplotlib: pip install 'tjac[figures]'"
+
+
+@dataclass
+class Figures:
+    files: list[Path] = field(default_factory=list)  # every figure file written
+    csv: Path | None = None
+    skipped: str | None = None  # why no PNG/SVG was drawn
+
+
+def spectrum_csv(session: Session, out: Path) -> Path | None:
+    """index, s, |s - 1|, u.v (when the vectors were kept), region: one row per singular
+    value, in the order of the SVD (descending)."""
+    if not session.has("svd/S.npy"):
+        return None
+    S = session.load_npy("svd/S.npy").astype(np.float64)
+    align = session.load_npy("svd/alignment.npy") if session.has("svd/alignment.npy") else None
+    tol = (session.spectrum() or {}).get("bulk_tol") or regions.DEFAULT_TOL
+    masks = regions.masks(S, tol)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "s", "abs_s_minus_1", "alignment", "region"])
+        for i, s in enumerate(S):
+            region = next(k for k, m in masks.items() if m[i])
+            w.writerow([i, repr(float(s)), repr(abs(float(s) - 1.0)),
+                        "" if align is None else repr(float(align[i])), region])
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
+
+
+def _index_figure(y: np.ndarray, S: np.ndarray, tol: float, title: str, ylabel: str,
+                  log: bool):
+    """One value per index, coloured by region, the region boundaries dashed."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    idx = np.arange(len(y))
+    masks = regions.masks(S, tol)
+    for name, m in masks.items():
+        if m.any():
+            ax.plot(idx[m], y[m], ".", ms=2, color=REGION_COLOURS[name],
+                    label=f"{name} ({int(m.sum())})")
+    if np.all(np.diff(S) <= 0):  # descending (as the SVD gives it): the regions are ranges
+        n_chaotic = int(masks["chaotic"].sum())
+        for b in (n_chaotic, n_chaotic + int(masks["bulk"].sum())):
+            if 0 < b < len(S):
+                ax.axvline(b - 0.5, color="grey", lw=0.8, ls="--")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("index i")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize="small", markerscale=4)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _view_figure(view: View):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for label, x, y in view.series:
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if view.logy:
+            y = np.abs(y)
+        style = "-" if len(x) > 40 else "o-"
+        ax.plot(x, y, style, ms=3, lw=1, label=label)
+    if view.logx:
+        ax.set_xscale("log")
+    if view.logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(view.xlabel)
+    ax.set_ylabel(view.ylabel)
+    ax.set_title(view.title, fontsize="medium", wrap=True)
+    if len(view.series) > 1:
+        ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def write_figures(session, out_dir: str | Path | None = None,
+                  formats: tuple[str, ...] = ("png", "svg")) -> Figures:
+    """Write the session's figures (and spectrum.csv) to ``out_dir`` (default
+    ``<session>/figures``)."""
+    s = session if isinstance(session, Session) else Session(session)
+    out = (Path(out_dir) if out_dir is not None else s.path / "figures").absolute()
+    result = Figures(csv=spectrum_csv(s, out / "spectrum.csv"))
+    try:
+        import matplotlib  # noqa: F401 - only to know it is there
+    except ImportError:
+        result.skipped = INSTALL_HINT
+        return result
+    figs = []
+    if s.has("svd/S.npy"):
+        S = s.load_npy("svd/S.npy").astype(np.float64)
+        tol = (s.spectrum() or {}).get("bulk_tol") or regions.DEFAULT_TOL
+        figs.append(("spectrum", _index_figure(S, S, tol, "Singular values of J", "s_i",
+                                               log=True)))
+        dist = np.abs(S - 1)
+        shown = np.where(dist > 0, dist, np.nan)  # exact ones have no place on a log axis
+        exact = int((dist == 0).sum())
+        figs.append(("distance", _index_figure(
+            shown, S, tol, "Distance from unity" + (f" ({exact} with s = 1 exactly: not shown)"
+                                                    if exact else ""), "|s_i - 1|", log=True)))
+        if s.has("svd/alignment.npy"):
+            figs.append(("alignment", _index_figure(
+                s.load_npy("svd/alignment.npy").astype(np.float64), S, tol,
+                "Alignment of left and right singular vectors", "u_i . v_i", log=False)))
+    for name, _, views in session_views(s):
+        for v in views:
+            if v.series:  # analysis-distance, analysis-distance-alignment, ...
+                figs.append(("-".join(["analysis", name] + [_slug(part) for part in
+                                                             v.key.split(".")[1:]]),
+                             _view_figure(v)))
+    out.mkdir(parents=True, exist_ok=True)
+    for stem, fig in figs:
+        for fmt in formats:
+            path = out / f"{stem}.{fmt}"
+            fig.savefig(path, dpi=150)
+            result.files.append(path)
+    return result
+
+
+def figures_markdown(fig: Figures, report_dir: Path) -> str:
+    """The report's "Figures" section: the PNGs inline, links to the SVGs and the CSV (paths
+    relative to the report's folder)."""
+    def rel(p: Path) -> str:
+        return str(p.relative_to(report_dir)) if p.is_relative_to(report_dir) else str(p)
+
+    parts = ["## Figures", ""]
+    if fig.skipped:
+        parts += [f"_{fig.skipped}._", ""]
+    for p in (p for p in fig.files if p.suffix == ".png"):
+        svg = p.with_suffix(".svg")
+        parts += [f"![{p.stem}]({rel(p)})" + (f" ([SVG]({rel(svg)}))" if svg in fig.files
+                                               else ""), ""]
+    if fig.csv is not None:
+        parts += [f"The spectrum as CSV: [{rel(fig.csv)}]({rel(fig.csv)}) (index, s, |s - 1|, "
+                  "u.v, region).", ""]
+    return "\n".join(parts)
