@@ -166,6 +166,7 @@ class JacobianStore:
 
     FILE = "jacobian.npy"
     PROGRESS = "jacobian.progress.json"
+    RANK_PROGRESS = "jacobian.progress.rank{}.json"  # the chunks of rank r > 0 (distributed)
 
     def __init__(self, directory: Path, P: int, chunk: int, dtype: np.dtype):
         self.path = Path(directory) / self.FILE
@@ -176,12 +177,77 @@ class JacobianStore:
         self.done: dict[int, str] = {}
         self.damaged: list[int] = []
         self.offset = 0
+        self.rank = 0
         prog = self._read_progress()
         if prog is not None and self.path.is_file() and self._header_ok():
+            for other in self._rank_records():  # left by the ranks of a distributed run
+                prog["done"].update({i: d for i, d in other["done"].items()
+                                     if i not in prog["done"]})
             self._reopen(prog)
         else:
             self._create()
         self._save_progress()
+        self._drop_rank_records()
+
+    @classmethod
+    def for_rank(cls, directory: Path, P: int, chunk: int, dtype: np.dtype,
+                 rank: int) -> "JacobianStore":
+        """The store as rank ``rank`` > 0 of a distributed run sees it: the file rank 0 has
+        opened (and checked) already; this rank records its own chunks, and only those, in
+        its own progress file."""
+        self = cls.__new__(cls)
+        self.path = Path(directory) / cls.FILE
+        self.P, self.chunk, self.dtype = int(P), int(chunk), np.dtype(dtype)
+        self.item = self.dtype.itemsize
+        self.ranges = chunk_ranges(self.P, self.chunk)
+        self.done, self.damaged, self.offset, self.rank = {}, [], 0, int(rank)
+        self.progress_path = Path(directory) / cls.RANK_PROGRESS.format(rank)
+        if not self._header_ok():
+            raise ValueError(f"{self.path}: not the Jacobian file rank 0 prepared")
+        self._save_progress()
+        return self
+
+    def _rank_records(self) -> list[dict]:
+        """The progress records of other ranks that belong to this J."""
+        out = []
+        for p in sorted(self.path.parent.glob(self.RANK_PROGRESS.format("*"))):
+            rec = self._read_progress(p)
+            if rec is not None and p != self.progress_path:
+                out.append(rec)
+        return out
+
+    def _drop_rank_records(self) -> None:
+        if self.rank == 0:
+            for p in self.path.parent.glob(self.RANK_PROGRESS.format("*")):
+                p.unlink(missing_ok=True)
+
+    def columns_done_all(self) -> int:
+        """Columns recorded by every rank (this one and the others' progress files)."""
+        done = set(self.done)
+        main = None if self.rank == 0 else self._read_progress(
+            self.path.parent / self.PROGRESS)
+        for rec in self._rank_records() + ([main] if main else []):
+            done |= {int(i) for i in rec["done"]}
+        return sum(len(self.ranges[i]) for i in done if 0 <= i < len(self.ranges))
+
+    def merge_ranks(self) -> list[int]:
+        """Take the chunks the other ranks recorded into this (rank 0's) record, each checked
+        against its digest; returns the chunks whose bytes did not match (left pending)."""
+        bad = []
+        with open(self.path, "rb") as f:
+            for rec in self._rank_records():
+                for i, d in sorted((int(i), d) for i, d in rec["done"].items()):
+                    if i in self.done or not 0 <= i < len(self.ranges):
+                        continue
+                    cols = self.ranges[i]
+                    f.seek(self.offset + cols.start * self.P * self.item)
+                    if block_digest(f.read(len(cols) * self.P * self.item)) == d:
+                        self.done[i] = d
+                    else:
+                        bad.append(i)
+        self._save_progress()
+        self._drop_rank_records()
+        return bad
 
     # ---- the file ----------------------------------------------------------------------
     @property
@@ -240,10 +306,11 @@ class JacobianStore:
                 else:
                     self.damaged.append(i)
 
-    def _read_progress(self) -> dict | None:
-        """The progress record if it belongs to this J (P, chunk, dtype), else None."""
+    def _read_progress(self, path: Path | None = None) -> dict | None:
+        """The progress record (default: this store's) if it belongs to this J (P, chunk,
+        dtype), else None."""
         try:
-            prog = json.loads(self.progress_path.read_text())
+            prog = json.loads((path or self.progress_path).read_text())
         except (OSError, ValueError):
             return None
         if not isinstance(prog, dict) or not isinstance(prog.get("done"), dict):
@@ -254,9 +321,11 @@ class JacobianStore:
         return prog
 
     def _save_progress(self) -> None:
-        atomic_write_json(self.progress_path, {
-            "P": self.P, "chunk": self.chunk, "dtype": self.dtype.str, "layout": "fortran",
-            "done": {str(i): d for i, d in sorted(self.done.items())}})
+        rec = {"P": self.P, "chunk": self.chunk, "dtype": self.dtype.str, "layout": "fortran",
+               "done": {str(i): d for i, d in sorted(self.done.items())}}
+        if self.rank:
+            rec.update(rank=self.rank, pid=os.getpid())
+        atomic_write_json(self.progress_path, rec)
 
     # ---- chunks ------------------------------------------------------------------------
     @property
@@ -319,14 +388,17 @@ def first_nonfinite_step(problem: Problem, theta0: torch.Tensor, cols: Iterable[
 
 def compute_into(store: JacobianStore, problem: Problem, theta0: torch.Tensor,
                  on_chunk: Callable[[int, range, torch.Tensor], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> None:
-    """Compute every unfinished chunk of ``store``. ``on_chunk(index, cols, theta_T)`` is called
+                 should_stop: Callable[[], bool] | None = None,
+                 indices: Iterable[int] | None = None) -> None:
+    """Compute every unfinished chunk of ``store`` (``indices``: only those chunks, e.g. the
+    share of one rank). ``on_chunk(index, cols, theta_T)`` is called
     after each chunk is on disk. Raises ``KeyboardInterrupt`` when ``should_stop()`` turns true
     (checked at every training step: the chunk under way is dropped and computed again on
     resume), and :class:`NonFiniteJacobian` naming the step at which a chunk's tangents became
     infinite or NaN (nothing of that chunk is stored)."""
     P = theta0.numel()
-    for index in store.pending:
+    for index in (store.pending if indices is None else
+                  [i for i in indices if i not in store.done]):
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         cols = store.ranges[index]

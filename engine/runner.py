@@ -12,7 +12,9 @@ and to in-process listeners; the TUI tails the file, ``tjac run`` listens in-pro
 * ``train_step`` {step, steps, lr, train_loss, train_acc, test_loss, test_acc}
 * ``jacobian_start`` {total, chunk, chunks, done}
 * ``jacobian_chunk`` {chunk, done, total, rate, eta, primal_dev; on CUDA gpu_mem,
-  gpu_mem_peak: bytes allocated by the worker's torch.cuda caching allocator}
+  gpu_mem_peak: bytes allocated by the worker's torch.cuda caching allocator; distributed
+  (engine.distributed): rank, rank_done (that rank's columns), and rate is that rank's}
+* ``jacobian_ranks`` {ranks, shares}: a distributed run's ranks and their chunk counts
 * ``interrupted`` {stage}    * ``error`` {stage, message}
 
 ``python -m engine.runner SESSION`` is the worker: it runs in its own process session, ignores
@@ -92,6 +94,7 @@ class Runner:
         self.cfg = None
         self.stop_requested = False
         self.svd_result: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.rank, self.world = 0, 1  # engine.distributed: this process's rank, the ranks
 
     # ---- events ----------------------------------------------------------------------------
     def emit(self, event: str, **fields) -> None:
@@ -106,26 +109,10 @@ class Runner:
     # ---- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
         """Read the config, check that the run fits here, pick the device and build the data,
-        model and training problem."""
-        self.cfg = cfg = self.session.config()
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.device = device_mod.resolve(self.device_override or cfg.device)
-        self.numerics = device_mod.configure(self.device, cfg.tf32)
-        self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-        self.data = data_mod.load(cfg.data)
-        self.module = models.build(cfg.model, self.data.n_features, self.data.n_classes,
-                                   cfg.seed, self.data.image_shape)
-        self.layout = models.Layout.of(self.module)
-        self.plan = plan_mod.make_plan(cfg, self.data, self.layout.size)
+        model and training problem; record them in the manifest."""
+        self.build()
         self.check_fits()
-        if self.session.has("theta0.npz") and not self.session.verify(only={"theta0.npz"}):
-            models.load_init(self.module, self.session.path / "theta0.npz")  # the stored init
-        self.problem = train.make_problem(self.module, self.data, cfg.train, cfg.seed,
-                                          self.device, self.dtype, cfg.jacobian.kernel)
-        self.theta0 = train.initial_theta(self.module, self.device, self.dtype)
-        if not bool(torch.isfinite(self.theta0).all()):
-            raise ValueError("the initial parameters are not finite (model.init or model.build)")
+        cfg = self.cfg
         m = self.session.manifest()
         self.session.update_manifest(numerics=self.numerics,
                                      device_info=device_mod.describe(self.device))
@@ -140,6 +127,28 @@ class Runner:
         elif m.get("device") != str(self.device):
             self.emit("warning", message=f"resuming on {self.device}; the session started on "
                                          f"{m.get('device')}: results may differ in the last bits")
+
+    def build(self) -> None:
+        """Read the config, pick the device, build the data, model and training problem (the
+        stored initialisation when there is one); writes nothing."""
+        self.cfg = cfg = self.session.config()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = device_mod.resolve(self.device_override or cfg.device)
+        self.numerics = device_mod.configure(self.device, cfg.tf32)
+        self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+        self.data = data_mod.load(cfg.data)
+        self.module = models.build(cfg.model, self.data.n_features, self.data.n_classes,
+                                   cfg.seed, self.data.image_shape)
+        self.layout = models.Layout.of(self.module)
+        self.plan = plan_mod.make_plan(cfg, self.data, self.layout.size)
+        if self.session.has("theta0.npz") and not self.session.verify(only={"theta0.npz"}):
+            models.load_init(self.module, self.session.path / "theta0.npz")  # the stored init
+        self.problem = train.make_problem(self.module, self.data, cfg.train, cfg.seed,
+                                          self.device, self.dtype, cfg.jacobian.kernel)
+        self.theta0 = train.initial_theta(self.module, self.device, self.dtype)
+        if not bool(torch.isfinite(self.theta0).all()):
+            raise ValueError("the initial parameters are not finite (model.init or model.build)")
 
     def check_fits(self) -> None:
         """Refuse (PlanError) a run whose files or SVD do not fit here; a Jacobian file already
@@ -213,31 +222,50 @@ class Runner:
                 chunk = new
         s.record_file("jacobian.npy", "jacobian", blocks=store.record())
 
-    def compute_jacobian(self, store: jac_mod.JacobianStore, info: dict) -> None:
-        s, P = self.session, self.layout.size
+    def share_of(self, store: jac_mod.JacobianStore) -> list[int]:
+        """The chunks this process computes (engine.distributed splits them among ranks)."""
+        return store.pending
+
+    def after_share(self, store: jac_mod.JacobianStore) -> None:
+        """Once this process's chunks are done (engine.distributed: wait for the others)."""
+
+    def compute_jacobian(self, store: jac_mod.JacobianStore, info: dict,
+                         indices: list[int] | None = None) -> None:
+        """Compute the chunks ``indices`` (default: this process's share of the pending ones),
+        emitting an event per chunk and checking each chunk's theta_T against thetaT.npz."""
+        s, P, lead = self.session, self.layout.size, self.rank == 0
         if store.damaged:
             self.emit("warning", message=f"jacobian.npy: {len(store.damaged)} chunk(s) did not "
                                          f"match their digests (first: {store.damaged[0]}); "
                                          "computing them again")
         thetaT = self.thetaT()
         bound = self.primal_bound(thetaT)
-        self.emit("jacobian_start", total=P, chunk=store.chunk, chunks=len(store.ranges),
-                  done=store.columns_done)
-        t0, done0 = time.perf_counter(), store.columns_done
+        if lead:
+            self.emit("jacobian_start", total=P, chunk=store.chunk, chunks=len(store.ranges),
+                      done=store.columns_done)
+        if indices is None:
+            indices = self.share_of(store)
+        t0, mine = time.perf_counter(), [0]
         worst = [float(info.get("primal_dev", 0.0))]
+        ranked = {"rank": self.rank} if self.world > 1 else {}
+        if ranked:
+            ranked["rank_done"] = 0  # this rank's columns so far (of this attempt)
 
         def on_chunk(index: int, cols: range, theta_T: torch.Tensor) -> None:
             dev = float((theta_T - thetaT).abs().max())
             worst[0] = max(worst[0], dev)
-            done = store.columns_done
-            rate = (done - done0) / max(time.perf_counter() - t0, 1e-9)
+            mine[0] += len(cols)
+            if ranked:
+                ranked["rank_done"] = mine[0]
+            done = store.columns_done_all() if self.world > 1 else store.columns_done
+            rate = mine[0] / max(time.perf_counter() - t0, 1e-9)  # this process's
             mem = {}
             if self.device.type == "cuda":  # the TUI is another process: report it here
                 mem = {"gpu_mem": torch.cuda.memory_allocated(self.device),
                        "gpu_mem_peak": torch.cuda.max_memory_allocated(self.device)}
             self.emit("jacobian_chunk", chunk=index, done=done, total=P, rate=round(rate, 3),
-                      eta=round((P - done) / rate, 1) if rate > 0 else None, primal_dev=dev,
-                      **mem)
+                      eta=round((P - done) / (rate * self.world), 1) if rate > 0 else None,
+                      primal_dev=dev, **ranked, **mem)
             if dev > bound:
                 raise PrimalMismatch(
                     f"the training inside the Jacobian reached a theta_T {dev:.3g} away from "
@@ -245,10 +273,14 @@ class Runner:
                     "this config; `tjac resume` trains again")
 
         try:
-            jac_mod.compute_into(store, self.problem, self.theta0, on_chunk, self.should_stop)
+            jac_mod.compute_into(store, self.problem, self.theta0, on_chunk, self.should_stop,
+                                 indices)
+            if lead:
+                self.after_share(store)
         finally:
-            s.set_stage("jacobian", primal_dev=worst[0], primal_bound=bound,
-                        columns_done=store.columns_done)
+            if lead:  # the manifest is rank 0's alone
+                s.set_stage("jacobian", primal_dev=worst[0], primal_bound=bound,
+                            columns_done=store.columns_done)
 
     def stage_svd(self) -> None:
         """The SVD of J, in float64 (``spectrum.svd_dtype``). On the CPU with numpy's gesdd (J whole in memory, as float64);

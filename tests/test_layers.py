@@ -32,7 +32,7 @@ LAYERS: list[list[str]] = [
     ["engine.worker", "engine.experiments", "engine.experiments.common"],
     ["engine.experiments.*"],
     ["engine.runner"],
-    ["engine.study"],
+    ["engine.study", "engine.distributed"],
     ["engine.present", "engine.present.views"],
     ["engine.present.findings", "engine.present.figures"],
     ["engine.present.report"],

@@ -2,7 +2,8 @@
 
     tjac                          open the workbench (TUI)
     tjac run PRESET [--set K=V]   run a preset to the end with progress bars
-    tjac resume SESSION           finish an interrupted session
+    tjac run PRESET --nproc N     ... J's chunks on N processes (torch.distributed)
+    tjac resume SESSION [--nproc N]  finish an interrupted session
     tjac ls                       sessions and their status
     tjac presets                  the shipped presets
     tjac report SESSION [-o FILE] [--figures]
@@ -52,6 +53,16 @@ def _console(stderr: bool = False, quiet: bool = False):
 # --------------------------------------------------------------------------------------------
 
 
+def _nproc(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 1024:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of processes from 1 to 1024")
+    return n
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.session import Session
 
@@ -71,12 +82,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_fits(cfg, args.sessions)
     session = Session.create(args.sessions, cfg.name, cfg, str(preset))
     if args.detach:
-        from engine.worker import start_worker
+        if args.nproc > 1:
+            from engine.distributed import launch
 
-        start_worker(session.path)
+            launch(session.path, args.nproc)
+        else:
+            from engine.worker import start_worker
+
+            start_worker(session.path)
         print(session.path)
         return 0
-    return _run_foreground(session, quiet=args.quiet)
+    return _run_foreground(session, quiet=args.quiet, nproc=args.nproc)
 
 
 def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
@@ -142,7 +158,8 @@ def check_fits(cfg, sessions: Path) -> None:
                    device=plan_mod.where_svd_runs(cfg.device))
 
 
-def _run_foreground(session, quiet: bool = False, device: str | None = None) -> int:
+def _run_foreground(session, quiet: bool = False, device: str | None = None,
+                    nproc: int = 1) -> int:
     from engine.runner import EXIT_OK, run_session
 
     from .progress import RichProgress, regions_table
@@ -155,7 +172,11 @@ def _run_foreground(session, quiet: bool = False, device: str | None = None) -> 
             errors.append(ev.get("message") or "")
 
     with RichProgress(err) as bars:
-        code = run_session(session.path, [bars, on_error], device=device, handle_signals=True)
+        if nproc > 1:
+            code = _run_ranks(session, nproc, [bars, on_error])
+        else:
+            code = run_session(session.path, [bars, on_error], device=device,
+                               handle_signals=True)
     summary = session.spectrum() if code == EXIT_OK else None
     if summary is not None and not quiet:
         from rich.console import Console
@@ -165,6 +186,44 @@ def _run_foreground(session, quiet: bool = False, device: str | None = None) -> 
         print(one_line(f"{session.path}: {errors[-1]}"), file=sys.stderr)
     print(session.path)
     return code
+
+
+def _run_ranks(session, nproc: int, listeners: list) -> int:
+    """``nproc`` ranks on this machine (torchrun, :mod:`engine.distributed`), their events fed
+    to ``listeners`` from events.jsonl as they come; ctrl+c asks them to stop (resumable).
+    Returns the run's exit code (from the session: 0 done, 3 interrupted, 1 otherwise)."""
+    import signal
+    import time
+
+    from engine.distributed import launch
+    from engine.files import read_jsonl
+    from engine.runner import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+
+    offset = (session.path / "events.jsonl").stat().st_size \
+        if (session.path / "events.jsonl").is_file() else 0
+    proc = launch(session.path, nproc)
+
+    def feed() -> None:
+        nonlocal offset
+        records, offset = read_jsonl(session.path / "events.jsonl", offset)
+        for ev in records:
+            for fn in listeners:
+                fn(ev)
+
+    stopping = False
+    while proc.poll() is None:
+        try:
+            feed()
+            time.sleep(0.2)
+        except KeyboardInterrupt:
+            if not stopping:  # torchrun passes the stop on to every rank
+                stopping = True
+                proc.send_signal(signal.SIGTERM)
+    feed()
+    status = session.manifest().get("status")
+    if status == "running":  # the ranks were killed before rank 0 could mark it
+        return EXIT_FAILED
+    return {"done": EXIT_OK, "interrupted": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -181,7 +240,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"{s.path}: already done (every file checked)", file=sys.stderr)
         print(s.path)
         return 0
-    return _run_foreground(s, quiet=args.quiet, device=args.device)
+    if args.nproc > 1 and args.device:
+        raise NotFound("--device and --nproc: each rank uses its own device (cuda:LOCAL_RANK, "
+                       "or the CPU); leave out --device")
+    return _run_foreground(s, quiet=args.quiet, device=args.device, nproc=args.nproc)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -354,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides the preset)")
     r.add_argument("--detach", action="store_true",
                    help="start the run as a background worker and print the session path")
+    r.add_argument("--nproc", type=_nproc, default=1, metavar="N",
+                   help="compute J's chunks on N processes (torchrun on this machine: one GPU "
+                        "each on CUDA, cores split among them on the CPU); for several nodes "
+                        "see `torchrun ... -m engine.distributed SESSION`")
     r.add_argument("--plan", action="store_true",
                    help="print P, the steps, J's size, the SVD's memory, whether they fit, and "
                         "times estimated from a short timed probe on this device; start "
@@ -370,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("session")
     s.add_argument("--device", help="resume on another device (results may differ in the last "
                                     "bits)")
+    s.add_argument("--nproc", type=_nproc, default=1, metavar="N",
+                   help="finish J's chunks on N processes (any N: what each earlier process "
+                        "recorded is kept)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_resume)
 

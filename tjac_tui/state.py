@@ -49,12 +49,21 @@ class LiveState:
         "train_loss": [], "test_loss": [], "train_acc": [], "test_acc": []})
     jac: dict[str, Any] = field(default_factory=dict)  # done, total, rate, eta, chunk, chunks
     rates: list[float] = field(default_factory=list)  # columns/s of each chunk of this attempt
+    ranks: dict[int, dict] = field(default_factory=dict)  # distributed: rank -> done, rate
     run: dict[str, Any] = field(default_factory=dict)  # device, dtype, threads, P
     status: str = "?"
     log: deque = field(default_factory=lambda: deque(maxlen=200))
     errors: list[str] = field(default_factory=list)
     events_seen: int = 0
     log_total: int = 0  # lines ever logged (the deque keeps the last 200)
+
+    def ranks_text(self) -> str:
+        """One line on a distributed run's ranks: each one's columns and rate, and the total."""
+        if not self.ranks:
+            return ""
+        parts = [f"r{r} {st['done']} cols" + (f" {st['rate']:.0f}/s" if st["rate"] else "")
+                 for r, st in sorted(self.ranks.items())]
+        return f"{len(self.ranks)} ranks: " + " | ".join(parts)
 
     def new_log_lines(self, before: int) -> list[LogLine]:
         """Lines logged since ``log_total`` was ``before``."""
@@ -113,10 +122,33 @@ class LiveState:
                         "chunk": ev.get("chunk"), "chunks": ev.get("chunks"),
                         "rate": None, "eta": None}
             self.rates.clear()
+            self.ranks.clear()
             changed.add("jac")
             log(f"jacobian: {ev.get('total')} columns in {ev.get('chunks')} chunks of "
                 f"{ev.get('chunk')}" + (f", {ev.get('done')} already done" if ev.get("done")
                                         else ""))
+        elif kind == "jacobian_ranks":
+            self.ranks = {r: {"done": 0, "rate": None, "chunks": n}
+                          for r, n in enumerate(ev.get("shares") or [])}
+            changed.add("jac")
+            log(f"jacobian: {ev.get('ranks')} ranks, "
+                + ", ".join(f"rank {r}: {n} chunks" for r, n in enumerate(ev.get("shares") or [])))
+        elif kind == "jacobian_chunk" and ev.get("rank") is not None:
+            r = int(ev["rank"])  # one rank of several: the totals are the sums over ranks
+            st = self.ranks.setdefault(r, {"done": 0, "rate": None, "chunks": None})
+            st.update(done=ev.get("rank_done", st["done"]), rate=ev.get("rate"))
+            total_rate = sum(x["rate"] or 0 for x in self.ranks.values())
+            done = max(self.jac.get("done") or 0, ev.get("done") or 0)
+            total = ev.get("total") or self.jac.get("total")
+            self.jac.update(done=done, total=total, rate=total_rate,
+                            eta=(total - done) / total_rate if total_rate and total else None)
+            self.jac["last_chunk"] = ev.get("chunk")
+            if total_rate:
+                self.rates.append(total_rate)
+            changed.add("jac")
+            rate = ev.get("rate")
+            log(f"jacobian chunk {ev.get('chunk')} (rank {r}): {done}/{total} columns"
+                + (f", {rate:.1f} col/s on this rank" if rate else ""))
         elif kind == "jacobian_chunk":
             self.jac.update({k: ev.get(k) for k in ("done", "total", "rate", "eta")})
             self.jac["last_chunk"] = ev.get("chunk")

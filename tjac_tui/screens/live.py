@@ -40,6 +40,7 @@ class LivePane(VerticalScroll):
             yield DataTable(id="stages-table", cursor_type="none", zebra_stripes=False)
             with Vertical(id="live-side"):
                 yield JacobianBar(ascii=self.ascii, id="jac-bar")
+                yield Static("", id="live-ranks")
                 yield Static("", id="live-train")
                 yield Spark("loss", log=True, ascii=self.ascii, id="spark-loss")
                 yield Spark("col/s", fmt="{:.1f}", ascii=self.ascii, id="spark-rate")
@@ -70,6 +71,7 @@ class LivePane(VerticalScroll):
         self.query_one("#stages-table", DataTable).clear()
         self.query_one("#jac-bar", JacobianBar).set_progress({})
         self.query_one("#live-train", Static).update("")
+        self.query_one("#live-ranks", Static).display = False
         self.query_one("#spark-loss", Spark).set_values([])
         self.query_one("#spark-rate", Spark).set_values([])
         self.query_one("#live-device", Static).update("")
@@ -115,6 +117,9 @@ class LivePane(VerticalScroll):
         self.query_one("#jac-bar", JacobianBar).set_progress(live.jac, jac_state)
         if "jac" in changed:
             self.query_one("#spark-rate", Spark).set_values(live.rates)
+            ranks = self.query_one("#live-ranks", Static)
+            ranks.update(live.ranks_text())
+            ranks.display = bool(live.ranks)
         self.query_one("#live-device", Static).update(self._device_text(live, snap))
         if len(live.steps) != self._steps_drawn:
             self._steps_drawn = len(live.steps)

@@ -1,0 +1,228 @@
+"""The Jacobian's chunks on several processes: ``torch.distributed`` ranks started by torchrun.
+
+    torchrun --standalone --nproc-per-node N -m engine.distributed SESSION     one box
+    torchrun --nnodes M --nproc-per-node N --rdzv-endpoint HOST:PORT \\
+             -m engine.distributed SESSION                                   several nodes
+    tjac run PRESET --nproc N   /   tjac resume SESSION --nproc N            the same, started
+                                                                             by tjac (launch())
+
+The session directory must be on a filesystem every rank sees. Rank 0 is the session's worker:
+it holds the session lock, trains (once), opens the Jacobian store (checking every chunk already
+recorded, merging what earlier ranks left), and hands out the pending chunks round-robin. Every
+rank then computes its share and writes each chunk into the shared, preallocated
+``jacobian.npy`` (distinct byte ranges: one ``pwrite`` each). Rank 0 records its chunks in
+``jacobian.progress.json`` as a single process does; rank r > 0 records its own in
+``jacobian.progress.rank<r>.json``, a file only it writes (atomically replaced), so no record is
+ever written by two processes. Once every rank is through, rank 0 checks the other ranks' chunks
+against their digests, merges their records into the main one, and goes on with the SVD and the
+analyses alone.
+
+A rank that dies loses only the chunk under way: torchrun then stops the others (rank 0 marks
+the session interrupted, or it is left "stale" if it was killed), and ``tjac resume`` with any
+number of processes, one included, merges the records the ranks left and computes what is
+missing. The ranks exchange only small control messages (the share of each rank, "done"), over
+gloo on every device: the Jacobian itself goes through the shared files, never through NCCL.
+
+Events: every rank appends its ``jacobian_chunk`` events, with its ``rank``, to the session's
+``events.jsonl`` (one line per ``write`` on a file opened for appending); ``done`` counts the
+chunks recorded by all ranks at that moment, and the TUI sums the ranks' rates.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import jacobian as jac_mod
+from .device import worker_environment
+from .runner import EXIT_INTERRUPTED, EXIT_OK, Runner
+from .session import Session, SessionError
+
+# a rank waits this long for rank 0 to finish training (and for the others to finish their
+# chunks) before giving up; torchrun stops every rank at once when one of them dies
+TIMEOUT = datetime.timedelta(hours=24)
+
+
+def rank_device(cfg_device: str, local_rank: int) -> str | None:
+    """The device of a rank: its own GPU (cuda:LOCAL_RANK) where the run is on CUDA, else the
+    config's (None: the config decides)."""
+    if cfg_device.startswith("cuda") or (cfg_device == "auto" and torch.cuda.is_available()):
+        return f"cuda:{local_rank}"
+    return None
+
+
+def shares(pending: list[int], world: int) -> list[list[int]]:
+    """The pending chunks of each rank: round-robin, so every rank gets ~the same work."""
+    return [pending[r::world] for r in range(world)]
+
+
+class DistributedRunner(Runner):
+    """Rank 0: the session's worker, with the Jacobian stage shared among the ranks."""
+
+    def __init__(self, session: Session, world: int, device: str | None = None):
+        super().__init__(session, device=device)
+        self.rank, self.world = 0, world
+        self.released = False  # the other ranks have been told what to do
+
+    def share_of(self, store: jac_mod.JacobianStore) -> list[int]:
+        parts = shares(store.pending, self.world)
+        send([{"go": True, "chunk": store.chunk, "shares": parts}])
+        self.released = True
+        self.emit("jacobian_ranks", ranks=self.world, shares=[len(p) for p in parts])
+        return parts[0]
+
+    def after_share(self, store: jac_mod.JacobianStore) -> None:
+        """Wait for every rank, then take their chunks into the main record (each checked
+        against its digest; a missing or damaged one is computed here)."""
+        dist.barrier()
+        bad = store.merge_ranks()
+        if bad:
+            self.emit("warning", message=f"jacobian: {len(bad)} chunk(s) of other ranks did not "
+                                         "match their digests; computing them here")
+        if store.pending:
+            jac_mod.compute_into(store, self.problem, self.theta0, should_stop=self.should_stop)
+
+    def run(self) -> int:
+        try:
+            return super().run()
+        finally:
+            if not self.released:  # nothing to share (done already, or failed before)
+                send([{"go": False}])
+
+
+def send(msg: list) -> None:
+    dist.broadcast_object_list(msg, src=0)
+
+
+def rank_main(path: Path, rank: int, world: int, device: str | None) -> int:
+    """A rank other than 0: build the training problem (read-only), wait for its share,
+    compute it into the store."""
+    runner = Runner(Session(path), device=device)
+    runner.rank, runner.world = rank, world
+
+    def stop(signum, frame):
+        runner.stop_requested = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    msg: list = [None]
+    dist.broadcast_object_list(msg, src=0)  # rank 0 has trained by now (or given up)
+    if not msg[0]["go"]:
+        return EXIT_OK
+    runner.build()
+    store = jac_mod.JacobianStore.for_rank(path, runner.layout.size, msg[0]["chunk"],
+                                           np.dtype(runner.cfg.dtype), rank)
+    try:
+        runner.compute_jacobian(store, {}, msg[0]["shares"][rank])
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    dist.barrier()
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m engine.distributed",
+                                 description="One rank of a distributed tjac run (start it with "
+                                             "torchrun).")
+    ap.add_argument("session", help="the session directory (on a filesystem every rank sees)")
+    ap.add_argument("--preset", help="create the session from this preset file if it does not "
+                                     "exist yet (rank 0 does; every node runs the same command)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --preset: override a config key (repeatable)")
+    args = ap.parse_args(argv)
+    if "RANK" not in os.environ:
+        print("engine.distributed: start it with torchrun (or `tjac run --nproc N`)",
+              file=sys.stderr)
+        return 2
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    path = Path(args.session)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    dist.init_process_group("gloo", timeout=TIMEOUT)
+    code = 2
+    try:
+        problem = create_or_check(path, args.preset, args.set) if rank == 0 else None
+        msg = [problem]
+        send(msg)  # every rank learns whether the session is there to run
+        if msg[0] is not None:
+            print(f"{path}: {msg[0]}", file=sys.stderr)
+            return 2
+        device = rank_device(Session(path).config().device, local)
+        if device is not None:
+            torch.cuda.set_device(local)
+        if rank == 0:
+            runner = DistributedRunner(Session(path), world, device)
+
+            def stop(signum, frame):
+                runner.stop_requested = True
+
+            signal.signal(signal.SIGTERM, stop)
+            signal.signal(signal.SIGINT, stop)
+            code = runner.run()
+        else:
+            code = rank_main(path, rank, world, device)
+    finally:
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if threading.active_count() > 1:  # an abandoned SVD thread: do not wait for it
+        os._exit(code)
+    return code
+
+
+def create_or_check(path: Path, preset: str | None, overrides: list[str]) -> str | None:
+    """Rank 0: the session at ``path``, created from ``preset`` when it does not exist; None
+    when there is one to run, else why not (one line)."""
+    from .config import ConfigError, load
+
+    if Session(path).exists():
+        try:
+            Session(path).config()
+        except (SessionError, OSError, ValueError) as e:
+            return str(e)
+        return None
+    if preset is None:
+        return "no such session (pass --preset PRESET to create it)"
+    try:
+        cfg = load(preset, overrides)
+    except ConfigError as e:
+        return str(e)
+    made = Session.create(path.parent, path.name, cfg, str(preset))
+    if made.path != path:  # cannot happen: the name was free a moment ago
+        return f"created as {made.path} instead"
+    return None
+
+
+def launch(path: str | Path, nproc: int, log: Path | None = None) -> subprocess.Popen:
+    """Start ``nproc`` ranks on this machine on the session (torchrun, standalone), in their
+    own process session like a single worker; output to ``worker.log``."""
+    path = Path(path).absolute()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={int(nproc)}", "-m", "engine.distributed", str(path)]
+    out = open(log or path / "worker.log", "ab")
+    env = {**os.environ, **worker_environment()}
+    # the cores split among the ranks (torchrun would give each one thread); also what rank 0
+    # computes the SVD with afterwards
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(nproc))))
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    finally:
+        out.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

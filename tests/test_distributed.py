@@ -1,0 +1,171 @@
+"""J's chunks on several processes (torch.distributed, gloo, 2 ranks on the CPU): the same J,
+bit for bit, as one process; a rank killed with SIGKILL loses only its chunk under way, and a
+resume with one process finishes the rest, still bitwise equal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import config
+from engine.files import read_jsonl
+from engine.jacobian import JacobianStore
+from engine.runner import run_session
+from engine.session import Session
+from tjac_tui.app import TjacApp
+from tjac_tui.state import LiveState
+
+from conftest import PRESETS, running, screen_lines, until
+
+QUICK = PRESETS / "quick.toml"
+# P = 610; threads = 1 in both runs (a rank computes with one thread here; J's bits depend on
+# how the products are split among threads)
+SMALL = ["model.hidden=[8]", "jacobian.chunk=32", "threads=1"]
+LONGER = SMALL[:1] + ["jacobian.chunk=8", "threads=1", "train.epochs=24"]  # 77 chunks
+
+
+def reference(root: Path, name: str, overrides: list[str]) -> np.ndarray:
+    s = Session.create(root, name, config.load(QUICK, overrides + [f'name="{name}"']),
+                       str(QUICK))
+    assert run_session(s.path) == 0
+    return np.load(s.path / "jacobian.npy")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    root = tmp_path_factory.mktemp("dist")
+    J = reference(root, "one", SMALL)
+    args = [a for o in SMALL for a in ("--set", o)]
+    r = subprocess.run([sys.executable, "-m", "tjac_tui.cli", "run", str(QUICK), "--sessions",
+                        str(root), "--name", "two", "--nproc", "2", "-q", *args],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / "two", J
+
+
+def test_two_ranks_compute_the_single_process_J_bitwise(two_ranks):
+    path, J = two_ranks
+    assert np.array_equal(np.load(path / "jacobian.npy"), J)
+    m = Session(path).manifest()
+    assert m["status"] == "done" and m["stages"]["jacobian"]["columns_done"] == 610
+    assert not list(path.glob("jacobian.progress.rank*.json"))  # merged by rank 0
+    prog = json.loads((path / JacobianStore.PROGRESS).read_text())
+    assert len(prog["done"]) == 20
+    events = read_jsonl(path / "events.jsonl")[0]
+    chunks = [e for e in events if e["event"] == "jacobian_chunk"]
+    assert sorted({e["rank"] for e in chunks}) == [0, 1]
+    assert sorted(e["chunk"] for e in chunks) == list(range(20))  # each chunk once
+    assert [e for e in events if e["event"] == "jacobian_ranks"][0]["shares"] == [10, 10]
+    live = LiveState()
+    for e in events:
+        live.apply(e)
+    assert sum(st["done"] for st in live.ranks.values()) == 610
+    assert live.jac["done"] == 610
+    assert live.ranks_text().startswith("2 ranks: r0 320 cols")
+
+
+def test_the_live_pane_shows_each_rank(two_ranks):
+    path, _ = two_ranks
+
+    async def go():
+        app = TjacApp(sessions_dir=path.parent, session=path.name)
+        async with running(app, (120, 30)) as pilot:
+            await until(pilot, lambda: app.live.status == "done", what="the event log")
+            text = "\n".join(screen_lines(app))
+            assert "2 ranks: r0 320 cols" in text and "r1 290 cols" in text
+    asyncio.run(go())
+
+
+def rank_record(path: Path, rank: int) -> dict | None:
+    try:
+        return json.loads((path / JacobianStore.RANK_PROGRESS.format(rank)).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_a_killed_rank_loses_only_its_chunk_and_one_process_finishes_bitwise(tmp_path):
+    from engine.distributed import launch
+
+    J = reference(tmp_path, "one", LONGER)
+    s = Session.create(tmp_path, "two", config.load(QUICK, LONGER + ['name="two"']),
+                       str(QUICK))
+    proc = launch(s.path, 2)
+    try:
+        t0 = time.monotonic()
+        while True:  # rank 1 has finished a few chunks
+            rec = rank_record(s.path, 1)
+            if rec is not None and len(rec["done"]) >= 3:
+                break
+            assert proc.poll() is None, (s.path / "worker.log").read_text()[-3000:]
+            assert time.monotonic() - t0 < 120, "rank 1 never finished a chunk"
+            time.sleep(0.05)
+        os.kill(rec["pid"], signal.SIGKILL)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    m = Session(s.path).manifest()
+    assert m["stages"]["jacobian"]["status"] != "done"
+    kept = rank_record(s.path, 1)["done"]  # rank 1's chunks on disk: resume keeps them
+    assert len(kept) >= 3
+    assert run_session(s.path) == 0  # one process finishes
+    events = read_jsonl(s.path / "events.jsonl")[0]
+    last_start = [e for e in events if e["event"] == "jacobian_start"][-1]
+    assert last_start["done"] >= 8 * len(kept)  # nothing recorded was computed again
+    assert np.array_equal(np.load(s.path / "jacobian.npy"), J)
+    assert not list(s.path.glob("jacobian.progress.rank*.json"))
+    assert Session(s.path).verify(deep=True) == {}
+
+
+def test_a_damaged_rank_chunk_is_computed_again(two_ranks, tmp_path):
+    """A chunk a rank recorded whose bytes no longer match its digest is not taken."""
+    import shutil
+
+    path, J = two_ranks
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    prog = json.loads((copy / JacobianStore.PROGRESS).read_text())
+    # hand chunks 1 and 3 to a "rank 1" record, and flip a byte of chunk 3
+    rank1 = dict(prog, rank=1, pid=0, done={k: prog["done"].pop(k) for k in ("1", "3")})
+    (copy / JacobianStore.PROGRESS).write_text(json.dumps(prog))
+    (copy / JacobianStore.RANK_PROGRESS.format(1)).write_text(json.dumps(rank1))
+    offset = np.load(copy / "jacobian.npy", mmap_mode="r").offset
+    with open(copy / "jacobian.npy", "r+b") as f:
+        f.seek(offset + 3 * 32 * 610 * 4 + 100)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    store = JacobianStore(copy, 610, 32, np.dtype("float32"))
+    assert 1 in store.done and 3 not in store.done and store.damaged == [3]
+    assert not (copy / JacobianStore.RANK_PROGRESS.format(1)).exists()  # merged
+    assert run_session(copy) == 0  # the damaged chunk is computed again
+    assert np.array_equal(np.load(copy / "jacobian.npy"), J)
+
+
+def test_torchrun_creates_the_session_from_a_preset_or_says_why_not(tmp_path):
+    """What every node of a multi-node run executes: rank 0 creates the session (or names
+    what is wrong, and every rank stops)."""
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+            "-m", "engine.distributed"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(base + [str(tmp_path / "nothing")], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode != 0
+    assert "no such session (pass --preset PRESET to create it)" in r.stderr
+    target = tmp_path / "made"
+    r = subprocess.run(base + [str(target), "--preset", str(QUICK)] +
+                       [a for o in SMALL for a in ("--set", o)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = Session(target).manifest()
+    assert m["status"] == "done" and m["preset"] == str(QUICK)
+    assert config.load(QUICK, SMALL) == Session(target).config()
