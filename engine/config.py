@@ -41,8 +41,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from . import schema
-from .schema import (Check, ConfigError, Invalid, boolean, choice, integer, number, option,
-                     optional, plugins, section, show, string)
+from .schema import (Check, ConfigError, Invalid, boolean, choice, integer, list_of, number,
+                     option, optional, plugins, section, show, string)
 from .schema import name as name_check
 from .sections import ANALYSES, StudyConfig
 
@@ -214,6 +214,30 @@ class SpectrumConfig:
                             "precision of the SVD: float32 halves its memory (the LeNet-5 SVD "
                             "with vectors fits an 80 GB GPU); its error bound is ~eps32 x s_1 "
                             "(benchmarks/svd_precision.py measures the change on a J)")
+    method: str = option("exact", choice("exact", "matfree"),
+                         "exact: J stored and its full SVD; matfree: J never formed (for P "
+                         "too large to store J): the top k singular values and the bulk size "
+                         "estimated from J v and J^T u products (engine/matfree.py)")
+    k: int = option(20, integer(1, 10_000), "matfree: how many of the largest singular values")
+    top_tol: float = option(1e-8, number(0, 1, lo_open=True, hi_open=True),
+                            "matfree: relative accuracy asked of the top k singular values "
+                            "(svds tol); looser is faster")
+    solver: str = option("propack", choice("propack", "arpack", "lobpcg"),
+                         "matfree: scipy svds solver for the top k (propack needed the fewest "
+                         "products in benchmarks/matfree.py)")
+    probes: int = option(8, integer(2, 1024),
+                         "matfree: random probe vectors of the bulk-size estimate (stochastic "
+                         "Lanczos quadrature); its statistical error falls as 1/sqrt(probes)")
+    lanczos_steps: int = option(60, integer(2, 100_000),
+                                "matfree: Lanczos steps per probe (each one J v and one J^T u "
+                                "product); more steps narrow the quadrature's bounds")
+    count_tols: list = option([1e-3, 1e-2], list_of(number(0, 1, lo_open=True, hi_open=True),
+                                                    "a list of tolerances in (0, 1)",
+                                                    min_items=1, max_items=16),
+                              "matfree: the tolerances tau of the bulk-size estimates "
+                              "(singular values in [1 - tau, 1 + tau])")
+    matfree_dtype: str = option("float64", choice("float64", "float32"),
+                                "matfree: precision of the J v / J^T u products")
 
 
 @dataclass
@@ -300,6 +324,11 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
     if cfg.train.final_lr > cfg.train.lr:
         raise ConfigError(f"{where}: train.final_lr: expected a number <= train.lr "
                           f"({cfg.train.lr}), got {show(cfg.train.final_lr)}")
+    if cfg.spectrum.method == "matfree":
+        needing = [n for n, a in cfg.analysis.items() if a.enabled]
+        if needing:
+            raise ConfigError(f'{where}: spectrum.method: analysis.{needing[0]} needs the exact '
+                              'SVD: set spectrum.method = "exact" or switch the analysis off')
     if not cfg.spectrum.vectors:
         needing = [n for n, a in cfg.analysis.items() if a.enabled]
         if needing:

@@ -46,6 +46,7 @@ class Plan:
     jacobian: bool
     svd: bool
     vectors: bool = True  # U and V too (spectrum.vectors)
+    matfree: dict | None = None  # spectrum.method = "matfree": its memory, by part (bytes)
     svd_itemsize: int = 8  # bytes per number of the SVD (spectrum.svd_dtype)
     disk: dict[str, int] = field(default_factory=dict)  # file -> bytes
 
@@ -75,6 +76,10 @@ class Plan:
                        f"{fmt_bytes(self.svd_memory('cpu'))} of memory while it runs on the "
                        f"CPU, {fmt_bytes(self.svd_memory('cuda'))} on a GPU "
                        f"(float{self.svd_itemsize * 8})")
+        if self.matfree:
+            parts = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in self.matfree.items())
+            out.append(f"matrix-free spectrum (J never formed): about "
+                       f"{fmt_bytes(sum(self.matfree.values()))} of memory ({parts})")
         out.append(f"disk in all: {fmt_bytes(self.disk_total)}")
         return out
 
@@ -113,13 +118,30 @@ def make_plan(cfg: RunConfig, ds=None, P: int | None = None) -> Plan:
     P = count_parameters(cfg, ds.n_features, ds.n_classes, ds.image_shape) if P is None else P
     t = cfg.train
     item = 8 if cfg.dtype == "float64" else 4
-    jac = cfg.jacobian.enabled
+    matfree = cfg.jacobian.enabled and cfg.spectrum.method == "matfree"
+    jac = cfg.jacobian.enabled and not matfree
     svd = jac and cfg.jacobian.svd
-    plan = Plan(P=P, steps=count_steps(len(ds.x_train), t.batch_size, t.epochs, t.drop_last),
+    steps = count_steps(len(ds.x_train), t.batch_size, t.epochs, t.drop_last)
+    plan = Plan(P=P, steps=steps,
                 n_train=len(ds.x_train), itemsize=item, jacobian=jac, svd=svd,
                 vectors=cfg.spectrum.vectors,
                 svd_itemsize=8 if cfg.spectrum.svd_dtype == "float64" else 4)
     plan.disk["theta0.npz"] = plan.disk["thetaT.npz"] = 8 * P
+    if matfree:
+        sp, mi = cfg.spectrum, 8 if cfg.spectrum.matfree_dtype == "float64" else 4
+        state = 2 if t.optimizer == "adam" else (1 if t.momentum > 0 else 0)
+        seg = max(1, math.ceil(math.sqrt(steps)))
+        K = max(sp.probes, 1)
+        plan.matfree = {
+            "checkpoints": math.ceil(steps / seg) * (1 + state) * P * mi,
+            "tangents": (2 + 2 * state) * K * P * mi,
+            "Lanczos vectors": sp.probes * sp.lanczos_steps * P * 8,
+            # scipy's Lanczos bases, float64: PROPACK keeps U and V of 10 k vectors each,
+            # ARPACK max(2k + 1, 20) vectors, LOBPCG a few blocks of k
+            "top-k solver": {"propack": 2 * 10 * sp.k, "arpack": 2 * max(2 * sp.k + 1, 20),
+                             "lobpcg": 8 * sp.k}[sp.solver] * P * 8,
+        }
+        plan.disk["matfree.json"] = 64 * (sp.k + sp.probes * len(sp.count_tols)) + 4096
     if jac:
         plan.disk["jacobian.npy"] = P * P * item
     if svd:
@@ -182,6 +204,13 @@ def check(plan: Plan, directory: Path, already: int = 0, device: str | None = "c
         raise PlanError(f"this run needs {fmt_bytes(need)} of disk ({big} alone "
                         f"{fmt_bytes(plan.disk[big])}; P = {plan.P:,}) and {directory} has "
                         f"{fmt_bytes(free)} free")
+    if plan.matfree:
+        mem, need = available_memory(), sum(plan.matfree.values())
+        if need > mem:
+            raise PlanError(f"the matrix-free spectrum needs about {fmt_bytes(need)} of memory "
+                            f"({', '.join(f'{k} {fmt_bytes(v)}' for k, v in plan.matfree.items())}"
+                            f") and {fmt_bytes(mem)} is available here: lower spectrum.probes, "
+                            "spectrum.lanczos_steps or spectrum.k")
     if plan.svd and device is not None:
         cuda = str(device).startswith("cuda")
         mem = device_memory(device) if cuda else available_memory()

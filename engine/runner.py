@@ -15,6 +15,8 @@ and to in-process listeners; the TUI tails the file, ``tjac run`` listens in-pro
   gpu_mem_peak: bytes allocated by the worker's torch.cuda caching allocator; distributed
   (engine.distributed): rank, rank_done (that rank's columns), and rate is that rank's}
 * ``jacobian_ranks`` {ranks, shares}: a distributed run's ranks and their chunk counts
+* ``matfree_progress`` {phase, jvp, vjp}: products so far (at most one a second)
+* ``matfree_done`` {s_max, k, bulk}: spectrum.method = "matfree"
 * ``interrupted`` {stage}    * ``error`` {stage, message}
 
 ``python -m engine.runner SESSION`` is the worker: it runs in its own process session, ignores
@@ -24,6 +26,7 @@ stage interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import signal
@@ -339,6 +342,52 @@ class Runner:
         summary["svd_dtype"] = self.cfg.spectrum.svd_dtype
         self.session.write_json("spectrum.json", summary, stage="spectrum")
 
+    def stage_matfree(self) -> None:
+        """``spectrum.method = "matfree"``: the top k singular values of J (scipy svds on J as
+        an operator) and the bulk-size estimates (stochastic Lanczos quadrature), J never
+        formed (:mod:`engine.matfree`); written to matfree.json."""
+        from . import matfree
+
+        sp, P = self.cfg.spectrum, self.layout.size
+        dt = torch.float64 if sp.matfree_dtype == "float64" else torch.float32
+        phase, last = ["checkpoints"], [0.0]
+
+        def on_product(kind: str, k: int) -> None:
+            now = time.perf_counter()
+            if now - last[0] > 1.0:
+                last[0] = now
+                st = op.stats
+                self.emit("matfree_progress", phase=phase[0], jvp=st.jvp_vectors,
+                          vjp=st.vjp_vectors)
+
+        op = matfree.TrainingJacobian(self.problem, self.theta0, should_stop=self.should_stop,
+                                      dtype=dt, on_product=on_product)
+        k = min(sp.k, P - 1)
+        t0 = time.perf_counter()
+        phase[0] = "top-k"
+        top = matfree.top_singular_values(op, k, solver=sp.solver, seed=self.cfg.seed,
+                                          tol=sp.top_tol)
+        t_top = time.perf_counter() - t0
+        top_products = (op.stats.jvp_vectors, op.stats.vjp_vectors)
+        phase[0] = "bulk"
+        est = matfree.bulk_count(op, sp.count_tols, sp.probes, sp.lanczos_steps,
+                                 seed=self.cfg.seed)
+        result = {
+            "P": P, "dtype": sp.matfree_dtype, "segment": op.segment, "steps": op.T,
+            "top": {"k": k, "solver": sp.solver, "tol": sp.top_tol, "s": top.tolist(),
+                    "seconds": round(t_top, 3),
+                    "jvp_vectors": top_products[0], "vjp_vectors": top_products[1]},
+            "bulk": {"probes": sp.probes, "lanczos_steps": sp.lanczos_steps,
+                     "seconds": round(time.perf_counter() - t0 - t_top, 3),
+                     "estimates": [e.to_json() for e in est]},
+            "stats": dataclasses.asdict(op.stats),
+            "memory": self.plan.matfree,
+        }
+        self.session.write_json("matfree.json", result, stage="matfree")
+        self.emit("matfree_done", s_max=float(top[0]), k=k,
+                  bulk=[{"tol": e.tol, "count": e.count, "lower": e.lower, "upper": e.upper}
+                        for e in est])
+
     def run_analysis(self, name: str) -> None:
         impl = importlib.import_module(ANALYSES[name].module)
         s = self.session
@@ -354,6 +403,8 @@ class Runner:
     def stages(self) -> list[str]:
         if not self.cfg.jacobian.enabled:
             return ["train"]
+        if self.cfg.spectrum.method == "matfree":
+            return ["train", "matfree"]
         if not self.cfg.jacobian.svd:
             return ["train", "jacobian"]
         return list(STAGES) + [f"analysis.{n}" for n in ANALYSES

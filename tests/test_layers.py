@@ -27,7 +27,7 @@ LAYERS: list[list[str]] = [
     ["engine.archs"],
     ["engine.data", "engine.models"],
     ["engine.train", "engine.plan"],
-    ["engine.jacobian", "engine.spectrum"],
+    ["engine.jacobian", "engine.spectrum", "engine.matfree"],
     ["engine.session"],
     ["engine.worker", "engine.experiments", "engine.experiments.common"],
     ["engine.experiments.*"],

@@ -161,6 +161,16 @@ class LiveState:
             rate = ev.get("rate")
             log(f"jacobian chunk {ev.get('chunk')}: {ev.get('done')}/{ev.get('total')} columns"
                 + (f", {rate:.1f} col/s" if rate else ""))
+        elif kind == "matfree_progress":
+            st = self.stages.setdefault("matfree", {})
+            st["note"] = f"{ev.get('phase')} {ev.get('jvp', 0) + ev.get('vjp', 0)}"
+            changed.add("stages")
+        elif kind == "matfree_done":
+            self.stages.setdefault("matfree", {}).pop("note", None)
+            log(f"matfree: s_1 = {ev.get('s_max', 0):.6g} (top {ev.get('k')}); bulk "
+                + "; ".join(f"tau {b['tol']:g}: ~{b['count']:.0f} in [{b['lower']:.0f}, "
+                            f"{b['upper']:.0f}]" for b in ev.get("bulk") or []))
+            changed.add("stages")
         elif kind == "analysis_progress":
             st = self.stages.setdefault(f"analysis.{ev.get('name')}", {})
             st["progress"] = (ev.get("done"), ev.get("total"))

@@ -23,6 +23,7 @@ from ..session import Session
 from .figures import Figures, figures_markdown, write_figures
 from .findings import as_session, render_analyses_markdown
 from .markdown import code_block, md_table
+from .views import matfree_tables
 
 PLOT_WIDTH = 100
 PLOT_HEIGHT = 20
@@ -155,6 +156,11 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
                       "counts near the thresholds.", ""]
         if summary.get("alignment_note"):
             parts += [f"_{summary['alignment_note']}_", ""]
+
+    if s.has("matfree.json"):
+        parts += ["## Matrix-free spectrum", ""]
+        for v in matfree_tables(s.read_json("matfree.json")):
+            parts += [f"### {v.title}", "", md_table(v.columns, v.rows), "", f"_{v.note}_", ""]
 
     parts += ["## Timings", "", _timings(m), ""]
 

@@ -142,6 +142,37 @@ def sensitivity_view(S: np.ndarray, title: str = "Region sensitivity to the tole
              "above (near 0: a plateau; near 1: no plateau at that scale)")
 
 
+def matfree_tables(r: dict) -> tuple[View, View]:
+    """The two tables of a matrix-free spectrum (matfree.json): the top k singular values, and
+    the bulk-size estimates with their error bars."""
+    top = r["top"]
+    tv = View("matfree.top", f"Largest {top['k']} singular values of J (scipy svds, "
+              f"{top['solver']}, tol {top.get('tol', 1e-8):g}; J never formed)", [],
+              columns=["i", "s_i", "|s_i - 1|"],
+              rows=[[str(i), f"{v:.9g}", fmt(abs(v - 1))] for i, v in enumerate(top["s"])],
+              note=f"{top['jvp_vectors']} J v and {top['vjp_vectors']} J^T u products in "
+                   f"{top['seconds']:.1f} s ({r['dtype']}, P = {r['P']:,}, {r['steps']} steps, "
+                   f"reverse pass in segments of {r['segment']})")
+    b = r["bulk"]
+    bv = View("matfree.bulk", "Bulk size: singular values in [1 - tau, 1 + tau], estimated",
+              [], columns=["tau", "estimate", "error bar", "of P", "probes' s.e.",
+                           "quadrature bounds"],
+              rows=[[f"{e['tol']:g}", f"{e['count']:.0f}",
+                     f"{e['lower']:.0f} .. {e['upper']:.0f}"
+                     + (" (not resolved)" if e["upper"] - e["lower"] > r["P"] / 2 else ""),
+                     f"{100 * e['count'] / r['P']:.1f}%", f"{e['stderr']:.1f}",
+                     f"{e['quadrature'][0]:.0f} .. {e['quadrature'][1]:.0f}"]
+                    for e in b["estimates"]],
+              note=f"stochastic Lanczos quadrature on J^T J: {b['probes']} probes x "
+                   f"{b['lanczos_steps']} Lanczos steps, {b['seconds']:.1f} s; the error bar is "
+                   "the quadrature's rigorous bounds (Chebyshev-Markov-Stieltjes) widened by "
+                   "2 standard errors of the probes; a bar wider than P/2 is marked not "
+                   "resolved: the window (width 2 tau) is narrow inside a spectrum that reaches "
+                   "s_1, and the bounds close in only after many Lanczos steps "
+                   "(spectrum.lanczos_steps)")
+    return tv, bv
+
+
 def distance_views(r: dict, session) -> list[View]:
     d = _load(session, "analyses/distance_abs.npy")
     a = _load(session, "analyses/distance_alignment.npy")

@@ -147,6 +147,8 @@ class LivePane(VerticalScroll):
             shown = state
             if state == "running" and st.get("progress"):
                 shown = f"running {st['progress'][0]}/{st['progress'][1]}"
+            elif state == "running" and st.get("note"):  # matfree: phase and products
+                shown = st["note"]
             t.update_cell(n, "state", Text(shown, style=STATUS_STYLE.get(state, "")))
         self._stage_times(live)
 

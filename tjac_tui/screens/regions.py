@@ -21,6 +21,7 @@ class RegionsPane(VerticalScroll):
         super().__init__(id=id)
         self.path: Path | None = None
         self.summary: dict | None = None
+        self.matfree: dict | None = None  # matfree.json of a matrix-free run on screen
 
     def compose(self) -> ComposeResult:
         yield Static("no session selected", id="regions-summary")
@@ -47,13 +48,45 @@ class RegionsPane(VerticalScroll):
     def _load(self, path: Path) -> None:
         from engine.spectrum import region_rows
 
-        summary = Session(path).spectrum()
+        s = Session(path)
+        summary = s.spectrum()
         rows = region_rows(summary) if summary is not None else []
+        if summary is None and s.has("matfree.json"):
+            self.app.call_from_thread(self._show_matfree, path, s.read_json("matfree.json"))
+            return
         self.app.call_from_thread(self._show, path, summary, rows)
+
+    def _show_matfree(self, path: Path, r: dict) -> None:
+        """A matrix-free run: the bulk-size estimates (no exact regions: J was never formed)
+        and the top singular values."""
+        from engine.present.views import matfree_tables
+
+        if path != self.path:
+            return
+        top, bulk = matfree_tables(r)
+        self.matfree = r
+        self.query_one("#regions-summary", Static).update(
+            f"{path.name}: matrix-free (J never formed), P = {r['P']:,}: {bulk.title}; "
+            f"s_1 = {r['top']['s'][0]:.6g}; top {r['top']['k']}: "
+            + ", ".join(f"{v:.4g}" for v in r["top"]["s"][:8])
+            + (" ..." if len(r["top"]["s"]) > 8 else ""))
+        t = self.query_one("#regions-table", DataTable)
+        t.clear(columns=True)
+        for c in bulk.columns:
+            t.add_column(c, key=c)
+        for row in bulk.rows:
+            t.add_row(*row)
+        self.query_one("#regions-note", Static).update(bulk.note)
 
     def _show(self, path: Path, summary: dict | None, rows: list[dict]) -> None:
         if path != self.path:
             return
+        t = self.query_one("#regions-table", DataTable)
+        if self.matfree is not None:  # the columns of the regions table again
+            self.matfree = None
+            t.clear(columns=True)
+            for c in COLUMNS:
+                t.add_column(c, key=c)
         head = self.query_one("#regions-summary", Static)
         if summary is None:
             head.update(f"{path.name}: no spectrum yet (the regions appear when the run has "

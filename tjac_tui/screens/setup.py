@@ -45,7 +45,7 @@ OPEN_AT_START = ("train",)
 PLAN_DELAY = 0.4  # seconds without a change before the plan is recomputed
 SECTION_HELP = {RUN: "name, seed, device, dtype", "data": "dataset, split, variant",
                 "model": "architecture, widths, init", "train": "optimizer, schedule, epochs",
-                "jacobian": "chunks, kernel, SVD", "spectrum": "region rule, vectors",
+                "jacobian": "chunks, kernel, SVD", "spectrum": "region rule, vectors, exact or matrix-free",
                 "analyses": "switch the paper's analyses on and off", "study": "several runs"}
 
 
@@ -411,8 +411,12 @@ class SetupPane(Vertical):
         try:
             pl = plan_mod.make_plan(cfg)
             dot = " - " if self.ascii else " · "
-            text = (f"plan: P = {pl.P:,}{dot}{pl.steps:,} steps{dot}J "
-                    f"{plan_mod.fmt_bytes(pl.disk.get('jacobian.npy', 0))} on disk")
+            text = f"plan: P = {pl.P:,}{dot}{pl.steps:,} steps{dot}"
+            if pl.matfree:
+                text += (f"matrix-free (J never formed), about "
+                         f"{plan_mod.fmt_bytes(sum(pl.matfree.values()))} of memory")
+            else:
+                text += f"J {plan_mod.fmt_bytes(pl.disk.get('jacobian.npy', 0))} on disk"
             if pl.svd:
                 text += (f"{dot}SVD memory {plan_mod.fmt_bytes(pl.svd_memory('cpu'))} (CPU), "
                          f"{plan_mod.fmt_bytes(pl.svd_memory('cuda'))} (GPU)")

@@ -50,16 +50,19 @@ class SpectrumPane(VerticalScroll):
     def _load(self, path: Path) -> None:
         s = Session(path)
         if not s.has("svd/S.npy"):
-            self.app.call_from_thread(self._missing, path)
+            self.app.call_from_thread(self._missing, path, s.has("matfree.json"))
             return
         S = s.load_npy("svd/S.npy").astype(np.float64)
         a = s.load_npy("svd/alignment.npy") if s.has("svd/alignment.npy") else None
         summary = s.spectrum()
         self.app.call_from_thread(self._show, path, S, a, summary)
 
-    def _missing(self, path: Path) -> None:
+    def _missing(self, path: Path, matfree: bool = False) -> None:
         if path == self.path:
             self.query_one("#spectrum-head", Static).update(
+                f"{path.name}: a matrix-free run (spectrum.method = \"matfree\"): J was never "
+                "formed, so there is no full spectrum; its top singular values and bulk-size "
+                "estimates are in Regions (4)" if matfree else
                 f"{path.name}: no spectrum yet (it appears when the svd stage finishes)")
 
     def _show(self, path: Path, S: np.ndarray, a: np.ndarray | None, summary: dict | None

@@ -1,0 +1,137 @@
+"""Matrix-free spectra (engine/matfree.py) against the exact SVD, and their reach.
+
+    python benchmarks/matfree.py agree SESSION [--k 50] [--probes 8] [--steps 60]
+        SESSION: a finished exact session (e.g. sessions/paper-digits-sgd). Rebuilds its
+        training in float64, computes the top k singular values with PROPACK through J v /
+        J^T u products and the bulk-size estimates for tau in {1e-3, 1e-2}, and prints them
+        against svd/S.npy: the largest relative error of the top k, and each estimate with its
+        error bar next to the exact count.
+
+    python benchmarks/matfree.py solvers [--preset quick] [--k 10]
+        The top k by ARPACK, PROPACK and LOBPCG on a small run (P = 610, float64): seconds,
+        products and the largest relative error of each against the exact SVD.
+
+    python benchmarks/matfree.py reach [--preset mlp1m-digits28-matfree]
+        Runs the preset (spectrum.method = "matfree") as a session in a temporary folder and
+        prints P, the stage times and the results.
+
+Times are wall-clock seconds on this machine (say which when quoting them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine import config, data as data_mod, jacobian, models, regions, train  # noqa: E402
+from engine.matfree import TrainingJacobian, bulk_count, top_singular_values  # noqa: E402
+from engine.session import Session  # noqa: E402
+
+
+def operator_of(cfg, dtype=torch.float64) -> TrainingJacobian:
+    ds = data_mod.load(cfg.data)
+    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed, ds.image_shape)
+    prob = train.make_problem(module, ds, cfg.train, cfg.seed, torch.device("cpu"), dtype)
+    return TrainingJacobian(prob, train.initial_theta(module, "cpu", dtype), dtype=dtype)
+
+
+def agree(a) -> None:
+    s = Session(a.session)
+    S = s.load_npy("svd/S.npy").astype(np.float64)
+    op = operator_of(s.config())
+    print(f"{s.path}: P = {op.P}, {op.T} steps, {os.cpu_count()} cores; exact S from "
+          f"svd/S.npy ({s.config().dtype} J)")
+    t0 = time.perf_counter()
+    top = top_singular_values(op, a.k, solver="propack")
+    t_top = time.perf_counter() - t0
+    rel = np.abs(top - S[: a.k]) / S[: a.k]
+    print(f"top {a.k} (PROPACK): {t_top:.0f} s, {op.stats.jvp_vectors} J v + "
+          f"{op.stats.vjp_vectors} J^T u; max relative error {rel.max():.2e} "
+          f"(s_1 {top[0]:.7g} vs {S[0]:.7g}; s_{a.k} {top[-1]:.7g} vs {S[a.k - 1]:.7g})")
+    t0 = time.perf_counter()
+    est = bulk_count(op, (1e-3, 1e-2), probes=a.probes, steps=a.steps)
+    print(f"bulk ({a.probes} probes x {a.steps} Lanczos steps): "
+          f"{time.perf_counter() - t0:.0f} s")
+    for e in est:
+        exact = regions.counts(S, e.tol)["bulk"]
+        inside = e.lower <= exact <= e.upper
+        print(f"  tau {e.tol:g}: exact {exact}, estimate {e.count:.0f} (s.e. {e.stderr:.0f}), "
+              f"error bar [{e.lower:.0f}, {e.upper:.0f}] (quadrature "
+              f"[{e.quadrature[0]:.0f}, {e.quadrature[1]:.0f}]): "
+              f"{'inside' if inside else 'OUTSIDE'}")
+
+
+def solvers(a) -> None:
+    cfg = config.load(REPO / "presets" / f"{a.preset}.toml",
+                      ["model.hidden=[8]", 'dtype="float64"'])
+    op = operator_of(cfg)
+    J = jacobian.exact_jacobian(op.problem, op.theta0).numpy()
+    S = np.linalg.svd(J, compute_uv=False)
+    print(f"{a.preset} with hidden [8]: P = {op.P}, {op.T} steps, float64")
+    for solver in ("arpack", "propack", "lobpcg"):
+        op.stats.__init__()
+        t0 = time.perf_counter()
+        top = top_singular_values(op, a.k, solver=solver)
+        rel = np.abs(top - S[: a.k]) / S[: a.k]
+        print(f"  {solver:8s} {time.perf_counter() - t0:6.1f} s  {op.stats.jvp_vectors:4d} J v "
+              f"+ {op.stats.vjp_vectors:4d} J^T u  max rel. error {rel.max():.1e}")
+
+
+def reach(a) -> None:
+    from engine.runner import run_session
+
+    preset = REPO / "presets" / f"{a.preset}.toml"
+    with tempfile.TemporaryDirectory() as tmp:
+        s = Session.create(tmp, "reach", config.load(preset), str(preset))
+        t0 = time.perf_counter()
+        code = run_session(s.path)
+        wall = time.perf_counter() - t0
+        m = s.manifest()
+        if code != 0:
+            sys.exit(f"failed: {m.get('error')}")
+        r = json.loads((s.path / "matfree.json").read_text())
+    st = {k: v.get("seconds") for k, v in m["stages"].items()}
+    print(f"{a.preset}: P = {r['P']:,}, {r['steps']} steps, {os.cpu_count()} cores, "
+          f"products in {r['dtype']}")
+    print(f"wall {wall:.0f} s (train {st['train']:.0f} s, matfree {st['matfree']:.0f} s: "
+          f"top {r['top']['k']} {r['top']['seconds']:.0f} s, bulk {r['bulk']['seconds']:.0f} s)")
+    print("top singular values: " + ", ".join(f"{v:.5g}" for v in r["top"]["s"]))
+    for e in r["bulk"]["estimates"]:
+        print(f"bulk tau {e['tol']:g}: estimate {e['count']:.0f} of {r['P']:,} "
+              f"({100 * e['count'] / r['P']:.1f}%), error bar [{e['lower']:.0f}, "
+              f"{e['upper']:.0f}]")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("agree")
+    g.add_argument("session")
+    g.add_argument("--k", type=int, default=50)
+    g.add_argument("--probes", type=int, default=8)
+    g.add_argument("--steps", type=int, default=60)
+    g.set_defaults(func=agree)
+    v = sub.add_parser("solvers")
+    v.add_argument("--preset", default="quick")
+    v.add_argument("--k", type=int, default=10)
+    v.set_defaults(func=solvers)
+    r = sub.add_parser("reach")
+    r.add_argument("--preset", default="mlp1m-digits28-matfree")
+    r.set_defaults(func=reach)
+    a = ap.parse_args()
+    a.func(a)
+
+
+if __name__ == "__main__":
+    main()

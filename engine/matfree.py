@@ -1,0 +1,301 @@
+"""J without forming it: J v by forward mode through training, J^T u by reverse mode, J as a
+scipy ``LinearOperator``, its top (or bottom) singular values, and the number of singular values
+in [1 - tau, 1 + tau] estimated by stochastic Lanczos quadrature with an error bar.
+
+    op = TrainingJacobian(problem, theta0)      J as an operator (float64)
+    op.matmat(V)    (P, K) -> J V               one training run carrying K tangents
+    op.rmatmat(U)   (P, K) -> J^T U             reverse mode through training, checkpointed
+    op.jvp(V), op.vjp(U)   (K, P) torch tensors, kept on the problem's device (the GPU side:
+                           scipy's solvers run on the host, the products where the problem is)
+    top_singular_values(op, k)                  scipy svds (ARPACK/PROPACK/LOBPCG) on J
+    bulk_count(op, tols, probes, steps)         SLQ on J^T J: count, bounds, error bar
+
+Costs and memory (T training steps, P parameters, K vectors at once):
+* ``matmat``: one training run with K tangents (the fused kernels of the exact J), memory
+  ~(2 + optimizer state) x K x P floats.
+* ``rmatmat``: the trajectory is kept only at the start of every segment of L = ceil(sqrt(T))
+  steps (``(T / L) x (1 + optimizer state) x P`` floats); each segment is trained again with
+  autograd on (torch.func gradients, whose graph holds L steps of the batch's activations and
+  a few P-vectors per step) and differentiated for the K cotangents at once (one backward
+  pass vmapped over K). About 3-4 training runs' work, plus one training run to lay the
+  checkpoints down (once per operator).
+* ``bulk_count``: ``probes`` Lanczos processes run in lockstep (their products batched: K =
+  probes), each keeping its ``steps`` Lanczos vectors for full reorthogonalisation:
+  probes x steps x P float64 in memory.
+
+The bulk count is the integral of the indicator of [(1 - tau)^2, (1 + tau)^2] against the
+spectral measure of J^T J seen from each probe vector; Gauss quadrature (the Lanczos nodes and
+weights) gives the estimate, and the Chebyshev-Markov-Stieltjes inequalities give, for every
+probe, rigorous lower and upper bounds on that measure's mass in the window (the nodes next to
+the window's ends are counted out, then in). Averaged over probes (Rademacher vectors) and
+scaled by P, the reported bar is [mean lower - 2 s.e., mean upper + 2 s.e.], s.e. the standard
+error of the probes' estimates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator, svds
+
+from .train import GenericKernel, Problem, train_tangents
+
+
+@dataclass
+class OpStats:
+    jvp_vectors: int = 0
+    vjp_vectors: int = 0
+    jvp_seconds: float = 0.0
+    vjp_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+
+
+class TrainingJacobian:
+    """J = d theta_T / d theta_0 of ``problem`` at ``theta0`` as an operator (products in
+    ``dtype``, float64 by default; numpy float64 in and out)."""
+
+    def __init__(self, problem: Problem, theta0: torch.Tensor, segment: int | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 dtype: torch.dtype = torch.float64,
+                 on_product: Callable[[str, int], None] | None = None):
+        self.problem = problem.astype(dtype)
+        self.theta0 = theta0.detach().to(dtype)
+        self.on_product = on_product  # ("jvp" or "vjp", vectors) after every product
+        self.P = self.theta0.numel()
+        self.T = self.problem.steps
+        self.segment = int(segment or max(1, math.ceil(math.sqrt(self.T))))
+        self.should_stop = should_stop
+        # the reverse pass differentiates the gradient itself: torch.func's, which autograd
+        # can follow (the fused kernels compute their gradients outside autograd)
+        self.reverse = dataclasses.replace(self.problem,
+                                           kernel=GenericKernel(self.problem.module))
+        self._checkpoints: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] | None = None
+        self.stats = OpStats()
+
+    # ---- J V -------------------------------------------------------------------------------
+    def jvp(self, tangents: torch.Tensor) -> torch.Tensor:
+        """J v for each row of ``tangents`` (K, P), on the problem's device: the torch side of
+        the operator (the rows stay where they are computed)."""
+        t0 = time.perf_counter()
+        _, rows = train_tangents(self.problem, self.theta0,
+                                 tangents.to(self.theta0.device, self.theta0.dtype),
+                                 self.should_stop)
+        self.stats.jvp_vectors += tangents.shape[0]
+        self.stats.jvp_seconds += time.perf_counter() - t0
+        if self.on_product is not None:
+            self.on_product("jvp", tangents.shape[0])
+        return rows
+
+    def matmat(self, V: np.ndarray) -> np.ndarray:
+        """J V for V of shape (P, K) (or (P,)): one training run carrying K tangents."""
+        V = np.asarray(V, dtype=np.float64)
+        vec = V.ndim == 1
+        out = self.jvp(torch.from_numpy(np.ascontiguousarray((V[:, None] if vec else V).T))
+                       ).double().cpu().numpy().T
+        return out[:, 0] if vec else out
+
+    # ---- J^T U -----------------------------------------------------------------------------
+    def _step(self, p: Problem, theta, state, t: int):
+        x, y = p.batch(t)
+        g = p.layout.flatten(p.kernel.grad(p.layout.unflatten(theta), x, y))
+        return p.optimizer.update(theta, state, g, float(p.lrs[t]), t)
+
+    def checkpoints(self) -> list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        """(theta, optimizer state) at the start of every segment (computed once)."""
+        if self._checkpoints is None:
+            t0 = time.perf_counter()
+            p = self.reverse
+            theta, state = self.theta0.clone(), p.optimizer.init(self.theta0)
+            out = []
+            with torch.no_grad():
+                for t in range(self.T):
+                    if t % self.segment == 0:
+                        out.append((theta.clone(), tuple(s.clone() for s in state)))
+                    theta, state = self._step(p, theta, state, t)
+            self._checkpoints = out
+            self.stats.checkpoint_seconds += time.perf_counter() - t0
+        return self._checkpoints
+
+    def rmatmat(self, U: np.ndarray) -> np.ndarray:
+        """J^T U for U of shape (P, K) (or (P,))."""
+        U = np.asarray(U, dtype=np.float64)
+        vec = U.ndim == 1
+        out = self.vjp(torch.from_numpy(np.ascontiguousarray((U[:, None] if vec else U).T))
+                       ).double().cpu().numpy().T
+        return out[:, 0] if vec else out
+
+    def vjp(self, cotangents: torch.Tensor) -> torch.Tensor:
+        """u^T J for each row of ``cotangents`` (K, P), on the problem's device: reverse mode
+        through training, segment by segment from the last, each segment trained again from
+        its checkpoint."""
+        t0 = time.perf_counter()
+        Ut = cotangents.to(self.theta0.device, self.theta0.dtype)
+        K = Ut.shape[0]
+        p = self.reverse
+        cps = self.checkpoints()
+        # the K cotangents go back together: one backward pass per segment, vmapped over K
+        # (autograd's is_grads_batched)
+        cot_theta = Ut
+        cot_state = tuple(torch.zeros((K, *s.shape), dtype=s.dtype, device=s.device)
+                          for s in cps[0][1])
+        for i in range(len(cps) - 1, -1, -1):
+            if self.should_stop is not None and self.should_stop():
+                raise KeyboardInterrupt
+            a, b = i * self.segment, min((i + 1) * self.segment, self.T)
+            theta_s = cps[i][0].detach().requires_grad_(True)
+            state_s = tuple(s.detach().requires_grad_(True) for s in cps[i][1])
+            with torch.enable_grad():
+                theta, state = theta_s, state_s
+                for t in range(a, b):
+                    theta, state = self._step(p, theta, state, t)
+                grads = torch.autograd.grad((theta, *state), (theta_s, *state_s),
+                                            (cot_theta, *cot_state), is_grads_batched=True,
+                                            allow_unused=True)
+            cot_theta = grads[0]
+            cot_state = tuple(torch.zeros_like(c) if g is None else g
+                              for g, c in zip(grads[1:], cot_state))
+        # the optimizer's initial state does not depend on theta_0: its cotangent ends here
+        self.stats.vjp_vectors += K
+        self.stats.vjp_seconds += time.perf_counter() - t0
+        if self.on_product is not None:
+            self.on_product("vjp", K)
+        return cot_theta
+
+    def linear_operator(self) -> LinearOperator:
+        return LinearOperator((self.P, self.P), matvec=self.matmat, rmatvec=self.rmatmat,
+                              matmat=self.matmat, rmatmat=self.rmatmat, dtype=np.float64)
+
+    def gram(self) -> LinearOperator:
+        """J^T J (symmetric, positive semi-definite)."""
+        return LinearOperator((self.P, self.P), matvec=lambda v: self.rmatmat(self.matmat(v)),
+                              matmat=lambda V: self.rmatmat(self.matmat(V)),
+                              dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# the top (bottom) singular values
+
+
+def top_singular_values(op: TrainingJacobian, k: int, solver: str = "arpack",
+                        which: str = "LM", tol: float = 1e-10, seed: int = 0,
+                        maxiter: int | None = None) -> np.ndarray:
+    """The ``k`` largest (``which="SM"``: smallest) singular values of J, descending, by
+    scipy's ``svds`` on the operator (ARPACK, PROPACK or LOBPCG)."""
+    rng = np.random.default_rng(seed)
+    v0 = rng.standard_normal(op.P)
+    kw = {"maxiter": maxiter} if maxiter else {}
+    s = svds(op.linear_operator(), k=k, which=which, solver=solver, tol=tol,
+             return_singular_vectors=False, random_state=seed,
+             v0=v0 if solver != "lobpcg" else None, **kw)
+    return np.sort(np.asarray(s, dtype=np.float64))[::-1]
+
+
+# --------------------------------------------------------------------------------------------
+# how many singular values lie in [1 - tau, 1 + tau]
+
+
+@dataclass
+class BulkEstimate:
+    tol: float
+    count: float  # the estimate
+    lower: float  # the error bar: [lower, upper]
+    upper: float
+    stderr: float  # the probes' standard error (the statistical part of the bar)
+    quadrature: tuple[float, float]  # mean CMS bounds x P (the quadrature part)
+    per_probe: list[float] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def lanczos_lockstep(matmat: Callable[[np.ndarray], np.ndarray], Z: np.ndarray, steps: int
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``Z.shape[1]`` independent Lanczos processes on a symmetric operator, started at the
+    columns of Z, their products computed together (one ``matmat`` per step); full
+    reorthogonalisation. Returns (alpha, beta) of each process's tridiagonal matrix (a process
+    that finds an invariant subspace stops early)."""
+    n, K = Z.shape
+    Q = [[] for _ in range(K)]
+    alphas = [[] for _ in range(K)]
+    betas = [[] for _ in range(K)]
+    q = Z / np.linalg.norm(Z, axis=0)
+    live = list(range(K))
+    for _ in range(steps):
+        if not live:
+            break
+        W = matmat(q[:, live])
+        for c, k in enumerate(list(live)):
+            w = W[:, c]
+            Q[k].append(q[:, k].copy())
+            a = float(q[:, k] @ w)
+            alphas[k].append(a)
+            Qk = np.array(Q[k]).T
+            w = w - Qk @ (Qk.T @ w)  # full reorthogonalisation (twice is enough)
+            w = w - Qk @ (Qk.T @ w)
+            b = float(np.linalg.norm(w))
+            if b < 1e-12 * max(1.0, abs(a)):
+                live.remove(k)
+                continue
+            betas[k].append(b)
+            q[:, k] = w / b
+        live = [k for k in live if len(betas[k]) == len(alphas[k])]
+    out = []
+    for k in range(K):
+        m = len(alphas[k])
+        out.append((np.array(alphas[k]), np.array(betas[k][: m - 1])))
+    return out
+
+
+def window_mass(alpha: np.ndarray, beta: np.ndarray, lo: float, hi: float
+                ) -> tuple[float, float, float]:
+    """(estimate, lower, upper) of the mass in [lo, hi] of the spectral measure whose Gauss
+    quadrature is the tridiagonal (alpha, beta) (unit start vector): the estimate sums the
+    weights of the nodes inside; the bounds follow Chebyshev-Markov-Stieltjes (the nodes next to
+    each end counted out for the lower bound, in for the upper)."""
+    from scipy.linalg import eigh_tridiagonal
+
+    nodes, vecs = eigh_tridiagonal(alpha, beta)
+    w = vecs[0] ** 2
+    inside = (nodes >= lo) & (nodes <= hi)
+    est = float(w[inside].sum())
+    idx = np.arange(len(nodes))
+    at_or_above_lo = idx[nodes >= lo]
+    at_or_below_hi = idx[nodes <= hi]
+    below_lo = idx[nodes < lo]
+    if len(at_or_above_lo) == 0 or len(at_or_below_hi) == 0:
+        lower = 0.0
+    else:
+        k1, kb = at_or_above_lo[0], at_or_below_hi[-1]
+        lower = float(w[k1 + 1: kb].sum()) if kb > k1 + 1 else 0.0
+    start = below_lo[-1] if len(below_lo) else 0
+    stop = (at_or_below_hi[-1] + 1) if len(at_or_below_hi) else 0
+    upper = float(w[start: min(stop + 1, len(w))].sum())
+    return est, lower, min(1.0, upper)
+
+
+def bulk_count(op: TrainingJacobian, tols=(1e-3, 1e-2), probes: int = 8, steps: int = 60,
+               seed: int = 0) -> list[BulkEstimate]:
+    """How many singular values of J lie in [1 - tol, 1 + tol], for each tol: stochastic
+    Lanczos quadrature on J^T J with ``probes`` Rademacher vectors and ``steps`` Lanczos steps
+    each (2 x steps operator products, batched over the probes)."""
+    rng = np.random.default_rng(seed)
+    Z = rng.choice([-1.0, 1.0], size=(op.P, probes))
+    gram = op.gram()
+    tri = lanczos_lockstep(gram.matmat, Z, steps)
+    out = []
+    for tol in tols:
+        lo, hi = (1 - tol) ** 2, (1 + tol) ** 2
+        rows = np.array([window_mass(a, b, lo, hi) for a, b in tri])
+        est = op.P * rows[:, 0]
+        se = float(est.std(ddof=1) / math.sqrt(probes)) if probes > 1 else float("inf")
+        qlo, qhi = op.P * rows[:, 1].mean(), op.P * rows[:, 2].mean()
+        out.append(BulkEstimate(tol=tol, count=float(est.mean()), lower=max(0.0, qlo - 2 * se),
+                                upper=min(float(op.P), qhi + 2 * se), stderr=se,
+                                quadrature=(float(qlo), float(qhi)), per_probe=est.tolist()))
+    return out

@@ -1,0 +1,161 @@
+"""Matrix-free spectra (engine/matfree.py), checked where the exact answer is known: J v and
+J^T u against the stored J, the top singular values against its SVD, the bulk-size estimate's
+bounds against the exact spectral measure of every probe, and a session run end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine import config, data as data_mod, jacobian, models, regions, train
+from engine.matfree import (TrainingJacobian, bulk_count, lanczos_lockstep,
+                            top_singular_values, window_mass)
+from engine.runner import run_session
+from engine.session import Session
+
+from conftest import PRESETS
+
+QUICK = PRESETS / "quick.toml"
+SMALL = ["model.hidden=[8]", 'dtype="float64"']  # P = 610, 16 steps of SGD with momentum
+
+
+@pytest.fixture(scope="module")
+def small():
+    cfg = config.load(QUICK, SMALL)
+    ds = data_mod.load(cfg.data)
+    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed)
+    prob = train.make_problem(module, ds, cfg.train, cfg.seed, torch.device("cpu"),
+                              torch.float64)
+    theta0 = train.initial_theta(module, "cpu", torch.float64)
+    J = jacobian.exact_jacobian(prob, theta0).numpy()
+    return TrainingJacobian(prob, theta0), J
+
+
+def test_products_equal_the_stored_jacobians(small):
+    op, J = small
+    rng = np.random.default_rng(0)
+    V = rng.standard_normal((op.P, 3))
+    scale = np.abs(J).max() * np.abs(V).sum(axis=0).max()
+    assert np.abs(op.matmat(V) - J @ V).max() < 1e-13 * scale
+    assert np.abs(op.rmatmat(V) - J.T @ V).max() < 1e-13 * scale
+    v = V[:, 0]
+    assert np.abs(op.matmat(v) - J @ v).max() < 1e-13 * scale  # vectors as well as blocks
+
+
+def test_the_reverse_pass_does_not_depend_on_the_segment_length(small):
+    op, _ = small
+    u = np.random.default_rng(1).standard_normal(op.P)
+    other = TrainingJacobian(op.problem, op.theta0, segment=1)
+    whole = TrainingJacobian(op.problem, op.theta0, segment=op.T)
+    a, b, c = op.rmatmat(u), other.rmatmat(u), whole.rmatmat(u)
+    assert np.abs(a - b).max() < 1e-12 and np.abs(a - c).max() < 1e-12
+    assert (op.segment, len(op.checkpoints())) == (4, 4)  # ceil(sqrt(16)) steps a segment
+
+
+@pytest.mark.parametrize("solver", ["propack", "arpack"])
+def test_top_singular_values_agree_with_the_svd(small, solver):
+    op, J = small
+    S = np.linalg.svd(J, compute_uv=False)
+    top = top_singular_values(op, 10, solver=solver)
+    np.testing.assert_allclose(top, S[:10], rtol=1e-9)
+
+
+def test_the_quadrature_bounds_hold_for_every_probe(small):
+    """For each probe z, the Lanczos bounds on the mass of [(1-tau)^2, (1+tau)^2] contain the
+    exact mass: sum over the eigenvalues of J^T J in the window of (q_i . z)^2 / |z|^2."""
+    op, J = small
+    G = J.T @ J
+    lam, Q = np.linalg.eigh(G)
+    rng = np.random.default_rng(2)
+    Z = rng.choice([-1.0, 1.0], size=(op.P, 6))
+    for steps in (10, 30, 60):
+        tri = lanczos_lockstep(lambda V: G @ V, Z, steps)
+        for tol in (1e-3, 1e-2, 1e-1):
+            lo, hi = (1 - tol) ** 2, (1 + tol) ** 2
+            inside = (lam >= lo) & (lam <= hi)
+            for k, (a, b) in enumerate(tri):
+                w = (Q.T @ Z[:, k]) ** 2 / op.P
+                exact = w[inside].sum()
+                est, lower, upper = window_mass(a, b, lo, hi)
+                assert lower - 1e-9 <= exact <= upper + 1e-9, (steps, tol, k)
+                assert lower <= est <= upper
+
+
+def test_the_bulk_estimate_contains_the_exact_count(small):
+    op, J = small
+    S = np.linalg.svd(J, compute_uv=False)
+    for e in bulk_count(op, (1e-3, 1e-2), probes=8, steps=40):
+        exact = regions.counts(S, e.tol)["bulk"]
+        assert e.lower <= exact <= e.upper, (e.tol, exact, e)
+        assert e.lower <= e.count <= e.upper or e.count < e.lower + 2 * e.stderr
+        assert len(e.per_probe) == 8 and e.stderr > 0
+
+
+def test_a_matfree_session_writes_its_estimates_and_no_jacobian(tmp_path):
+    over = SMALL + ['spectrum.method="matfree"', "spectrum.k=5", "spectrum.probes=4",
+                    "spectrum.lanczos_steps=20"]
+    s = Session.create(tmp_path, "mf", config.load(QUICK, over), str(QUICK))
+    assert run_session(s.path) == 0
+    m = s.manifest()
+    assert list(m["stages"]) == ["train", "matfree"]
+    assert not (s.path / "jacobian.npy").exists() and not (s.path / "svd").exists()
+    r = json.loads((s.path / "matfree.json").read_text())
+    exact = Session.create(tmp_path, "exact", config.load(QUICK, SMALL), str(QUICK))
+    assert run_session(exact.path) == 0
+    S = exact.load_npy("svd/S.npy")
+    np.testing.assert_allclose(r["top"]["s"], S[:5], rtol=1e-8)
+    assert [e["tol"] for e in r["bulk"]["estimates"]] == [1e-3, 1e-2]
+    for e in r["bulk"]["estimates"]:
+        assert e["lower"] <= regions.counts(S, e["tol"])["bulk"] <= e["upper"]
+    events = [json.loads(line) for line in (s.path / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "matfree_done" for e in events)
+
+
+def test_analyses_need_the_exact_method(tmp_path):
+    p = tmp_path / "p.toml"
+    p.write_text(QUICK.read_text() + '\n[analysis.distance]\n')
+    with pytest.raises(config.ConfigError, match='spectrum.method: analysis.distance needs the '
+                                                'exact SVD'):
+        config.load(p, ['spectrum.method="matfree"'])
+
+
+def test_the_workbench_shows_a_matfree_run(tmp_path):
+    """Regions shows the bulk-size estimates with their bars (the report's table), Spectrum
+    says there is no full spectrum and where to look."""
+    import asyncio
+
+    from engine.present.views import matfree_tables
+    from tjac_tui.app import TjacApp
+
+    from conftest import running, screen_lines, until
+
+    over = SMALL + ['spectrum.method="matfree"', "spectrum.k=3", "spectrum.probes=2",
+                    "spectrum.lanczos_steps=6"]
+    s = Session.create(tmp_path, "mf", config.load(QUICK, over), str(QUICK))
+    assert run_session(s.path) == 0
+    _, bulk = matfree_tables(s.read_json("matfree.json"))
+
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, session="mf")
+        async with running(app, (120, 30)) as pilot:
+            await until(pilot, lambda: app.live.status == "done", what="the event log")
+            assert "matfree: s_1 = " in "\n".join(line.text for line in app.live.log)
+            await pilot.press("4")
+            pane = app.pane("regions")
+            await until(pilot, lambda: pane.matfree is not None, what="the estimates")
+            assert pane.table_rows() == bulk.rows
+            assert "matrix-free (J never formed), P = 610" in "\n".join(screen_lines(app))
+            await pilot.press("3")
+            await until(pilot, lambda: "matrix-free run" in "\n".join(screen_lines(app)),
+                        what="the spectrum pane's note")
+    asyncio.run(go())
+
+
+def test_the_torch_side_keeps_rows_and_agrees(small):
+    op, J = small
+    V = torch.randn(2, op.P, dtype=torch.float64)
+    np.testing.assert_allclose(op.jvp(V).numpy(), (J @ V.numpy().T).T, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(op.vjp(V).numpy(), (J.T @ V.numpy().T).T, rtol=0, atol=1e-12)
