@@ -43,9 +43,9 @@ import torch
 import torch.distributed as dist
 
 from . import jacobian as jac_mod
-from .device import worker_environment
 from .runner import EXIT_INTERRUPTED, EXIT_OK, Runner
 from .session import Session, SessionError
+from .worker import boot, spawn
 
 # a rank waits this long for rank 0 to finish training (and for the others to finish their
 # chunks) before giving up; torchrun stops every rank at once when one of them dies
@@ -108,12 +108,7 @@ def rank_main(path: Path, rank: int, world: int, device: str | None) -> int:
     compute it into the store."""
     runner = Runner(Session(path), device=device)
     runner.rank, runner.world = rank, world
-
-    def stop(signum, frame):
-        runner.stop_requested = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    runner.stop_on_signals()
     msg: list = [None]
     dist.broadcast_object_list(msg, src=0)  # rank 0 has trained by now (or given up)
     if not msg[0]["go"]:
@@ -163,12 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.set_device(local)
         if rank == 0:
             runner = DistributedRunner(Session(path), world, device)
-
-            def stop(signum, frame):
-                runner.stop_requested = True
-
-            signal.signal(signal.SIGTERM, stop)
-            signal.signal(signal.SIGINT, stop)
+            runner.stop_on_signals()
             code = runner.run()
         else:
             code = rank_main(path, rank, world, device)
@@ -204,24 +194,19 @@ def create_or_check(path: Path, preset: str | None, overrides: list[str]) -> str
     return None
 
 
-def launch(path: str | Path, nproc: int, log: Path | None = None) -> subprocess.Popen:
+def launch(path: str | Path, nproc: int) -> subprocess.Popen:
     """Start ``nproc`` ranks on this machine on the session (torchrun, standalone), in their
-    own process session like a single worker; output to ``worker.log``."""
+    own process session like a single worker (:func:`engine.worker.spawn`: the same
+    environment, output to ``worker.log``, no module taken from the current directory)."""
     path = Path(path).absolute()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={int(nproc)}", "-m", "engine.distributed", str(path)]
-    out = open(log or path / "worker.log", "ab")
-    env = {**os.environ, **worker_environment()}
+           f"--nproc-per-node={int(nproc)}", "--no-python", sys.executable, "-c",
+           boot("engine.distributed"), "--", str(path)]
     # the cores split among the ranks (torchrun would give each one thread); also what rank 0
     # computes the SVD with afterwards
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(nproc))))
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    try:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-    finally:
-        out.close()
+    threads = str(max(1, (os.cpu_count() or 1) // int(nproc)))
+    return spawn(cmd, path / "worker.log", {"OMP_NUM_THREADS": os.environ.get(
+        "OMP_NUM_THREADS", threads)})
 
 
 if __name__ == "__main__":

@@ -92,13 +92,20 @@ class TrainingJacobian:
             self.on_product("jvp", tangents.shape[0])
         return rows
 
+    @staticmethod
+    def _on_columns(product: Callable[[torch.Tensor], torch.Tensor], X: np.ndarray
+                    ) -> np.ndarray:
+        """A product of rows (K, P) -> (K, P) applied to the columns of X (P, K) or to a
+        vector (P,), in float64 numpy (what scipy's solvers pass and expect)."""
+        X = np.asarray(X, dtype=np.float64)
+        vec = X.ndim == 1
+        out = product(torch.from_numpy(np.ascontiguousarray((X[:, None] if vec else X).T))
+                      ).double().cpu().numpy().T
+        return out[:, 0] if vec else out
+
     def matmat(self, V: np.ndarray) -> np.ndarray:
         """J V for V of shape (P, K) (or (P,)): one training run carrying K tangents."""
-        V = np.asarray(V, dtype=np.float64)
-        vec = V.ndim == 1
-        out = self.jvp(torch.from_numpy(np.ascontiguousarray((V[:, None] if vec else V).T))
-                       ).double().cpu().numpy().T
-        return out[:, 0] if vec else out
+        return self._on_columns(self.jvp, V)
 
     # ---- J^T U -----------------------------------------------------------------------------
     def _step(self, p: Problem, theta, state, t: int):
@@ -124,11 +131,7 @@ class TrainingJacobian:
 
     def rmatmat(self, U: np.ndarray) -> np.ndarray:
         """J^T U for U of shape (P, K) (or (P,))."""
-        U = np.asarray(U, dtype=np.float64)
-        vec = U.ndim == 1
-        out = self.vjp(torch.from_numpy(np.ascontiguousarray((U[:, None] if vec else U).T))
-                       ).double().cpu().numpy().T
-        return out[:, 0] if vec else out
+        return self._on_columns(self.vjp, U)
 
     def vjp(self, cotangents: torch.Tensor) -> torch.Tensor:
         """u^T J for each row of ``cotangents`` (K, P), on the problem's device: reverse mode

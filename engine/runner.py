@@ -109,6 +109,14 @@ class Runner:
     def should_stop(self) -> bool:
         return self.stop_requested
 
+    def stop_on_signals(self) -> None:
+        """SIGTERM and SIGINT ask this run to stop (the worker's way; a rank's too)."""
+        def stop(signum, frame):
+            self.stop_requested = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
     # ---- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
         """Read the config, check that the run fits here, pick the device and build the data,
@@ -591,11 +599,7 @@ def run_session(path: str | Path, listeners: list[Listener] | None = None,
     analysis at its next unit; the session is marked interrupted and stays resumable."""
     runner = Runner(Session(path), listeners, device)
     if handle_signals:
-        def stop(signum, frame):
-            runner.stop_requested = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        runner.stop_on_signals()
     return runner.run()
 
 

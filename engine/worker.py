@@ -17,31 +17,42 @@ from pathlib import Path
 from .device import worker_environment
 from .session import Session
 
-# The worker runs engine.runner as __main__ without the current directory on sys.path (what
-# ``python -P -m`` does on 3.11+), so a file in the user's working directory cannot shadow a
-# module the worker imports.
-_WORKER_BOOT = ("import sys, runpy; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
-                "runpy.run_module('engine.runner', run_name='__main__', alter_sys=True)")
+def boot(module: str) -> str:
+    """A ``python -c`` line that runs ``module`` as __main__ without the current directory on
+    sys.path (what ``python -P -m`` does on 3.11+), so that a file in the user's working
+    directory cannot shadow a module the worker imports."""
+    return ("import sys, runpy; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
+
+
+def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None
+          ) -> subprocess.Popen:
+    """Start ``cmd`` in its own process session (it outlives the terminal that started it),
+    with the worker's environment (set before torch starts) and this checkout first on
+    PYTHONPATH; stdout and stderr appended to ``log_path``."""
+    full = {**os.environ, **worker_environment(), **(env or {})}
+    root = str(Path(__file__).resolve().parents[1])
+    full["PYTHONPATH"] = root + (os.pathsep + full["PYTHONPATH"] if full.get("PYTHONPATH")
+                                 else "")
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=full,
+                                cwd=os.getcwd())
+    finally:
+        log.close()
 
 
 def start_worker(path: str | Path, device: str | None = None) -> subprocess.Popen:
-    """Start the worker (:func:`engine.runner.main`) on the session in its own process session, so the run
-    outlives the terminal that started it. Its stdout and stderr go to ``worker.log``."""
+    """Start the worker (:func:`engine.runner.main`) on the session in its own process
+    session, so the run outlives the terminal that started it. Its stdout and stderr go to
+    ``worker.log``."""
     path = Path(path).absolute()
-    cmd = [sys.executable, "-c", _WORKER_BOOT]
+    cmd = [sys.executable, "-c", boot("engine.runner")]
     if device:
         cmd += ["--device", device]
     cmd += ["--", str(path)]
-    log = open(path / "worker.log", "ab")
-    env = {**os.environ, **worker_environment()}  # set before torch starts in the worker
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get(
-        "PYTHONPATH") else root
-    try:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env, cwd=os.getcwd())
-    finally:
-        log.close()
+    return spawn(cmd, path / "worker.log")
 
 
 def request_stop(path: str | Path) -> bool:

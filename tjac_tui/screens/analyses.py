@@ -26,6 +26,7 @@ from textual.widgets import DataTable, Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
 from ..widgets import PlotView
+from ..widgets.tables import table_text
 
 
 def signature(path: Path) -> tuple:
@@ -302,14 +303,13 @@ class AnalysesPane(VerticalScroll):
         found = self.query("#findings-table")
         if not found:
             return []
-        t = found.first(DataTable)
-        return [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
+        return table_text(found.first(DataTable))
 
     def table_rows(self) -> list[list[list[str]]]:
         """Every table on screen as text (tests)."""
         out = []
         for t in self.query(".analysis-table").results(DataTable):
-            out.append([[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)])
+            out.append(table_text(t))
         return out
 
 

@@ -12,6 +12,8 @@ from textual.widgets import DataTable, Static
 
 from engine.session import Session
 
+from ..widgets.tables import table_text
+
 COLUMNS = ("region", "count", "indices", "s range", "fraction", "rule", "u.v mean",
            "subspace cos")
 
@@ -109,4 +111,4 @@ class RegionsPane(VerticalScroll):
     def table_rows(self) -> list[list[str]]:
         """The table as text (tests, the smoke script)."""
         t = self.query_one("#regions-table", DataTable)
-        return [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
+        return table_text(t)

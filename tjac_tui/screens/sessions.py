@@ -19,6 +19,7 @@ from engine.session import Session, describe, list_sessions
 from ..locations import NotFound, add_session, added_sessions
 from ..state import fmt_seconds
 from ..widgets.inputs import OrderedInput
+from ..widgets.tables import table_text
 from .confirm import ConfirmScreen
 
 COLUMNS = ("name", "preset", "status", "P", "created", "duration")
@@ -213,7 +214,7 @@ class SessionsPane(Vertical):
     def table_rows(self) -> list[list[str]]:
         """The table as text (tests, the smoke script)."""
         t = self.query_one("#sessions-table", DataTable)
-        return [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
+        return table_text(t)
 
     def selected_path(self) -> Path | None:
         t = self.query_one("#sessions-table", DataTable)
