@@ -4,6 +4,7 @@
     python benchmarks/bench_jacobian.py --ladder           # P = 4.8k, 15k, 61,706 (LeNet-5)
     python benchmarks/bench_jacobian.py --cases paper-sgd --baseline-columns 0
     python benchmarks/bench_jacobian.py --device cuda --json out.jsonl
+    python benchmarks/bench_jacobian.py --against-jax      # tjac run vs the JAX reference
 
 Every case runs in a fresh subprocess (so peak RSS is that case's own), computes the training
 and then J column chunk by column chunk, exactly as a session does (``engine.jacobian`` minus
@@ -78,7 +79,7 @@ def one(case: str, kernel: str, columns: int, device: str, chunk: int, threads: 
     problem = train.make_problem(module, ds, cfg.train, cfg.seed, dev, dtype, kernel)
     theta0 = train.initial_theta(module, dev, dtype)
     P = theta0.numel()
-    chunk = chunk or jacobian.auto_chunk(problem, theta0, dev, dtype)
+    chunk = chunk or jacobian.auto_chunk(problem, theta0, dev, dtype, probe=True)
     if columns == 0:
         columns = c.columns
     ncols = P if columns < 0 else min(columns, P)
@@ -93,9 +94,11 @@ def one(case: str, kernel: str, columns: int, device: str, chunk: int, threads: 
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
+    traj = train.record_trajectory(problem, theta0)  # as a session's J stage does
     for start in range(0, ncols, chunk):
         _, block = jacobian.jacobian_columns(problem, theta0,
-                                             range(start, min(start + chunk, ncols)))
+                                             range(start, min(start + chunk, ncols)),
+                                             trajectory=traj)
         block.cpu()
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -130,6 +133,128 @@ def spawn(case: str, kernel: str, columns: int, args) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+# ---- side by side with the independent JAX reference ---------------------------------------
+
+REFERENCE = REPO.parent / "shared" / "reference" / "jax_training_jacobian.py"
+
+
+def _tree_rss_kb(root: int) -> int:
+    """Resident memory (kB) of ``root`` and all its descendants, from /proc."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(kids.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
+        except (OSError, StopIteration, ValueError):
+            pass
+    return total
+
+
+def measured(cmd: list[str], cwd: Path | None = None) -> dict:
+    """Run ``cmd``; its wall time, exit code, output, the peak RSS of its largest process
+    (what GNU time reports: wait4's ru_maxrss, which covers the processes it waited for) and the
+    peak of the summed RSS of its process tree, sampled every 0.1 s."""
+    import threading
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd,
+                            text=True)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            peak[0] = max(peak[0], _tree_rss_kb(proc.pid))
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    done.set()
+    th.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"wall_s": time.perf_counter() - t0, "rc": proc.returncode, "out": out,
+            "max_rss_mb": usage.ru_maxrss / 1024, "tree_rss_mb": peak[0] / 1024}
+
+
+def against_jax(opts: list[str], reference: Path, keep: Path | None) -> int:
+    """The JAX reference and ``tjac run PRESET --skip-analyses`` one after the other, in
+    fresh processes, on the same idle machine: J, the whole run and peak memory, with ratios."""
+    import re
+    import shutil
+    import tempfile
+
+    if not reference.is_file():
+        print(f"no JAX reference at {reference} (--reference PATH)")
+        return 2
+    rows = []
+    for opt in opts:
+        load0 = os.getloadavg()[0]
+        ref = measured([sys.executable, str(reference), "--opt", opt, "--reps", "0"])
+        if ref["rc"]:
+            print(f"the JAX reference failed ({opt}; JAX is installed for this benchmark only: "
+                  f"pip install jax scikit-learn):\n{ref['out'][-2000:]}")
+            return 1
+        t = {k: float(v) for k, v in re.findall(r"time_(\w+): ([0-9.]+) s", ref["out"])}
+        sessions = Path(tempfile.mkdtemp(prefix="tjac-bench-"))
+        try:
+            ours = measured([sys.executable, "-m", "tjac_tui.cli", "run",
+                             f"paper-digits-{opt}", "--skip-analyses", "--sessions",
+                             str(sessions), "-q"], cwd=REPO)
+            if ours["rc"]:
+                print(f"tjac run failed ({opt}):\n{ours['out'][-2000:]}")
+                return 1
+            sess = sessions / f"paper-digits-{opt}"
+            stages = json.loads((sess / "manifest.json").read_text())["stages"]
+            spec = json.loads((sess / "spectrum.json").read_text())
+            if keep is not None:
+                shutil.copytree(sess, keep / f"paper-digits-{opt}", dirs_exist_ok=True)
+        finally:
+            shutil.rmtree(sessions, ignore_errors=True)
+        sec = {k: v.get("seconds", 0.0) for k, v in stages.items()}
+        ref_whole = t["train"] + t["jac_run_first"] + t["svd_first"]
+        ours_whole = sum(sec.get(k, 0.0) for k in ("train", "jacobian", "svd", "spectrum"))
+        rows.append((opt, load0, t, ref, ours, sec, ref_whole, ours_whole, spec,
+                     stages["jacobian"].get("chunk")))
+    print(f"\n# {os.cpu_count()} cpus; every figure from one run of each, in this order "
+          "(the reference first)")
+    for opt, load0, t, ref, ours, sec, ref_whole, ours_whole, spec, chunk in rows:
+        print(f"\n## paper-digits-{opt} (load average {load0:.2f} before the pair)")
+        print(f"{'':<34} {'tjac':>10} {'JAX ref':>10} {'ratio':>7}")
+        line = "{:<34} {:>9.1f}s {:>9.1f}s {:>6.2f}x"
+        print(line.format(f"J (float32; chunk {chunk})", sec["jacobian"], t["jac_run_first"],
+                          sec["jacobian"] / t["jac_run_first"]))
+        print(line.format("SVD (ours: float64 + spectrum)", sec.get("svd", 0) +
+                          sec.get("spectrum", 0), t["svd_first"],
+                          (sec.get("svd", 0) + sec.get("spectrum", 0)) / t["svd_first"]))
+        print(line.format("train + J + SVD (+ spectrum)", ours_whole, ref_whole,
+                          ours_whole / ref_whole))
+        print(line.format("whole process, wall", ours["wall_s"], ref["wall_s"],
+                          ours["wall_s"] / ref["wall_s"]))
+        print("{:<34} {:>8.0f}MB {:>8.0f}MB {:>6.2f}x".format(
+            "peak RSS, largest process", ours["max_rss_mb"], ref["max_rss_mb"],
+            ours["max_rss_mb"] / ref["max_rss_mb"]))
+        print("{:<34} {:>8.0f}MB {:>8.0f}MB {:>6.2f}x".format(
+            "peak RSS, process tree (sampled)", ours["tree_rss_mb"], ref["tree_rss_mb"],
+            ours["tree_rss_mb"] / ref["tree_rss_mb"]))
+        r = spec["regions"]
+        print(f"regions (bulk_tol {spec['bulk_tol']:g}): chaotic {r['chaotic']['count']}, bulk "
+              f"{r['bulk']['count']}, stable {r['stable']['count']}; SVD "
+              f"{spec.get('svd_method', 'gesdd')} in {spec.get('svd_dtype')}")
+    return 0
+
+
 def fmt_s(s: float) -> str:
     if s < 120:
         return f"{s:.1f} s"
@@ -158,6 +283,13 @@ def main() -> int:
     ap.add_argument("--case-timeout", type=float, default=0,
                     help="seconds a case may take (0 = no limit); a case over it is a row "
                          "with its error")
+    ap.add_argument("--against-jax", action="store_true",
+                    help="the paper runs side by side with the JAX reference "
+                         "(../shared/reference/jax_training_jacobian.py; JAX installed for "
+                         "this benchmark only): J, the whole run and peak memory")
+    ap.add_argument("--opts", default="sgd,adam", help="with --against-jax: sgd, adam or both")
+    ap.add_argument("--reference", type=Path, default=REFERENCE, help=argparse.SUPPRESS)
+    ap.add_argument("--keep", type=Path, help="with --against-jax: copy the sessions here")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--kernel", default="fused", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -165,6 +297,9 @@ def main() -> int:
         print(json.dumps(one(args.one, args.kernel, args.columns, args.device, args.chunk,
                              args.threads)))
         return 0
+
+    if args.against_jax:
+        return against_jax([o for o in args.opts.split(",") if o], args.reference, args.keep)
 
     import platform
 

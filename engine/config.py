@@ -214,6 +214,11 @@ class SpectrumConfig:
                             "precision of the SVD: float32 halves its memory (the LeNet-5 SVD "
                             "with vectors fits an 80 GB GPU); its error bound is ~eps32 x s_1 "
                             "(benchmarks/svd_precision.py measures the change on a J)")
+    svd_method: str = option("gram", choice("gram", "gesdd"),
+                             "the CPU's float64 SVD: gram (eigh of J J^T in a child process: "
+                             "~2x faster, a third of the memory, s near 1 to ~1e-14; singular "
+                             "values below ~1e-8 s_1 unresolved) or gesdd (LAPACK's direct "
+                             "SVD); float32 and CUDA SVDs are always direct (engine/svdjob.py)")
     method: str = option("exact", choice("exact", "matfree"),
                          "exact: J stored and its full SVD; matfree: J never formed (for P "
                          "too large to store J): the top k singular values and the bulk size "

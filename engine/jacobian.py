@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .files import atomic_write_json, block_digest, block_digests
-from .train import Problem, identity_columns, train, train_tangents
+from .train import Problem, Trajectory, identity_columns, record_trajectory, train, train_tangents
 
 # Tangent columns per chunk on the CPU: large enough for the step's matrix products to run near
 # peak, small enough for the (K, P) tangent state to stay in cache (benchmarks/bench_jacobian.py).
@@ -67,12 +67,13 @@ def probe_column_bytes(problem: Problem, theta0: torch.Tensor, K: int = 8, steps
 
 def auto_chunk(problem: Problem, theta0: torch.Tensor, device: torch.device,
                dtype: torch.dtype, free_bytes: Callable[[], int] | None = None,
-               column_bytes: Callable[[], int] | None = None) -> int:
+               column_bytes: Callable[[], int] | None = None, probe: bool = False) -> int:
     """Columns per chunk. On CUDA: :data:`CUDA_FRACTION` of the free device memory over the
     memory a column was measured to take (``free_bytes`` and ``column_bytes`` replace the
-    measurements, e.g. in tests); on the CPU the kernel's ``cpu_chunk`` (else
-    :data:`CPU_CHUNK`), capped at a quarter of the available memory by the estimate of
-    :func:`bytes_per_column`."""
+    measurements, e.g. in tests); on the CPU, with ``probe`` and a kernel that replays a
+    recorded trajectory, the fastest of a short timed probe (:func:`probe_chunk`), else the
+    kernel's ``cpu_chunk`` (else :data:`CPU_CHUNK`); either capped at a quarter of the
+    available memory by the estimate of :func:`bytes_per_column`."""
     P = problem.layout.size
     if device.type == "cuda":
         free = free_bytes() if free_bytes else torch.cuda.mem_get_info(device)[0]
@@ -80,16 +81,45 @@ def auto_chunk(problem: Problem, theta0: torch.Tensor, device: torch.device,
         k = int(CUDA_FRACTION * free // max(per, 1))
     else:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        k = min(getattr(problem.kernel, "cpu_chunk", CPU_CHUNK),
-                int(0.25 * avail // bytes_per_column(problem, dtype)))
+        cap = max(1, min(P, int(0.25 * avail // bytes_per_column(problem, dtype))))
+        k = min(getattr(problem.kernel, "cpu_chunk", CPU_CHUNK), cap)
+        if probe and hasattr(problem.kernel, "tangent"):
+            k = probe_chunk(problem, theta0, cap)[0] or k
     return max(1, min(P, k))
 
 
+# the chunk sizes a CPU probe times (those not above P or the memory cap)
+PROBE_CHUNKS = (64, 96, 128, 192, 256, 384, 512)
+
+
+def probe_chunk(problem: Problem, theta0: torch.Tensor, cap: int | None = None,
+                steps: int = 5) -> tuple[int, dict[int, float]]:
+    """The chunk size that runs fastest here: each of :data:`PROBE_CHUNKS` (up to ``cap``
+    and P) timed over ``steps`` training steps of a recorded trajectory, as a J is computed.
+    Returns (best, {chunk: column-steps per second}); best is 0 when nothing was timed (P
+    below the smallest candidate). A fraction of a second on the paper's MLP. On 2 cores the
+    candidates from 96 to 384 are within ~10 % of each other and the winner moves with the
+    load, so a run keeps its fixed default (J's last bits depend on the chunk size, and a
+    preset should give the same J on every run); ``tjac run --plan --json`` reports the
+    probe, for ``jacobian.chunk``."""
+    P = theta0.numel()
+    cap = min(P, cap or P)
+    sizes = [k for k in PROBE_CHUNKS if k <= cap]
+    if not sizes:
+        return 0, {}
+    sub = problem.truncated(min(steps, problem.steps))
+    traj = record_trajectory(sub, theta0)
+    rates = {k: measure_rate(sub, theta0, k, steps=sub.steps, repeats=2, trajectory=traj)
+             for k in sizes}
+    return max(rates, key=rates.get), rates
+
+
 def measure_rate(problem: Problem, theta0: torch.Tensor, columns: int, steps: int = 2,
-                 repeats: int = 2) -> float:
+                 repeats: int = 2, trajectory: Trajectory | None = None) -> float:
     """Column-steps per second of the tangent loop with ``columns`` tangents on the problem's
     device, timed over ``steps`` training steps (after one untimed warm-up), the best of
-    ``repeats``: the rate a J of these chunks runs at."""
+    ``repeats``: the rate a J of these chunks runs at (``trajectory``: of the first ``steps``
+    steps, as :func:`compute_into` replays them)."""
     import time
 
     dev = theta0.device
@@ -102,7 +132,7 @@ def measure_rate(problem: Problem, theta0: torch.Tensor, columns: int, steps: in
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        train_tangents(sub, theta0, e)
+        train_tangents(sub, theta0, e, trajectory=trajectory)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         best = min(best, time.perf_counter() - t0)
@@ -123,12 +153,13 @@ def chunk_ranges(P: int, chunk: int) -> list[range]:
 
 
 def jacobian_columns(problem: Problem, theta0: torch.Tensor, cols: Iterable[int],
-                     should_stop: Callable[[], bool] | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(theta_T, J[:, cols]) with the block as a (P, K) tensor on the problem's device."""
+                     should_stop: Callable[[], bool] | None = None,
+                     trajectory: Trajectory | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(theta_T, J[:, cols]) with the block as a (P, K) tensor on the problem's device
+    (``trajectory``: the primal of this training, recorded once for all chunks)."""
     P = theta0.numel()
     e = identity_columns(P, list(cols), theta0.device, theta0.dtype)
-    theta_T, d = train_tangents(problem, theta0, e, should_stop)
+    theta_T, d = train_tangents(problem, theta0, e, should_stop, trajectory=trajectory)
     return theta_T, d.T
 
 
@@ -139,8 +170,10 @@ def exact_jacobian(problem: Problem, theta0: torch.Tensor, chunk: int | None = N
     P = theta0.numel()
     chunk = chunk or auto_chunk(problem, theta0, theta0.device, theta0.dtype)
     J = torch.empty(P, P, dtype=theta0.dtype, device=theta0.device)
+    traj = record_trajectory(problem, theta0)
     for cols in chunk_ranges(P, chunk):
-        J[:, cols.start: cols.stop] = jacobian_columns(problem, theta0, cols)[1]
+        J[:, cols.start: cols.stop] = jacobian_columns(problem, theta0, cols,
+                                                       trajectory=traj)[1]
     return J
 
 
@@ -397,13 +430,14 @@ def compute_into(store: JacobianStore, problem: Problem, theta0: torch.Tensor,
     resume), and :class:`NonFiniteJacobian` naming the step at which a chunk's tangents became
     infinite or NaN (nothing of that chunk is stored)."""
     P = theta0.numel()
-    for index in (store.pending if indices is None else
-                  [i for i in indices if i not in store.done]):
+    todo = store.pending if indices is None else [i for i in indices if i not in store.done]
+    traj = record_trajectory(problem, theta0) if todo else None
+    for index in todo:
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         cols = store.ranges[index]
         e = identity_columns(P, list(cols), theta0.device, theta0.dtype)
-        theta_T, rows = train_tangents(problem, theta0, e, should_stop)
+        theta_T, rows = train_tangents(problem, theta0, e, should_stop, trajectory=traj)
         if not bool(torch.isfinite(rows).all()):
             step = first_nonfinite_step(problem, theta0, cols)
             lr = float(problem.lrs[step - 1]) if step else float("nan")

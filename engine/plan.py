@@ -26,6 +26,9 @@ from .data import load as load_data
 # much workspace. GPU (torch / cuSOLVER): J on the device, U, Vh and about one P^2 of workspace;
 # alone: J and its workspace. (The GPU path also holds one column block of J in host memory.)
 SVD_P2 = {("cpu", True): 7, ("cpu", False): 2, ("cuda", True): 4, ("cuda", False): 2}
+# The CPU's Gram route (spectrum.svd_method = "gram", float64; engine/svdjob.py): J J^T and its
+# eigenvectors (then U and V); the values alone: J J^T and O(P) workspace.
+GRAM_P2 = {True: 2, False: 1}
 
 
 
@@ -48,6 +51,7 @@ class Plan:
     vectors: bool = True  # U and V too (spectrum.vectors)
     matfree: dict | None = None  # spectrum.method = "matfree": its memory, by part (bytes)
     svd_itemsize: int = 8  # bytes per number of the SVD (spectrum.svd_dtype)
+    svd_gram: bool = False  # the CPU SVD by the Gram route (spectrum.svd_method)
     disk: dict[str, int] = field(default_factory=dict)  # file -> bytes
 
     def svd_memory(self, device: str = "cpu", vectors: bool | None = None) -> int:
@@ -57,7 +61,8 @@ class Plan:
             return 0
         kind = "cuda" if str(device).startswith("cuda") else "cpu"
         vec = self.vectors if vectors is None else vectors
-        return SVD_P2[(kind, vec)] * self.svd_itemsize * self.P * self.P
+        p2 = GRAM_P2[vec] if (kind == "cpu" and self.svd_gram) else SVD_P2[(kind, vec)]
+        return p2 * self.svd_itemsize * self.P * self.P
 
     @property
     def disk_total(self) -> int:
@@ -125,7 +130,9 @@ def make_plan(cfg: RunConfig, ds=None, P: int | None = None) -> Plan:
     plan = Plan(P=P, steps=steps,
                 n_train=len(ds.x_train), itemsize=item, jacobian=jac, svd=svd,
                 vectors=cfg.spectrum.vectors,
-                svd_itemsize=8 if cfg.spectrum.svd_dtype == "float64" else 4)
+                svd_itemsize=8 if cfg.spectrum.svd_dtype == "float64" else 4,
+                svd_gram=(cfg.spectrum.svd_method == "gram"
+                          and cfg.spectrum.svd_dtype == "float64"))
     plan.disk["theta0.npz"] = plan.disk["thetaT.npz"] = 8 * P
     if matfree:
         sp, mi = cfg.spectrum, 8 if cfg.spectrum.matfree_dtype == "float64" else 4
@@ -219,9 +226,10 @@ def check(plan: Plan, directory: Path, already: int = 0, device: str | None = "c
             where = f"free on {device}" if cuda else "available here"
             hints = []
             if plan.svd_itemsize == 8:
-                half = replace(plan, svd_itemsize=4)
-                hints.append(f'spectrum.svd_dtype = "float32" (it needs '
-                             f"{fmt_bytes(half.svd_memory(device))})")
+                half = replace(plan, svd_itemsize=4, svd_gram=False)
+                if half.svd_memory(device) < need:  # (the Gram route needs less than gesdd32)
+                    hints.append(f'spectrum.svd_dtype = "float32" (it needs '
+                                 f"{fmt_bytes(half.svd_memory(device))})")
             hints.append("spectrum.vectors = false (the singular values alone need "
                          f"{fmt_bytes(plan.svd_memory(device, vectors=False))})"
                          if plan.vectors else "jacobian.svd = false")

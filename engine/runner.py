@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 
 from . import (__version__, data as data_mod, device as device_mod, files, jacobian as jac_mod,
-               models, plan as plan_mod, spectrum, train)
+               models, plan as plan_mod, spectrum, svdjob, train)
 from .config import ConfigError
 from .schema import one_line
 from .experiments.common import Context
@@ -96,7 +97,8 @@ class Runner:
         self.device_override = device
         self.cfg = None
         self.stop_requested = False
-        self.svd_result: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # (U, S, Vh) of the SVD stage, or the summary the Gram route's process made
+        self.svd_result: tuple[np.ndarray, np.ndarray, np.ndarray] | dict | None = None
         self.rank, self.world = 0, 1  # engine.distributed: this process's rank, the ranks
 
     # ---- events ----------------------------------------------------------------------------
@@ -314,6 +316,9 @@ class Runner:
                     s.record_file(rel, "svd")
                 a = torch.einsum("ij,ji->j", U, Vh).double().cpu().numpy()
                 s.write_npy("svd/alignment.npy", a, stage="svd")
+        elif self.cfg.spectrum.svd_method == "gram" and dt == np.float64:
+            self.svd_result = self._svd_gram(keep, vectors)
+            return
         else:
             if vectors:
                 U, S, Vh = spectrum.svd(J, self.device, self.should_stop, dtype=dt)
@@ -328,6 +333,24 @@ class Runner:
                             stage="svd")
         self.svd_result = (U, S, Vh)
 
+    def _svd_gram(self, keep: type, vectors: bool) -> dict:
+        """The CPU SVD by the Gram route (:mod:`engine.svdjob`), in a child process that also
+        summarizes the spectrum from its float64 vectors; its files are moved into ``svd/``
+        and recorded. Returns the summary."""
+        s = self.session
+        for old in s.path.glob(".svdjob.*"):  # left by a killed run (its child died with it)
+            shutil.rmtree(old, ignore_errors=True)
+        work = s.path / f".svdjob.{os.getpid()}"
+        summary = svdjob.run(s.path / "jacobian.npy", work, self.cfg.spectrum.bulk_tol,
+                             np.dtype(keep), vectors, self.should_stop)
+        names = ["S.npy"] + (["U.npy", "Vh.npy", "alignment.npy"] if vectors else [])
+        (s.path / "svd").mkdir(exist_ok=True)
+        for name in names:
+            os.replace(work / name, s.path / "svd" / name)
+            s.record_file(f"svd/{name}", "svd")
+        shutil.rmtree(work, ignore_errors=True)
+        return summary
+
     def stage_spectrum(self) -> None:
         """The summary, from the SVD of this process: when the SVD was finished by an earlier
         process (a kill between the two stages), it is computed again rather than read back
@@ -338,6 +361,11 @@ class Runner:
                                          f"{self.cfg.spectrum.svd_dtype} (the stored U and Vh "
                                          "are rounded to the run's dtype)")
             self.stage_svd()
+        if isinstance(self.svd_result, dict):  # the Gram route summarized in its process
+            summary = self.svd_result
+            summary["svd_dtype"] = self.cfg.spectrum.svd_dtype
+            self.session.write_json("spectrum.json", summary, stage="spectrum")
+            return
         U, S, Vh = self.svd_result
         tol = self.cfg.spectrum.bulk_tol
         if U is None:
@@ -573,6 +601,11 @@ def probe(cfg, device: str | None = None) -> dict:
     theta0 = train.initial_theta(module, dev, dtype)
     chunk = cfg.jacobian.chunk or jac_mod.auto_chunk(problem, theta0, dev, dtype)
     out["chunk"] = chunk
+    if dev.type == "cpu" and hasattr(problem.kernel, "tangent"):
+        best, rates = jac_mod.probe_chunk(problem, theta0)
+        if best:  # the fastest chunk here, for jacobian.chunk (a run keeps its default, so
+            # that the same preset gives the same J bits whatever the machine's load)
+            out["chunk_probe"] = {"best": best, "column_steps_per_s": rates}
     if dev.type == "cuda":
         out["chunk_bytes"] = jac_mod.probe_column_bytes(problem, theta0) * chunk
     t0 = time.perf_counter()
@@ -584,7 +617,14 @@ def probe(cfg, device: str | None = None) -> dict:
         A = np.random.default_rng(0).standard_normal((1000, 1000)).astype(
             cfg.spectrum.svd_dtype)
         t0 = time.perf_counter()
-        np.linalg.svd(A)
+        if (cfg.spectrum.svd_method == "gram" and cfg.spectrum.svd_dtype == "float64"
+                and dev.type == "cpu"):  # what engine.svdjob does, at n = 1000
+            import scipy.linalg
+
+            w, Z = scipy.linalg.eigh(A @ A.T, driver="evr", check_finite=False)
+            A.T @ Z
+        else:
+            np.linalg.svd(A)
         out["svd_s"] = (time.perf_counter() - t0) * (plan.P / 1000) ** 3
         if dev.type == "cuda":
             out["svd_s_note"] = "CPU figure; the SVD runs on the GPU"

@@ -9,7 +9,10 @@ learning-rate schedule, and an optimizer written as a pure update over flat tens
 :func:`train` runs it; :func:`train_tangents` runs it while pushing K tangent directions of
 theta_0 through every step (forward-mode autodiff): the gradient's tangent is the kernel's
 ``grad_jvp`` (a Hessian-vector product per direction), the optimizer's tangent is
-:meth:`Optimizer.tangent` (checked against ``torch.func.jvp`` of ``update`` in the tests).
+:meth:`Optimizer.tangent` (checked against ``torch.func.jvp`` of ``update`` in the tests), run
+in place as :meth:`Optimizer.tangent_`. Every chunk of J trains the same trajectory: with a
+kernel that splits a step into primal and tangent (the MLP's), :func:`record_trajectory` keeps
+the primal of every step once and the chunks replay only their tangents.
 
 Conventions: parameters are one flat vector ``theta`` (P,) in :class:`engine.models.Layout`
 order; tangents are (K, P); optimizer state is a tuple of (P,) tensors (tangents (K, P)).
@@ -20,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol, Sequence
 
@@ -48,8 +52,10 @@ class LossKernel(Protocol):
              ) -> tuple[torch.Tensor, ...]: ...
 
     def grad_jvp(self, params: tuple[torch.Tensor, ...], tangents: tuple[torch.Tensor, ...],
-                 x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]: ...
+                 x: torch.Tensor, y: torch.Tensor, out: tuple[torch.Tensor, ...] | None = None
+                 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """``(grads, dgrads)``; the kernel may write ``dgrads`` into ``out`` (buffers shaped
+        like ``tangents``, not aliasing them) and return those."""
 
 
 class GenericKernel:
@@ -69,7 +75,7 @@ class GenericKernel:
     def grad(self, params, x, y):
         return self._grad(params, x, y)
 
-    def grad_jvp(self, params, tangents, x, y):
+    def grad_jvp(self, params, tangents, x, y, out=None):
         g = self._grad(params, x, y)
 
         def one(t):
@@ -193,6 +199,51 @@ class Optimizer:
         # u = (m / c1) / den;  du = (dm / c1) / den - (m / c1) (dv / c2) / (2 root den^2)
         du = (dm / c1 - (m / c1) * (dv / c2) / (2 * root * den)) / den
         return dtheta - lr * du, (dm, dv)
+
+    @property
+    def tangent_reads_primal(self) -> bool:
+        """Whether the tangent update reads theta, the state or g (Adam) or is linear in the
+        tangents alone (SGD, momentum, Nesterov, weight decay): then :meth:`tangent_` may be
+        given None for those."""
+        return self.cfg.optimizer == "adam"
+
+    def tangent_(self, theta, state, g, dtheta, dstate, dg, lr: float, t: int) -> None:
+        """:meth:`tangent` in place: ``dtheta`` and the tensors of ``dstate`` (each
+        (K, *theta.shape)) are updated where they lie, and ``dg`` is used as scratch. No
+        (K, ...) tensor is allocated, so a chunk's loop runs in the same few buffers from its
+        first step to its last (a fresh multi-MB result per step and tensor cost more in page
+        faults than the arithmetic did). The primal operands are the state *before* the step,
+        as in :meth:`tangent`, whose numbers this reproduces to rounding (the tests check)."""
+        c = self.cfg
+        if c.weight_decay:
+            dg.add_(dtheta, alpha=c.weight_decay)
+        if c.optimizer == "adam":
+            if c.weight_decay:
+                g = g + c.weight_decay * theta
+            m, v = state
+            dm, dv = dstate
+            m = c.beta1 * m + (1 - c.beta1) * g
+            v = c.beta2 * v + (1 - c.beta2) * g * g
+            dm.mul_(c.beta1).add_(dg, alpha=1 - c.beta1)
+            dv.mul_(c.beta2).addcmul_(g.mul(2 * (1 - c.beta2)), dg)
+            c1, c2 = 1 - c.beta1 ** (t + 1), 1 - c.beta2 ** (t + 1)
+            root = torch.sqrt(v / c2 + c.eps_root)
+            den = root + c.eps
+            # du = dm a - dv b with the primal factors a = 1 / (c1 den) and
+            # b = m / (2 c1 c2 root den^2), each the shape of theta (broadcast over K)
+            a = (c1 * den).reciprocal_()
+            b = m / (2 * c1 * c2 * root * den * den)
+            dtheta.addcmul_(dm, a, value=-lr).addcmul_(dv, b, value=lr)
+            return
+        if c.momentum > 0:
+            (dm,) = dstate
+            dm.mul_(c.momentum).add_(dg)
+            if c.nesterov:
+                dtheta.add_(dg.add_(dm, alpha=c.momentum), alpha=-lr)
+            else:
+                dtheta.add_(dm, alpha=-lr)
+            return
+        dtheta.add_(dg, alpha=-lr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,9 +392,98 @@ def _metrics(p: Problem, theta: torch.Tensor, step: int, lr: float | None) -> di
 TangentStep = Callable[[int, torch.Tensor, tuple[torch.Tensor, ...]], None]
 
 
+# A recorded trajectory is kept only while it takes at most this much memory (and at most an
+# eighth of the memory available when it is recorded); past that, chunks recompute the primal.
+TRAJECTORY_BUDGET = 384 * 2**20
+
+
+@dataclass(eq=False)
+class Trajectory:
+    """The primal side of one training run, step by step, for kernels that split a step into
+    ``primal`` (forward and backward of the batch) and ``tangent`` (the K Hessian-vector
+    products at that point): every chunk of J trains the same trajectory, so it is computed
+    once and each chunk runs only its tangents. The tangents are bitwise those of a chunk that
+    recomputes the primal (the same kernel code, run once instead of once per chunk).
+
+    ``states[t]`` is the kernel's primal state of step t, ``thetas[t]`` the flat parameters
+    before step t (``thetas[T]`` is theta_T); for an optimizer whose tangent reads the primal
+    (Adam), ``opt_states[t]`` and ``grads[t]`` are the optimizer state before step t and the
+    step's gradient, flat."""
+
+    states: list
+    thetas: list[torch.Tensor]
+    opt_states: list[tuple[torch.Tensor, ...]] | None
+    grads: list[torch.Tensor] | None
+    nbytes: int
+
+    @property
+    def theta_T(self) -> torch.Tensor:
+        return self.thetas[-1]
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors in a (nested) kernel state, each storage counted once."""
+    seen: dict[int, int] = {}
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            seen[o.untyped_storage().data_ptr()] = o.untyped_storage().nbytes()
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif dataclasses.is_dataclass(o):
+            for f in dataclasses.fields(o):
+                walk(getattr(o, f.name))
+
+    walk(obj)
+    return sum(seen.values())
+
+
+def record_trajectory(problem: Problem, theta0: torch.Tensor,
+                      budget: int | None = None) -> Trajectory | None:
+    """Train once, keeping what every tangent chunk needs at every step (:class:`Trajectory`),
+    or None when the kernel has no primal/tangent split or the trajectory would take more than
+    ``budget`` bytes (default: :data:`TRAJECTORY_BUDGET`, at most an eighth of the available
+    memory; measured on the first step, before the rest is trained). The parameters follow
+    :func:`train`'s trajectory bitwise."""
+    p = problem
+    if not (hasattr(p.kernel, "primal") and hasattr(p.kernel, "tangent")):
+        return None
+    if budget is None:
+        budget = TRAJECTORY_BUDGET
+        if theta0.device.type == "cpu":
+            budget = min(budget, os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8)
+    keep = p.optimizer.tangent_reads_primal
+    theta, state = theta0.clone(), p.optimizer.init(theta0)
+    item = theta0.element_size()
+    traj = Trajectory([], [], [] if keep else None, [] if keep else None, 0)
+    for t in range(p.steps):
+        x, y = p.batch(t)
+        st = p.kernel.primal(p.layout.unflatten(theta), x, y)
+        g = p.layout.flatten(st.grads if hasattr(st, "grads") else st["grads"])
+        traj.states.append(st)
+        traj.thetas.append(theta)
+        if keep:
+            traj.opt_states.append(state)
+            traj.grads.append(g)
+        if t == 0:
+            per_step = _tensor_bytes(st) + item * theta.numel() * (2 + len(state) if keep else 1)
+            traj.nbytes = per_step * p.steps
+            if traj.nbytes > budget:
+                return None
+        theta, state = p.optimizer.update(theta, state, g, float(p.lrs[t]), t)
+    traj.thetas.append(theta)
+    return traj
+
+
+
 def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tensor,
                    should_stop: Callable[[], bool] | None = None,
-                   on_step: TangentStep | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   on_step: TangentStep | None = None,
+                   trajectory: Trajectory | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Train from ``theta0`` (P,) while pushing the tangent directions ``tangents0`` (K, P)
     through every step. Returns (theta_T (P,), d theta_T (K, P)): row k of the second is the
     directional derivative of theta_T along tangents0[k], i.e. ``J @ tangents0[k]``.
@@ -352,31 +492,69 @@ def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tens
 
     The primal runs exactly as in :func:`train` (flat tensors, bitwise the same trajectory).
     Tangents are kept per parameter tensor, (K, *shape) and contiguous, which is the layout the
-    kernels' matrix products want; the optimizer update is element-wise, so its tangent
-    (:meth:`Optimizer.tangent`) is taken tensor by tensor."""
+    kernels' matrix products want, in buffers allocated once per call: the kernel writes the
+    gradient's tangent into the same scratch every step and the optimizer's tangent update
+    (:meth:`Optimizer.tangent_`) runs in place. ``on_step`` therefore sees those buffers: copy
+    what you keep. With a ``trajectory`` of this problem and theta0 (:func:`record_trajectory`)
+    the primal is read from it instead of computed: the same numbers, bitwise, in less time."""
     p = problem
     lay = p.layout
     theta, state = theta0.clone(), p.optimizer.init(theta0)
-    dtheta = tuple(t.contiguous() for t in lay.unflatten(tangents0))
+    dtheta = tuple(t.clone(memory_format=torch.contiguous_format)
+                   for t in lay.unflatten(tangents0))
     dstate = tuple(tuple(torch.zeros_like(d) for d in dtheta) for _ in state)  # [state][param]
+    scratch = tuple(torch.empty_like(d) for d in dtheta)
+    if trajectory is not None:
+        return _replay_tangents(p, trajectory, dtheta, dstate, scratch, should_stop, on_step)
     for t in range(p.steps):
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         x, y = p.batch(t)
         lr = float(p.lrs[t])
-        g, dg = p.kernel.grad_jvp(lay.unflatten(theta), dtheta, x, y)
+        params = lay.unflatten(theta)
+        g, dg = p.kernel.grad_jvp(params, dtheta, x, y, out=scratch)
         g = lay.flatten(g)
-
-        state_views = [lay.unflatten(st) for st in state]
-        new = [p.optimizer.tangent(th_i, tuple(sv[i] for sv in state_views), g_i, dtheta[i],
-                                   tuple(ds[i] for ds in dstate), dg[i], lr, t)
-               for i, (th_i, g_i) in enumerate(zip(lay.unflatten(theta), lay.unflatten(g)))]
-        dtheta = tuple(n[0] for n in new)
-        dstate = tuple(tuple(n[1][j] for n in new) for j in range(len(state)))
+        _tangent_update(p, params, state, g, dtheta, dstate, dg, lr, t)
         theta, state = p.optimizer.update(theta, state, g, lr, t)
         if on_step is not None:
             on_step(t, theta, dtheta)
     return theta, lay.flatten(dtheta)
+
+
+def _tangent_update(p: Problem, params, state, g, dtheta, dstate, dg, lr: float, t: int
+                    ) -> None:
+    """The optimizer's tangent update of every parameter tensor, in place."""
+    lay = p.layout
+    if p.optimizer.tangent_reads_primal:
+        state_views = [lay.unflatten(st) for st in state]
+        for i, g_i in enumerate(lay.unflatten(g)):
+            p.optimizer.tangent_(params[i], tuple(sv[i] for sv in state_views), g_i, dtheta[i],
+                                 tuple(ds[i] for ds in dstate), dg[i], lr, t)
+    else:
+        for i in range(len(dtheta)):
+            p.optimizer.tangent_(None, (), None, dtheta[i], tuple(ds[i] for ds in dstate),
+                                 dg[i], lr, t)
+
+
+def _replay_tangents(p: Problem, traj: Trajectory, dtheta, dstate, scratch,
+                     should_stop: Callable[[], bool] | None, on_step: TangentStep | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`train_tangents`' loop over a recorded trajectory: tangents only."""
+    lay = p.layout
+    reads = p.optimizer.tangent_reads_primal
+    for t in range(p.steps):
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt
+        lr = float(p.lrs[t])
+        dg = p.kernel.tangent(traj.states[t], dtheta, out=scratch)
+        if reads:
+            _tangent_update(p, lay.unflatten(traj.thetas[t]), traj.opt_states[t],
+                            traj.grads[t], dtheta, dstate, dg, lr, t)
+        else:
+            _tangent_update(p, None, (), None, dtheta, dstate, dg, lr, t)
+        if on_step is not None:
+            on_step(t, traj.thetas[t + 1], dtheta)
+    return traj.theta_T, lay.flatten(dtheta)
 
 
 def identity_columns(P: int, cols: Sequence[int] | range, device, dtype) -> torch.Tensor:

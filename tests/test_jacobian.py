@@ -118,3 +118,65 @@ def test_optimizer_tangent_equals_jvp_of_the_update(tiny_npz, opt):
         assert torch.allclose(got[0], want[0], rtol=1e-13, atol=1e-15)
         for a, b in zip(got[1], want[1]):
             assert torch.allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_in_place_optimizer_tangent_equals_the_reference(tiny_npz, opt):
+    """Optimizer.tangent_ (in place, what training runs) gives Optimizer.tangent's numbers
+    (checked against torch.func above) to rounding, and leaves the primal operands alone."""
+    cfg = tiny_config(tiny_npz, **OPTIMIZERS[opt])
+    o = train.Optimizer(cfg.train)
+    gen = torch.Generator().manual_seed(1)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    theta, g = r(30), r(30)
+    state = tuple(r(30).abs() for _ in o.init(theta))
+    for t in (0, 9):
+        dtheta, dg = r(5, 30), r(5, 30)
+        dstate = tuple(r(5, 30) for _ in state)
+        want = o.tangent(theta, state, g, dtheta, dstate, dg, 0.3, t)
+        kept = [x.clone() for x in (theta, g, *state)]
+        o.tangent_(theta, state, g, dtheta, dstate, dg.clone(), 0.3, t)
+        assert torch.allclose(dtheta, want[0], rtol=1e-14, atol=1e-15)
+        for a, b in zip(dstate, want[1]):
+            assert torch.allclose(a, b, rtol=1e-14, atol=1e-15)
+        assert all(torch.equal(a, b) for a, b in zip(kept, (theta, g, *state)))
+
+
+@pytest.mark.parametrize("opt", ["momentum", "adam", "sgd+wd"])
+def test_trajectory_replay_is_bitwise_the_recomputed_primal(tiny_npz, opt):
+    """The tangents replayed over a recorded trajectory (the primal computed once for all
+    chunks) are bitwise those of a chunk that computes its own primal, and so is theta_T;
+    the caller's tangents are not modified."""
+    cfg = tiny_config(tiny_npz, **OPTIMIZERS[opt], schedule="cosine")
+    problem, theta0 = make(cfg)
+    traj = train.record_trajectory(problem, theta0)
+    assert traj is not None and len(traj.states) == problem.steps and traj.nbytes > 0
+    assert torch.equal(traj.theta_T, train.train(problem, theta0))
+    e = train.identity_columns(theta0.numel(), range(3, 20), theta0.device, theta0.dtype)
+    e0 = e.clone()
+    a = train.train_tangents(problem, theta0, e)
+    b = train.train_tangents(problem, theta0, e, trajectory=traj)
+    assert torch.equal(e, e0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # a budget too small for the first step's state: no trajectory, chunks recompute
+    assert train.record_trajectory(problem, theta0, budget=1000) is None
+    # the generic kernel has no primal/tangent split
+    generic, _ = make(cfg, "generic")
+    assert train.record_trajectory(generic, theta0) is None
+
+
+def test_chunk_probe_times_the_candidates_that_fit(tiny_npz, monkeypatch):
+    """The CPU chunk probe times each candidate no larger than P and the memory cap and
+    returns the fastest; auto_chunk uses it only when asked (never in a run)."""
+    cfg = tiny_config(tiny_npz, optimizer="sgd", momentum=0.9)
+    problem, theta0 = make(cfg)
+    assert jacobian.probe_chunk(problem, theta0) == (0, {})  # P = 39 < 64: nothing to time
+    monkeypatch.setattr(jacobian, "PROBE_CHUNKS", (4, 8, 16, 64))
+    best, rates = jacobian.probe_chunk(problem, theta0, cap=20)
+    assert set(rates) == {4, 8, 16} and best == max(rates, key=rates.get)
+    assert all(r > 0 for r in rates.values())
+    k = jacobian.auto_chunk(problem, theta0, theta0.device, theta0.dtype, probe=True)
+    assert k in (4, 8, 16, 64) and k <= 39

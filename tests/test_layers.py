@@ -31,6 +31,7 @@ LAYERS: list[list[str]] = [
     ["engine.session"],
     ["engine.worker", "engine.experiments", "engine.experiments.common"],
     ["engine.experiments.*"],
+    ["engine.svdjob"],
     ["engine.runner"],
     ["engine.study", "engine.distributed"],
     ["engine.present", "engine.present.views"],

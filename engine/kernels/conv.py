@@ -222,9 +222,11 @@ class ConvKernel:
 
     # ------------------------------------------------------------------ tangent
     def grad_jvp(self, params: Sequence[Tensor], tangents: Sequence[Tensor], x: Tensor,
-                 y: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+                 y: Tensor, out: Sequence[Tensor] | None = None
+                 ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         """``(grads, dgrads)``: ``dgrads[i][k]`` is the Hessian of the loss applied to the
-        direction ``(tangents[j][k])_j``, for each of the K directions."""
+        direction ``(tangents[j][k])_j``, for each of the K directions. (``out`` is accepted
+        for the loss-kernel protocol; this kernel returns fresh tensors.)"""
         with torch.no_grad():
             prim = self._primal(params, x, y)
             return prim["grads"], self._tangent(params, prim["st"], tangents)

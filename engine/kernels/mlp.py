@@ -251,6 +251,7 @@ class MLPKernel:
         tangents: Sequence[Tensor],
         x: Tensor,
         y: Tensor,
+        out: Sequence[Tensor] | None = None,
     ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         """Gradient and its directional derivatives along K tangent directions.
 
@@ -258,6 +259,7 @@ class MLPKernel:
             params: ``(W_0, b_0, ...)``.
             tangents: ``tangents[i]`` of shape ``(K, *params[i].shape)``.
             x: ``(B, d_0)``;  y: ``(B,)`` int64.
+            out: optional preallocated results, as for :meth:`tangent`.
 
         Returns:
             ``(grads, dgrads)``: ``grads`` bitwise equal to :meth:`grad`;
@@ -266,7 +268,7 @@ class MLPKernel:
         """
         with torch.no_grad():
             grads, st = self._primal(params, x, y, for_tangent=True)
-            return grads, self._tangent(st, tangents, None)
+            return grads, self._tangent(st, tangents, out)
 
     def clear_workspace(self) -> None:
         """Free the calling thread's cached temporaries."""
