@@ -340,6 +340,7 @@ class Runner:
         s = self.session
         for old in s.path.glob(".svdjob.*"):  # left by a killed run (its child died with it)
             shutil.rmtree(old, ignore_errors=True)
+        release_memory()  # what the J stage freed goes back to the system, not to this heap
         work = s.path / f".svdjob.{os.getpid()}"
         summary = svdjob.run(s.path / "jacobian.npy", work, self.cfg.spectrum.bulk_tol,
                              np.dtype(keep), vectors, self.should_stop)
@@ -629,6 +630,20 @@ def probe(cfg, device: str | None = None) -> dict:
         if dev.type == "cuda":
             out["svd_s_note"] = "CPU figure; the SVD runs on the GPU"
     return out
+
+
+def release_memory() -> None:
+    """Return the memory this process has freed to the system (glibc keeps freed blocks in its
+    heap): before the SVD's child process starts, the tangent buffers and the trajectory of the
+    J stage are no longer counted against the machine."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def run_session(path: str | Path, listeners: list[Listener] | None = None,

@@ -97,10 +97,11 @@ def gram_svd(path: Path, vectors: bool = True, block: int = BLOCK
     V = np.empty((P, P))
     for a, b, C in column_blocks(path, block):
         np.matmul(C.T, U, out=V[a:b])
-    small = S < SMALL * S[0] if P else np.zeros(0, bool)
-    V[:, ~small] /= S[~small]
-    if small.any():
-        V[:, small] = _orthonormalize(V[:, ~small], V[:, small] / np.maximum(S[small], 1e-300))
+    # S is descending, so the small values are the trailing columns: views, not copies
+    n = int(np.count_nonzero(S >= SMALL * S[0])) if P else 0
+    V /= np.maximum(S, 1e-300)
+    if n < P:
+        V[:, n:] = _orthonormalize(V[:, :n], V[:, n:])
     return U, S, V.T
 
 

@@ -207,6 +207,22 @@ class Optimizer:
         given None for those."""
         return self.cfg.optimizer == "adam"
 
+    @property
+    def fused_momentum(self) -> float:
+        """mu when the momentum tangent ``dm = mu dm + dg`` can be accumulated by the kernel
+        itself (SGD with momentum, not Nesterov, whose step needs dg apart), else 0."""
+        c = self.cfg
+        return c.momentum if (c.optimizer == "sgd" and c.momentum > 0 and not c.nesterov) else 0
+
+    def tangent_after_fused_(self, dtheta, dm, lr: float) -> None:
+        """The rest of SGD momentum's tangent once the kernel has accumulated
+        ``dm = mu dm + H dtheta`` (:attr:`fused_momentum`): weight decay's ``wd dtheta`` into dm,
+        then ``dtheta -= lr dm``; in place. (:meth:`tangent_` gives the same numbers to
+        rounding; the tests check.)"""
+        if self.cfg.weight_decay:
+            dm.add_(dtheta, alpha=self.cfg.weight_decay)
+        dtheta.add_(dm, alpha=-lr)
+
     def tangent_(self, theta, state, g, dtheta, dstate, dg, lr: float, t: int) -> None:
         """:meth:`tangent` in place: ``dtheta`` and the tensors of ``dstate`` (each
         (K, *theta.shape)) are updated where they lie, and ``dg`` is used as scratch. No
@@ -504,17 +520,25 @@ def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tens
                    for t in lay.unflatten(tangents0))
     dstate = tuple(tuple(torch.zeros_like(d) for d in dtheta) for _ in state)  # [state][param]
     scratch = tuple(torch.empty_like(d) for d in dtheta)
+    mu = p.optimizer.fused_momentum if getattr(p.kernel, "accumulates", False) else 0
     if trajectory is not None:
-        return _replay_tangents(p, trajectory, dtheta, dstate, scratch, should_stop, on_step)
+        return _replay_tangents(p, trajectory, dtheta, dstate, scratch, mu, should_stop,
+                                on_step)
     for t in range(p.steps):
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         x, y = p.batch(t)
         lr = float(p.lrs[t])
         params = lay.unflatten(theta)
-        g, dg = p.kernel.grad_jvp(params, dtheta, x, y, out=scratch)
-        g = lay.flatten(g)
-        _tangent_update(p, params, state, g, dtheta, dstate, dg, lr, t)
+        if mu:  # the kernel accumulates dm = mu dm + H dtheta itself
+            g, dm = p.kernel.grad_jvp(params, dtheta, x, y, out=dstate[0], beta=mu)
+            for dth, dm_i in zip(dtheta, dm):
+                p.optimizer.tangent_after_fused_(dth, dm_i, lr)
+            g = lay.flatten(g)
+        else:
+            g, dg = p.kernel.grad_jvp(params, dtheta, x, y, out=scratch)
+            g = lay.flatten(g)
+            _tangent_update(p, params, state, g, dtheta, dstate, dg, lr, t)
         theta, state = p.optimizer.update(theta, state, g, lr, t)
         if on_step is not None:
             on_step(t, theta, dtheta)
@@ -536,16 +560,24 @@ def _tangent_update(p: Problem, params, state, g, dtheta, dstate, dg, lr: float,
                                  dg[i], lr, t)
 
 
-def _replay_tangents(p: Problem, traj: Trajectory, dtheta, dstate, scratch,
+def _replay_tangents(p: Problem, traj: Trajectory, dtheta, dstate, scratch, mu: float,
                      should_stop: Callable[[], bool] | None, on_step: TangentStep | None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`train_tangents`' loop over a recorded trajectory: tangents only."""
+    """:func:`train_tangents`' loop over a recorded trajectory: tangents only (``mu``: the
+    momentum the kernel accumulates, or 0)."""
     lay = p.layout
     reads = p.optimizer.tangent_reads_primal
     for t in range(p.steps):
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         lr = float(p.lrs[t])
+        if mu:
+            dm = p.kernel.tangent(traj.states[t], dtheta, out=dstate[0], beta=mu)
+            for dth, dm_i in zip(dtheta, dm):
+                p.optimizer.tangent_after_fused_(dth, dm_i, lr)
+            if on_step is not None:
+                on_step(t, traj.thetas[t + 1], dtheta)
+            continue
         dg = p.kernel.tangent(traj.states[t], dtheta, out=scratch)
         if reads:
             _tangent_update(p, lay.unflatten(traj.thetas[t]), traj.opt_states[t],

@@ -109,7 +109,7 @@ def test_plan_reports_the_appendix_sizes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "P = 61,706 parameters, 900 optimizer steps over 1,200 training rows" in out
     assert "jacobian.npy: 15.2 GB on disk (61,706 x 61,706, 32-bit)" in out
-    assert "213.2 GB of memory" in out
+    assert "60.9 GB of memory" in out  # the CPU's Gram route: 2 P^2 float64
     assert not (tmp_path / "lenet5-digits28").exists()
 
 
@@ -180,6 +180,13 @@ def test_an_svd_that_cannot_fit_is_refused_with_the_figure(tmp_path, capsys, mon
     monkeypatch.setattr(plan, "available_memory", lambda: 16 * 10**9)
     code = main(["run", "lenet5-digits28", "--set", "device=cpu", "--sessions", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [  # the Gram route (default): float32 would need more
+        "the float64 SVD of this run's 61,706 x 61,706 Jacobian needs 60.9 GB of memory and "
+        "16.0 GB is available here: set spectrum.vectors = false (the singular values alone "
+        "need 30.5 GB), or run where it fits"]
+    code = main(["run", "lenet5-digits28", "--set", "device=cpu", "--sessions", str(tmp_path),
+                 "--set", "spectrum.svd_method=gesdd"])
+    err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0] == ("the float64 SVD of this run's 61,706 x 61,706 Jacobian needs 213.2 GB of "
                       'memory and 16.0 GB is available here: set spectrum.svd_dtype = "float32" '
@@ -211,5 +218,10 @@ def test_a_float32_svd_is_recorded_and_close_to_the_float64_one(tmp_path):
     assert "The SVD ran in float32 (`spectrum.svd_dtype`)" in render_report(s)
     f32 = plan_mod.make_plan(cfg)
     f64 = plan_mod.make_plan(config.load(PRESETS / "quick.toml", ["device=cpu"]))
-    assert f32.svd_memory("cpu") * 2 == f64.svd_memory("cpu") > 0
+    gesdd64 = plan_mod.make_plan(config.load(PRESETS / "quick.toml",
+                                             ["device=cpu", "spectrum.svd_method=gesdd"]))
+    assert f32.svd_memory("cpu") * 2 == gesdd64.svd_memory("cpu") > 0
+    # the Gram route (the CPU's float64 default) needs 2 P^2 float64: less than gesdd's float32
+    assert f64.svd_memory("cpu") == 2 * 8 * f64.P ** 2 < f32.svd_memory("cpu")
+    assert f32.svd_memory("cuda") * 2 == f64.svd_memory("cuda")
     assert "on a GPU (float32)" in f32.lines()[2]

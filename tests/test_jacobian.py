@@ -180,3 +180,25 @@ def test_chunk_probe_times_the_candidates_that_fit(tiny_npz, monkeypatch):
     assert all(r > 0 for r in rates.values())
     k = jacobian.auto_chunk(problem, theta0, theta0.device, theta0.dtype, probe=True)
     assert k in (4, 8, 16, 64) and k <= 39
+
+
+@pytest.mark.parametrize("opt", ["momentum", "sgd+wd"])
+def test_momentum_fused_into_the_kernel_equals_the_separate_update(tiny_npz, opt, monkeypatch):
+    """SGD momentum's tangent accumulated by the kernel's GEMMs (dm = mu dm + H dtheta, the
+    MLP kernel's ``beta``) gives the separate in-place update's numbers to rounding, replayed
+    or not; Nesterov and Adam are never fused."""
+    from engine.kernels.mlp import MLPKernel
+
+    cfg = tiny_config(tiny_npz, **OPTIMIZERS[opt], schedule="cosine")
+    problem, theta0 = make(cfg)
+    assert problem.optimizer.fused_momentum == cfg.train.momentum > 0
+    e = train.identity_columns(theta0.numel(), range(39), theta0.device, theta0.dtype)
+    traj = train.record_trajectory(problem, theta0)
+    fused = train.train_tangents(problem, theta0, e)[1]
+    assert torch.equal(fused, train.train_tangents(problem, theta0, e, trajectory=traj)[1])
+    monkeypatch.setattr(MLPKernel, "accumulates", False)
+    apart = train.train_tangents(problem, theta0, e)[1]
+    assert torch.allclose(fused, apart, rtol=0, atol=1e-13 * float(apart.abs().max()))
+    for other in ("nesterov", "adam"):
+        assert train.Optimizer(tiny_config(tiny_npz, **OPTIMIZERS[other]).train
+                               ).fused_momentum == 0

@@ -444,10 +444,10 @@ def test_cancel_resume_detach_and_reattach(tmp_path):
         app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
         async with running(app, (100, 30)) as pilot:
             setup = app.query_one(SetupPane)
-            # P = 610 in 20 chunks of 32: enough chunks that the stop (asked, then confirmed)
-            # lands mid-Jacobian
+            # P = 610 in 20 chunks of 32 over 320 steps: enough work (~10 s) that the stop
+            # (asked, then confirmed) lands mid-Jacobian
             for key, value in (("jacobian.chunk", "32"), ("model.hidden", "[8]"),
-                               ("name", "many-chunks")):
+                               ("train.epochs", "40"), ("name", "many-chunks")):
                 (await setup.reveal(key, focus=False)).input.value = value
             await pilot.pause(0.1)
             await pilot.press("ctrl+r")

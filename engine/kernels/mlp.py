@@ -197,6 +197,14 @@ class MLPKernel:
     Concurrent calls from different threads are safe.
     """
 
+    # tangent()/grad_jvp() can accumulate into ``out`` (``beta``): engine.train fuses SGD
+    # momentum's tangent update into the kernel's GEMMs
+    accumulates = True
+    # tangent columns per chunk on the CPU: on the paper's net (2 cores, replaying a recorded
+    # trajectory, momentum fused) 128 columns ran the J in 69 s, 256 in 84 s: the workspace
+    # of 128 stays in cache (`benchmarks/bench_jacobian.py --cases paper-sgd --chunk N`)
+    cpu_chunk = 128
+
     def __init__(self, widths: Sequence[int], activation: str):
         widths = [int(w) for w in widths]
         if len(widths) < 2:
@@ -229,6 +237,7 @@ class MLPKernel:
         state: PrimalState,
         tangents: Sequence[Tensor],
         out: Sequence[Tensor] | None = None,
+        beta: float = 0.0,
     ) -> tuple[Tensor, ...]:
         """Hessian-vector products for K directions at the state's point.
 
@@ -237,13 +246,16 @@ class MLPKernel:
             tangents: ``tangents[i]`` of shape ``(K, *params[i].shape)``.
             out: optional preallocated contiguous results, same shapes as
                 ``tangents`` (must not alias them); fresh tensors otherwise.
+            beta: with ``out``, accumulate: ``out = beta * out + H tangents``
+                (the weight terms in the GEMM's own ``beta``, no extra pass):
+                SGD momentum's tangent ``dm = mu dm + dg`` written in place.
 
         Returns:
             ``dgrads`` with ``dgrads[i]`` of shape ``(K, *params[i].shape)``:
             ``dgrads[i][k] = d/dt grad_i(params + t tangents[k])`` at ``t = 0``.
         """
         with torch.no_grad():
-            return self._tangent(state, tangents, out)
+            return self._tangent(state, tangents, out, beta)
 
     def grad_jvp(
         self,
@@ -252,6 +264,7 @@ class MLPKernel:
         x: Tensor,
         y: Tensor,
         out: Sequence[Tensor] | None = None,
+        beta: float = 0.0,
     ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         """Gradient and its directional derivatives along K tangent directions.
 
@@ -259,7 +272,8 @@ class MLPKernel:
             params: ``(W_0, b_0, ...)``.
             tangents: ``tangents[i]`` of shape ``(K, *params[i].shape)``.
             x: ``(B, d_0)``;  y: ``(B,)`` int64.
-            out: optional preallocated results, as for :meth:`tangent`.
+            out, beta: optional preallocated results (accumulated into with
+                ``beta``), as for :meth:`tangent`.
 
         Returns:
             ``(grads, dgrads)``: ``grads`` bitwise equal to :meth:`grad`;
@@ -268,7 +282,7 @@ class MLPKernel:
         """
         with torch.no_grad():
             grads, st = self._primal(params, x, y, for_tangent=True)
-            return grads, self._tangent(st, tangents, out)
+            return grads, self._tangent(st, tangents, out, beta)
 
     def clear_workspace(self) -> None:
         """Free the calling thread's cached temporaries."""
@@ -353,7 +367,8 @@ class MLPKernel:
         return buf
 
     def _tangent(
-        self, st: PrimalState, tangents: Sequence[Tensor], out: Sequence[Tensor] | None
+        self, st: PrimalState, tangents: Sequence[Tensor], out: Sequence[Tensor] | None,
+        beta: float = 0.0,
     ) -> tuple[Tensor, ...]:
         """Tangent forward + backward; activations in ``(K, h, B)`` layout."""
         L = self.num_layers
@@ -399,19 +414,26 @@ class MLPKernel:
 
         # ---- backward
         if out is None:
-            out = tuple(
+            out, beta = tuple(
                 torch.empty(t.shape, dtype=x.dtype, device=x.device) for t in tangents
-            )
+            ), 0.0
         for l in range(L - 1, -1, -1):
             W = st.weights[l]
             m, n = W.shape
             dgW = out[2 * l]
-            # dgW_l = dG_l^T a_l:  (K*m, B) @ (B, n)
-            torch.mm(dG.view(K * m, B), st.actsT[l].t(), out=dgW.view(K * m, n))
+            # dgW_l = dG_l^T a_l:  (K*m, B) @ (B, n)   (+ beta dgW_l, in the same GEMM)
+            if beta:
+                dgW.view(K * m, n).addmm_(dG.view(K * m, B), st.actsT[l].t(), beta=beta)
+            else:
+                torch.mm(dG.view(K * m, B), st.actsT[l].t(), out=dgW.view(K * m, n))
             if l > 0:
                 # += G_l^T @ dA_l[k]
                 dgW.baddbmm_(st.GT[l].expand(K, m, B), dAs[l].transpose(1, 2))
-            torch.sum(dG, 2, out=out[2 * l + 1])
+            if beta:
+                out[2 * l + 1].mul_(beta).add_(
+                    torch.sum(dG, 2, out=self._buffer(("db", l), (K, m), x)))
+            else:
+                torch.sum(dG, 2, out=out[2 * l + 1])
             if l > 0:
                 dE = dAs[l]  # dA_l is dead: reuse its buffer for dE_l^T
                 torch.bmm(tangents[2 * l].transpose(1, 2), st.GT[l].expand(K, m, B), out=dE)
