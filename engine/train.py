@@ -229,28 +229,14 @@ class Optimizer:
         (K, ...) tensor is allocated, so a chunk's loop runs in the same few buffers from its
         first step to its last (a fresh multi-MB result per step and tensor cost more in page
         faults than the arithmetic did). The primal operands are the state *before* the step,
-        as in :meth:`tangent`, whose numbers this reproduces to rounding (the tests check)."""
+        as in :meth:`tangent`, whose numbers this reproduces to rounding (the tests check);
+        Adam's primal enters through :meth:`adam_factors` only."""
+        if self.cfg.optimizer == "adam":
+            self.adam_tangent_(dtheta, dstate, dg, self.adam_factors(theta, state, g, t), lr)
+            return
         c = self.cfg
         if c.weight_decay:
             dg.add_(dtheta, alpha=c.weight_decay)
-        if c.optimizer == "adam":
-            if c.weight_decay:
-                g = g + c.weight_decay * theta
-            m, v = state
-            dm, dv = dstate
-            m = c.beta1 * m + (1 - c.beta1) * g
-            v = c.beta2 * v + (1 - c.beta2) * g * g
-            dm.mul_(c.beta1).add_(dg, alpha=1 - c.beta1)
-            dv.mul_(c.beta2).addcmul_(g.mul(2 * (1 - c.beta2)), dg)
-            c1, c2 = 1 - c.beta1 ** (t + 1), 1 - c.beta2 ** (t + 1)
-            root = torch.sqrt(v / c2 + c.eps_root)
-            den = root + c.eps
-            # du = dm a - dv b with the primal factors a = 1 / (c1 den) and
-            # b = m / (2 c1 c2 root den^2), each the shape of theta (broadcast over K)
-            a = (c1 * den).reciprocal_()
-            b = m / (2 * c1 * c2 * root * den * den)
-            dtheta.addcmul_(dm, a, value=-lr).addcmul_(dv, b, value=lr)
-            return
         if c.momentum > 0:
             (dm,) = dstate
             dm.mul_(c.momentum).add_(dg)
@@ -260,6 +246,36 @@ class Optimizer:
                 dtheta.add_(dm, alpha=-lr)
             return
         dtheta.add_(dg, alpha=-lr)
+
+    def adam_factors(self, theta, state, g, t: int) -> tuple[torch.Tensor, ...]:
+        """The primal factors of Adam's tangent at step t, each shaped like theta: ``(c, a,
+        b)`` with ``dv' = beta2 dv + c dg`` and ``du = a dm' - b dv'``, i.e. c = 2 (1 - beta2)
+        g, a = 1 / (c1 den), b = m' / (2 c1 c2 root den^2) (m', v' after the step, root =
+        sqrt(v' / c2 + eps_root), den = root + eps). Element-wise, so the factors of the flat
+        vector are those of each parameter tensor; computed once per step (a recorded
+        trajectory keeps them) instead of once per chunk and tensor."""
+        c = self.cfg
+        if c.weight_decay:
+            g = g + c.weight_decay * theta
+        m, v = state
+        m = c.beta1 * m + (1 - c.beta1) * g
+        v = c.beta2 * v + (1 - c.beta2) * g * g
+        c1, c2 = 1 - c.beta1 ** (t + 1), 1 - c.beta2 ** (t + 1)
+        root = torch.sqrt(v / c2 + c.eps_root)
+        den = root + c.eps
+        return (g.mul(2 * (1 - c.beta2)), (c1 * den).reciprocal_(),
+                m / (2 * c1 * c2 * root * den * den))
+
+    def adam_tangent_(self, dtheta, dstate, dg, factors, lr: float) -> None:
+        """Adam's tangent update in place from the step's :meth:`adam_factors`."""
+        c = self.cfg
+        cg, a, b = factors
+        dm, dv = dstate
+        if c.weight_decay:
+            dg.add_(dtheta, alpha=c.weight_decay)
+        dm.mul_(c.beta1).add_(dg, alpha=1 - c.beta1)
+        dv.mul_(c.beta2).addcmul_(cg, dg)
+        dtheta.addcmul_(dm, a, value=-lr).addcmul_(dv, b, value=lr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,13 +439,11 @@ class Trajectory:
 
     ``states[t]`` is the kernel's primal state of step t, ``thetas[t]`` the flat parameters
     before step t (``thetas[T]`` is theta_T); for an optimizer whose tangent reads the primal
-    (Adam), ``opt_states[t]`` and ``grads[t]`` are the optimizer state before step t and the
-    step's gradient, flat."""
+    (Adam), ``factors[t]`` are the step's :meth:`Optimizer.adam_factors`, flat."""
 
     states: list
     thetas: list[torch.Tensor]
-    opt_states: list[tuple[torch.Tensor, ...]] | None
-    grads: list[torch.Tensor] | None
+    factors: list[tuple[torch.Tensor, ...]] | None
     nbytes: int
 
     @property
@@ -475,7 +489,7 @@ def record_trajectory(problem: Problem, theta0: torch.Tensor,
     keep = p.optimizer.tangent_reads_primal
     theta, state = theta0.clone(), p.optimizer.init(theta0)
     item = theta0.element_size()
-    traj = Trajectory([], [], [] if keep else None, [] if keep else None, 0)
+    traj = Trajectory([], [], [] if keep else None, 0)
     for t in range(p.steps):
         x, y = p.batch(t)
         st = p.kernel.primal(p.layout.unflatten(theta), x, y)
@@ -483,10 +497,9 @@ def record_trajectory(problem: Problem, theta0: torch.Tensor,
         traj.states.append(st)
         traj.thetas.append(theta)
         if keep:
-            traj.opt_states.append(state)
-            traj.grads.append(g)
+            traj.factors.append(p.optimizer.adam_factors(theta, state, g, t))
         if t == 0:
-            per_step = _tensor_bytes(st) + item * theta.numel() * (2 + len(state) if keep else 1)
+            per_step = _tensor_bytes(st) + item * theta.numel() * (4 if keep else 1)
             traj.nbytes = per_step * p.steps
             if traj.nbytes > budget:
                 return None
@@ -538,22 +551,24 @@ def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tens
         else:
             g, dg = p.kernel.grad_jvp(params, dtheta, x, y, out=scratch)
             g = lay.flatten(g)
-            _tangent_update(p, params, state, g, dtheta, dstate, dg, lr, t)
+            factors = (p.optimizer.adam_factors(theta, state, g, t)
+                       if p.optimizer.tangent_reads_primal else None)
+            _tangent_update(p, factors, dtheta, dstate, dg, lr, t)
         theta, state = p.optimizer.update(theta, state, g, lr, t)
         if on_step is not None:
             on_step(t, theta, dtheta)
     return theta, lay.flatten(dtheta)
 
 
-def _tangent_update(p: Problem, params, state, g, dtheta, dstate, dg, lr: float, t: int
-                    ) -> None:
-    """The optimizer's tangent update of every parameter tensor, in place."""
+def _tangent_update(p: Problem, factors, dtheta, dstate, dg, lr: float, t: int) -> None:
+    """The optimizer's tangent update of every parameter tensor, in place (``factors``: the
+    step's flat :meth:`Optimizer.adam_factors` for Adam, else None)."""
     lay = p.layout
-    if p.optimizer.tangent_reads_primal:
-        state_views = [lay.unflatten(st) for st in state]
-        for i, g_i in enumerate(lay.unflatten(g)):
-            p.optimizer.tangent_(params[i], tuple(sv[i] for sv in state_views), g_i, dtheta[i],
-                                 tuple(ds[i] for ds in dstate), dg[i], lr, t)
+    if factors is not None:
+        views = [lay.unflatten(f) for f in factors]
+        for i in range(len(dtheta)):
+            p.optimizer.adam_tangent_(dtheta[i], tuple(ds[i] for ds in dstate), dg[i],
+                                      tuple(v[i] for v in views), lr)
     else:
         for i in range(len(dtheta)):
             p.optimizer.tangent_(None, (), None, dtheta[i], tuple(ds[i] for ds in dstate),
@@ -579,11 +594,7 @@ def _replay_tangents(p: Problem, traj: Trajectory, dtheta, dstate, scratch, mu: 
                 on_step(t, traj.thetas[t + 1], dtheta)
             continue
         dg = p.kernel.tangent(traj.states[t], dtheta, out=scratch)
-        if reads:
-            _tangent_update(p, lay.unflatten(traj.thetas[t]), traj.opt_states[t],
-                            traj.grads[t], dtheta, dstate, dg, lr, t)
-        else:
-            _tangent_update(p, None, (), None, dtheta, dstate, dg, lr, t)
+        _tangent_update(p, traj.factors[t] if reads else None, dtheta, dstate, dg, lr, t)
         if on_step is not None:
             on_step(t, traj.thetas[t + 1], dtheta)
     return traj.theta_T, lay.flatten(dtheta)
