@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, svds
 
-from .train import GenericKernel, Problem, train_tangents
+from .train import GenericKernel, Problem, Trajectory, record_trajectory, train_tangents
 
 
 @dataclass
@@ -76,6 +76,7 @@ class TrainingJacobian:
         self.reverse = dataclasses.replace(self.problem,
                                            kernel=GenericKernel(self.problem.module))
         self._checkpoints: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] | None = None
+        self._trajectory: Trajectory | None | bool = False  # recorded at the first J v
         self.stats = OpStats()
 
     # ---- J V -------------------------------------------------------------------------------
@@ -83,9 +84,11 @@ class TrainingJacobian:
         """J v for each row of ``tangents`` (K, P), on the problem's device: the torch side of
         the operator (the rows stay where they are computed)."""
         t0 = time.perf_counter()
+        if self._trajectory is False:  # the primal once for every product (if it fits)
+            self._trajectory = record_trajectory(self.problem, self.theta0)
         _, rows = train_tangents(self.problem, self.theta0,
                                  tangents.to(self.theta0.device, self.theta0.dtype),
-                                 self.should_stop)
+                                 self.should_stop, trajectory=self._trajectory)
         self.stats.jvp_vectors += tangents.shape[0]
         self.stats.jvp_seconds += time.perf_counter() - t0
         if self.on_product is not None:

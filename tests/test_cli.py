@@ -182,3 +182,23 @@ def test_readme_layout_names_every_engine_module():
             continue
         top = "/".join(rel.parts[:2]) + "/" if len(rel.parts) > 2 else str(rel)
         assert f"`{rel}`" in layout or f"`{top}`" in layout or p.name == "__init__.py", rel
+
+
+def test_plan_reports_the_chunk_probe(tmp_path, capsys):
+    """--plan times the CPU chunk candidates and says which is fastest here; --json carries
+    the figures; nothing is created."""
+    assert main(["run", "quick", "--plan", "--json", "--set", "device=cpu",
+                 "--sessions", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    cp = out["chunk_probe"]
+    rates = {int(k): v for k, v in cp["column_steps_per_s"].items()}
+    assert set(rates) == {64, 96, 128, 192, 256, 384, 512}  # all <= P = 1210
+    assert cp["best"] == max(rates, key=rates.get) and min(rates.values()) > 0
+    assert out["chunk"] == 128  # a run keeps the kernel's default
+    assert main(["run", "quick", "--plan", "--set", "device=cpu",
+                 "--sessions", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    line = next(ln for ln in text.splitlines() if ln.startswith("chunk probe"))
+    best = int(re.search(r"fastest here (\d+)", line).group(1))  # (this probe's own winner)
+    assert best in rates and line.startswith("chunk probe (column-steps/s): 64: ")
+    assert not any(tmp_path.iterdir())

@@ -116,7 +116,8 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
         if cfg.jacobian.enabled:
             r = probe(cfg)
             out.update({k: r.get(k) for k in ("device", "chunk", "column_steps_per_s",
-                                                "jacobian_s", "svd_s", "svd_s_note")})
+                                                "jacobian_s", "svd_s", "svd_s_note",
+                                                "chunk_probe")})
         print(json.dumps(out))
         return 0
     for line in pl.lines():
@@ -132,6 +133,11 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
     print(line)
     print(f"probe: {r['column_steps_per_s']:.1f} column-steps/s -> J in about "
           f"{fmt_seconds(r['jacobian_s'])}")
+    if r.get("chunk_probe"):
+        cp = r["chunk_probe"]
+        rates = ", ".join(f"{k}: {v:,.0f}" for k, v in cp["column_steps_per_s"].items())
+        print(f"chunk probe (column-steps/s): {rates}; fastest here {cp['best']} "
+              "(jacobian.chunk; runs keep their default so that J's bits do not move)")
     if "svd_s" in r:
         note = f" ({r['svd_s_note']})" if r.get("svd_s_note") else ""
         print(f"{cfg.spectrum.svd_dtype} SVD: about {fmt_seconds(r['svd_s'])}{note}")
