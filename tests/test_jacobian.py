@@ -93,18 +93,23 @@ def test_adam_with_zero_gradient_coordinates_is_identity_there(tmp_path):
         assert torch.equal(J[i], e) and torch.equal(J[:, i], e)
 
 
-@pytest.mark.parametrize("opt", list(OPTIMIZERS))
-def test_optimizer_tangent_equals_jvp_of_the_update(tiny_npz, opt):
-    """The hand-linearised optimizer step equals torch.func.jvp of the update, vmapped."""
-    cfg = tiny_config(tiny_npz, **OPTIMIZERS[opt])
-    o = train.Optimizer(cfg.train)
-    gen = torch.Generator().manual_seed(0)
+def optimizer_operands(npz, opt: str, seed: int):
+    """An optimizer of the given kind and random float64 primal operands (theta, g, state;
+    Adam's v >= 0), with ``r(*shape)`` for more from the same generator."""
+    o = train.Optimizer(tiny_config(npz, **OPTIMIZERS[opt]).train)
+    gen = torch.Generator().manual_seed(seed)
 
     def r(*shape):
         return torch.randn(*shape, generator=gen, dtype=torch.float64)
 
     theta, g = r(30), r(30)
-    state = tuple(r(30).abs() for _ in o.init(theta))  # Adam's v must be >= 0
+    return o, r, theta, g, tuple(r(30).abs() for _ in o.init(theta))
+
+
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_optimizer_tangent_equals_jvp_of_the_update(tiny_npz, opt):
+    """The hand-linearised optimizer step equals torch.func.jvp of the update, vmapped."""
+    o, r, theta, g, state = optimizer_operands(tiny_npz, opt, seed=0)
     dtheta, dg = r(5, 30), r(5, 30)
     dstate = tuple(r(5, 30) for _ in state)
     for t in (0, 7):
@@ -124,15 +129,7 @@ def test_optimizer_tangent_equals_jvp_of_the_update(tiny_npz, opt):
 def test_in_place_optimizer_tangent_equals_the_reference(tiny_npz, opt):
     """Optimizer.tangent_ (in place, what training runs) gives Optimizer.tangent's numbers
     (checked against torch.func above) to rounding, and leaves the primal operands alone."""
-    cfg = tiny_config(tiny_npz, **OPTIMIZERS[opt])
-    o = train.Optimizer(cfg.train)
-    gen = torch.Generator().manual_seed(1)
-
-    def r(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64)
-
-    theta, g = r(30), r(30)
-    state = tuple(r(30).abs() for _ in o.init(theta))
+    o, r, theta, g, state = optimizer_operands(tiny_npz, opt, seed=1)
     for t in (0, 9):
         dtheta, dg = r(5, 30), r(5, 30)
         dstate = tuple(r(5, 30) for _ in state)
