@@ -79,7 +79,7 @@ def one(case: str, kernel: str, columns: int, device: str, chunk: int, threads: 
     problem = train.make_problem(module, ds, cfg.train, cfg.seed, dev, dtype, kernel)
     theta0 = train.initial_theta(module, dev, dtype)
     P = theta0.numel()
-    chunk = chunk or jacobian.auto_chunk(problem, theta0, dev, dtype, probe=True)
+    chunk = chunk or jacobian.auto_chunk(problem, theta0, dev, dtype)
     if columns == 0:
         columns = c.columns
     ncols = P if columns < 0 else min(columns, P)

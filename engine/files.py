@@ -71,6 +71,18 @@ def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
     atomic_write_with(path, lambda f: np.save(f, np.ascontiguousarray(arr), allow_pickle=False))
 
 
+def npy_header(path: str | Path) -> tuple[tuple[int, ...], bool, "np.dtype", int]:
+    """(shape, fortran_order, dtype, offset of the data) from an .npy file's header."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if major == 1 else
+                np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read(f)
+        return shape, fortran, np.dtype(dtype), f.tell()
+
+
 def atomic_save_npy_rows(path: str | Path, shape: tuple[int, ...], dtype, rows) -> None:
     """An .npy file of ``shape`` written atomically from ``rows``, consecutive row blocks
     (numpy arrays) in order: an array larger than memory never has to be whole anywhere."""

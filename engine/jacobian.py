@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .files import atomic_write_json, block_digest, block_digests
+from .files import atomic_write_json, block_digest, block_digests, npy_header
 from .train import Problem, Trajectory, identity_columns, record_trajectory, train, train_tangents
 
 # Tangent columns per chunk on the CPU: large enough for the step's matrix products to run near
@@ -67,13 +67,12 @@ def probe_column_bytes(problem: Problem, theta0: torch.Tensor, K: int = 8, steps
 
 def auto_chunk(problem: Problem, theta0: torch.Tensor, device: torch.device,
                dtype: torch.dtype, free_bytes: Callable[[], int] | None = None,
-               column_bytes: Callable[[], int] | None = None, probe: bool = False) -> int:
+               column_bytes: Callable[[], int] | None = None) -> int:
     """Columns per chunk. On CUDA: :data:`CUDA_FRACTION` of the free device memory over the
     memory a column was measured to take (``free_bytes`` and ``column_bytes`` replace the
-    measurements, e.g. in tests); on the CPU, with ``probe`` and a kernel that replays a
-    recorded trajectory, the fastest of a short timed probe (:func:`probe_chunk`), else the
-    kernel's ``cpu_chunk`` (else :data:`CPU_CHUNK`); either capped at a quarter of the
-    available memory by the estimate of :func:`bytes_per_column`."""
+    measurements, e.g. in tests); on the CPU the kernel's ``cpu_chunk`` (else
+    :data:`CPU_CHUNK`), capped at a quarter of the available memory by the estimate of
+    :func:`bytes_per_column` (:func:`probe_chunk` times the alternatives)."""
     P = problem.layout.size
     if device.type == "cuda":
         free = free_bytes() if free_bytes else torch.cuda.mem_get_info(device)[0]
@@ -81,10 +80,8 @@ def auto_chunk(problem: Problem, theta0: torch.Tensor, device: torch.device,
         k = int(CUDA_FRACTION * free // max(per, 1))
     else:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        cap = max(1, min(P, int(0.25 * avail // bytes_per_column(problem, dtype))))
-        k = min(getattr(problem.kernel, "cpu_chunk", CPU_CHUNK), cap)
-        if probe and hasattr(problem.kernel, "tangent"):
-            k = probe_chunk(problem, theta0, cap)[0] or k
+        k = min(getattr(problem.kernel, "cpu_chunk", CPU_CHUNK),
+                int(0.25 * avail // bytes_per_column(problem, dtype)))
     return max(1, min(P, k))
 
 
@@ -100,8 +97,8 @@ def probe_chunk(problem: Problem, theta0: torch.Tensor, cap: int | None = None,
     below the smallest candidate). A fraction of a second on the paper's MLP. On 2 cores the
     candidates from 96 to 384 are within ~10 % of each other and the winner moves with the
     load, so a run keeps its fixed default (J's last bits depend on the chunk size, and a
-    preset should give the same J on every run); ``tjac run --plan --json`` reports the
-    probe, for ``jacobian.chunk``."""
+    preset should give the same J on every run); ``tjac run --plan`` prints the probe, for
+    ``jacobian.chunk``."""
     P = theta0.numel()
     cap = min(P, cap or P)
     sizes = [k for k in PROBE_CHUNKS if k <= cap]
@@ -118,8 +115,8 @@ def measure_rate(problem: Problem, theta0: torch.Tensor, columns: int, steps: in
                  repeats: int = 2, trajectory: Trajectory | None = None) -> float:
     """Column-steps per second of the tangent loop with ``columns`` tangents on the problem's
     device, timed over ``steps`` training steps (after one untimed warm-up), the best of
-    ``repeats``: the rate a J of these chunks runs at (``trajectory``: of the first ``steps``
-    steps, as :func:`compute_into` replays them)."""
+    ``repeats``: the rate a J of these chunks runs at, replaying the recorded trajectory of
+    those steps as :func:`compute_into` does (``trajectory``: one already recorded)."""
     import time
 
     dev = theta0.device
@@ -127,6 +124,8 @@ def measure_rate(problem: Problem, theta0: torch.Tensor, columns: int, steps: in
     e = identity_columns(theta0.numel(), range(min(columns, theta0.numel())), dev,
                          theta0.dtype)
     train_tangents(sub.truncated(1), theta0, e)
+    if trajectory is None:
+        trajectory = record_trajectory(sub, theta0)
     best = float("inf")
     for _ in range(repeats):
         if dev.type == "cuda":
@@ -289,15 +288,10 @@ class JacobianStore:
 
     def _header_ok(self) -> bool:
         try:
-            with open(self.path, "rb") as f:
-                major, _ = np.lib.format.read_magic(f)
-                read = (np.lib.format.read_array_header_1_0 if major == 1 else
-                        np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = read(f)
-                offset = f.tell()
+            shape, fortran, dtype, offset = npy_header(self.path)
         except (OSError, ValueError):
             return False
-        if shape != (self.P, self.P) or not fortran or np.dtype(dtype) != self.dtype:
+        if shape != (self.P, self.P) or not fortran or dtype != self.dtype:
             return False
         self.offset = offset
         return True

@@ -6,12 +6,12 @@ read) with BLAS ``dsyrk``; ``G = U diag(s^2) U^T`` by LAPACK's MRRR eigensolver 
 O(P) workspace); then ``V = J^T U / s``, again block by block. Against LAPACK's direct SVD
 (``gesdd``) this is ~2x faster on the paper's J and needs two P x P float64 arrays instead of
 six. What it gives up: the singular values carry an absolute error ~eps s_1^2 / s instead of
-~eps s_1 (on the paper's J, s_1 = 15: they agree with gesdd to 7e-15 for s in [0.5, 2] and to
-7e-13 for s > 1e-3, every region count at every tolerance from 1e-12 to 1e-2 identical), and
+~eps s_1 (on the paper's J, s_1 = 19.4: they agree with gesdd to 9.1e-15 for s in [0.5, 2] and
+to 5.7e-13 for s > 1e-3, every region count at every tolerance from 1e-12 to 1e-2 identical), and
 a right vector ``J^T u_i / s_i`` loses orthogonality to the others like eps s_1^2 / (s_i s_j):
 the right vectors of the singular values below 1e-3 s_1 are orthonormalized against the rest
 (below sqrt(eps) s_1 that only completes the subspace, whose basis no float64 SVD determines
-either). Measured: ``benchmarks/bench_jacobian.py --svd``.
+either). Measured: ``python benchmarks/svd_precision.py SESSION --gram``.
 
 It runs in a child process (``python -m engine.svdjob``) that imports numpy and scipy only:
 its memory is not added to the torch process that computed J, and a stop request kills it at
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import scipy.linalg
 from scipy.linalg import blas
 
 from . import files, spectrum
-from .worker import boot
+from .worker import boot, child_environment
 
 BLOCK = 512  # columns of J read (and upcast to float64) at a time
 # right vectors of singular values below SMALL * s_1 are orthonormalized against the others
@@ -45,15 +44,11 @@ SMALL = 1e-3
 
 
 def _header(path: Path) -> tuple[int, np.dtype, int]:
-    with open(path, "rb") as f:
-        major, _ = np.lib.format.read_magic(f)
-        read = (np.lib.format.read_array_header_1_0 if major == 1 else
-                np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read(f)
-        offset = f.tell()
+    """(P, dtype, data offset) of a stored J."""
+    shape, fortran, dtype, offset = files.npy_header(path)
     if len(shape) != 2 or shape[0] != shape[1] or not fortran:
         raise ValueError(f"{path}: not a square column-major Jacobian")
-    return shape[0], np.dtype(dtype), offset
+    return shape[0], dtype, offset
 
 
 def column_blocks(path: Path, block: int = BLOCK):
@@ -171,13 +166,10 @@ def run(jacobian: Path, out: Path, tol: float, keep: np.dtype, vectors: bool = T
            "--tol", repr(float(tol)), "--keep", np.dtype(keep).name]
     if not vectors:
         cmd.append("--no-vectors")
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     log = out / "svdjob.log"
     with open(log, "wb") as f:
         child = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, env=env,
+                                 stdin=subprocess.DEVNULL, env=child_environment(),
                                  preexec_fn=_die_with_parent)
         try:
             while child.poll() is None:

@@ -493,7 +493,7 @@ def record_trajectory(problem: Problem, theta0: torch.Tensor,
     for t in range(p.steps):
         x, y = p.batch(t)
         st = p.kernel.primal(p.layout.unflatten(theta), x, y)
-        g = p.layout.flatten(st.grads if hasattr(st, "grads") else st["grads"])
+        g = p.layout.flatten(st.grads)
         traj.states.append(st)
         traj.thetas.append(theta)
         if keep:
@@ -534,37 +534,36 @@ def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tens
     dstate = tuple(tuple(torch.zeros_like(d) for d in dtheta) for _ in state)  # [state][param]
     scratch = tuple(torch.empty_like(d) for d in dtheta)
     mu = p.optimizer.fused_momentum if getattr(p.kernel, "accumulates", False) else 0
+    # where the kernel writes: momentum's dm (accumulated, ``beta = mu``) or the scratch
+    into = {"out": dstate[0], "beta": mu} if mu else {"out": scratch}
     if trajectory is not None:
-        return _replay_tangents(p, trajectory, dtheta, dstate, scratch, mu, should_stop,
-                                on_step)
+        return _replay_tangents(p, trajectory, dtheta, dstate, into, mu, should_stop, on_step)
     for t in range(p.steps):
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         x, y = p.batch(t)
         lr = float(p.lrs[t])
-        params = lay.unflatten(theta)
-        if mu:  # the kernel accumulates dm = mu dm + H dtheta itself
-            g, dm = p.kernel.grad_jvp(params, dtheta, x, y, out=dstate[0], beta=mu)
-            for dth, dm_i in zip(dtheta, dm):
-                p.optimizer.tangent_after_fused_(dth, dm_i, lr)
-            g = lay.flatten(g)
-        else:
-            g, dg = p.kernel.grad_jvp(params, dtheta, x, y, out=scratch)
-            g = lay.flatten(g)
-            factors = (p.optimizer.adam_factors(theta, state, g, t)
-                       if p.optimizer.tangent_reads_primal else None)
-            _tangent_update(p, factors, dtheta, dstate, dg, lr, t)
+        g, dg = p.kernel.grad_jvp(lay.unflatten(theta), dtheta, x, y, **into)
+        g = lay.flatten(g)
+        factors = (p.optimizer.adam_factors(theta, state, g, t)
+                   if p.optimizer.tangent_reads_primal else None)
+        _tangent_update(p, mu, factors, dtheta, dstate, dg, lr, t)
         theta, state = p.optimizer.update(theta, state, g, lr, t)
         if on_step is not None:
             on_step(t, theta, dtheta)
     return theta, lay.flatten(dtheta)
 
 
-def _tangent_update(p: Problem, factors, dtheta, dstate, dg, lr: float, t: int) -> None:
-    """The optimizer's tangent update of every parameter tensor, in place (``factors``: the
-    step's flat :meth:`Optimizer.adam_factors` for Adam, else None)."""
+def _tangent_update(p: Problem, mu: float, factors, dtheta, dstate, dg, lr: float, t: int
+                    ) -> None:
+    """The optimizer's tangent update of every parameter tensor, in place, after the kernel
+    wrote ``dg``: with ``mu``, momentum's dm already accumulated there (``dg`` is dm); for Adam
+    from the step's flat :meth:`Optimizer.adam_factors` (``factors``), else None."""
     lay = p.layout
-    if factors is not None:
+    if mu:
+        for dth, dm in zip(dtheta, dg):
+            p.optimizer.tangent_after_fused_(dth, dm, lr)
+    elif factors is not None:
         views = [lay.unflatten(f) for f in factors]
         for i in range(len(dtheta)):
             p.optimizer.adam_tangent_(dtheta[i], tuple(ds[i] for ds in dstate), dg[i],
@@ -575,29 +574,21 @@ def _tangent_update(p: Problem, factors, dtheta, dstate, dg, lr: float, t: int) 
                                  dg[i], lr, t)
 
 
-def _replay_tangents(p: Problem, traj: Trajectory, dtheta, dstate, scratch, mu: float,
+def _replay_tangents(p: Problem, traj: Trajectory, dtheta, dstate, into: dict, mu: float,
                      should_stop: Callable[[], bool] | None, on_step: TangentStep | None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`train_tangents`' loop over a recorded trajectory: tangents only (``mu``: the
-    momentum the kernel accumulates, or 0)."""
-    lay = p.layout
+    """:func:`train_tangents`' loop over a recorded trajectory: tangents only (``into``: where
+    the kernel writes; ``mu``: the momentum it accumulates, or 0)."""
     reads = p.optimizer.tangent_reads_primal
     for t in range(p.steps):
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         lr = float(p.lrs[t])
-        if mu:
-            dm = p.kernel.tangent(traj.states[t], dtheta, out=dstate[0], beta=mu)
-            for dth, dm_i in zip(dtheta, dm):
-                p.optimizer.tangent_after_fused_(dth, dm_i, lr)
-            if on_step is not None:
-                on_step(t, traj.thetas[t + 1], dtheta)
-            continue
-        dg = p.kernel.tangent(traj.states[t], dtheta, out=scratch)
-        _tangent_update(p, traj.factors[t] if reads else None, dtheta, dstate, dg, lr, t)
+        dg = p.kernel.tangent(traj.states[t], dtheta, **into)
+        _tangent_update(p, mu, traj.factors[t] if reads else None, dtheta, dstate, dg, lr, t)
         if on_step is not None:
             on_step(t, traj.thetas[t + 1], dtheta)
-    return traj.theta_T, lay.flatten(dtheta)
+    return traj.theta_T, p.layout.flatten(dtheta)
 
 
 def identity_columns(P: int, cols: Sequence[int] | range, device, dtype) -> torch.Tensor:

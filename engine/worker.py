@@ -25,15 +25,21 @@ def boot(module: str) -> str:
             f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
 
 
-def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None
-          ) -> subprocess.Popen:
-    """Start ``cmd`` in its own process session (it outlives the terminal that started it),
-    with the worker's environment (set before torch starts) and this checkout first on
-    PYTHONPATH; stdout and stderr appended to ``log_path``."""
+def child_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child process of this project: this one's, the worker's numerics
+    variables (set before torch starts), ``env``, and this checkout first on PYTHONPATH."""
     full = {**os.environ, **worker_environment(), **(env or {})}
     root = str(Path(__file__).resolve().parents[1])
     full["PYTHONPATH"] = root + (os.pathsep + full["PYTHONPATH"] if full.get("PYTHONPATH")
                                  else "")
+    return full
+
+
+def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None
+          ) -> subprocess.Popen:
+    """Start ``cmd`` in its own process session (it outlives the terminal that started it),
+    with :func:`child_environment`; stdout and stderr appended to ``log_path``."""
+    full = child_environment(env)
     log = open(log_path, "ab")
     try:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

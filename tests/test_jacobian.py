@@ -167,7 +167,7 @@ def test_trajectory_replay_is_bitwise_the_recomputed_primal(tiny_npz, opt):
 
 def test_chunk_probe_times_the_candidates_that_fit(tiny_npz, monkeypatch):
     """The CPU chunk probe times each candidate no larger than P and the memory cap and
-    returns the fastest; auto_chunk uses it only when asked (never in a run)."""
+    returns the fastest; a run's chunk does not depend on it (the kernel's default)."""
     cfg = tiny_config(tiny_npz, optimizer="sgd", momentum=0.9)
     problem, theta0 = make(cfg)
     assert jacobian.probe_chunk(problem, theta0) == (0, {})  # P = 39 < 64: nothing to time
@@ -175,8 +175,8 @@ def test_chunk_probe_times_the_candidates_that_fit(tiny_npz, monkeypatch):
     best, rates = jacobian.probe_chunk(problem, theta0, cap=20)
     assert set(rates) == {4, 8, 16} and best == max(rates, key=rates.get)
     assert all(r > 0 for r in rates.values())
-    k = jacobian.auto_chunk(problem, theta0, theta0.device, theta0.dtype, probe=True)
-    assert k in (4, 8, 16, 64) and k <= 39
+    k = jacobian.auto_chunk(problem, theta0, theta0.device, theta0.dtype)
+    assert k == min(39, problem.kernel.cpu_chunk)
 
 
 @pytest.mark.parametrize("opt", ["momentum", "sgd+wd"])
