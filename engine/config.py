@@ -199,6 +199,19 @@ class JacobianConfig:
                          "auto: the fused kernel of the built-in MLP or conv net, torch.func for "
                          "a user model; fused: that kernel or an error; generic: torch.func")
     svd: bool = option(True, boolean(), "full SVD of J after it is computed")
+    snapshots: list = option([], list_of(integer(1), "a list of step numbers >= 1",
+                                         max_items=1000),
+                             "also keep J_{0->t} after each of these steps (from the same "
+                             "forward pass): each gets its SVD, regions and alignment under "
+                             "snapshots/step_NNNNNN/")
+    snapshot_every: int = option(0, integer(0), "also a snapshot every N steps (0 = none)")
+    snapshot_epochs: list = option([], list_of(integer(1), "a list of epoch numbers >= 1",
+                                               max_items=1000),
+                                   "also a snapshot at the end of each of these epochs")
+    snapshot_keep: str = option("jacobian", choice("jacobian", "svd", "spectrum"),
+                                "what a snapshot keeps on disk once analysed: jacobian (J, its "
+                                "SVD and summary), svd (S, U, Vh and summary: J deleted) or "
+                                "spectrum (S, the alignment and the summary only)")
 
 
 @dataclass
@@ -339,6 +352,13 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
         if needing:
             raise ConfigError(f"{where}: spectrum.vectors: analysis.{needing[0]} needs the "
                               "singular vectors: set spectrum.vectors = true or switch it off")
+    snap = cfg.jacobian.snapshots or cfg.jacobian.snapshot_every or cfg.jacobian.snapshot_epochs
+    if snap and cfg.spectrum.method == "matfree":
+        raise ConfigError(f'{where}: jacobian.snapshots: snapshots need the exact J (spectrum.'
+                          'method = "exact")')
+    if snap and not cfg.jacobian.svd and cfg.jacobian.snapshot_keep != "jacobian":
+        raise ConfigError(f'{where}: jacobian.snapshot_keep: "{cfg.jacobian.snapshot_keep}" '
+                          'keeps the SVD of each snapshot, but jacobian.svd = false')
     if cfg.model.build and cfg.jacobian.kernel == "fused":
         raise ConfigError(f'{where}: jacobian.kernel: "fused" needs a built-in model (mlp, '
                           f"lenet5, cnn), but model.build = {show(cfg.model.build)}")

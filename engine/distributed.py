@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 
 from . import jacobian as jac_mod
+from .config import ConfigError
 from .runner import EXIT_INTERRUPTED, EXIT_OK, Runner
 from .session import Session, SessionError
 from .worker import boot, spawn
@@ -72,6 +73,12 @@ class DistributedRunner(Runner):
         super().__init__(session, device=device)
         self.rank, self.world = 0, world
         self.released = False  # the other ranks have been told what to do
+
+    def snapshot_stores(self, chunk: int) -> dict[int, jac_mod.JacobianStore]:
+        if self.plan.snapshots:  # the ranks would have to write every snapshot's store too
+            raise ConfigError("jacobian.snapshots: a distributed run (--nproc > 1 or torchrun) "
+                              "does not compute snapshots yet; run it in one process")
+        return {}
 
     def share_of(self, store: jac_mod.JacobianStore) -> list[int]:
         parts = shares(store.pending, self.world)

@@ -416,32 +416,57 @@ def first_nonfinite_step(problem: Problem, theta0: torch.Tensor, cols: Iterable[
 def compute_into(store: JacobianStore, problem: Problem, theta0: torch.Tensor,
                  on_chunk: Callable[[int, range, torch.Tensor], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
-                 indices: Iterable[int] | None = None) -> None:
+                 indices: Iterable[int] | None = None,
+                 snapshots: dict[int, JacobianStore] | None = None) -> None:
     """Compute every unfinished chunk of ``store`` (``indices``: only those chunks, e.g. the
     share of one rank). ``on_chunk(index, cols, theta_T)`` is called
     after each chunk is on disk. Raises ``KeyboardInterrupt`` when ``should_stop()`` turns true
     (checked at every training step: the chunk under way is dropped and computed again on
     resume), and :class:`NonFiniteJacobian` naming the step at which a chunk's tangents became
-    infinite or NaN (nothing of that chunk is stored)."""
+    infinite or NaN (nothing of that chunk is stored).
+
+    ``snapshots`` {t: store} (stores of the same P and chunk): the tangents after step t of a
+    chunk are the same columns of J_{0->t}, written to that store as the pass goes by. A chunk
+    is pending while any store lacks it; a store that has it already is not written again (a
+    resume after a kill between the snapshot's write and the final one)."""
     P = theta0.numel()
-    todo = store.pending if indices is None else [i for i in indices if i not in store.done]
+    snapshots = dict(snapshots or {})
+    everyone = [store] + list(snapshots.values())
+    pending = sorted({i for st in everyone for i in st.pending})
+    todo = pending if indices is None else [i for i in indices if i in pending]
     traj = record_trajectory(problem, theta0) if todo else None
     for index in todo:
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         cols = store.ranges[index]
         e = identity_columns(P, list(cols), theta0.device, theta0.dtype)
-        theta_T, rows = train_tangents(problem, theta0, e, should_stop, trajectory=traj)
-        if not bool(torch.isfinite(rows).all()):
-            step = first_nonfinite_step(problem, theta0, cols)
-            lr = float(problem.lrs[step - 1]) if step else float("nan")
-            raise NonFiniteJacobian(
-                f"the Jacobian is not finite: the tangents of columns {cols.start}-"
-                f"{cols.stop - 1} overflowed at step {step} of {problem.steps} (learning rate "
-                f"{lr:.3g}); training is unstable to first order there: lower train.lr")
-        store.write(index, rows.cpu().numpy())
+        on_step = None
+        wanted = {t: st for t, st in snapshots.items() if index not in st.done}
+        if wanted:
+            def on_step(t, theta, dtheta, index=index, cols=cols):
+                st = wanted.get(t + 1)
+                if st is not None:
+                    block = problem.layout.flatten(dtheta)
+                    _check_finite(block, problem, theta0, cols)
+                    st.write(index, block.cpu().numpy())
+        theta_T, rows = train_tangents(problem, theta0, e, should_stop, on_step=on_step,
+                                       trajectory=traj)
+        _check_finite(rows, problem, theta0, cols)
+        if index not in store.done:
+            store.write(index, rows.cpu().numpy())
         if on_chunk is not None:
             on_chunk(index, cols, theta_T)
+
+
+def _check_finite(rows: torch.Tensor, problem: Problem, theta0: torch.Tensor,
+                  cols: range) -> None:
+    if not bool(torch.isfinite(rows).all()):
+        step = first_nonfinite_step(problem, theta0, cols)
+        lr = float(problem.lrs[step - 1]) if step else float("nan")
+        raise NonFiniteJacobian(
+            f"the Jacobian is not finite: the tangents of columns {cols.start}-"
+            f"{cols.stop - 1} overflowed at step {step} of {problem.steps} (learning rate "
+            f"{lr:.3g}); training is unstable to first order there: lower train.lr")
 
 
 def finite_difference_columns(problem: Problem, theta0: torch.Tensor,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .archs import parameter_count
-from .config import ConfigError, RunConfig
+from .config import ConfigError, JacobianConfig, RunConfig
 from .schema import PlanError
 from .data import load as load_data
 
@@ -52,6 +52,8 @@ class Plan:
     matfree: dict | None = None  # spectrum.method = "matfree": its memory, by part (bytes)
     svd_itemsize: int = 8  # bytes per number of the SVD (spectrum.svd_dtype)
     svd_gram: bool = False  # the CPU SVD by the Gram route (spectrum.svd_method)
+    snapshots: list[int] = field(default_factory=list)  # steps of the snapshots of J
+    snapshot_keep: str = "jacobian"
     disk: dict[str, int] = field(default_factory=dict)  # file -> bytes
 
     def svd_memory(self, device: str = "cpu", vectors: bool | None = None) -> int:
@@ -81,6 +83,14 @@ class Plan:
                        f"{fmt_bytes(self.svd_memory('cpu'))} of memory while it runs on the "
                        f"CPU, {fmt_bytes(self.svd_memory('cuda'))} on a GPU "
                        f"(float{self.svd_itemsize * 8})")
+        if self.snapshots:
+            n, each = len(self.snapshots), self.P * self.P * self.itemsize
+            kept = {"jacobian": "each keeps its J and SVD", "svd": "each keeps its SVD (its J "
+                    "is deleted once analysed)", "spectrum": "each keeps S and its summary (J, "
+                    "U and Vh deleted once analysed)"}[self.snapshot_keep]
+            steps = ", ".join(map(str, self.snapshots[:8])) + (", ..." if n > 8 else "")
+            out.append(f"snapshots: {n} (after steps {steps}), {fmt_bytes(n * each)} of J on "
+                       f"disk while the Jacobian stage runs, {n} more SVDs; {kept}")
         if self.matfree:
             parts = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in self.matfree.items())
             out.append(f"matrix-free spectrum (J never formed): about "
@@ -116,6 +126,32 @@ def count_steps(n_train: int, batch_size: int, epochs: int, drop_last: bool) -> 
     return per_epoch * epochs
 
 
+def snapshot_steps(j: JacobianConfig, steps: int, per_epoch: int) -> list[int]:
+    """The steps t (J_{0->t} after step t, 1-based) of the snapshots asked by
+    ``jacobian.snapshots``, ``snapshot_every`` and ``snapshot_epochs``, sorted, each once; the
+    last step is the run's own J and is not stored twice. A step past the run is an error."""
+    out = set()
+    for t in j.snapshots:
+        if t > steps:
+            raise ConfigError(f"jacobian.snapshots: step {t} is past the run's last step "
+                              f"({steps})")
+        out.add(t)
+    if j.snapshot_every:
+        out.update(range(j.snapshot_every, steps + 1, j.snapshot_every))
+    for e in j.snapshot_epochs:
+        if e * per_epoch > steps:
+            raise ConfigError(f"jacobian.snapshot_epochs: epoch {e} is past the run's last "
+                              f"epoch ({steps // max(per_epoch, 1)})")
+        out.add(e * per_epoch)
+    out.discard(steps)
+    return sorted(out)
+
+
+def snapshot_dir(step: int) -> str:
+    """A snapshot's folder in the session."""
+    return f"snapshots/step_{step:06d}"
+
+
 def make_plan(cfg: RunConfig, ds=None, P: int | None = None) -> Plan:
     """The sizes of a run. The data (``ds``, an :class:`engine.data.Dataset`) is loaded when
     not given, to know its shape; P is counted when not given (a user model is built)."""
@@ -134,6 +170,10 @@ def make_plan(cfg: RunConfig, ds=None, P: int | None = None) -> Plan:
                 svd_gram=(cfg.spectrum.svd_method == "gram"
                           and cfg.spectrum.svd_dtype == "float64"))
     plan.disk["theta0.npz"] = plan.disk["thetaT.npz"] = 8 * P
+    if jac:
+        per_epoch = count_steps(len(ds.x_train), t.batch_size, 1, t.drop_last)
+        plan.snapshots = snapshot_steps(cfg.jacobian, steps, per_epoch)
+        plan.snapshot_keep = cfg.jacobian.snapshot_keep
     if matfree:
         sp, mi = cfg.spectrum, 8 if cfg.spectrum.matfree_dtype == "float64" else 4
         state = 2 if t.optimizer == "adam" else (1 if t.momentum > 0 else 0)
@@ -151,11 +191,15 @@ def make_plan(cfg: RunConfig, ds=None, P: int | None = None) -> Plan:
         plan.disk["matfree.json"] = 64 * (sp.k + sp.probes * len(sp.count_tols)) + 4096
     if jac:
         plan.disk["jacobian.npy"] = P * P * item
-    if svd:
-        plan.disk["svd/S.npy"] = 8 * P
-        if plan.vectors:
-            plan.disk.update({"svd/alignment.npy": 8 * P, "svd/U.npy": P * P * item,
-                              "svd/Vh.npy": P * P * item})
+    for d in [""] + [snapshot_dir(t) + "/" for t in plan.snapshots]:
+        # (a snapshot's J and vectors count in full: they are on disk together at some point)
+        if jac:
+            plan.disk[d + "jacobian.npy"] = P * P * item
+        if svd:
+            plan.disk[d + "svd/S.npy"] = 8 * P
+            if plan.vectors:
+                plan.disk.update({d + "svd/alignment.npy": 8 * P, d + "svd/U.npy": P * P * item,
+                                  d + "svd/Vh.npy": P * P * item})
     return plan
 
 

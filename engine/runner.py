@@ -213,8 +213,9 @@ class Runner:
         while True:
             s.set_stage("jacobian", chunk=chunk)
             store = jac_mod.JacobianStore(s.path, P, chunk, np.dtype(self.cfg.dtype))
+            snaps = self.snapshot_stores(chunk)
             try:
-                self.compute_jacobian(store, info)
+                self.compute_jacobian(store, info, snapshots=snaps)
                 break
             except Exception as e:  # noqa: BLE001 - only running out of memory is handled
                 if not jac_mod.is_out_of_memory(e):
@@ -234,16 +235,44 @@ class Runner:
                                              f"columns; trying {new}")
                 chunk = new
         s.record_file("jacobian.npy", "jacobian", blocks=store.record())
+        for t, st in snaps.items():
+            s.record_file(f"{plan_mod.snapshot_dir(t)}/jacobian.npy", "jacobian",
+                          blocks=st.record())
 
-    def share_of(self, store: jac_mod.JacobianStore) -> list[int]:
-        """The chunks this process computes (engine.distributed splits them among ranks)."""
-        return store.pending
+    def snapshot_stores(self, chunk: int) -> dict[int, jac_mod.JacobianStore]:
+        """The stores of the snapshots whose J is wanted: every one with
+        ``snapshot_keep = "jacobian"``, else those not analysed yet (a deleted J is not
+        computed again). A store with chunks to compute makes its snapshot's analysis stale:
+        that is forgotten, and the snapshots stage redoes it."""
+        s, P, out = self.session, self.layout.size, {}
+        keep_j = self.cfg.jacobian.snapshot_keep == "jacobian"
+        for t in self.plan.snapshots:
+            d = plan_mod.snapshot_dir(t)
+            if not keep_j and self.snapshot_analysed(d):
+                continue
+            (s.path / d).mkdir(parents=True, exist_ok=True)
+            st = out[t] = jac_mod.JacobianStore(s.path / d, P, chunk, np.dtype(self.cfg.dtype))
+            if st.pending:
+                s.forget(lambda rel, d=d: rel.startswith(d + "/") and rel != d + "/jacobian.npy")
+        return out
+
+    def snapshot_analysed(self, d: str) -> bool:
+        """Whether snapshot folder ``d`` has its summary recorded and intact."""
+        rel = f"{d}/spectrum.json"
+        return rel in self.session.manifest().get("files", {}) and not self.session.verify(
+            only={rel})
+
+    def share_of(self, store: jac_mod.JacobianStore) -> list[int] | None:
+        """The chunks this process computes (engine.distributed splits them among ranks);
+        None: every chunk that J or a snapshot still lacks."""
+        return None
 
     def after_share(self, store: jac_mod.JacobianStore) -> None:
         """Once this process's chunks are done (engine.distributed: wait for the others)."""
 
     def compute_jacobian(self, store: jac_mod.JacobianStore, info: dict,
-                         indices: list[int] | None = None) -> None:
+                         indices: list[int] | None = None,
+                         snapshots: dict[int, jac_mod.JacobianStore] | None = None) -> None:
         """Compute the chunks ``indices`` (default: this process's share of the pending ones),
         emitting an event per chunk and checking each chunk's theta_T against thetaT.npz."""
         s, P, lead = self.session, self.layout.size, self.rank == 0
@@ -287,7 +316,7 @@ class Runner:
 
         try:
             jac_mod.compute_into(store, self.problem, self.theta0, on_chunk, self.should_stop,
-                                 indices)
+                                 indices, snapshots)
             if lead:
                 self.after_share(store)
         finally:
@@ -296,60 +325,83 @@ class Runner:
                             columns_done=store.columns_done)
 
     def stage_svd(self) -> None:
-        """The SVD of J, in float64 (``spectrum.svd_dtype``). On the CPU with numpy's gesdd (J whole in memory, as float64);
-        on CUDA with torch on the device, J assembled there from column blocks of the file and
-        U, Vh written back in row blocks, so host memory never holds a P x P matrix. U and Vh
-        are stored in the run's dtype, S and the alignment in float64; the summary (the next
-        stage) uses the float64 vectors of this process."""
+        """The SVD of J (:meth:`svd_of`) into ``svd/``; the summary is the next stage."""
+        self.svd_result = self.svd_of("jacobian.npy", "svd", "svd")
+
+    def svd_of(self, jrel: str, out: str, stage: str):
+        """The SVD of the stored J ``jrel``, in float64 (``spectrum.svd_dtype``), its files
+        written to ``out/`` (S, U, Vh, the alignment) and recorded for ``stage``. On the CPU by
+        the Gram route in a child process (:mod:`engine.svdjob`, which also summarizes: the
+        summary is returned) or with LAPACK's gesdd (J whole in memory, as float64); on CUDA
+        with torch on the device, J assembled there from column blocks of the file and U, Vh
+        written back in row blocks, so host memory never holds a P x P matrix. U and Vh are
+        stored in the run's dtype, S and the alignment in float64; otherwise returns
+        (U, S, Vh) for :meth:`summary_of` (float64 vectors of this process)."""
         s, keep = self.session, (np.float64 if self.cfg.dtype == "float64" else np.float32)
-        J = s.load_npy("jacobian.npy", mmap=True)
+        J = s.load_npy(jrel, mmap=True)
         vectors, dt = self.cfg.spectrum.vectors, np.dtype(self.cfg.spectrum.svd_dtype)
+        (s.path / out).mkdir(parents=True, exist_ok=True)
         if self.device.type == "cuda":
             U, S_t, Vh = spectrum.svd_device(J, self.device, vectors, self.should_stop, dtype=dt)
             S = S_t.double().cpu().numpy()
-            s.write_npy("svd/S.npy", S, stage="svd")
+            s.write_npy(f"{out}/S.npy", S, stage=stage)
             if vectors:
                 P = len(S)
-                for rel, M in (("svd/U.npy", U), ("svd/Vh.npy", Vh)):
+                for rel, M in ((f"{out}/U.npy", U), (f"{out}/Vh.npy", Vh)):
                     spectrum_rows = (M[a: a + 4096].cpu().numpy() for a in range(0, P, 4096))
                     files.atomic_save_npy_rows(s.path / rel, (P, P), keep, spectrum_rows)
-                    s.record_file(rel, "svd")
+                    s.record_file(rel, stage)
                 a = torch.einsum("ij,ji->j", U, Vh).double().cpu().numpy()
-                s.write_npy("svd/alignment.npy", a, stage="svd")
+                s.write_npy(f"{out}/alignment.npy", a, stage=stage)
         elif self.cfg.spectrum.svd_method == "gram" and dt == np.float64:
-            self.svd_result = self._svd_gram(keep, vectors)
-            return
+            return self._svd_gram(jrel, out, stage, keep, vectors)
         else:
             if vectors:
                 U, S, Vh = spectrum.svd(J, self.device, self.should_stop, dtype=dt)
             else:
                 U = Vh = None
                 S = spectrum.svdvals(J, self.should_stop, dtype=dt)
-            s.write_npy("svd/S.npy", S, stage="svd")
+            s.write_npy(f"{out}/S.npy", S, stage=stage)
             if vectors:
-                s.write_npy("svd/U.npy", U.astype(keep, copy=False), stage="svd")
-                s.write_npy("svd/Vh.npy", Vh.astype(keep, copy=False), stage="svd")
-                s.write_npy("svd/alignment.npy", spectrum.alignment(U, Vh).astype(np.float64),
-                            stage="svd")
-        self.svd_result = (U, S, Vh)
+                s.write_npy(f"{out}/U.npy", U.astype(keep, copy=False), stage=stage)
+                s.write_npy(f"{out}/Vh.npy", Vh.astype(keep, copy=False), stage=stage)
+                s.write_npy(f"{out}/alignment.npy",
+                            spectrum.alignment(U, Vh).astype(np.float64), stage=stage)
+        return (U, S, Vh)
 
-    def _svd_gram(self, keep: type, vectors: bool) -> dict:
+    def _svd_gram(self, jrel: str, out: str, stage: str, keep: type, vectors: bool) -> dict:
         """The CPU SVD by the Gram route (:mod:`engine.svdjob`), in a child process that also
-        summarizes the spectrum from its float64 vectors; its files are moved into ``svd/``
+        summarizes the spectrum from its float64 vectors; its files are moved into ``out/``
         and recorded. Returns the summary."""
         s = self.session
         for old in s.path.glob(".svdjob.*"):  # left by a killed run (its child died with it)
             shutil.rmtree(old, ignore_errors=True)
         release_memory()  # what the J stage freed goes back to the system, not to this heap
         work = s.path / f".svdjob.{os.getpid()}"
-        summary = svdjob.run(s.path / "jacobian.npy", work, self.cfg.spectrum.bulk_tol,
+        summary = svdjob.run(s.path / jrel, work, self.cfg.spectrum.bulk_tol,
                              np.dtype(keep), vectors, self.should_stop)
         names = ["S.npy"] + (["U.npy", "Vh.npy", "alignment.npy"] if vectors else [])
-        (s.path / "svd").mkdir(exist_ok=True)
         for name in names:
-            os.replace(work / name, s.path / "svd" / name)
-            s.record_file(f"svd/{name}", "svd")
+            os.replace(work / name, s.path / out / name)
+            s.record_file(f"{out}/{name}", stage)
         shutil.rmtree(work, ignore_errors=True)
+        return summary
+
+    def summary_of(self, result, out: str) -> dict:
+        """The spectrum summary of :meth:`svd_of`'s result (``out``: where its files are)."""
+        if isinstance(result, dict):  # the Gram route summarized in its process
+            summary = result
+        else:
+            U, S, Vh = result
+            tol = self.cfg.spectrum.bulk_tol
+            if U is None:
+                summary = spectrum.summarize(S, tol=tol)
+            elif isinstance(U, np.ndarray):
+                summary = spectrum.summarize(S, U, Vh, tol)
+            else:  # on the GPU: the alignment and the regions' cosines computed there
+                summary = spectrum.summarize(S, tol=tol, align=self.session.load_npy(
+                    f"{out}/alignment.npy"), cosines=spectrum.region_cosines(U, Vh, S, tol))
+        summary["svd_dtype"] = self.cfg.spectrum.svd_dtype
         return summary
 
     def stage_spectrum(self) -> None:
@@ -362,22 +414,41 @@ class Runner:
                                          f"{self.cfg.spectrum.svd_dtype} (the stored U and Vh "
                                          "are rounded to the run's dtype)")
             self.stage_svd()
-        if isinstance(self.svd_result, dict):  # the Gram route summarized in its process
-            summary = self.svd_result
-            summary["svd_dtype"] = self.cfg.spectrum.svd_dtype
-            self.session.write_json("spectrum.json", summary, stage="spectrum")
-            return
-        U, S, Vh = self.svd_result
-        tol = self.cfg.spectrum.bulk_tol
-        if U is None:
-            summary = spectrum.summarize(S, tol=tol)
-        elif isinstance(U, np.ndarray):
-            summary = spectrum.summarize(S, U, Vh, tol)
-        else:  # on the GPU: the alignment and the regions' cosines computed there
-            summary = spectrum.summarize(S, tol=tol, align=self.session.load_npy(
-                "svd/alignment.npy"), cosines=spectrum.region_cosines(U, Vh, S, tol))
-        summary["svd_dtype"] = self.cfg.spectrum.svd_dtype
-        self.session.write_json("spectrum.json", summary, stage="spectrum")
+        self.session.write_json("spectrum.json", self.summary_of(self.svd_result, "svd"),
+                                stage="spectrum")
+
+    def stage_snapshots(self) -> None:
+        """Each snapshot's SVD and summary (``snapshots/step_NNNNNN/svd/``, ``spectrum.json``),
+        then what ``jacobian.snapshot_keep`` does not keep is deleted; a snapshot analysed
+        before (its summary intact) is skipped. Then ``snapshots/summary.json``: one row per
+        step, the final J's included (:func:`engine.spectrum.through_training`)."""
+        s, steps = self.session, self.plan.snapshots
+        keep = self.cfg.jacobian.snapshot_keep
+        for i, t in enumerate(steps):
+            d = plan_mod.snapshot_dir(t)
+            if self.snapshot_analysed(d):
+                continue
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.emit("snapshot_start", step=t, index=i, total=len(steps))
+            t0 = time.perf_counter()
+            summary = self.summary_of(self.svd_of(f"{d}/jacobian.npy", f"{d}/svd", "snapshots"),
+                                      f"{d}/svd")
+            summary["step"] = t
+            s.write_json(f"{d}/spectrum.json", summary, stage="snapshots")
+            gone = {"jacobian": [], "svd": ["jacobian.npy"],
+                    "spectrum": ["jacobian.npy", "svd/U.npy", "svd/Vh.npy"]}[keep]
+            for name in gone:
+                (s.path / d / name).unlink(missing_ok=True)
+                (s.path / d / jac_mod.JacobianStore.PROGRESS).unlink(missing_ok=True)
+            s.forget(lambda rel, d=d, gone=gone: rel in {f"{d}/{n}" for n in gone})
+            self.emit("snapshot_done", step=t, index=i, total=len(steps),
+                      s_max=summary["s_max"], seconds=round(time.perf_counter() - t0, 3),
+                      counts={k: r["count"] for k, r in summary["regions"].items()})
+        s.write_json("snapshots/summary.json", spectrum.through_training(
+            [(t, s.read_json(f"{plan_mod.snapshot_dir(t)}/spectrum.json")) for t in steps]
+            + [(self.problem.steps, s.read_json("spectrum.json"))], self.problem.lrs),
+            stage="snapshots")
 
     def stage_matfree(self) -> None:
         """``spectrum.method = "matfree"``: the top k singular values of J (scipy svds on J as
@@ -444,7 +515,8 @@ class Runner:
             return ["train", "matfree"]
         if not self.cfg.jacobian.svd:
             return ["train", "jacobian"]
-        return list(STAGES) + [f"analysis.{n}" for n in ANALYSES
+        snaps = ["snapshots"] if self.plan.snapshots else []
+        return list(STAGES) + snaps + [f"analysis.{n}" for n in ANALYSES
                                if n in self.cfg.analysis and self.cfg.analysis[n].enabled]
 
     def open_manifest(self) -> dict:
@@ -458,8 +530,8 @@ class Runner:
             bad = s.path / "manifest.json"
             if bad.exists():
                 os.replace(bad, s.path / "manifest.json.damaged")
-            for rel in (jac_mod.JacobianStore.PROGRESS,):
-                (s.path / rel).unlink(missing_ok=True)
+            for p in [s.path, *s.path.glob("snapshots/step_*")]:
+                (p / jac_mod.JacobianStore.PROGRESS).unlink(missing_ok=True)
             m = {"status": "created", "created": now_iso(), "preset": None, "stages": {},
                  "files": {}, "repaired": f"{reason}: started over from config.toml"}
             s.write_manifest(m)
@@ -507,8 +579,9 @@ class Runner:
                                          "later stages run again")
             for st in later:
                 s.set_stage(st, status="pending")
-            if stage == "train":
-                (s.path / jac_mod.JacobianStore.PROGRESS).unlink(missing_ok=True)
+            if stage == "train":  # every J (and snapshot) is computed again
+                for p in [s.path, *s.path.glob("snapshots/step_*")]:
+                    (p / jac_mod.JacobianStore.PROGRESS).unlink(missing_ok=True)
         s.set_stage(stage, status="done", finished=now_iso())
         return secs
 

@@ -28,7 +28,7 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 if TYPE_CHECKING:  # numpy is imported where arrays are read: the UI starts without it
     import numpy as np
@@ -238,6 +238,12 @@ class Session:
         """Drop the records of a stage's files (it is about to produce them again)."""
         m = self.manifest()
         m["files"] = {k: v for k, v in m.get("files", {}).items() if v.get("stage") != stage}
+        self.write_manifest(m)
+
+    def forget(self, which: Callable[[str], bool]) -> None:
+        """Drop the records of the files ``which(rel)`` selects (deleted, or stale)."""
+        m = self.manifest()
+        m["files"] = {k: v for k, v in m.get("files", {}).items() if not which(k)}
         self.write_manifest(m)
 
     def write_json(self, rel: str, obj: Any, stage: str | None = None) -> None:

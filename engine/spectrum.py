@@ -164,6 +164,27 @@ def summarize(S: np.ndarray, U: np.ndarray | None = None, Vh: np.ndarray | None 
     return out
 
 
+def through_training(summaries: list[tuple[int, dict]], lrs=None) -> dict:
+    """The spectrum through training: one row per step t (J_{0->t}) from each summary of
+    :func:`summarize` ({t: summary}, the final J's included): s_1, the regions' counts and
+    fractions at the summaries' tolerance, and the bulk's alignment (mean u.v and mean cosine
+    of its principal angles, when the vectors were computed); ``lrs``: the schedule, for the
+    learning rate at each step."""
+    rows = []
+    for t, sm in sorted(summaries, key=lambda x: x[0]):
+        reg, bulk = sm["regions"], sm["regions"]["bulk"]
+        rows.append({
+            "step": int(t), "lr": float(lrs[t - 1]) if lrs is not None and t >= 1 else None,
+            "P": sm["P"], "s_max": sm["s_max"], "s_min": sm["s_min"],
+            "counts": {k: reg[k]["count"] for k in REGIONS},
+            "fractions": {k: reg[k]["fraction"] for k in REGIONS},
+            "bulk_align_mean": bulk.get("align_mean"),
+            "bulk_subspace_cos": bulk.get("subspace_cos_mean"),
+            "min_abs_s_minus_1": sm.get("min_abs_s_minus_1")})
+    tol = summaries[0][1]["bulk_tol"] if summaries else None
+    return {"bulk_tol": tol, "rows": rows}
+
+
 def fmt_range(lo: float | None, hi: float | None) -> str:
     if lo is None or hi is None:
         return "-"

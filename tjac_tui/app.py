@@ -341,6 +341,8 @@ class TjacApp(App):
         changed: set[str] = set()
         for ev in snap.records:
             changed |= self.live.apply(ev)
+            if ev.get("event") == "stage_end" and ev.get("stage") == "snapshots":
+                self.pane("spectrum").load(snap.path)  # the spectrum through training
         self.live.merge_manifest(snap.manifest)
         self.pane("live").update_from(self.live, snap, changed,
                                              self.live.new_log_lines(before))

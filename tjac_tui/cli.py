@@ -78,6 +78,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             a.enabled = False
     if args.plan:
         return print_plan(cfg, args.sessions, as_json=args.json)
+    if args.nproc > 1 and (cfg.jacobian.snapshots or cfg.jacobian.snapshot_every
+                           or cfg.jacobian.snapshot_epochs):
+        raise config_mod.ConfigError(f"{preset}: jacobian.snapshots: a run on several processes "
+                                     "(--nproc) does not compute snapshots yet; run it in one")
     check_sessions_dir(args.sessions)
     check_fits(cfg, args.sessions)
     session = Session.create(args.sessions, cfg.name, cfg, str(preset))
@@ -118,6 +122,9 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
             out.update({k: r.get(k) for k in ("device", "chunk", "column_steps_per_s",
                                                 "jacobian_s", "svd_s", "svd_s_note",
                                                 "chunk_probe")})
+            out["snapshots"] = pl.snapshots
+            if r.get("svd_s") is not None:
+                out["snapshots_svd_s"] = len(pl.snapshots) * r["svd_s"]
         print(json.dumps(out))
         return 0
     for line in pl.lines():
@@ -141,6 +148,10 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
     if "svd_s" in r:
         note = f" ({r['svd_s_note']})" if r.get("svd_s_note") else ""
         print(f"{cfg.spectrum.svd_dtype} SVD: about {fmt_seconds(r['svd_s'])}{note}")
+        if pl.snapshots:
+            print(f"snapshots: {len(pl.snapshots)} more SVDs, about "
+                  f"{fmt_seconds(len(pl.snapshots) * r['svd_s'])}; the Jacobian stage writes "
+                  f"{len(pl.snapshots)} more P x P blocks as it goes")
     return 0
 
 

@@ -60,6 +60,14 @@ class RichProgress:
                                  info=f"{rate:.1f} col/s")
         elif kind == "stage_start" and ev["stage"] in ("svd", "spectrum"):
             self._task(ev["stage"], None)
+        elif kind == "snapshot_start":
+            self.progress.update(self._task("snapshots", ev["total"]), completed=ev["index"],
+                                 info=f"SVD of J after step {ev['step']}")
+        elif kind == "snapshot_done":
+            c = ev["counts"]
+            self.progress.update(self._task("snapshots", ev["total"]), completed=ev["index"] + 1,
+                                 info=f"step {ev['step']}: s_1 {ev['s_max']:.4g}, "
+                                      f"{c['chaotic']}/{c['bulk']}/{c['stable']}")
         elif kind == "stage_end" and ev["stage"] in self.tasks:
             t = self.tasks[ev["stage"]]
             self.progress.update(t, total=self.progress.tasks[t].total or 1,

@@ -171,6 +171,18 @@ class LiveState:
                 + "; ".join(f"tau {b['tol']:g}: ~{b['count']:.0f} in [{b['lower']:.0f}, "
                             f"{b['upper']:.0f}]" for b in ev.get("bulk") or []))
             changed.add("stages")
+        elif kind == "snapshot_start":
+            st = self.stages.setdefault("snapshots", {})
+            st["progress"] = (ev.get("index"), ev.get("total"))
+            changed.add("stages")
+        elif kind == "snapshot_done":
+            st = self.stages.setdefault("snapshots", {})
+            st["progress"] = (ev.get("index", 0) + 1, ev.get("total"))
+            c = ev.get("counts") or {}
+            changed.add("stages")
+            log(f"snapshot after step {ev.get('step')}: s_1 = {ev.get('s_max', 0):.6g}, chaotic "
+                f"{c.get('chaotic')} / bulk {c.get('bulk')} / stable {c.get('stable')} "
+                f"({ev.get('seconds', 0):.1f} s)")
         elif kind == "analysis_progress":
             st = self.stages.setdefault(f"analysis.{ev.get('name')}", {})
             st["progress"] = (ev.get("done"), ev.get("total"))

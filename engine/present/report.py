@@ -23,7 +23,7 @@ from ..session import Session
 from .figures import Figures, figures_markdown, write_figures
 from .findings import as_session, render_analyses_markdown
 from .markdown import code_block, md_table
-from .views import matfree_tables
+from .views import make_plot, matfree_tables, snapshot_views
 
 PLOT_WIDTH = 100
 PLOT_HEIGHT = 20
@@ -188,6 +188,16 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
                                                   width, height, ascii=ascii_only, color=False))
         for p in plots:
             parts += [f"### {p.title}", "", code_block(p.text), ""]
+
+    snaps = snapshot_views(s)
+    if snaps:
+        parts += ["## Spectrum through training", "", f"_{snaps[1].note}_", "",
+                  md_table(snaps[1].columns, snaps[1].rows), ""]
+        for v in snaps:
+            p = make_plot(v, width, height, ascii=ascii_only)
+            parts += [f"### {v.title}", "", code_block(p.text), ""]
+            if v.key == "snapshots.spectra" and v.note:
+                parts += [f"_{v.note}_", ""]
 
     if s.has("svd/S.npy"):  # every finished analysis, then the paper's findings checked
         parts += [render_analyses_markdown(s, ascii_only=ascii_only, width=width).rstrip(), ""]

@@ -323,6 +323,64 @@ def session_views(session) -> list[tuple[str, str, list[View]]]:
 
 
 # --------------------------------------------------------------------------------------------
+# the spectrum through training (jacobian.snapshots)
+
+MAX_OVERLAID = 8  # spectra overlaid in one plot (spread over the snapshots, the last included)
+
+
+def overlaid(items: list, n: int = MAX_OVERLAID) -> list:
+    """At most ``n`` of ``items``, evenly spread, the first and the last included."""
+    if len(items) <= n:
+        return list(items)
+    idx = sorted({round(i * (len(items) - 1) / (n - 1)) for i in range(n)})
+    return [items[i] for i in idx]
+
+
+def snapshot_views(session) -> list[View]:
+    """The spectrum through training of a session with ``jacobian.snapshots``: the spectra of
+    J_{0->t} overlaid, the region fractions and s_1 against the step t, with the table of
+    ``snapshots/summary.json`` (one row per step, the final J's last); [] without snapshots."""
+    if isinstance(session, (str, Path)):
+        session = Session(session)
+    if not session.has("snapshots/summary.json"):
+        return []
+    tt = session.read_json("snapshots/summary.json")
+    rows, tol = tt["rows"], tt["bulk_tol"]
+    last = rows[-1]["step"] if rows else None
+    spectra = []
+    for r in rows:
+        rel = ("svd/S.npy" if r["step"] == last
+               else f"snapshots/step_{r['step']:06d}/svd/S.npy")
+        if session.has(rel):
+            spectra.append((f"step {r['step']}", session.load_npy(rel).astype(np.float64)))
+    steps = np.array([r["step"] for r in rows], dtype=np.float64)
+    table = [[str(r["step"]), fmt(r["lr"], ".3g"), fmt(r["s_max"], ".6g")]
+             + [f"{r['counts'][k]} ({100 * r['fractions'][k]:.1f}%)" for k in regions.REGIONS]
+             + [fmt(r["bulk_align_mean"], ".6f"), fmt(r["bulk_subspace_cos"], ".6f")]
+             for r in rows]
+    note = (f"J_(0->t) = d theta_t / d theta_0 after step t, from the same forward pass as J "
+            f"(the last row is the run's J); regions at bulk_tol = {tol:g}; bulk u.v: mean "
+            "u_i . v_i over the bulk; bulk cos: mean cosine of the principal angles between "
+            "its left and right singular subspaces")
+    shown = overlaid(spectra)
+    return [
+        View("snapshots.spectra", "Singular values of J_(0->t) through training",
+             [(n, np.arange(len(S)), S) for n, S in shown], logy=True, xint=True,
+             xlabel="index i", ylabel="s_i",
+             note="" if len(shown) == len(spectra) else
+             f"{len(shown)} of the {len(spectra)} snapshots overlaid"),
+        View("snapshots.regions", "Regions through training",
+             [(k, steps, np.array([r["fractions"][k] for r in rows])) for k in regions.REGIONS],
+             xint=True, xlabel="step t", ylabel="fraction of P",
+             columns=["step", "lr", "s_1"] + [f"{k} (tol={tol:g})" for k in regions.REGIONS]
+             + ["bulk u.v", "bulk cos"], rows=table, note=note),
+        View("snapshots.s_max", "s_1 of J_(0->t) through training",
+             [("s_1", steps, np.array([r["s_max"] for r in rows]))], logy=True, xint=True,
+             xlabel="step t", ylabel="s_1"),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
 # studies
 
 

@@ -1,5 +1,6 @@
-"""Spectrum pane: s_i and |s_i - 1| on log axes and u_i . v_i, regions marked; follows the
-current session."""
+"""Spectrum pane: s_i and |s_i - 1| on log axes and u_i . v_i, regions marked; with
+``jacobian.snapshots``, the spectrum through training below (the spectra of J_(0->t) overlaid,
+the region fractions and s_1 against the step, and their table); follows the current session."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import numpy as np
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
-from textual.widgets import Static
+from textual.widgets import DataTable, Static
 
+from engine.present.views import View, make_plot, snapshot_views
 from engine.session import Session
 
 from ..plots import alignment_plot, distance_plot, spectrum_plot
@@ -30,6 +32,11 @@ class SpectrumPane(VerticalScroll):
         yield PlotView("", id="plot-s", classes="spectrum-plot")
         yield PlotView("", id="plot-dist", classes="spectrum-plot")
         yield PlotView("", id="plot-align", classes="spectrum-plot")
+        yield Static("", id="snap-head")
+        yield PlotView("", id="plot-snap-spectra", classes="spectrum-plot")
+        yield PlotView("", id="plot-snap-regions", classes="spectrum-plot")
+        yield PlotView("", id="plot-snap-s_max", classes="spectrum-plot")
+        yield DataTable(id="snap-table", zebra_stripes=True)
 
     def views(self) -> dict[str, PlotView]:
         return {k: self.query_one(f"#plot-{k}", PlotView) for k in ("s", "dist", "align")}
@@ -55,7 +62,9 @@ class SpectrumPane(VerticalScroll):
         S = s.load_npy("svd/S.npy").astype(np.float64)
         a = s.load_npy("svd/alignment.npy") if s.has("svd/alignment.npy") else None
         summary = s.spectrum()
+        snaps = snapshot_views(s)
         self.app.call_from_thread(self._show, path, S, a, summary)
+        self.app.call_from_thread(self._show_snapshots, path, snaps)
 
     def _missing(self, path: Path, matfree: bool = False) -> None:
         if path == self.path:
@@ -85,3 +94,31 @@ class SpectrumPane(VerticalScroll):
             v["align"].show(lambda w, h: alignment_plot(a, summary, w, h, ascii=asc, color=col))
         else:
             v["align"].show(None, "no alignment (svd/alignment.npy) in this session")
+
+    def snapshot_plots(self) -> dict[str, PlotView]:
+        return {k: self.query_one(f"#plot-snap-{k}", PlotView)
+                for k in ("spectra", "regions", "s_max")}
+
+    def _show_snapshots(self, path: Path, snaps: list[View]) -> None:
+        if path != self.path:
+            return
+        table = self.query_one("#snap-table", DataTable)
+        table.clear(columns=True)
+        head = self.query_one("#snap-head", Static)
+        plots = self.snapshot_plots()
+        table.display = head.display = bool(snaps)
+        for p in plots.values():
+            p.display = bool(snaps)
+            p.show(None, "")
+        if not snaps:
+            return
+        regions_view = snaps[1]
+        head.update(f"Spectrum through training: {len(regions_view.rows)} steps. "
+                    f"{regions_view.note}")
+        asc, col = self.ascii, self.color
+        for v in snaps:
+            plots[v.key.split(".", 1)[1]].show(
+                lambda w, h, v=v: make_plot(v, w, h, ascii=asc, color=col))
+        table.add_columns(*regions_view.columns)
+        for row in regions_view.rows:
+            table.add_row(*row)
