@@ -13,7 +13,7 @@ A run is described by a TOML preset::
     [jacobian] ...           # JacobianConfig
     [spectrum] ...           # SpectrumConfig
     [analysis.NAME] ...      # registered analyses (engine.sections)
-    [study] ...              # optional: several runs of this preset (engine.sections)
+    [sweep] ...              # optional: several runs of this preset (engine.sections)
 
 Every key is checked (:mod:`engine.schema`): an unknown key, a wrong type or an out-of-range
 value raises :class:`ConfigError` whose message is one line naming the file and the dotted key,
@@ -44,7 +44,7 @@ from . import schema
 from .schema import (Check, ConfigError, Invalid, boolean, choice, integer, list_of, number,
                      option, optional, plugins, section, show, string)
 from .schema import name as name_check
-from .sections import ANALYSES, StudyConfig
+from .sections import ANALYSES, SweepConfig
 
 __all__ = ["ConfigError", "RunConfig", "DataConfig", "ModelConfig", "TrainConfig",
            "JacobianConfig", "SpectrumConfig", "load", "loads", "from_dict", "dumps",
@@ -275,7 +275,8 @@ class RunConfig:
     jacobian: JacobianConfig = section(JacobianConfig)
     spectrum: SpectrumConfig = section(SpectrumConfig)
     analysis: dict = plugins(ANALYSES, "analysis", "the paper's analyses, run after the spectrum")
-    study: StudyConfig | None = optional(StudyConfig, "several runs of this preset, compared")
+    sweep: SweepConfig | None = optional(SweepConfig, "several runs of this preset (a grid, "
+                                                      "paired lists or named points), compared")
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,13 +369,54 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
 # loading
 
 
+def study_as_sweep(table: dict) -> dict:
+    """A table with the ``[study]`` section of earlier versions, as the ``[sweep]`` it is: its
+    runs are named points, the preset itself included unless it said otherwise, with the
+    bulk-overlap analysis."""
+    if not isinstance(table.get("study"), dict) or "sweep" in table:
+        return table
+    out = dict(table)
+    st = dict(out.pop("study"))
+    if "runs" in st:
+        st["points"] = st.pop("runs")
+    st.setdefault("include_base", True)
+    st.setdefault("reference", "base" if st["include_base"] else "")
+    st.setdefault("overlap", True)
+    out["sweep"] = st
+    return out
+
+
+def _sweep_checks(cfg: RunConfig, where: str) -> None:
+    """Every swept key is a config key and every value passes its check."""
+    for key, values in cfg.sweep.values.items():
+        if key.startswith("sweep.") or key == "sweep":
+            raise ConfigError(f"{where}: sweep.values.{key}: a sweep cannot sweep itself")
+        try:
+            field_info(key)
+        except KeyError:
+            raise ConfigError(f"{where}: sweep.values.{key}: not a config key") from None
+        for v in values:
+            try:
+                check_value(key, v)
+            except ConfigError as e:  # "KEY: expected ..., got ..."
+                raise ConfigError(f"{where}: sweep.values.{key}: "
+                                  f"{str(e).split(': ', 1)[-1]}") from None
+    for d in cfg.sweep.devices:
+        try:
+            check_value("device", d)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: sweep.devices: {str(e).split(': ', 1)[-1]}") from None
+
+
 def from_dict(table: dict, where: str = "<config>", base: Path | None = None) -> RunConfig:
     """Validate a parsed TOML table into a :class:`RunConfig`; relative paths are taken
     relative to ``base`` (default: the current directory)."""
     if isinstance(table, dict):
-        table = absolute_paths(table, base)
+        table = absolute_paths(study_as_sweep(table), base)
     cfg = schema.build(RunConfig, table, where)
     _cross_checks(cfg, where)
+    if cfg.sweep is not None:
+        _sweep_checks(cfg, where)
     return cfg
 
 
@@ -467,7 +509,7 @@ def loads(text: str, where: str = "<string>", base: Path | None = None) -> RunCo
 
 
 def to_dict(cfg: RunConfig) -> dict:
-    """The config as a TOML-shaped table (every key; no [study] when there is none)."""
+    """The config as a TOML-shaped table (every key; no [sweep] when there is none)."""
     return schema.to_table(cfg)
 
 
@@ -482,9 +524,9 @@ def dumps(cfg: RunConfig) -> str:
 
 def describe(with_plugins: bool = False) -> list[schema.FieldInfo]:
     """Every key of a run (with_plugins: also every key of every registered analysis and of
-    [study]) with its default, help and check: the reference the TUI and README show."""
+    [sweep]) with its default, help and check: the reference the TUI and README show."""
     rows = schema.describe(RunConfig, with_plugins=with_plugins)
-    return rows if with_plugins else [r for r in rows if not r.key.startswith("study.")]
+    return rows if with_plugins else [r for r in rows if not r.key.startswith("sweep.")]
 
 
 def field_info(key: str) -> schema.FieldInfo:

@@ -284,7 +284,7 @@ def check(plan: Plan, directory: Path, already: int = 0, device: str | None = "c
 
 
 def check_all(plans: list[Plan], directory: Path, device: str | None = "cpu") -> None:
-    """:func:`check` for runs that share a disk (a study): their files add up; their SVDs run
+    """:func:`check` for runs that share a disk (a sweep): their files add up; their SVDs run
     one after the other."""
     if not plans:
         return

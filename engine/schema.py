@@ -232,6 +232,8 @@ def option(default: Any, check: Check, help: str) -> Any:
     meta = {"check": check, "help": help}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 

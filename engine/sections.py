@@ -7,7 +7,9 @@ so validating a preset never imports torch.
   config class (checked like every other section), a title, and the module whose
   ``run(ctx, cfg) -> dict`` performs it (imported by the runner only when the analysis runs).
   :func:`register_analysis` adds one; the order of registration is the order they run in.
-* ``[study]``: :class:`StudyConfig`, several runs of one preset compared with each other.
+* ``[sweep]``: :class:`SweepConfig`, several runs (points) of one preset compared with each
+  other: a grid over config keys, paired lists, or named points (the paper's seeds /
+  shuffled-label / white-noise study is a sweep of named points).
 
 The region tolerance is not an analysis key: every analysis uses the run's
 ``spectrum.bulk_tol`` (:mod:`engine.regions`).
@@ -15,13 +17,16 @@ The region tolerance is not an analysis key: every analysis uses the run's
 
 from __future__ import annotations
 
+import itertools
+import json
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
 from .schema import (Check, ConfigError, Invalid, any_of, boolean, choice, integer, list_of,
                      name, number, option, string)
 
-__all__ = ["AnalysisSpec", "ANALYSES", "register_analysis", "StudyConfig"]
+__all__ = ["AnalysisSpec", "ANALYSES", "register_analysis", "SweepConfig", "toml_literal"]
 
 TOL_MOVED = "the region tolerance is the run's spectrum.bulk_tol (one rule for every analysis)"
 
@@ -183,11 +188,11 @@ class ParamFunctionConfig(_KRange):
 
 
 # --------------------------------------------------------------------------------------------
-# studies: several runs of one preset
+# sweeps: several runs of one preset
 
 
-def _run_entry():
-    """One entry of study.runs: { name = "...", set = ["KEY=VALUE", ...] }."""
+def _point_entry():
+    """One entry of sweep.points: { name = "...", set = ["KEY=VALUE", ...] }."""
     desc = 'a list of tables { name = "...", set = ["KEY=VALUE", ...] }'
     nm, sets = name(), list_of(string(10_000), "a list of KEY=VALUE strings")
 
@@ -208,17 +213,79 @@ def _run_entry():
     return Check(check, desc, schema)
 
 
-@dataclass
-class StudyConfig(_KRange):
-    """``[study]``: the runs, as ``--set``-style overrides of the preset itself."""
+def _axes():
+    """``[sweep.values]``: dotted config keys (``model.hidden = [...]`` in TOML is a nested
+    table; ``"model.hidden" = [...]`` a quoted key: both are read) to non-empty value lists."""
+    desc = "a table of config keys to non-empty lists of values, e.g. train.lr = [0.03, 0.1]"
 
-    REMOVED_KEYS: ClassVar[dict] = {"tau": TOL_MOVED}
-    runs: list = option([], list_of(_run_entry(), 'a list of tables { name = "...", set = '
-                                                  '["KEY=VALUE", ...] }', max_items=1000),
-                        'the runs: { name = "...", set = ["KEY=VALUE", ...] } each')
-    include_base: bool = option(True, boolean(), 'the preset itself is also a run, named "base"')
-    reference: str = option("base", string(100),
-                            "the run the bulk overlaps are measured against")
+    def flatten(v, prefix=""):
+        out = {}
+        for k, x in v.items():
+            if isinstance(x, dict):
+                out.update(flatten(x, f"{prefix}{k}."))
+            elif isinstance(x, list) and x:
+                out[f"{prefix}{k}"] = list(x)
+            else:
+                raise Invalid(desc + f" ({prefix}{k} is not a non-empty list)")
+        return out
+
+    def check(v):
+        if not isinstance(v, dict):
+            raise Invalid(desc)
+        return flatten(v)
+
+    return Check(check, desc, {"type": "object"})
+
+
+def toml_literal(v) -> str:
+    """A value as a TOML literal, for a ``KEY=VALUE`` override."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_literal(x) for x in v) + "]"
+    return json.dumps(str(v))  # a TOML basic string
+
+
+def value_text(v) -> str:
+    """A value in a point's name: 64, 0.1, adam, 64x64 (a list)."""
+    if isinstance(v, list):
+        return "x".join(value_text(x) for x in v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    text = format(v, "g").replace("+", "") if isinstance(v, float) else str(v)  # 1e30
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", text)
+
+
+@dataclass
+class SweepConfig(_KRange):
+    """``[sweep]``: the points of a sweep, as ``--set``-style overrides of the preset itself:
+    a grid (or, with ``zip``, paired lists) over ``[sweep.values]``, named ``points``, and
+    optionally the preset itself ("base")."""
+
+    REMOVED_KEYS: ClassVar[dict] = {"tau": TOL_MOVED, "runs": "the named runs are now "
+                                    "sweep.points (same entries)"}
+    values: dict = option({}, _axes(),
+                          "[sweep.values]: config keys and their values, e.g. model.hidden = "
+                          "[[16], [32]] and train.lr = [0.03, 0.1]: every combination is a "
+                          "point (zip = true: the i-th value of each)")
+    zip: bool = option(False, boolean(), "pair the value lists instead of taking their grid")
+    points: list = option([], list_of(_point_entry(), 'a list of tables { name = "...", set = '
+                                                      '["KEY=VALUE", ...] }', max_items=1000),
+                          'named points: { name = "...", set = ["KEY=VALUE", ...] } each')
+    include_base: bool = option(False, boolean(), 'the preset itself is also a point, named '
+                                                  '"base"')
+    reference: str = option("", string(100), "the point the bulk overlaps are measured "
+                                             "against (default: the first)")
+    overlap: bool = option(False, boolean(),
+                           "the cross-run analysis: bulk-subspace overlap of every point with "
+                           "the reference against random subspaces (points of the same P)")
+    parallel: int = option(1, integer(1, 1024), "points run at once (each its own worker "
+                                                "process)")
+    devices: list = option([], list_of(string(100), "a list of devices such as \"cuda:0\""),
+                           'devices the points are spread over, e.g. ["cuda:0", "cuda:1"] '
+                           "(point i runs on devices[i % n]); empty: each point's own device")
     k_min: int = option(100, integer(1), "smallest bulk dimension of the overlap sweep")
     k_max: int = option(0, integer(0), "largest bulk dimension (0 = P)")
     n_k: int = option(20, integer(1, 1000), "bulk dimensions in the overlap sweep")
@@ -226,23 +293,49 @@ class StudyConfig(_KRange):
                                  "random subspaces sampled per k for the baseline")
     seed: int = option(0, integer(0, 2**32 - 1), "seed of the random baseline")
 
-    def run_names(self) -> list[str]:
-        return (["base"] if self.include_base else []) + [r["name"] for r in self.runs]
+    def expand(self) -> list[dict]:
+        """Every point in order, {name, set, values}: the base, the grid (or the zipped
+        lists), then the named points."""
+        out = [{"name": "base", "set": [], "values": {}}] if self.include_base else []
+        keys = list(self.values)
+        if keys:
+            lists = [self.values[k] for k in keys]
+            combos = (list(zip(*lists)) if self.zip else list(itertools.product(*lists)))
+            shorts = [k.rsplit(".", 1)[-1] for k in keys]
+            if len(set(shorts)) < len(shorts):
+                shorts = keys
+            for i, combo in enumerate(combos):
+                nm = "_".join(f"{sh}-{value_text(v)}" for sh, v in zip(shorts, combo))
+                if len(nm) > 100 or not nm[:1].isalnum():
+                    nm = f"p{i:03d}"
+                out.append({"name": nm, "set": [f"{k}={toml_literal(v)}"
+                                                for k, v in zip(keys, combo)],
+                            "values": dict(zip(keys, combo))})
+        out += [{"name": p["name"], "set": list(p["set"]), "values": {}} for p in self.points]
+        return out
+
+    def point_names(self) -> list[str]:
+        return [p["name"] for p in self.expand()]
+
+    def reference_name(self) -> str:
+        return self.reference or self.point_names()[0]
 
     def validate(self, where: str, prefix: str) -> None:
         super().validate(where, prefix)
+        if self.zip and len({len(v) for v in self.values.values()}) > 1:
+            raise ConfigError(f"{where}: {prefix}zip: the value lists must have one length "
+                              "to be paired (" + ", ".join(f"{k}: {len(v)}" for k, v in
+                                                            self.values.items()) + ")")
         seen: set[str] = set()
-        for r in self.runs:
-            if r["name"] in seen:
-                raise ConfigError(f"{where}: {prefix}runs: the name \"{r['name']}\" is used "
-                                  "twice")
-            seen.add(r["name"])
-        if self.include_base and "base" in seen:
-            raise ConfigError(f'{where}: {prefix}runs: the name "base" is taken by the preset '
-                              "itself (include_base = true)")
-        names = self.run_names()
-        if not names:
-            raise ConfigError(f"{where}: {prefix}runs: expected at least one run")
-        if self.reference not in names:
-            raise ConfigError(f"{where}: {prefix}reference: expected one of the run names "
-                              f"({', '.join(sorted(names))}), got \"{self.reference}\"")
+        for n in self.point_names():
+            if n in seen:
+                what = ('"base" is the preset itself (include_base = true)' if n == "base"
+                        else f'the name "{n}" is used twice')
+                raise ConfigError(f"{where}: {prefix}points: {what}")
+            seen.add(n)
+        if not seen:
+            raise ConfigError(f"{where}: {prefix}values: expected at least one point (values, "
+                              "points or include_base = true)")
+        if self.reference and self.reference not in seen:
+            raise ConfigError(f"{where}: {prefix}reference: expected one of the point names "
+                              f"({', '.join(sorted(seen))}), got \"{self.reference}\"")

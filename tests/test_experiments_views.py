@@ -67,7 +67,7 @@ def test_findings_table_has_findings_1_to_10_with_verdicts(tiny_session):  # noq
         assert r["agrees"] in ("yes", "no", "partly", "not run"), r
         assert r["paper"] and r["measured"]
     by = {r["n"]: r for r in rows}
-    assert by[7]["agrees"] == "not run" and "study" in by[7]["measured"]  # not in a study
+    assert by[7]["agrees"] == "not run" and "sweep" in by[7]["measured"]  # not in a sweep
     for n in (1, 2, 3, 4, 5, 6, 9, 10):
         assert by[n]["agrees"] != "not run", by[n]
         assert by[n]["criterion"]
@@ -119,18 +119,18 @@ def test_the_pane_shows_and_follows_the_analyses(tiny_session):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_the_pane_shows_a_study(tmp_path):
+def test_the_pane_shows_a_sweep(tmp_path):
     from textual.app import App
 
-    from engine import study
+    from engine import sweep
     from tjac_tui.screens.analyses import AnalysesScreen
-    from test_study import PRESET
+    from test_sweep import PRESET
 
     preset = tmp_path / "p.toml"
     preset.write_text(PRESET.replace('  { name = "noise"', '  # { name = "noise"')
                       .replace('  { name = "shuffled"', '  # { name = "shuffled"'))
-    st = study.create(tmp_path, preset)
-    assert study.run(st.path) == 0
+    st = sweep.create(tmp_path, preset)
+    assert sweep.run(st.path) == 0
 
     class Host(App):
         def on_mount(self):
@@ -144,7 +144,7 @@ def test_the_pane_shows_a_study(tmp_path):
                 if pane.shown and len(pane.table_rows()) >= 3:
                     break
                 await pilot.pause(0.1)
-            assert [a["name"] for a in pane.shown] == ["runs", "spectra", "overlap"]
+            assert [a["name"] for a in pane.shown] == ["points", "spectra", "overlap"]
             runs_table = pane.table_rows()[0]
             assert [r[0] for r in runs_table] == ["base", "seed1"]
             await pilot.press("escape")

@@ -349,7 +349,7 @@ def test_session_names_are_one_path_component(tmp_path, capsys, name):
     assert main(["run", "quick", f"--name={name}", "--sessions", str(root)]) == 2
     assert "name: expected a name of 1-100 letters" in capsys.readouterr().err
     assert not (tmp_path / "escaped").exists() and not root.exists()
-    assert main(["study", str(PRESETS / "paper-digits-study.toml"), f"--name={name}",
+    assert main(["sweep", str(PRESETS / "paper-digits-study.toml"), f"--name={name}",
                  "--sessions", str(root)]) == 2
     assert not root.exists() or not list(root.iterdir())
 

@@ -88,7 +88,7 @@ def restricted(bulk: float, complement: float, top: float, bottom: float) -> dic
 
 
 def cross_runs(shuffled: int, noise: int) -> dict:
-    return {"reference": "base", "tol": TOL, "runs": [
+    return {"reference": "base", "tol": TOL, "points": [
         {"name": "base", "variant": "none", "counts": {"bulk": 3000}},
         {"name": "shuffled", "variant": "shuffled_labels", "counts": {"bulk": shuffled}},
         {"name": "noise", "variant": "white_noise", "counts": {"bulk": noise}}]}
@@ -123,7 +123,7 @@ def test_analysis_findings_yes_and_no(n):
     assert verdict(n) == "not run"
 
 
-def test_study_findings_7_and_8_yes_and_no():
+def test_sweep_findings_7_and_8_yes_and_no():
     assert verdict(7, cross=cross_runs(2900, 1000)) == "yes"
     assert verdict(7, cross=cross_runs(1000, 3000)) == "no"
     assert verdict(8, cross=cross_overlap(0.9, 0.3)) == "yes"

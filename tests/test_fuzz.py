@@ -50,7 +50,7 @@ def tables(draw) -> dict:
         else:
             node[leaf] = draw(values)
     if draw(st.booleans()):
-        table[draw(st.sampled_from(SECTIONS + ["trian", "analysis", "study"]))] = draw(values)
+        table[draw(st.sampled_from(SECTIONS + ["trian", "analysis", "study", "sweep"]))] = draw(values)
     if draw(st.booleans()):
         table[draw(st.text(min_size=1, max_size=10))] = draw(values)
     return table

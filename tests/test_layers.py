@@ -21,7 +21,7 @@ LAYERS: list[list[str]] = [
     ["engine", "engine.schema", "engine.files", "engine.regions", "engine.subspace",
      "engine.interrupt", "engine.asciiplot", "engine.kernels", "engine.kernels.*",
      "engine.present.markdown"],
-    # the registry of optional sections (analyses, study): the plug-in contract, torch-free
+    # the registry of optional sections (analyses, sweep): the plug-in contract, torch-free
     ["engine.sections", "engine.device"],
     ["engine.config"],
     ["engine.archs"],
@@ -33,7 +33,7 @@ LAYERS: list[list[str]] = [
     ["engine.experiments.*"],
     ["engine.svdjob"],
     ["engine.runner"],
-    ["engine.study", "engine.distributed"],
+    ["engine.sweep", "engine.distributed"],
     ["engine.present", "engine.present.views"],
     ["engine.present.findings", "engine.present.figures"],
     ["engine.present.report"],

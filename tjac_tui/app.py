@@ -267,9 +267,9 @@ class TjacApp(App):
         except NoMatches:  # a timer firing while the app shuts down
             pass
 
-    def sessions_scanned(self, rows: list[dict]) -> None:
+    def sessions_scanned(self, rows: list[dict], sweeps: list[Path] | None = None) -> None:
         try:
-            self.pane("compare").set_choices(rows)
+            self.pane("compare").set_choices(rows, [str(p) for p in sweeps or []])
         except NoMatches:
             pass
 

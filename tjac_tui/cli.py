@@ -11,8 +11,9 @@
                                   --figures: PNG/SVG figures and spectrum.csv too
     tjac compare S1 S2 [...]      region counts side by side and overlaid spectra (markdown)
     tjac open SESSION             open the workbench on a session (running or finished)
-    tjac study PRESET|DIR         run every run of a preset's [study] (or resume a study), then
-                                  the cross-run analyses and DIR/report.md
+    tjac sweep PRESET|DIR [--parallel N]
+                                  run every point of a preset's [sweep] (or resume a sweep),
+                                  then the comparison and DIR/report.md (tjac study: the same)
     tjac schema [-o FILE]         the JSON Schema of presets (for TOML editors)
 
 Exit status: 0 done, 1 the run failed, 2 bad usage or an invalid preset (one line on stderr),
@@ -334,45 +335,74 @@ def _write_or_print(text: str, output: str | None) -> int:
     return 0
 
 
-def cmd_study(args: argparse.Namespace) -> int:
-    from engine import study as study_mod
-    from engine.present.findings import write_study_report
-    from engine.runner import EXIT_OK, run_session
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from engine import sweep as sweep_mod
+    from engine.present.findings import write_sweep_report
+    from engine.runner import EXIT_INTERRUPTED, EXIT_OK, run_session
 
     from .progress import RichProgress
 
     err = _console(stderr=True, quiet=args.quiet)
     target = Path(args.target)
-    if study_mod.is_study(target) or study_mod.is_study(args.sessions / args.target):
-        st = study_mod.Study(target if study_mod.is_study(target) else args.sessions / target)
+    if sweep_mod.is_sweep(target) or sweep_mod.is_sweep(args.sessions / args.target):
+        sw = sweep_mod.Sweep(target if sweep_mod.is_sweep(target) else args.sessions / target)
+        if args.set:
+            raise config_mod.ConfigError(f"{sw.path}: --set: a sweep resumes as it was "
+                                         "created; start a new one to change its keys")
     else:
         from engine import plan as plan_mod
 
         preset = find_preset(args.target)
         check_sessions_dir(args.sessions)
-        base, runs = study_mod.plan(preset, args.set)
-        plan_mod.check_all([plan_mod.make_plan(r.config) for r in runs], args.sessions,
-                           device=plan_mod.where_svd_runs(base.device))
-        st = study_mod.create(args.sessions, preset, args.set, args.name)
+        base, points = sweep_mod.plan(preset, args.set)
+        plans = []
+        for p in points:  # every point sized (and its snapshot steps checked) before any starts
+            try:
+                plans.append(plan_mod.make_plan(p.config))
+            except config_mod.ConfigError as e:
+                raise config_mod.ConfigError(f"{preset}: sweep point {p.name}: {e}") from None
+        plan_mod.check_all(plans, args.sessions, device=plan_mod.where_svd_runs(base.device))
+        sw = sweep_mod.create(args.sessions, preset, args.set, args.name)
+        err.print(f"[dim]sweep {sw.path}: {len(points)} points[/]")
 
     def one_run(path, listeners, handle_signals=False):
-        err.print(f"[bold]run {Path(path).name}[/]")
         with RichProgress(err) as bars:
             return run_session(path, listeners + [bars], handle_signals=handle_signals)
 
     def on_event(ev: dict) -> None:
-        if ev["event"] == "cross_start":
-            err.print("[bold]cross-run analyses[/]")
-        elif ev["event"] == "analysis_progress" and ev["done"] == ev["total"]:
-            err.print(f"[dim]analysis {ev['name']}: done[/]")
+        kind = ev["event"]
+        if kind == "sweep_point" and ev.get("status") == "done":
+            err.print(f"[dim]point {ev['name']} ({ev['index'] + 1}/{ev['total']}): done[/]")
+        elif kind == "sweep_point":
+            err.print(f"[bold]point {ev['name']}[/] ({ev['index'] + 1}/{ev['total']})")
+        elif kind == "sweep_point_end" and args.parallel and args.parallel > 1:
+            err.print(f"point {ev['name']}: {ev['status']}")
+        elif kind == "compare_start":
+            err.print("[bold]comparing the points[/]")
 
-    code = study_mod.run(st.path, [on_event], handle_signals=True, run_session=one_run)
-    if code == EXIT_OK:
-        err.print(f"report: {write_study_report(st.path)}")
-    else:
-        m = st.manifest()
-        print(f"{st.path}: {m.get('status')} ({m.get('error') or ''})", file=sys.stderr)
-    print(st.path)
+    code = sweep_mod.run(sw.path, [on_event], handle_signals=True, run_session=one_run,
+                         parallel=args.parallel)
+    if sw.comparison() is not None and code != EXIT_INTERRUPTED:
+        err.print(f"report: {write_sweep_report(sw.path)}")
+        comp = sw.comparison()
+        if comp and not args.quiet:
+            from rich.console import Console
+            from rich.table import Table
+
+            from engine.present.views import sweep_views
+
+            v = sweep_views(sw.path)[0][2][0]
+            t = Table(title=f"{sw.path.name}: {len(v.rows)} points", caption=v.note)
+            for c in v.columns:
+                t.add_column(c, no_wrap=True)
+            for r in v.rows:
+                t.add_row(*r)
+            Console(width=None if sys.stdout.isatty() else 160).print(t)
+    if code != EXIT_OK:
+        m = sw.manifest()
+        print(one_line(f"{sw.path}: {m.get('status')}" + (f" ({m['error']})" if m.get("error")
+                                                           else "")), file=sys.stderr)
+    print(sw.path)
     return code
 
 
@@ -384,7 +414,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def keys_markdown(all_sections: bool = False) -> str:
     """The preset reference as a markdown table: every key, its default (as TOML) and its help
-    (all_sections: the analyses' and [study] keys too). The README's table is this one."""
+    (all_sections: the analyses' and [sweep] keys too). The README's table is this one."""
     import tomli_w
 
     from engine.present.markdown import md_table
@@ -480,15 +510,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="plots with braille characters instead of plain ASCII")
     cp.set_defaults(func=cmd_compare)
 
-    sd = sub.add_parser("study", parents=[common],
-                        help="run a preset's [study] (several runs and cross-run analyses)")
-    sd.add_argument("target", help="a preset with a [study] section, or a study directory to "
-                                   "resume")
-    sd.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="override a key of every run (repeatable)")
-    sd.add_argument("--name", help="study directory name (default: the preset's name)")
-    sd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sd.set_defaults(func=cmd_study)
+    for cmd, help_ in (("sweep", "run a preset's [sweep]: every point as a session, then "
+                                 "the comparison and its report"),
+                       ("study", "the same as sweep (the paper's study is a sweep of named "
+                                 "points: tjac sweep paper-digits-study)")):
+        sd = sub.add_parser(cmd, parents=[common], help=help_)
+        sd.add_argument("target", help="a preset with a [sweep] section, or a sweep directory "
+                                       "to resume")
+        sd.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a key of every point (repeatable)")
+        sd.add_argument("--name", help="sweep directory name (default: the preset's name)")
+        sd.add_argument("--parallel", type=_nproc, metavar="N",
+                        help="points at once, each in its own worker process (default: the "
+                             "preset's sweep.parallel)")
+        sd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        sd.set_defaults(func=cmd_sweep)
 
     sc = sub.add_parser("schema", parents=[common],
                         help="print the JSON Schema of presets (for TOML editors: taplo, VS "

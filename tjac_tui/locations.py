@@ -67,7 +67,7 @@ ADDED = "added-sessions.txt"  # in the sessions folder: sessions kept elsewhere,
 
 def added_sessions(root: Path) -> list[Path]:
     """The sessions added by path to the sessions folder ``root`` (they may live anywhere,
-    e.g. a study's runs or a colleague's folder), in the order they were added."""
+    e.g. a sweep's points or a colleague's folder), in the order they were added."""
     f = Path(root) / ADDED
     try:
         lines = f.read_text().splitlines()

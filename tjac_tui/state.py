@@ -376,12 +376,20 @@ def parse_field(key: str, text: str) -> Any:
     return config_mod.check_value(key, value)
 
 
+def _is_leaf(key: str) -> bool:
+    try:
+        config_mod.field_info(key)
+    except KeyError:
+        return False
+    return True
+
+
 def flatten(cfg_dict: dict, prefix: str = "") -> dict[str, Any]:
     """{"train": {"lr": 0.1}, "analysis": {"x": {"k": 1}}} -> {"train.lr": 0.1,
     "analysis.x.k": 1} (lists stay values)."""
     out: dict[str, Any] = {}
     for k, v in cfg_dict.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and not _is_leaf(f"{prefix}{k}"):  # (sweep.values is a leaf)
             out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v

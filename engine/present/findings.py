@@ -5,8 +5,8 @@
     findings_table(session) -> list[dict]        findings 1-10 of the paper: what it says, what
                                                  this run measured, agrees yes / no / partly
     render_findings_markdown(session) -> str     that table as markdown
-    render_study_markdown(study_dir) -> str      the report of a study (several runs)
-    write_study_report(study_dir) -> Path        writes it as <study>/report.md
+    render_sweep_markdown(sweep_dir) -> str      the report of a sweep (several points)
+    write_sweep_report(sweep_dir) -> Path        writes it as <sweep>/report.md
 
 The verdicts are mechanical: each finding states the criterion it was judged by next to the
 numbers, so a reader can disagree with the criterion without having to recompute anything. The
@@ -16,7 +16,6 @@ paper's figures are approximate (read off plots), so the criteria test the quali
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,9 @@ import numpy as np
 from .. import regions
 from ..files import atomic_write
 from ..session import Session
-from ..study import Study
+from ..sweep import Sweep, sweep_of
 from .markdown import code_block, md_table
-from .views import View, fmt, make_plot, sensitivity_view, session_views, study_views
+from .views import View, fmt, make_plot, sensitivity_view, session_views, sweep_views
 
 PLOT_WIDTH = 100
 PLOT_HEIGHT = 18
@@ -136,14 +135,6 @@ def _read(s: Session, name: str) -> dict | None:
     return s.read_json(rel) if s.has(rel) else None
 
 
-def study_of(s: Session) -> Path | None:
-    """The study directory a session belongs to (its runs live in ``<study>/runs/``)."""
-    parent = s.path.resolve().parent
-    if parent.name == "runs" and (parent.parent / "study.json").is_file():
-        return parent.parent
-    return None
-
-
 def session_tol(s: Session) -> float:
     """The region tolerance of a session: its spectrum's (the config's spectrum.bulk_tol)."""
     summary = s.spectrum()
@@ -153,26 +144,24 @@ def session_tol(s: Session) -> float:
 
 
 def findings_table(session) -> list[dict]:
-    """Findings 1-10 for one session (7 and 8 from its study, when it belongs to one)."""
+    """Findings 1-10 for one session (7 and 8 from its sweep, when it belongs to one)."""
     s = as_session(session)
     if not s.has("svd/S.npy"):
         return []
     S = s.load_npy("svd/S.npy").astype(np.float64)
     return findings_rows(S, session_tol(s), {n: _read(s, n) for n in (
         "distance", "perturbation", "ood", "init_change", "param_function", "restricted")},
-        _study_cross(s))
+        _sweep_comparison(s))
 
 
-def _study_cross(s: Session) -> dict | None:
-    study = study_of(s)
-    if study is not None and (study / "analyses" / "study.json").is_file():
-        return json.loads((study / "analyses" / "study.json").read_text())
-    return None
+def _sweep_comparison(s: Session) -> dict | None:
+    sw = sweep_of(s.path)
+    return Sweep(sw).comparison() if sw is not None else None
 
 
 def findings_rows(S: np.ndarray, tol: float, results: dict, cross: dict | None) -> list[dict]:
     """Findings 1-10 from the singular values, the region tolerance, the analyses' results
-    ({name: result or None}) and a study's cross-run result (or None): plain data in, verdicts
+    ({name: result or None}) and a sweep's comparison (or None): plain data in, verdicts
     out (the tests feed it synthetic results)."""
     P = len(S)
     rows = [_f1(S, tol), _f2(S, tol), _f3(results.get("distance")),
@@ -306,13 +295,14 @@ def _f6(ic: dict | None) -> dict:
 
 def _f7(cross: dict | None) -> dict:
     if cross is None:
-        return _row(7, "needs a study (tjac study)", None, "from the study's runs")
-    runs = {r["name"]: r for r in cross["runs"]}
-    ref = runs.get(cross["reference"])
-    sh = next((r for r in cross["runs"] if r.get("variant") == "shuffled_labels"), None)
-    wn = next((r for r in cross["runs"] if r.get("variant") == "white_noise"), None)
+        return _row(7, "needs a sweep (tjac sweep paper-digits-study)", None,
+                    "from the sweep's points")
+    points = [r for r in cross["points"] if r.get("counts")]
+    ref = next((r for r in points if r["name"] == cross["reference"]), None)
+    sh = next((r for r in points if r.get("variant") == "shuffled_labels"), None)
+    wn = next((r for r in points if r.get("variant") == "white_noise"), None)
     if ref is None or (sh is None and wn is None):
-        return _row(7, "the study has no shuffled-label or white-noise run", None, "")
+        return _row(7, "the sweep has no shuffled-label or white-noise point", None, "")
     tol = cross.get("tol", regions.DEFAULT_TOL)
     b0 = ref["counts"]["bulk"]
     parts, checks = [f"bulk (tol={tol:g}) {ref['name']}: {b0}"], []
@@ -325,13 +315,14 @@ def _f7(cross: dict | None) -> dict:
         parts.append(f"white noise: {b}")
         checks.append(b <= 0.5 * b0)
     return _row(7, ", ".join(parts), checks,
-                "bulk count at the study's tol: shuffled labels within 30% of the reference "
-                "run; white noise at most half of it")
+                "bulk count at the sweep's tol: shuffled labels within 30% of the reference "
+                "point; white noise at most half of it")
 
 
 def _f8(cross: dict | None) -> dict:
     if cross is None:
-        return _row(8, "needs a study (tjac study)", None, "from the study's runs")
+        return _row(8, "needs a sweep (tjac sweep paper-digits-study)", None,
+                    "from the sweep's points")
     ov = cross.get("overlap") or {}
     ks = ov.get("ks") or []
     if not ks or not ov.get("runs"):
@@ -400,45 +391,49 @@ def _f10(rs: dict | None) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# studies
+# sweeps
 
 
-def render_study_markdown(study_dir, ascii_only: bool = True, width: int = PLOT_WIDTH,
+def render_sweep_markdown(sweep_dir, ascii_only: bool = True, width: int = PLOT_WIDTH,
                           height: int = PLOT_HEIGHT) -> str:
-    """The report of a study: its runs, overlaid spectra and |s - 1|, the region sensitivity
-    of every run, the bulk-subspace overlap between runs against random subspaces, and
-    findings 7 and 8."""
-    st = Study(study_dir)
-    m = st.manifest()
-    cross = st.cross()
-    parts = [f"# tjac study: {st.path.name}", "",
-             f"Study `{st.path}`: preset `{m.get('preset')}`, {len(m['runs'])} runs, status "
-             f"**{m.get('status', '?')}**, reference run `{m.get('reference')}`.", ""]
-    if cross is None:
-        parts += ["_The cross-run analyses have not finished: this report shows the runs._", ""]
-
-    for name, title, views in study_views(st.path):
+    """The report of a sweep: the comparison table, the bulk fraction and s_1 against each
+    swept key, overlaid spectra and |s - 1| with the region sensitivity of every point, the
+    bulk-subspace overlap against random subspaces (``overlap = true``), and findings 7 and 8
+    when the points include shuffled labels or white noise."""
+    sw = Sweep(sweep_dir)
+    m = sw.manifest()
+    comp = sw.comparison()
+    axes = ", ".join(f"`{a}`" for a in m.get("axes") or []) or "named points"
+    parts = [f"# tjac sweep: {sw.path.name}", "",
+             f"Sweep `{sw.path}`: preset `{m.get('preset')}`, {len(m['points'])} points "
+             f"({axes}{', paired' if m.get('zip') else ''}), status "
+             f"**{m.get('status', '?')}**, reference point `{m.get('reference')}`.", ""]
+    if comp is None:
+        parts += ["_The comparison has not been computed: this report shows the points so "
+                  "far._", ""]
+    for name, title, views in sweep_views(sw.path):
         parts += [f"## {title}", ""]
         for v in views:
             same = len(views) == 1 and v.title == title
             parts.append(view_markdown(v, ascii_only, width, height,
                                        heading=None if same else "###"))
-
-    ref = st.session(m["reference"]) if m.get("reference") else None
-    if cross is not None and ref is not None and ref.has("svd/S.npy"):
-        rows = [r for r in findings_table(ref) if r["n"] in (7, 8)]
-        parts += ["## Findings 7 and 8", "",
-                  md_table(["#", "experiment", "the paper", "this study", "agrees"],
-                           [[r["n"], r["experiment"], r["paper"], r["measured"], r["agrees"]]
-                            for r in rows]), "",
-                  "Criteria:", ""] + [f"- **{r['n']}**: {r['criterion']}" for r in rows] + [""]
-    if cross is not None:
-        parts += [f"_Cross-run analyses took {cross.get('seconds', 0):.1f} s._", ""]
+    ref = sw.session(m["reference"]) if m.get("reference") else None
+    if comp is not None and ref is not None and ref.has("svd/S.npy"):
+        rows = [r for r in findings_table(ref) if r["n"] in (7, 8) and r["agrees"] != "not run"]
+        if rows:
+            parts += ["## Findings 7 and 8", "",
+                      md_table(["#", "experiment", "the paper", "this sweep", "agrees"],
+                               [[r["n"], r["experiment"], r["paper"], r["measured"],
+                                 r["agrees"]] for r in rows]), "",
+                      "Criteria:", ""] + [f"- **{r['n']}**: {r['criterion']}" for r in rows] \
+                + [""]
+    if comp is not None:
+        parts += [f"_The comparison took {comp.get('seconds', 0):.1f} s._", ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
-def write_study_report(study_dir) -> Path:
-    """Write ``<study>/report.md`` (atomically); returns its path."""
-    out = Path(study_dir) / "report.md"
-    atomic_write(out, render_study_markdown(study_dir).encode("utf-8"))
+def write_sweep_report(sweep_dir) -> Path:
+    """Write ``<sweep>/report.md`` (atomically); returns its path."""
+    out = Path(sweep_dir) / "report.md"
+    atomic_write(out, render_sweep_markdown(sweep_dir).encode("utf-8"))
     return out

@@ -18,7 +18,7 @@ import numpy as np
 from .. import asciiplot, regions
 from ..sections import ANALYSES
 from ..session import Session
-from ..study import Study, is_study
+from ..sweep import Sweep, is_sweep, point_row
 
 MAX_TABLE_ROWS = 40
 
@@ -381,56 +381,117 @@ def snapshot_views(session) -> list[View]:
 
 
 # --------------------------------------------------------------------------------------------
-# studies
+# sweeps
 
 
-def study_views(study_dir) -> list[tuple[str, str, list[View]]]:
-    """(name, title, views) of a study: its runs, the overlaid spectra and |s - 1|, the bulk
-    size per tolerance for every run, and the bulk overlap with the reference run."""
-    st = Study(study_dir)
-    m = st.manifest()
-    cross = st.cross() or {}
-    by_name = {c["name"]: c for c in cross.get("runs", [])}
-    rows = []
-    for r in m["runs"]:
-        s = st.session(r["name"])
-        man = s.manifest() if s.exists() else {}
-        fm = man.get("final_metrics") or {}
-        cr = by_name.get(r["name"])
-        cnt = cr["counts"] if cr else None
-        rows.append([r["name"], " ".join(r["set"]) or "(the preset)", man.get("status", "-"),
-                     fmt(man.get("P")), fmt(fm.get("test_loss")), fmt(fm.get("test_acc"), ".3f"),
-                     fmt(cr["s_max"]) if cr else "-",
-                     "-" if cnt is None else f"{cnt['chaotic']} / {cnt['bulk']} / "
-                                             f"{cnt['stable']}",
-                     fmt(cr["min_nontrivial_dist"], ".2g") if cr else "-"])
-    tol = cross.get("tol", regions.DEFAULT_TOL)
-    out = [("runs", "Runs", [View("study.runs", "Runs", [], columns=[
-        "run", "overrides", "status", "P", "test loss", "test acc", "s_max",
-        f"chaotic / bulk / stable (tol={tol:g})", "min |s-1| (s != 1)"], rows=rows)])]
+def axis_number(v) -> float | None:
+    """A swept value as a number on a plot's x axis: a number, a one-element list (a width),
+    else None (categorical)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, list) and len(v) == 1 and isinstance(v[0], (int, float)):
+        return float(v[0])
+    return None
+
+
+def value_label(v) -> str:
+    return "x".join(map(str, v)) if isinstance(v, list) else fmt(v, "g") if isinstance(
+        v, float) else str(v)
+
+
+def against_key(points: list[dict], key: str, metric: str, label: str) -> View | None:
+    """``metric`` of the finished points against the swept ``key``: one series per combination
+    of the other swept keys; None when the key's values are not numbers."""
+    done = [p for p in points if p.get(metric) is not None and key in p["values"]]
+    xs = {id(p): axis_number(p["values"][key]) for p in done}
+    if not done or any(x is None for x in xs.values()):
+        return None
+    groups: dict[str, list[dict]] = {}
+    for p in done:
+        rest = ", ".join(f"{k.rsplit('.', 1)[-1]}={value_label(v)}"
+                         for k, v in p["values"].items() if k != key)
+        groups.setdefault(rest or label, []).append(p)
+    series = []
+    for name, ps in groups.items():
+        ps = sorted(ps, key=lambda p: xs[id(p)])
+        series.append((name, np.array([xs[id(p)] for p in ps]),
+                       np.array([p[metric] for p in ps], dtype=np.float64)))
+    xv = [x for x in xs.values() if x > 0]
+    logx = len(xv) == len(xs) and max(xv) / min(xv) >= 8
+    short = key.rsplit(".", 1)[-1]
+    return View(f"sweep.{metric}.{key}", f"{label} against {key}", series, logx=logx,
+                logy=metric == "s_max", xlabel=short + (" (width)" if isinstance(
+                    done[0]["values"][key], list) else ""), ylabel=label)
+
+
+def sweep_views(sweep_dir) -> list[tuple[str, str, list[View]]]:
+    """(name, title, views) of a sweep: the comparison table (one row per point), the bulk
+    fraction and s_1 against each swept key, the overlaid spectra and |s - 1| with the bulk size
+    per tolerance, and the bulk overlap with the reference point (``overlap = true``)."""
+    sw = Sweep(sweep_dir)
+    m = sw.manifest()
+    comp = sw.comparison() or {}
+    tol = comp.get("tol", regions.DEFAULT_TOL)
+    rows_by = {r["name"]: r for r in comp.get("points", [])}
+    points = [rows_by.get(p["name"]) or point_row(p, sw.session(p["name"]), tol)
+              for p in m["points"]]
+    axes = m.get("axes") or []
+    table = []
+    for p in points:
+        c, f = p.get("counts"), p.get("fractions")
+        what = ", ".join(f"{k.rsplit('.', 1)[-1]}={value_label(v)}"
+                         for k, v in p["values"].items()) or " ".join(p["set"]) or \
+            "(the preset)"
+        table.append([p["name"], what, p.get("status") or "-", fmt(p.get("P")),
+                      fmt(p.get("steps")), fmt(p.get("test_acc"), ".3f"),
+                      fmt(p.get("s_max"), ".4g")]
+                     + (["-"] * 3 if c is None else
+                        [f"{c[k]} ({100 * f[k]:.1f}%)" for k in regions.REGIONS])
+                     + [fmt(p.get("bulk_align_mean"), ".4f"),
+                        fmt(p.get("seconds"), ".0f")])
+    note = (f"regions at bulk_tol = {tol:g} (the sweep preset's spectrum.bulk_tol); bulk u.v: "
+            "mean u_i . v_i over the bulk; time: the point's stages, in seconds")
+    out = [("points", "Points", [View("sweep.points", "Points", [], columns=[
+        "point", "values", "status", "P", "steps", "test acc", "s_1"]
+        + [f"{k} (tol={tol:g})" for k in regions.REGIONS] + ["bulk u.v", "time (s)"],
+        rows=table, note=note)])]
+    trends = []
+    for key in axes:
+        for metric, label in (("bulk_fraction", "bulk fraction"), ("s_max", "s_1")):
+            for p in points:
+                if p.get("fractions"):
+                    p["bulk_fraction"] = p["fractions"]["bulk"]
+            v = against_key(points, key, metric, label)
+            if v is not None:
+                trends.append(v)
+    if trends:
+        out.append(("trends", "Against the swept keys", trends))
 
     spectra = []
-    for r in m["runs"]:
-        s = st.session(r["name"])
+    for p in m["points"]:
+        s = sw.session(p["name"])
         if s.has("svd/S.npy"):
-            spectra.append((r["name"], s.load_npy("svd/S.npy").astype(np.float64)))
+            spectra.append((p["name"], s.load_npy("svd/S.npy").astype(np.float64)))
     if spectra:
         tols = list(regions.SENSITIVITY_TOLS)
-        sens = []
-        for n, S in spectra:
-            sens.append([n] + [f"{t['bulk']} ({100 * t['bulk_fraction']:.0f}%)"
-                               for t in regions.sensitivity_table(S, tols)])
+        sens = [[n] + [f"{t['bulk']} ({100 * t['bulk_fraction']:.0f}%)"
+                       for t in regions.sensitivity_table(S, tols)] for n, S in spectra]
+        shown = overlaid(spectra)
+        more = "" if len(shown) == len(spectra) else \
+            f"{len(shown)} of the {len(spectra)} points overlaid; "
         out.append(("spectra", "Spectra", [
-            View("study.spectra", "Singular values of J, every run",
-                 [(n, np.arange(len(S)), S) for n, S in spectra], logy=True, xint=True,
-                 xlabel="index i", ylabel="s_i"),
-            View("study.distance", "|s_i - 1|, every run",
-                 [(n, np.arange(len(S)), np.abs(S - 1)) for n, S in spectra], logy=True,
+            View("sweep.spectra", "Singular values of J, every point",
+                 [(n, np.arange(len(S)), S) for n, S in shown], logy=True, xint=True,
+                 xlabel="index i", ylabel="s_i", note=more.rstrip("; ")),
+            View("sweep.distance", "|s_i - 1|, every point",
+                 [(n, np.arange(len(S)), np.abs(S - 1)) for n, S in shown], logy=True,
                  xint=True, xlabel="index i", ylabel="|s_i - 1|",
-                 columns=["run"] + [f"bulk, tol={t:g}" for t in tols], rows=sens,
-                 note=f"rule: {regions.RULE}")]))
+                 columns=["point"] + [f"bulk, tol={t:g}" for t in tols], rows=sens,
+                 note=f"{more}rule: {regions.RULE}")]))
 
-    ov = cross.get("overlap")
+    ov = comp.get("overlap")
     if ov and ov.get("runs"):
         ks = np.array(ov["ks"])
         series = [(n, ks, np.array(c)) for n, c in ov["runs"].items()]
@@ -438,12 +499,12 @@ def study_views(study_dir) -> list[tuple[str, str, list[View]]]:
         rows = [[str(k)] + [f"{ov['runs'][n][i]:.3f}" for n in ov["runs"]] +
                 [f"{ov['random'][i]:.3f}"] for i, k in enumerate(ov["ks"])]
         note = ("mean cosine of the principal angles between the k right singular vectors "
-                "closest to s = 1 of each run and of the reference run; random: the expected "
-                "value for random k-dimensional subspaces of R^P (sampled)")
+                "closest to s = 1 of each point and of the reference point; random: the "
+                "expected value for random k-dimensional subspaces of R^P (sampled)")
         if ov.get("skipped"):
             note += "; not compared (another P): " + ", ".join(ov["skipped"])
         out.append(("overlap", "Bulk-subspace overlap", [
-            View("study.overlap", f"Bulk overlap with {ov['reference']} (the k directions "
+            View("sweep.overlap", f"Bulk overlap with {ov['reference']} (the k directions "
                  "closest to s = 1)", series, xint=True, xlabel="k",
                  ylabel="mean principal-angle cosine",
                  columns=["k"] + list(ov["runs"]) + ["random"], rows=rows, note=note)]))
@@ -451,10 +512,10 @@ def study_views(study_dir) -> list[tuple[str, str, list[View]]]:
 
 
 def content(path) -> list[dict]:
-    """Everything the Analyses pane shows for a session or a study directory, as plain data:
+    """Everything the Analyses pane shows for a session or a sweep directory, as plain data:
     ``[{"name", "title", "views": [{"key", "title", "series": {label: (x, y)}, "logx",
     "logy", "columns", "rows", "note"}]}]`` (the TUI draws it; tests assert on it)."""
-    found = study_views(path) if is_study(path) else session_views(path)
+    found = sweep_views(path) if is_sweep(path) else session_views(path)
     return [{"name": name, "title": title,
              "views": [{"key": v.key, "title": v.title, "logx": v.logx, "logy": v.logy,
                         "series": {label: (np.asarray(x), np.asarray(y))

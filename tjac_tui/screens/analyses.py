@@ -1,8 +1,8 @@
-"""Analyses pane: every finished analysis of a session (or the cross-run results of a study), a
+"""Analyses pane: every finished analysis of a session (or the comparison of a sweep), a
 plot and a table each, updating live while the run writes them.
 
     AnalysesPane(path=None, ascii=False, color=True)   a widget; ``load(path)`` follows another
-                                                       session or study directory
+                                                       session or sweep directory
     AnalysesScreen(path)                               the pane as a full screen (Escape closes)
 
 What it shows comes from :func:`engine.experiments.views.content` (plain data: plot series and
@@ -31,11 +31,11 @@ from ..widgets.tables import table_text
 
 def signature(path: Path) -> tuple:
     """What the pane's content depends on: the analyses' files and their mtimes (and, for a
-    study, its manifest and every run's)."""
+    sweep, its manifest and every point's)."""
     items = []
     dirs = [path / "analyses"]
-    if (path / "study.json").is_file():
-        items.append(("study.json", (path / "study.json").stat().st_mtime_ns))
+    if (path / "sweep.json").is_file():
+        items.append(("sweep.json", (path / "sweep.json").stat().st_mtime_ns))
         dirs += [p / "analyses" for p in sorted((path / "runs").glob("*"))]
         for p in sorted((path / "runs").glob("*/manifest.json")):
             items.append((str(p), p.stat().st_mtime_ns))
@@ -55,13 +55,13 @@ FINDINGS_WIDTHS = {"experiment": 24, "the paper": 28, "this run": 40, "agrees": 
 
 def findings_content(path: Path) -> dict | None:
     """The findings table (paper vs this run, with verdicts) and, when the distance analysis
-    (which holds it) did not run, the region sensitivity view of a session; None for a study
+    (which holds it) did not run, the region sensitivity view of a session; None for a sweep
     or a session without a spectrum. The same functions as the report's."""
     from engine.present.findings import findings_table
     from engine.present.views import sensitivity_view
     from engine.session import Session
 
-    if (path / "study.json").is_file():
+    if (path / "sweep.json").is_file():
         return None
     s = Session(path)
     rows = findings_table(s)
@@ -146,7 +146,7 @@ class AnalysesPane(VerticalScroll):
         self.load(self.path)
 
     def load(self, path: str | Path | None) -> None:
-        """Follow another session or study directory (None: nothing)."""
+        """Follow another session or sweep directory (None: nothing)."""
         self.path = Path(path) if path is not None else None
         self._sig, self._offset = None, 0
         self.shown, self.findings = [], None
@@ -210,7 +210,7 @@ class AnalysesPane(VerticalScroll):
         before the new is mounted (the sections have ids)."""
         self.shown = data
         self.findings = findings
-        kind = "study" if (self.path / "study.json").is_file() else "session"
+        kind = "sweep" if (self.path / "sweep.json").is_file() else "session"
         head = self.query_one("#analyses-head", Static)
         if not data:
             head.update(f"{self.path.name}: no analysis has finished yet (add [analysis.NAME] "
@@ -320,7 +320,7 @@ def _maker(view, ascii: bool, color: bool):
 
 
 class AnalysesScreen(Screen):
-    """The Analyses pane of one session or study as a full screen."""
+    """The Analyses pane of one session or sweep as a full screen."""
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
 

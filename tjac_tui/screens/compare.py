@@ -1,5 +1,7 @@
 """Compare pane: pick two or more finished sessions; their spectra and |s - 1| overlaid, and
-their region counts side by side."""
+their region counts side by side. Or pick a sweep (listed as "sweep NAME"): its comparison
+table (one row per point) and the bulk fraction and s_1 against the swept keys, the same views
+as its report (:func:`engine.present.views.sweep_views`)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ from engine.session import Session
 
 from ..plots import overlay_plot, runs_loss_plot
 from ..widgets import CheckList, PlotView
+
+
+SWEEP = "sweep:"  # the selection value of a sweep directory
 
 
 class ComparePane(Horizontal):
@@ -42,16 +47,19 @@ class ComparePane(Horizontal):
     def on_mount(self) -> None:
         self.query_one("#compare-pick", SelectionList).border_title = "sessions"
 
-    def set_choices(self, rows: list[dict]) -> None:
-        """Sessions (rows of the Sessions pane) that have a spectrum; keeps the selection."""
-        paths = [r["path"] for r in rows if r.get("has_spectrum")]
+    def set_choices(self, rows: list[dict], sweeps: list[str] | None = None) -> None:
+        """Sweeps (directories) and sessions (rows of the Sessions pane) that have a spectrum;
+        keeps the selection."""
+        paths = [SWEEP + str(p) for p in sweeps or []] + [
+            r["path"] for r in rows if r.get("has_spectrum")]
         if paths == self.choices:
             return
         sl = self.query_one("#compare-pick", SelectionList)
         keep = set(sl.selected)
         self.choices = paths
         sl.clear_options()
-        sl.add_options([Selection(Path(p).name, p, p in keep) for p in paths])
+        sl.add_options([Selection(("sweep " + Path(p[len(SWEEP):]).name) if p.startswith(SWEEP)
+                                  else Path(p).name, p, p in keep) for p in paths])
         if keep - set(paths):
             self._update(sl.selected)
 
@@ -65,6 +73,10 @@ class ComparePane(Horizontal):
         self._update(list(event.selection_list.selected))
 
     def _update(self, selected: list[str]) -> None:
+        sweeps = [p for p in selected if p.startswith(SWEEP)]
+        if sweeps:  # the sweep picked last
+            self._load_sweep(list(selected), sweeps[-1][len(SWEEP):])
+            return
         if len(selected) < 2:
             self.query_one("#compare-head", Static).update(
                 "pick two or more finished sessions on the left (space toggles)")
@@ -109,6 +121,35 @@ class ComparePane(Horizontal):
             lambda w, h: overlay_plot(named, "distance", w, h, ascii=asc, color=col))
         self.losses = losses or []
         self._draw_losses()
+
+    @work(thread=True, exclusive=True, group="compare-load")
+    def _load_sweep(self, selected: list[str], path: str) -> None:
+        from engine.present.views import sweep_views
+
+        found = {name: views for name, _, views in sweep_views(path)}
+        self.app.call_from_thread(self._show_sweep, selected, path, found)
+
+    def _show_sweep(self, selected: list[str], path: str, found: dict) -> None:
+        from engine.present.views import make_plot
+
+        if list(self.query_one("#compare-pick", SelectionList).selected) != selected:
+            return
+        table = found["points"][0]
+        self.columns, self.rows = table.columns, table.rows
+        plots = found.get("trends", [])[:2] + found.get("spectra", [])[:1]
+        self.query_one("#compare-head", Static).update(
+            f"sweep {Path(path).name}: {len(table.rows)} points. {table.note}")
+        t = self.query_one("#compare-table", DataTable)
+        t.clear(columns=True)
+        t.add_columns(*table.columns)
+        for r in table.rows:
+            t.add_row(*r)
+        self.losses = []
+        asc, col = self.ascii, self.color
+        for slot, v in zip(("#cmp-s", "#cmp-dist", "#cmp-loss"), plots + [None] * 3):
+            self.query_one(slot, PlotView).show(
+                None if v is None else (lambda w, h, v=v: make_plot(v, w, h, ascii=asc,
+                                                                    color=col)), "")
 
     def _draw_losses(self) -> None:
         runs = [r for r in self.losses if r[1]]

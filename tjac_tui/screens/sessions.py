@@ -48,6 +48,16 @@ def scan(root: Path) -> list[dict]:
     return rows
 
 
+def scan_sweeps(root: Path) -> list[Path]:
+    """The sweep directories in ``root`` (their points are sessions in ``<sweep>/runs``)."""
+    from engine.sweep import is_sweep
+
+    try:
+        return sorted(p for p in Path(root).iterdir() if p.is_dir() and is_sweep(p))
+    except OSError:
+        return []
+
+
 def sort_rows(rows: list[dict], key: str) -> list[dict]:
     """Newest first for "created", longest first for "duration" and "P", else A-Z."""
     if key == "created":
@@ -179,13 +189,13 @@ class SessionsPane(Vertical):
     @work(thread=True, exclusive=True, group="sessions-scan")
     def _scan(self, root: Path) -> None:
         rows = scan(root)
-        self.app.call_from_thread(self._show, root, rows)
+        self.app.call_from_thread(self._show, root, rows, scan_sweeps(root))
 
-    def _show(self, root: Path, rows: list[dict]) -> None:
+    def _show(self, root: Path, rows: list[dict], sweeps: list[Path] | None = None) -> None:
         self.rows = rows
         self._root = root
         self._draw()
-        self.app.sessions_scanned(rows)
+        self.app.sessions_scanned(rows, sweeps or [])
 
     def _draw(self) -> None:
         """The table: the rows that match the filter, in the chosen order."""

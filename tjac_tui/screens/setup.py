@@ -46,7 +46,8 @@ PLAN_DELAY = 0.4  # seconds without a change before the plan is recomputed
 SECTION_HELP = {RUN: "name, seed, device, dtype", "data": "dataset, split, variant",
                 "model": "architecture, widths, init", "train": "optimizer, schedule, epochs",
                 "jacobian": "chunks, kernel, SVD", "spectrum": "region rule, vectors, exact or matrix-free",
-                "analyses": "switch the paper's analyses on and off", "study": "several runs"}
+                "analyses": "switch the paper's analyses on and off",
+                "sweep": "several runs: a grid, paired lists or named points"}
 
 
 def section_of(key: str) -> str:
@@ -232,11 +233,11 @@ class SetupPane(Vertical):
                 and not (name.startswith("analysis.") and k.endswith(".enabled"))]
 
     def _group_names(self) -> list[str]:
-        """The groups the current config has (base, the analyses that are on, study)."""
+        """The groups the current config has (base, the analyses that are on, sweep)."""
         names = list(BASE_SECTIONS)
         names += [f"analysis.{n}" for n in ANALYSES if self.values.get(f"analysis.{n}.enabled")]
-        if any(k.startswith("study.") for k in self.values):
-            names.append("study")
+        if any(k.startswith("sweep.") for k in self.values):
+            names.append("sweep")
         return names
 
     def _make_field(self, key: str) -> ConfigField:
@@ -285,7 +286,7 @@ class SetupPane(Vertical):
         self._fill(event.group)
 
     def _sync_groups(self) -> None:
-        """Add and remove the analysis / study groups so they match the config."""
+        """Add and remove the analysis / sweep groups so they match the config."""
         want = self._group_names()
         have = self.sections()
         box = self.query_one("#setup-fields", VerticalScroll)
