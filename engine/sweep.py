@@ -76,11 +76,12 @@ class Point:
     values: dict = field(default_factory=dict)  # the swept keys' values (grid points)
 
 
-def plan(preset: str | Path, overrides: list[str] | None = None
+def plan(preset: str | Path, overrides: list[str] | None = None, parallel: int | None = None
          ) -> tuple[config_mod.RunConfig, list[Point]]:
     """The base config and every point's config, all validated (a bad override names its
-    point). ``sweep.devices`` sets each point's device; ``sweep.parallel`` > 1 on the CPU gives
-    each point its share of the cores (``threads``) unless the preset sets it."""
+    point). ``sweep.devices`` sets each point's device; running ``parallel`` points at once
+    (default ``sweep.parallel``) on the CPU gives each its share of the cores (``threads``)
+    unless the preset sets it."""
     preset = Path(preset)
     base = config_mod.load(preset, overrides)
     sw = base.sweep
@@ -95,8 +96,9 @@ def plan(preset: str | Path, overrides: list[str] | None = None
         cfg.sweep = None
         if sw.devices:
             cfg.device = sw.devices[i % len(sw.devices)]
-        if sw.parallel > 1 and not cfg.threads and not cfg.device.startswith("cuda"):
-            cfg.threads = max(1, (os.cpu_count() or 1) // sw.parallel)
+        n = parallel or sw.parallel
+        if n > 1 and not cfg.threads and not cfg.device.startswith("cuda"):
+            cfg.threads = max(1, (os.cpu_count() or 1) // n)
         points.append(Point(spec["name"], spec["set"], cfg, spec["values"]))
     return base, points
 
@@ -158,11 +160,12 @@ def sweep_of(session_path: str | Path) -> Path | None:
 
 
 def create(root: str | Path, preset: str | Path, overrides: list[str] | None = None,
-           name: str | None = None) -> Sweep:
+           name: str | None = None, parallel: int | None = None) -> Sweep:
     """Validate the preset's sweep and create its directory ``root/<name>`` (``-2``, ``-3``...
     if taken) with one session per point (not started), whole: a process killed while creating
-    it leaves nothing behind (:func:`engine.files.publish_dir`)."""
-    base, points = plan(preset, overrides)
+    it leaves nothing behind (:func:`engine.files.publish_dir`). ``parallel``: points at once
+    (default ``sweep.parallel``), recorded as the sweep's default when it resumes."""
+    base, points = plan(preset, overrides, parallel)
     if name is not None:
         try:
             name = name_check()(name)
@@ -175,7 +178,7 @@ def create(root: str | Path, preset: str | Path, overrides: list[str] | None = N
             "kind": "sweep", "preset": str(preset), "overrides": list(overrides or []),
             "created": now_iso(), "status": "created",
             "reference": base.sweep.reference_name(), "axes": list(base.sweep.values),
-            "zip": base.sweep.zip,
+            "zip": base.sweep.zip, "parallel": parallel or base.sweep.parallel,
             "points": [{"name": p.name, "set": p.set, "values": p.values} for p in points]})
         (tmp / "runs").mkdir()
         for p in points:
@@ -189,8 +192,8 @@ def run(sweep_dir: str | Path, listeners: list[Callable[[dict], None]] | None = 
         handle_signals: bool = False, run_session: Callable | None = None,
         parallel: int | None = None, poll: float = 0.5) -> int:
     """Run (or resume) every point of the sweep, then the comparison (the caller writes the
-    report: :func:`engine.present.findings.write_sweep_report`). ``parallel`` (default the
-    preset's ``sweep.parallel``): points at once; 1 runs them in this process one after the
+    report: :func:`engine.present.findings.write_sweep_report`). ``parallel`` (default: the
+    sweep's, as created): points at once; 1 runs them in this process one after the
     other (``run_session``), more start worker processes. A point that fails (a diverging
     learning rate, say) is recorded and the others go on; the comparison then shows it as
     failed. Returns 0 when every point is done, 1 when some failed (the comparison and report
@@ -199,8 +202,7 @@ def run(sweep_dir: str | Path, listeners: list[Callable[[dict], None]] | None = 
     from . import runner
 
     sw = Sweep(sweep_dir)
-    cfg = sw.config()
-    parallel = parallel or cfg.sweep.parallel
+    parallel = parallel or sw.manifest().get("parallel") or sw.config().sweep.parallel
     m = sw.update(status="running", started=sw.manifest().get("started") or now_iso())
     names = [p["name"] for p in m["points"]]
     sw.emit(listeners, "sweep_start", sweep=str(sw.path), points=names, parallel=parallel)

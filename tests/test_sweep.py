@@ -294,6 +294,7 @@ def test_points_run_in_parallel_worker_processes(tmp_path, capsys):
             if e["event"] == "run_end"]
     assert min(ends) > sorted(starts)[1]  # two points were under way at once
     assert all(s.has("worker.log") for _, s in par.sessions())  # in worker processes
+    assert par.manifest()["parallel"] == 2  # (and its default when it resumes)
     for (name, a), (_, b) in zip(seq.sessions(), par.sessions()):
         assert np.array_equal(a.load_npy("jacobian.npy"), b.load_npy("jacobian.npy")), name
 

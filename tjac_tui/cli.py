@@ -354,7 +354,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         preset = find_preset(args.target)
         check_sessions_dir(args.sessions)
-        base, points = sweep_mod.plan(preset, args.set)
+        base, points = sweep_mod.plan(preset, args.set, args.parallel)
         plans = []
         for p in points:  # every point sized (and its snapshot steps checked) before any starts
             try:
@@ -362,7 +362,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             except config_mod.ConfigError as e:
                 raise config_mod.ConfigError(f"{preset}: sweep point {p.name}: {e}") from None
         plan_mod.check_all(plans, args.sessions, device=plan_mod.where_svd_runs(base.device))
-        sw = sweep_mod.create(args.sessions, preset, args.set, args.name)
+        sw = sweep_mod.create(args.sessions, preset, args.set, args.name, args.parallel)
         err.print(f"[dim]sweep {sw.path}: {len(points)} points[/]")
 
     def one_run(path, listeners, handle_signals=False):
@@ -397,7 +397,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 t.add_column(c, no_wrap=True)
             for r in v.rows:
                 t.add_row(*r)
-            Console(width=None if sys.stdout.isatty() else 160).print(t)
+            Console(width=None if sys.stdout.isatty() else 240).print(t)
     if code != EXIT_OK:
         m = sw.manifest()
         print(one_line(f"{sw.path}: {m.get('status')}" + (f" ({m['error']})" if m.get("error")
