@@ -423,10 +423,10 @@ class Runner:
         before (its summary intact) is skipped. Then ``snapshots/summary.json``: one row per
         step, the final J's included (:func:`engine.spectrum.through_training`)."""
         s, steps = self.session, self.plan.snapshots
-        keep = self.cfg.jacobian.snapshot_keep
         for i, t in enumerate(steps):
             d = plan_mod.snapshot_dir(t)
             if self.snapshot_analysed(d):
+                self.drop_unkept(d)  # (a kill may have come between the summary and this)
                 continue
             if self.stop_requested:
                 raise KeyboardInterrupt
@@ -436,12 +436,7 @@ class Runner:
                                       f"{d}/svd")
             summary["step"] = t
             s.write_json(f"{d}/spectrum.json", summary, stage="snapshots")
-            gone = {"jacobian": [], "svd": ["jacobian.npy"],
-                    "spectrum": ["jacobian.npy", "svd/U.npy", "svd/Vh.npy"]}[keep]
-            for name in gone:
-                (s.path / d / name).unlink(missing_ok=True)
-                (s.path / d / jac_mod.JacobianStore.PROGRESS).unlink(missing_ok=True)
-            s.forget(lambda rel, d=d, gone=gone: rel in {f"{d}/{n}" for n in gone})
+            self.drop_unkept(d)
             self.emit("snapshot_done", step=t, index=i, total=len(steps),
                       s_max=summary["s_max"], seconds=round(time.perf_counter() - t0, 3),
                       counts={k: r["count"] for k, r in summary["regions"].items()})
@@ -449,6 +444,17 @@ class Runner:
             [(t, s.read_json(f"{plan_mod.snapshot_dir(t)}/spectrum.json")) for t in steps]
             + [(self.problem.steps, s.read_json("spectrum.json"))], self.problem.lrs),
             stage="snapshots")
+
+    def drop_unkept(self, d: str) -> None:
+        """Delete (and unrecord) what ``jacobian.snapshot_keep`` does not keep of snapshot
+        folder ``d``, once it is analysed."""
+        gone = {"jacobian": [], "svd": ["jacobian.npy", jac_mod.JacobianStore.PROGRESS],
+                "spectrum": ["jacobian.npy", jac_mod.JacobianStore.PROGRESS, "svd/U.npy",
+                             "svd/Vh.npy"]}[self.cfg.jacobian.snapshot_keep]
+        for name in gone:
+            (self.session.path / d / name).unlink(missing_ok=True)
+        if gone:
+            self.session.forget(lambda rel: rel in {f"{d}/{n}" for n in gone})
 
     def stage_matfree(self) -> None:
         """``spectrum.method = "matfree"``: the top k singular values of J (scipy svds on J as

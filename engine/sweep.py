@@ -159,12 +159,29 @@ def sweep_of(session_path: str | Path) -> Path | None:
     return None
 
 
+def check(points: list[Point], root: str | Path, device: str) -> None:
+    """Every point's plan (its snapshot steps, files and SVD memory) made and checked against
+    the disk under ``root`` and this machine, together (:func:`engine.plan.check_all`), before
+    any point starts: a ConfigError or PlanError names what does not fit."""
+    from . import plan as plan_mod
+
+    plans = []
+    for p in points:
+        try:
+            plans.append(plan_mod.make_plan(p.config))
+        except ConfigError as e:
+            raise ConfigError(f"sweep point {p.name}: {e}") from None
+    plan_mod.check_all(plans, Path(root), device=plan_mod.where_svd_runs(device))
+
+
 def create(root: str | Path, preset: str | Path, overrides: list[str] | None = None,
-           name: str | None = None, parallel: int | None = None) -> Sweep:
+           name: str | None = None, parallel: int | None = None,
+           label: str | None = None) -> Sweep:
     """Validate the preset's sweep and create its directory ``root/<name>`` (``-2``, ``-3``...
     if taken) with one session per point (not started), whole: a process killed while creating
     it leaves nothing behind (:func:`engine.files.publish_dir`). ``parallel``: points at once
-    (default ``sweep.parallel``), recorded as the sweep's default when it resumes."""
+    (default ``sweep.parallel``), recorded as the sweep's default when it resumes; ``label``:
+    what the manifest names as the preset (default its path)."""
     base, points = plan(preset, overrides, parallel)
     if name is not None:
         try:
@@ -175,14 +192,14 @@ def create(root: str | Path, preset: str | Path, overrides: list[str] | None = N
     def fill(tmp: Path) -> None:
         atomic_write(tmp / "sweep.toml", config_mod.dumps(base).encode())
         atomic_write_json(tmp / "sweep.json", {
-            "kind": "sweep", "preset": str(preset), "overrides": list(overrides or []),
+            "kind": "sweep", "preset": label or str(preset), "overrides": list(overrides or []),
             "created": now_iso(), "status": "created",
             "reference": base.sweep.reference_name(), "axes": list(base.sweep.values),
             "zip": base.sweep.zip, "parallel": parallel or base.sweep.parallel,
             "points": [{"name": p.name, "set": p.set, "values": p.values} for p in points]})
         (tmp / "runs").mkdir()
         for p in points:
-            s = Session.create(tmp / "runs", p.name, p.config, str(preset))
+            s = Session.create(tmp / "runs", p.name, p.config, label or str(preset))
             assert s.path.name == p.name
 
     return Sweep(publish_dir(root, name or base.name, fill))

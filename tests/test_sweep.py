@@ -20,7 +20,7 @@ from engine import config, regions, runner, sweep
 from engine.subspace import mean_cos_block, principal_cosines
 from tjac_tui.cli import main
 
-from conftest import REPO, running, until
+from conftest import REPO, running, screen_lines, until
 
 BASE = """
 name = "mini-sweep"
@@ -356,3 +356,65 @@ def test_sweep_events_and_manifest_are_plain_json(tmp_path):
     kinds = [e["event"] for e in st.events()[0]]
     assert kinds[0] == "sweep_start" and kinds[-1] == "sweep_end"
     assert kinds.count("sweep_point") == kinds.count("sweep_point_end") == 2
+
+
+@pytest.mark.slow
+def test_ctrl_r_on_a_sweep_preset_starts_the_sweep(tmp_path):
+    from tjac_tui.app import TjacApp
+    from tjac_tui.screens import ComparePane
+    from tjac_tui.screens.compare import SWEEP
+
+    preset = tmp_path / "grid.toml"
+    preset.write_text(GRID.replace("[[3], [5]]", "[[3]]"))  # two points
+    root = tmp_path / "sessions"
+
+    async def go():
+        app = TjacApp(sessions_dir=root, preset=str(preset))
+        async with running(app, (140, 50)) as pilot:
+            setup = app.pane("setup")
+            await until(pilot, lambda: setup.status_text.endswith("grid.toml: valid"),
+                        what="the preset")
+            await setup.settled()
+            await pilot.pause(0.5)
+            await pilot.press("ctrl+r")
+            await until(pilot, lambda: app.current is not None, what="the first point")
+            assert app.current == root / "mini-sweep" / "runs" / "hidden-3_lr-0.05"
+            assert app.active_pane == "live"
+            st = sweep.Sweep(root / "mini-sweep")
+            await until(pilot, lambda: st.manifest().get("status") == "done", timeout=180,
+                        what="the sweep, in its background process")
+            await until(pilot, lambda: app.live.status == "done", what="the first point")
+            assert st.manifest()["preset"] == str(preset)
+            await pilot.press("6")
+            pane = app.query_one(ComparePane)
+            await until(pilot, lambda: SWEEP + str(st.path) in pane.choices,
+                        what="the sweep in Compare")
+            pane.select([SWEEP + str(st.path)])
+            await until(pilot, lambda: [r[0] for r in pane.rows] == [
+                "hidden-3_lr-0.05", "hidden-3_lr-0.2"], what="its table")
+            assert all(r[2] == "done" for r in pane.rows)
+    asyncio.run(go())
+    assert (root / "mini-sweep" / "report.md").is_file()
+
+
+def test_ctrl_r_on_a_sweep_that_does_not_fit_says_why(tmp_path):
+    from tjac_tui.app import TjacApp
+
+    preset = tmp_path / "bad.toml"
+    preset.write_text(BASE + '[sweep]\npoints = [{ name = "a", set = ['
+                             '"jacobian.snapshots=[999]"] }]\n')
+
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path / "sessions", preset=str(preset))
+        async with running(app, (140, 50)) as pilot:
+            setup = app.pane("setup")
+            await until(pilot, lambda: setup.status_text.endswith("bad.toml: valid"),
+                        what="the preset")  # each point is checked only when it starts
+            await setup.settled()
+            await pilot.pause(0.5)  # (the fields' first focus, which a key press can race)
+            await pilot.press("ctrl+r")
+            await until(pilot, lambda: "sweep point a:" in "\n".join(screen_lines(app)),
+                        what="the message")
+            assert app.current is None
+            assert not (tmp_path / "sessions" / "mini-sweep").exists()
+    asyncio.run(go())

@@ -9,8 +9,8 @@ manifest, arrays) and plotting happen in thread workers; the event loop only upd
 from __future__ import annotations
 
 import asyncio
-
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -361,9 +361,12 @@ class TjacApp(App):
 
     # ---- runs ------------------------------------------------------------------------------
     def start_run(self, cfg: config_mod.RunConfig, preset: Path | None) -> Path:
-        """Create a session for ``cfg`` and start its worker process; follow it."""
+        """Create a session for ``cfg`` and start its worker process; follow it. A config with
+        a ``[sweep]`` starts the sweep instead (:meth:`start_sweep`)."""
         from engine.worker import start_worker
 
+        if cfg.sweep is not None:
+            return self.start_sweep(cfg, preset)
         s = Session.create(self.sessions_dir, cfg.name, cfg, str(preset) if preset else None)
         self.procs[s.path] = start_worker(s.path)
         self.notify(f"started {s.name} (worker process; quitting the TUI leaves it running)")
@@ -371,6 +374,36 @@ class TjacApp(App):
         if self.panes_ready:
             self.pane("sessions").refresh_rows()
         return s.path
+
+    def start_sweep(self, cfg: config_mod.RunConfig, preset: Path | None) -> Path:
+        """Create the sweep of ``cfg`` (every point validated and sized first) under the
+        sessions folder and run it in a background process (``tjac sweep DIR``, which outlives
+        the TUI); follow its first point. The Compare pane shows the sweep's table."""
+        import tempfile
+
+        from engine import plan as plan_mod, sweep as sweep_mod
+        from engine.worker import boot, spawn
+
+        self.sessions_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:  # the edited config as the sweep's preset
+            src = Path(tmp) / f"{cfg.name}.toml"  # (its paths are absolute already)
+            src.write_text(config_mod.dumps(cfg), encoding="utf-8")
+            try:
+                base, points = sweep_mod.plan(src)
+                sweep_mod.check(points, self.sessions_dir, base.device)
+            except plan_mod.PlanError as e:
+                raise config_mod.ConfigError(str(e)) from None
+            sw = sweep_mod.create(self.sessions_dir, src, label=str(preset) if preset else None)
+        spawn([sys.executable, "-c", boot("tjac_tui.cli"), "sweep", str(sw.path), "-q"],
+              sw.path / "sweep.log")
+        first = sw.session(points[0].name).path
+        self.notify(f"started sweep {sw.path.name}: {len(points)} points in a background "
+                    "process (quitting the TUI leaves it running); Compare (6) shows its table")
+        self.open_session(first, pane="live", note=f"sweep {sw.path.name}: starting point 1 "
+                                                   f"of {len(points)}...")
+        if self.panes_ready:
+            self.pane("sessions").refresh_rows()
+        return sw.path
 
     def resume_session(self, path: Path) -> bool:
         from engine.worker import start_worker

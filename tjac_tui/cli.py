@@ -350,18 +350,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise config_mod.ConfigError(f"{sw.path}: --set: a sweep resumes as it was "
                                          "created; start a new one to change its keys")
     else:
-        from engine import plan as plan_mod
-
         preset = find_preset(args.target)
         check_sessions_dir(args.sessions)
         base, points = sweep_mod.plan(preset, args.set, args.parallel)
-        plans = []
-        for p in points:  # every point sized (and its snapshot steps checked) before any starts
-            try:
-                plans.append(plan_mod.make_plan(p.config))
-            except config_mod.ConfigError as e:
-                raise config_mod.ConfigError(f"{preset}: sweep point {p.name}: {e}") from None
-        plan_mod.check_all(plans, args.sessions, device=plan_mod.where_svd_runs(base.device))
+        try:  # every point sized (and its snapshot steps checked) before any starts
+            sweep_mod.check(points, args.sessions, base.device)
+        except config_mod.ConfigError as e:
+            raise config_mod.ConfigError(f"{preset}: {e}") from None
         sw = sweep_mod.create(args.sessions, preset, args.set, args.name, args.parallel)
         err.print(f"[dim]sweep {sw.path}: {len(points)} points[/]")
 

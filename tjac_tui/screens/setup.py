@@ -665,4 +665,9 @@ class SetupPane(Vertical):
         except config_mod.ConfigError as e:
             self.set_status(str(e), "bold red")
             return None
-        return self.app.start_run(cfg, self.preset_path)
+        try:
+            return self.app.start_run(cfg, self.preset_path)
+        except config_mod.ConfigError as e:  # a sweep point that is invalid or does not fit
+            self.set_status(str(e), "bold red")
+            self.app.notify(str(e), title="not started", severity="error", timeout=15)
+            return None
