@@ -252,15 +252,18 @@ class Runner:
                 continue
             (s.path / d).mkdir(parents=True, exist_ok=True)
             st = out[t] = jac_mod.JacobianStore(s.path / d, P, chunk, np.dtype(self.cfg.dtype))
-            if st.pending:
+            if st.pending:  # its analysis is redone once the chunks are in
                 s.forget(lambda rel, d=d: rel.startswith(d + "/") and rel != d + "/jacobian.npy")
+                if s.stage_status("snapshots") == "done":
+                    s.set_stage("snapshots", status="pending")
         return out
 
     def snapshot_analysed(self, d: str) -> bool:
-        """Whether snapshot folder ``d`` has its summary recorded and intact."""
-        rel = f"{d}/spectrum.json"
-        return rel in self.session.manifest().get("files", {}) and not self.session.verify(
-            only={rel})
+        """Whether snapshot folder ``d`` has its summary recorded, and it and the SVD's files
+        are intact."""
+        files = self.session.manifest().get("files", {})
+        mine = {rel for rel in files if rel.startswith(d + "/") and rel != f"{d}/jacobian.npy"}
+        return f"{d}/spectrum.json" in mine and not self.session.verify(only=mine)
 
     def share_of(self, store: jac_mod.JacobianStore) -> list[int] | None:
         """The chunks this process computes (engine.distributed splits them among ranks);

@@ -129,9 +129,19 @@ def test_damaged_snapshot_is_computed_again_bitwise(tmp_path, tiny_npz):
     assert runner.run_session(s.path) == runner.EXIT_OK
     warnings = [e["message"] for e in s.events()[0] if e["event"] == "warning"]
     assert any("step_000004/jacobian.npy" in w and "damaged block" in w for w in warnings)
+    last = max(i for i, e in enumerate(s.events()[0]) if e["event"] == "run_start")
+    assert [e["step"] for e in s.events()[0][last:] if e["event"] == "snapshot_start"] == [4]
     assert np.array_equal(snapshot_J(s, 4), good)
     assert (s.path / "snapshots/summary.json").read_bytes() == summary
     assert s.verify() == {}
+    # a damaged snapshot SVD: that snapshot is analysed again (its J is intact)
+    S_path = s.path / plan_mod.snapshot_dir(7) / "svd" / "S.npy"
+    S = S_path.read_bytes()
+    S_path.write_bytes(S[:-8] + b"\x00" * 8)
+    assert runner.run_session(s.path) == runner.EXIT_OK
+    last = max(i for i, e in enumerate(s.events()[0]) if e["event"] == "run_start")
+    assert [e["step"] for e in s.events()[0][last:] if e["event"] == "snapshot_start"] == [7]
+    assert S_path.read_bytes() == S and s.verify() == {}
 
 
 def test_stop_during_the_snapshots_stage_then_resume(tmp_path, tiny_npz):
