@@ -219,6 +219,7 @@ def test_report_and_spectrum_pane_show_the_spectrum_through_training(tmp_path, t
     assert row in md
     assert "### Singular values of J_(0->t) through training" in md
     assert "### Regions through training" in md
+    assert "### Bulk alignment through training" in md
 
     async def go():
         app = TjacApp(sessions_dir=tmp_path, session="snap")
@@ -240,6 +241,8 @@ def test_report_and_spectrum_pane_show_the_spectrum_through_training(tmp_path, t
             x, y = plots["regions"].plot.data()["bulk"]
             np.testing.assert_allclose(x, [1, 3, 4, 7, 8, 10])
             np.testing.assert_allclose(y, [r["fractions"]["bulk"] for r in tt["rows"]])
+            x, y = plots["align"].plot.data()["bulk u.v"]
+            np.testing.assert_allclose(y, [r["bulk_align_mean"] for r in tt["rows"]])
             head = str(pane.query_one("#snap-head").render())
             assert "Spectrum through training: 6 steps" in head
     asyncio.run(go())

@@ -338,7 +338,8 @@ def overlaid(items: list, n: int = MAX_OVERLAID) -> list:
 
 def snapshot_views(session) -> list[View]:
     """The spectrum through training of a session with ``jacobian.snapshots``: the spectra of
-    J_{0->t} overlaid, the region fractions and s_1 against the step t, with the table of
+    J_{0->t} overlaid, the region fractions, s_1 and the bulk alignment against the step t,
+    with the table of
     ``snapshots/summary.json`` (one row per step, the final J's last); [] without snapshots."""
     if isinstance(session, (str, Path)):
         session = Session(session)
@@ -377,6 +378,14 @@ def snapshot_views(session) -> list[View]:
         View("snapshots.s_max", "s_1 of J_(0->t) through training",
              [("s_1", steps, np.array([r["s_max"] for r in rows]))], logy=True, xint=True,
              xlabel="step t", ylabel="s_1"),
+        View("snapshots.align", "Bulk alignment through training",
+             [(label, steps[ok], np.array([r[key] for r in rows], dtype=np.float64)[ok])
+              for label, key in (("bulk u.v", "bulk_align_mean"),
+                                 ("bulk cos", "bulk_subspace_cos"))
+              for ok in [np.array([r[key] is not None for r in rows], dtype=bool)]],
+             xint=True, xlabel="step t", ylabel="mean over the bulk",
+             note="" if all(r["bulk_align_mean"] is not None for r in rows) else
+             "steps without a bulk (or without singular vectors) are left out"),
     ]
 
 

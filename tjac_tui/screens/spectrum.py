@@ -1,6 +1,7 @@
 """Spectrum pane: s_i and |s_i - 1| on log axes and u_i . v_i, regions marked; with
 ``jacobian.snapshots``, the spectrum through training below (the spectra of J_(0->t) overlaid,
-the region fractions and s_1 against the step, and their table); follows the current session."""
+the region fractions, s_1 and the bulk alignment against the step, and their table); follows
+the current session."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class SpectrumPane(VerticalScroll):
         yield PlotView("", id="plot-snap-spectra", classes="spectrum-plot")
         yield PlotView("", id="plot-snap-regions", classes="spectrum-plot")
         yield PlotView("", id="plot-snap-s_max", classes="spectrum-plot")
+        yield PlotView("", id="plot-snap-align", classes="spectrum-plot")
         yield DataTable(id="snap-table", zebra_stripes=True)
 
     def views(self) -> dict[str, PlotView]:
@@ -97,7 +99,7 @@ class SpectrumPane(VerticalScroll):
 
     def snapshot_plots(self) -> dict[str, PlotView]:
         return {k: self.query_one(f"#plot-snap-{k}", PlotView)
-                for k in ("spectra", "regions", "s_max")}
+                for k in ("spectra", "regions", "s_max", "align")}
 
     def _show_snapshots(self, path: Path, snaps: list[View]) -> None:
         if path != self.path:
