@@ -388,6 +388,12 @@ def study_as_sweep(table: dict) -> dict:
 
 def _sweep_checks(cfg: RunConfig, where: str) -> None:
     """Every swept key is a config key and every value passes its check."""
+    def checked(key: str, value: Any, label: str) -> None:
+        try:
+            field_info(key).check(value)
+        except Invalid as e:
+            raise ConfigError(f"{where}: {label}: expected {e}, got {show(value)}") from None
+
     for key, values in cfg.sweep.values.items():
         if key.startswith("sweep.") or key == "sweep":
             raise ConfigError(f"{where}: sweep.values.{key}: a sweep cannot sweep itself")
@@ -396,16 +402,9 @@ def _sweep_checks(cfg: RunConfig, where: str) -> None:
         except KeyError:
             raise ConfigError(f"{where}: sweep.values.{key}: not a config key") from None
         for v in values:
-            try:
-                check_value(key, v)
-            except ConfigError as e:  # "KEY: expected ..., got ..."
-                raise ConfigError(f"{where}: sweep.values.{key}: "
-                                  f"{str(e).split(': ', 1)[-1]}") from None
+            checked(key, v, f"sweep.values.{key}")
     for d in cfg.sweep.devices:
-        try:
-            check_value("device", d)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: sweep.devices: {str(e).split(': ', 1)[-1]}") from None
+        checked("device", d, "sweep.devices")
 
 
 def from_dict(table: dict, where: str = "<config>", base: Path | None = None) -> RunConfig:

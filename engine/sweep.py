@@ -181,8 +181,14 @@ def create(root: str | Path, preset: str | Path, overrides: list[str] | None = N
     if taken) with one session per point (not started), whole: a process killed while creating
     it leaves nothing behind (:func:`engine.files.publish_dir`). ``parallel``: points at once
     (default ``sweep.parallel``), recorded as the sweep's default when it resumes; ``label``:
-    what the manifest names as the preset (default its path)."""
+    what the manifest and messages name as the preset (default its path). Every point is
+    validated and sized (:func:`check`) before anything is created: a point that cannot run
+    here raises ConfigError (or PlanError) naming it."""
     base, points = plan(preset, overrides, parallel)
+    try:
+        check(points, root, base.device)
+    except ConfigError as e:
+        raise ConfigError(f"{label or preset}: {e}") from None
     if name is not None:
         try:
             name = name_check()(name)

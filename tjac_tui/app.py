@@ -389,14 +389,14 @@ class TjacApp(App):
             src = Path(tmp) / f"{cfg.name}.toml"  # (its paths are absolute already)
             src.write_text(config_mod.dumps(cfg), encoding="utf-8")
             try:
-                base, points = sweep_mod.plan(src)
-                sweep_mod.check(points, self.sessions_dir, base.device)
+                sw = sweep_mod.create(self.sessions_dir, src,
+                                      label=str(preset) if preset else None)
             except plan_mod.PlanError as e:
                 raise config_mod.ConfigError(str(e)) from None
-            sw = sweep_mod.create(self.sessions_dir, src, label=str(preset) if preset else None)
         spawn([sys.executable, "-c", boot("tjac_tui.cli"), "sweep", str(sw.path), "-q"],
               sw.path / "sweep.log")
-        first = sw.session(points[0].name).path
+        points = sw.manifest()["points"]
+        first = sw.session(points[0]["name"]).path
         self.notify(f"started sweep {sw.path.name}: {len(points)} points in a background "
                     "process (quitting the TUI leaves it running); Compare (6) shows its table")
         self.open_session(first, pane="live", note=f"sweep {sw.path.name}: starting point 1 "

@@ -352,13 +352,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         preset = find_preset(args.target)
         check_sessions_dir(args.sessions)
-        base, points = sweep_mod.plan(preset, args.set, args.parallel)
-        try:  # every point sized (and its snapshot steps checked) before any starts
-            sweep_mod.check(points, args.sessions, base.device)
-        except config_mod.ConfigError as e:
-            raise config_mod.ConfigError(f"{preset}: {e}") from None
         sw = sweep_mod.create(args.sessions, preset, args.set, args.name, args.parallel)
-        err.print(f"[dim]sweep {sw.path}: {len(points)} points[/]")
+        err.print(f"[dim]sweep {sw.path}: {len(sw.manifest()['points'])} points[/]")
 
     def one_run(path, listeners, handle_signals=False):
         with RichProgress(err) as bars:

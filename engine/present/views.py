@@ -467,11 +467,11 @@ def sweep_views(sweep_dir) -> list[tuple[str, str, list[View]]]:
         + [f"{k} (tol={tol:g})" for k in regions.REGIONS] + ["bulk u.v", "time (s)"],
         rows=table, note=note)])]
     trends = []
+    for p in points:
+        if p.get("fractions"):
+            p["bulk_fraction"] = p["fractions"]["bulk"]
     for key in axes:
         for metric, label in (("bulk_fraction", "bulk fraction"), ("s_max", "s_1")):
-            for p in points:
-                if p.get("fractions"):
-                    p["bulk_fraction"] = p["fractions"]["bulk"]
             v = against_key(points, key, metric, label)
             if v is not None:
                 trends.append(v)
