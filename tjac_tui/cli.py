@@ -107,7 +107,7 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
     from engine import plan as plan_mod
     from engine.runner import probe
 
-    from .state import fmt_seconds
+    from .state import fmt_seconds, matfree_time_text
 
     pl = plan_mod.make_plan(cfg)
     try:
@@ -122,7 +122,7 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
             r = probe(cfg)
             out.update({k: r.get(k) for k in ("device", "chunk", "column_steps_per_s",
                                                 "jacobian_s", "svd_s", "svd_s_note",
-                                                "chunk_probe")})
+                                                "chunk_probe", "matfree")})
             out["snapshots"] = pl.snapshots
             if r.get("svd_s") is not None:
                 out["snapshots_svd_s"] = len(pl.snapshots) * r["svd_s"]
@@ -132,6 +132,12 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
         print(line)
     print(fits)
     if not cfg.jacobian.enabled:
+        return 0
+    if cfg.spectrum.method == "matfree":
+        print("probing (a few training steps of each product)...", file=sys.stderr)
+        r, sp = probe(cfg), cfg.spectrum
+        print(matfree_time_text(r["device"], r["matfree"], min(sp.k, pl.P - 1), sp.probes,
+                                sp.lanczos_steps))
         return 0
     print("probing (a few training steps of one chunk)...", file=sys.stderr)
     r = probe(cfg)
@@ -408,8 +414,12 @@ def keys_markdown(all_sections: bool = False) -> str:
     import tomli_w
 
     from engine.present.markdown import md_table
+    from engine.sections import toml_literal
 
-    rows = [[f"`{r.key}`", f"`{tomli_w.dumps({'v': r.default})[4:].strip()}`", r.help]
+    def literal(v) -> str:  # a list on one line (tomli_w writes one item a line)
+        return toml_literal(v) if isinstance(v, list) else tomli_w.dumps({"v": v})[4:].strip()
+
+    rows = [[f"`{r.key}`", f"`{literal(r.default)}`", r.help]
             for r in config_mod.describe(with_plugins=all_sections)]
     return md_table(["key", "default", "meaning"], rows, align="lll")
 
