@@ -254,6 +254,11 @@ class SpectrumConfig:
                                                     min_items=1, max_items=16),
                               "matfree: the tolerances tau of the bulk-size estimates "
                               "(singular values in [1 - tau, 1 + tau])")
+    deflate: bool = option(True, boolean(),
+                           "matfree: the bulk-size estimate works on J^T J with the top k right "
+                           "singular vectors projected out (their values counted exactly): the "
+                           "window is then resolved within s_(k+1)^2 instead of s_1^2, so its "
+                           "bounds close in after fewer Lanczos steps")
     matfree_dtype: str = option("float64", choice("float64", "float32"),
                                 "matfree: precision of the J v / J^T u products")
 

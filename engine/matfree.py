@@ -42,7 +42,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator, svds
+from scipy.sparse.linalg import LinearOperator, aslinearoperator, svds
 
 from .train import GenericKernel, Problem, Trajectory, record_trajectory, train_tangents
 
@@ -184,22 +184,52 @@ class TrainingJacobian:
                               dtype=np.float64)
 
 
+class StoredJacobian:
+    """A J held as a matrix, with the operator side of :class:`TrainingJacobian` (``P``,
+    ``matmat``, ``rmatmat``, ``linear_operator``, ``gram``): the estimators below run on a
+    stored J as well, where the exact SVD can check them (the tests, benchmarks/matfree.py),
+    and a product costs a matrix multiply instead of a training run."""
+
+    def __init__(self, J: np.ndarray):
+        self.J = np.asarray(J, dtype=np.float64)
+        self.P = self.J.shape[0]
+        self._G = self.J.T @ self.J
+
+    def matmat(self, V: np.ndarray) -> np.ndarray:
+        return self.J @ V
+
+    def rmatmat(self, U: np.ndarray) -> np.ndarray:
+        return self.J.T @ U
+
+    def linear_operator(self) -> LinearOperator:
+        return aslinearoperator(self.J)
+
+    def gram(self) -> LinearOperator:
+        return aslinearoperator(self._G)
+
+
 # --------------------------------------------------------------------------------------------
 # the top (bottom) singular values
 
 
-def top_singular_values(op: TrainingJacobian, k: int, solver: str = "arpack",
+def top_singular_values(op: TrainingJacobian | StoredJacobian, k: int, solver: str = "arpack",
                         which: str = "LM", tol: float = 1e-10, seed: int = 0,
-                        maxiter: int | None = None) -> np.ndarray:
+                        maxiter: int | None = None, vectors: bool = False
+                        ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The ``k`` largest (``which="SM"``: smallest) singular values of J, descending, by
-    scipy's ``svds`` on the operator (ARPACK, PROPACK or LOBPCG)."""
+    scipy's ``svds`` on the operator (ARPACK, PROPACK or LOBPCG); with ``vectors``, also the
+    right singular vectors as the columns of a (P, k) array, in the same order."""
     rng = np.random.default_rng(seed)
     v0 = rng.standard_normal(op.P)
     kw = {"maxiter": maxiter} if maxiter else {}
-    s = svds(op.linear_operator(), k=k, which=which, solver=solver, tol=tol,
-             return_singular_vectors=False, random_state=seed,
-             v0=v0 if solver != "lobpcg" else None, **kw)
-    return np.sort(np.asarray(s, dtype=np.float64))[::-1]
+    res = svds(op.linear_operator(), k=k, which=which, solver=solver, tol=tol,
+               return_singular_vectors="vh" if vectors else False, random_state=seed,
+               v0=v0 if solver != "lobpcg" else None, **kw)
+    s = np.asarray(res[1] if vectors else res, dtype=np.float64)
+    order = np.argsort(s)[::-1]
+    if not vectors:
+        return s[order]
+    return s[order], np.ascontiguousarray(np.asarray(res[2], dtype=np.float64)[order].T)
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,23 +315,47 @@ def window_mass(alpha: np.ndarray, beta: np.ndarray, lo: float, hi: float
     return est, lower, min(1.0, upper)
 
 
-def bulk_count(op: TrainingJacobian, tols=(1e-3, 1e-2), probes: int = 8, steps: int = 60,
-               seed: int = 0) -> list[BulkEstimate]:
+def bulk_count(op: TrainingJacobian | StoredJacobian, tols=(1e-3, 1e-2), probes: int = 8,
+               steps: int = 60, seed: int = 0, deflate: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> list[BulkEstimate]:
     """How many singular values of J lie in [1 - tol, 1 + tol], for each tol: stochastic
     Lanczos quadrature on J^T J with ``probes`` Rademacher vectors and ``steps`` Lanczos steps
-    each (2 x steps operator products, batched over the probes)."""
+    each (2 x steps operator products, batched over the probes).
+
+    ``deflate = (s, V)``: singular values already known with their right singular vectors
+    (the columns of V, orthonormal; e.g. the top k from :func:`top_singular_values`). The
+    quadrature then runs on J^T J restricted to the complement of V, whose spectrum is the
+    rest: the top of the range the window has to be resolved within falls from s_1^2 to
+    s_(k+1)^2, and the bounds close in after fewer steps. The known values are counted
+    exactly (those inside the window), the rest estimated from the projected probes."""
     rng = np.random.default_rng(seed)
     Z = rng.choice([-1.0, 1.0], size=(op.P, probes))
-    gram = op.gram()
-    tri = lanczos_lockstep(gram.matmat, Z, steps)
+    gram = op.gram().matmat
+    known = np.zeros(0)
+    if deflate is not None:
+        known, V = np.asarray(deflate[0], dtype=np.float64), deflate[1]
+
+        def off_v(X: np.ndarray) -> np.ndarray:
+            return X - V @ (V.T @ X)
+
+        Z = off_v(Z)
+        matmat = lambda X: off_v(gram(off_v(X)))  # noqa: E731
+    else:
+        matmat = gram
+    # Hutchinson: E[z^T f(A) z] = tr f(A); each probe's quadrature gives the fraction of
+    # |z|^2 (P for a Rademacher vector, about P - k once projected) in the window
+    norms = (Z * Z).sum(axis=0)
+    tri = lanczos_lockstep(matmat, Z, steps)
     out = []
     for tol in tols:
         lo, hi = (1 - tol) ** 2, (1 + tol) ** 2
-        rows = np.array([window_mass(a, b, lo, hi) for a, b in tri])
-        est = op.P * rows[:, 0]
+        exact = float(((known >= 1 - tol) & (known <= 1 + tol)).sum())
+        rows = np.array([window_mass(a, b, lo, hi) for a, b in tri]) * norms[:, None]
+        est = exact + rows[:, 0]
         se = float(est.std(ddof=1) / math.sqrt(probes)) if probes > 1 else float("inf")
-        qlo, qhi = op.P * rows[:, 1].mean(), op.P * rows[:, 2].mean()
+        qlo, qhi = exact + rows[:, 1].mean(), exact + rows[:, 2].mean()
         out.append(BulkEstimate(tol=tol, count=float(est.mean()), lower=max(0.0, qlo - 2 * se),
                                 upper=min(float(op.P), qhi + 2 * se), stderr=se,
                                 quadrature=(float(qlo), float(qhi)), per_probe=est.tolist()))
     return out
+

@@ -188,6 +188,8 @@ def make_plan(cfg: RunConfig, ds=None, P: int | None = None) -> Plan:
             "top-k solver": {"propack": 2 * 10 * sp.k, "arpack": 2 * max(2 * sp.k + 1, 20),
                              "lobpcg": 8 * sp.k}[sp.solver] * P * 8,
         }
+        if sp.deflate:  # the top k right singular vectors, kept for the bulk estimate
+            plan.matfree["deflation vectors"] = sp.k * P * 8
         plan.disk["matfree.json"] = 64 * (sp.k + sp.probes * len(sp.count_tols)) + 4096
     if jac:
         plan.disk["jacobian.npy"] = P * P * item

@@ -482,19 +482,21 @@ class Runner:
         k = min(sp.k, P - 1)
         t0 = time.perf_counter()
         phase[0] = "top-k"
-        top = matfree.top_singular_values(op, k, solver=sp.solver, seed=self.cfg.seed,
-                                          tol=sp.top_tol)
+        top, V = matfree.top_singular_values(op, k, solver=sp.solver, seed=self.cfg.seed,
+                                             tol=sp.top_tol, vectors=True)
         t_top = time.perf_counter() - t0
         top_products = (op.stats.jvp_vectors, op.stats.vjp_vectors)
         phase[0] = "bulk"
         est = matfree.bulk_count(op, sp.count_tols, sp.probes, sp.lanczos_steps,
-                                 seed=self.cfg.seed)
+                                 seed=self.cfg.seed, deflate=(top, V) if sp.deflate else None)
+        del V
         result = {
             "P": P, "dtype": sp.matfree_dtype, "segment": op.segment, "steps": op.T,
             "top": {"k": k, "solver": sp.solver, "tol": sp.top_tol, "s": top.tolist(),
                     "seconds": round(t_top, 3),
                     "jvp_vectors": top_products[0], "vjp_vectors": top_products[1]},
             "bulk": {"probes": sp.probes, "lanczos_steps": sp.lanczos_steps,
+                     "deflated": k if sp.deflate else 0,
                      "seconds": round(time.perf_counter() - t0 - t_top, 3),
                      "estimates": [e.to_json() for e in est]},
             "stats": dataclasses.asdict(op.stats),

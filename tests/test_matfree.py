@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine import config, data as data_mod, jacobian, models, regions, train
-from engine.matfree import (TrainingJacobian, bulk_count, lanczos_lockstep,
+from engine.matfree import (StoredJacobian, TrainingJacobian, bulk_count, lanczos_lockstep,
                             top_singular_values, window_mass)
 from engine.runner import run_session
 from engine.session import Session
@@ -94,6 +94,32 @@ def test_the_bulk_estimate_contains_the_exact_count(small):
         assert len(e.per_probe) == 8 and e.stderr > 0
 
 
+def test_deflation_keeps_the_bounds_rigorous_and_narrows_them(small):
+    """With the top k right singular vectors projected out (their values counted exactly), the
+    quadrature bounds, averaged over the probes, still contain the probes' exact count: the
+    deflated values inside the window plus each projected probe's mass of the window under
+    J^T J; and for tau = 0.1 the deflated bar is narrower than the plain one at the same
+    probes and steps."""
+    op, J = small
+    top, V = top_singular_values(op, 20, solver="propack", vectors=True)
+    U, S, Vt = np.linalg.svd(J)
+    np.testing.assert_allclose(top, S[:20], rtol=1e-9)
+    # the vectors are J's right singular vectors: |v_i . v_i(exact)| = 1
+    np.testing.assert_allclose(np.abs((Vt[:20] * V.T).sum(axis=1)), 1.0, atol=1e-7)
+    exp, tols, probes, steps = StoredJacobian(J), (1e-3, 1e-2, 1e-1), 6, 15
+    plain = bulk_count(exp, tols, probes, steps, seed=3)
+    defl = bulk_count(exp, tols, probes, steps, seed=3, deflate=(top, V))
+    Z = np.random.default_rng(3).choice([-1.0, 1.0], size=(op.P, probes))
+    Zp = Z - V @ (V.T @ Z)
+    Vr = Vt[20:].T  # J^T J on the complement of V: the values below the top 20
+    for e, p_, tol in zip(defl, plain, tols):
+        inside = np.abs(S - 1) <= tol
+        exact = inside[:20].sum() + ((Vr[:, inside[20:]].T @ Zp) ** 2).sum(axis=0)
+        assert e.quadrature[0] - 1e-6 <= exact.mean() <= e.quadrature[1] + 1e-6, tol
+        assert e.lower <= regions.counts(S, tol)["bulk"] <= e.upper, tol
+    assert defl[2].upper - defl[2].lower < plain[2].upper - plain[2].lower
+
+
 def test_a_matfree_session_writes_its_estimates_and_no_jacobian(tmp_path):
     over = SMALL + ['spectrum.method="matfree"', "spectrum.k=5", "spectrum.probes=4",
                     "spectrum.lanczos_steps=20"]
@@ -159,3 +185,4 @@ def test_the_torch_side_keeps_rows_and_agrees(small):
     V = torch.randn(2, op.P, dtype=torch.float64)
     np.testing.assert_allclose(op.jvp(V).numpy(), (J @ V.numpy().T).T, rtol=0, atol=1e-12)
     np.testing.assert_allclose(op.vjp(V).numpy(), (J.T @ V.numpy().T).T, rtol=0, atol=1e-12)
+

@@ -163,7 +163,10 @@ def matfree_tables(r: dict) -> tuple[View, View]:
                      f"{100 * e['count'] / r['P']:.1f}%", f"{e['stderr']:.1f}",
                      f"{e['quadrature'][0]:.0f} .. {e['quadrature'][1]:.0f}"]
                     for e in b["estimates"]],
-              note=f"stochastic Lanczos quadrature on J^T J: {b['probes']} probes x "
+              note="stochastic Lanczos quadrature on J^T J"
+                   + (f" with the top {b['deflated']} right singular vectors projected out "
+                      "(their values counted exactly)" if b.get("deflated") else "")
+                   + f": {b['probes']} probes x "
                    f"{b['lanczos_steps']} Lanczos steps, {b['seconds']:.1f} s; the error bar is "
                    "the quadrature's rigorous bounds (Chebyshev-Markov-Stieltjes) widened by "
                    "2 standard errors of the probes; a bar wider than P/2 is marked not "
