@@ -359,3 +359,52 @@ def bulk_count(op: TrainingJacobian | StoredJacobian, tols=(1e-3, 1e-2), probes:
                                 quadrature=(float(qlo), float(qhi)), per_probe=est.tolist()))
     return out
 
+
+# --------------------------------------------------------------------------------------------
+# what a matrix-free run will take, before it starts
+
+# (J v, J^T u) pairs scipy's svds needed for the top k of the paper's J (P = 4,810) at tol 1e-4
+# (`python benchmarks/matfree.py solvers` measures them on a run); a spectrum whose top decays
+# more slowly needs more
+SOLVER_PAIRS = {"propack": {5: 50, 10: 69, 20: 95, 50: 139, 100: 217},
+                "arpack": {5: 74, 10: 87, 20: 120, 50: 179, 100: 303},
+                "lobpcg": {20: 456}}
+
+
+def solver_pairs(solver: str, k: int) -> int:
+    """About how many product pairs ``solver`` takes for the top ``k`` (linear in k between
+    and beyond the measured points)."""
+    pts = SOLVER_PAIRS[solver]
+    ks = sorted(pts)
+    if len(ks) == 1:
+        return round(pts[ks[0]] * k / ks[0])
+    if k >= ks[-1]:
+        slope = (pts[ks[-1]] - pts[ks[-2]]) / (ks[-1] - ks[-2])
+        return round(pts[ks[-1]] + slope * (k - ks[-1]))
+    return round(float(np.interp(k, ks, [pts[x] for x in ks])))
+
+
+def estimate_seconds(problem: Problem, theta0: torch.Tensor, k: int, solver: str,
+                     probes: int, lanczos_steps: int, dtype: torch.dtype,
+                     steps: int = 3) -> dict:
+    """Times a few training steps of each product (one vector, and the probes' block), scales
+    them to the whole run and counts the products the stage makes: the top k (about
+    :func:`solver_pairs` pairs of one vector) and the bulk estimate (``lanczos_steps`` pairs of
+    ``probes`` vectors). Plain data for ``tjac run --plan`` and the Setup pane."""
+    n = max(1, min(steps, problem.steps))
+    op = TrainingJacobian(problem.truncated(n), theta0, dtype=dtype)
+    rng = np.random.default_rng(0)
+    one, block = rng.standard_normal(op.P), rng.standard_normal((op.P, probes))
+    op.rmatmat(op.matmat(one))  # warm: the trajectory, the checkpoints, the allocator
+
+    def timed(f, x) -> float:
+        t0 = time.perf_counter()
+        f(x)
+        return (time.perf_counter() - t0) * problem.steps / n
+
+    pair = timed(op.matmat, one) + timed(op.rmatmat, one)
+    block_pair = timed(op.matmat, block) + timed(op.rmatmat, block)
+    pairs = solver_pairs(solver, k)
+    top_s, bulk_s = pairs * pair, lanczos_steps * block_pair
+    return {"pair_s": pair, "block_pair_s": block_pair, "top_pairs": pairs, "top_s": top_s,
+            "bulk_s": bulk_s, "seconds": top_s + bulk_s}

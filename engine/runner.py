@@ -684,6 +684,14 @@ def probe(cfg, device: str | None = None) -> dict:
     problem = train.make_problem(module, ds, cfg.train, cfg.seed, dev, dtype,
                                  cfg.jacobian.kernel)
     theta0 = train.initial_theta(module, dev, dtype)
+    if cfg.spectrum.method == "matfree":  # J is never formed: time the products instead
+        from . import matfree
+
+        sp = cfg.spectrum
+        out["matfree"] = matfree.estimate_seconds(
+            problem, theta0, min(sp.k, plan.P - 1), sp.solver, sp.probes, sp.lanczos_steps,
+            torch.float64 if sp.matfree_dtype == "float64" else torch.float32)
+        return out
     chunk = cfg.jacobian.chunk or jac_mod.auto_chunk(problem, theta0, dev, dtype)
     out["chunk"] = chunk
     if dev.type == "cpu" and hasattr(problem.kernel, "tangent"):

@@ -186,3 +186,66 @@ def test_the_torch_side_keeps_rows_and_agrees(small):
     np.testing.assert_allclose(op.jvp(V).numpy(), (J @ V.numpy().T).T, rtol=0, atol=1e-12)
     np.testing.assert_allclose(op.vjp(V).numpy(), (J.T @ V.numpy().T).T, rtol=0, atol=1e-12)
 
+
+MATFREE_KEYS = ['spectrum.method="matfree"', "spectrum.k=5", "spectrum.probes=3",
+                "spectrum.lanczos_steps=7"]
+
+
+def test_the_plan_times_the_products_of_a_matfree_run(tmp_path, capsys):
+    """--plan on a matrix-free run probes the products, not a J that is never formed: the top
+    k's pair count, the bulk's steps of the probes' block, no column-steps; --json carries
+    the same figures."""
+    from engine.matfree import solver_pairs
+    from tjac_tui.cli import main
+
+    over = ["--set", 'device="cpu"'] + [a for k in SMALL + MATFREE_KEYS for a in ("--set", k)]
+    assert main(["run", "quick", "--plan", "--sessions", str(tmp_path)] + over) == 0
+    out = capsys.readouterr().out
+    assert "time on cpu: matrix-free spectrum about" in out
+    assert f"(top 5: about {solver_pairs('propack', 5)} J v + J^T u pairs of " in out
+    assert "bulk: 7 Lanczos steps of 3 vectors" in out
+    assert "column-steps" not in out and "J in about" not in out
+    assert main(["run", "quick", "--plan", "--json", "--sessions", str(tmp_path)] + over) == 0
+    m = json.loads(capsys.readouterr().out)["matfree"]
+    assert m["top_pairs"] == solver_pairs("propack", 5) == 50
+    assert m["pair_s"] > 0 and m["block_pair_s"] > 0
+    assert m["seconds"] == pytest.approx(m["top_pairs"] * m["pair_s"] + 7 * m["block_pair_s"])
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_the_setup_panes_time_estimate_says_what_the_run_computes(tmp_path):
+    """ctrl+t in Setup: an exact preset gets J's time, a matrix-free one the products' time
+    (before, it showed hours for a J the run never forms)."""
+    import asyncio
+
+    from tjac_tui.app import TjacApp
+    from tjac_tui.screens import SetupPane
+
+    from conftest import running, screen_lines, until
+
+    mf = tmp_path / "mf.toml"  # quick, at hidden [8], matrix-free
+    keys = "\n".join(k.removeprefix("spectrum.") for k in MATFREE_KEYS)
+    mf.write_text(QUICK.read_text().replace("hidden = [16]", "hidden = [8]", 1)
+                  .replace("[spectrum]", f"[spectrum]\n{keys}", 1))
+    assert config.load(mf).spectrum.method == "matfree"
+
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path / "s", preset=str(QUICK))
+        async with running(app, (120, 34)) as pilot:
+            setup = app.query_one(SetupPane)
+            await until(pilot, lambda: setup.plan_text.startswith("plan: P = 1,210"),
+                        what="the preset's plan")
+            await pilot.press("ctrl+t")
+            await until(pilot, lambda: "J about" in setup.estimate_text, timeout=120,
+                        what="the exact run's estimate")
+            assert "column-steps/s" in "\n".join(screen_lines(app))
+            assert setup.load_preset(mf), setup.status_text
+            await until(pilot, lambda: setup.plan_text.startswith("plan: P = 610"),
+                        what="mf.toml's plan")
+            await pilot.press("ctrl+t")
+            await until(pilot, lambda: "matrix-free" in setup.estimate_text, timeout=120,
+                        what="the matrix-free run's estimate")
+            screen = "\n".join(screen_lines(app))
+            assert "matrix-free spectrum about" in screen and "J about" not in screen
+            assert "bulk: 7 Lanczos steps of 3 vectors" in setup.estimate_text
+    asyncio.run(go())

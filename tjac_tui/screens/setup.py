@@ -34,7 +34,7 @@ from engine import config as config_mod
 from engine.schema import one_line
 from engine.sections import ANALYSES
 
-from ..state import field_help, flatten, fmt_seconds, unflatten
+from ..state import field_help, flatten, fmt_seconds, matfree_time_text, unflatten
 from ..widgets.fields import ConfigField
 from ..widgets.groups import ActionLink, Group
 from ..widgets.inputs import OrderedInput
@@ -456,7 +456,8 @@ class SetupPane(Vertical):
             self.estimate_text = "time: no Jacobian in this run"
             self._draw_plan()
             return
-        self.estimate_text = "time: probing (a few training steps of one chunk, in a " \
+        what = "each product" if cfg.spectrum.method == "matfree" else "one chunk"
+        self.estimate_text = f"time: probing (a few training steps of {what}, in a " \
                              "separate process)..."
         self._draw_plan()
         self._estimate(config_mod.dumps(cfg), self._plan_gen)
@@ -478,6 +479,10 @@ class SetupPane(Vertical):
         if out is None:
             err = (r.stderr.strip().splitlines() or ["?"])[-1] if r is not None else "timed out"
             text = f"time: the probe failed: {err}"
+        elif out.get("matfree"):
+            sp = config_mod.loads(toml_text).spectrum
+            text = matfree_time_text(out["device"], out["matfree"], min(sp.k, out["P"] - 1),
+                                     sp.probes, sp.lanczos_steps)
         else:
             text = (f"time on {out['device']}: J about {fmt_seconds(out['jacobian_s'])} "
                     f"({out['column_steps_per_s']:,.0f} column-steps/s, chunks of "
