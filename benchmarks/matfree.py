@@ -1,11 +1,18 @@
 """Matrix-free spectra (engine/matfree.py) against the exact SVD, and their reach.
 
     python benchmarks/matfree.py agree SESSION [--k 50] [--probes 8] [--steps 60]
+                                       [--tols 1e-3,1e-2,1e-1] [--no-deflate]
         SESSION: a finished exact session (e.g. sessions/paper-digits-sgd). Rebuilds its
-        training in float64, computes the top k singular values with PROPACK through J v /
-        J^T u products and the bulk-size estimates for tau in {1e-3, 1e-2}, and prints them
-        against svd/S.npy: the largest relative error of the top k, and each estimate with its
-        error bar next to the exact count.
+        training in float64, computes the top k singular values (and vectors) with PROPACK
+        through J v / J^T u products and the bulk-size estimates for each tau (the top k
+        deflated unless --no-deflate), and prints them against svd/S.npy: the largest relative
+        error of the top k, and each estimate with its error bar next to the exact count.
+
+    python benchmarks/matfree.py resolution SESSION [--steps 60,150,300] [--deflate 0,50,500]
+        How many Lanczos steps the bulk-size bar needs, on the session's stored J (J^T J as an
+        explicit matrix, so thousands of steps cost seconds, not training runs): for each
+        number of top singular vectors deflated (exact, from the SVD) and each step count, the
+        bar of 8 probes next to the exact count for tau in {1e-3, 1e-2, 1e-1}.
 
     python benchmarks/matfree.py solvers [--preset quick] [--k 10]
         The top k by ARPACK, PROPACK and LOBPCG on a small run (P = 610, float64): seconds,
@@ -35,7 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engine import config, data as data_mod, jacobian, models, regions, train  # noqa: E402
-from engine.matfree import TrainingJacobian, bulk_count, top_singular_values  # noqa: E402
+from engine.matfree import (StoredJacobian, TrainingJacobian, bulk_count,  # noqa: E402
+                            top_singular_values)
 from engine.session import Session  # noqa: E402
 
 
@@ -53,15 +61,18 @@ def agree(a) -> None:
     print(f"{s.path}: P = {op.P}, {op.T} steps, {os.cpu_count()} cores; exact S from "
           f"svd/S.npy ({s.config().dtype} J)")
     t0 = time.perf_counter()
-    top = top_singular_values(op, a.k, solver="propack")
+    top, V = top_singular_values(op, a.k, solver="propack", vectors=True)
     t_top = time.perf_counter() - t0
     rel = np.abs(top - S[: a.k]) / S[: a.k]
     print(f"top {a.k} (PROPACK): {t_top:.0f} s, {op.stats.jvp_vectors} J v + "
           f"{op.stats.vjp_vectors} J^T u; max relative error {rel.max():.2e} "
           f"(s_1 {top[0]:.7g} vs {S[0]:.7g}; s_{a.k} {top[-1]:.7g} vs {S[a.k - 1]:.7g})")
     t0 = time.perf_counter()
-    est = bulk_count(op, (1e-3, 1e-2), probes=a.probes, steps=a.steps)
-    print(f"bulk ({a.probes} probes x {a.steps} Lanczos steps): "
+    tols = [float(x) for x in a.tols.split(",")]
+    est = bulk_count(op, tols, probes=a.probes, steps=a.steps,
+                     deflate=(top, V) if a.deflate else None)
+    print(f"bulk ({a.probes} probes x {a.steps} Lanczos steps, "
+          f"{f'top {a.k} deflated' if a.deflate else 'no deflation'}): "
           f"{time.perf_counter() - t0:.0f} s")
     for e in est:
         exact = regions.counts(S, e.tol)["bulk"]
@@ -70,6 +81,27 @@ def agree(a) -> None:
               f"error bar [{e.lower:.0f}, {e.upper:.0f}] (quadrature "
               f"[{e.quadrature[0]:.0f}, {e.quadrature[1]:.0f}]): "
               f"{'inside' if inside else 'OUTSIDE'}")
+
+
+def resolution(a) -> None:
+    s = Session(a.session)
+    J = s.load_npy("jacobian.npy").astype(np.float64)
+    P = J.shape[0]
+    _, S, Vt = np.linalg.svd(J)
+    stored = StoredJacobian(J)
+    tols = (1e-3, 1e-2, 1e-1)
+    exact = {t: int(regions.counts(S, t)["bulk"]) for t in tols}
+    print(f"{s.path}: P = {P}; exact bulk counts "
+          + ", ".join(f"tau {t:g}: {c}" for t, c in exact.items()) + "; 8 probes")
+    print("deflated  steps   " + "   ".join(f"tau {t:g}: bar (width)".ljust(28) for t in tols))
+    for k in [int(x) for x in a.deflate.split(",")]:
+        for steps in [int(x) for x in a.steps.split(",")]:
+            d = (S[:k], Vt[:k].T) if k else None
+            est = bulk_count(stored, tols, probes=8, steps=steps, deflate=d)
+            cells = [f"[{e.lower:.0f}, {e.upper:.0f}] ({e.upper - e.lower:.0f})"
+                     + ("" if e.lower <= exact[e.tol] <= e.upper else " OUTSIDE")
+                     for e in est]
+            print(f"{k:8d}  {steps:5d}   " + "   ".join(c.ljust(28) for c in cells), flush=True)
 
 
 def solvers(a) -> None:
@@ -105,7 +137,10 @@ def reach(a) -> None:
     print(f"{a.preset}: P = {r['P']:,}, {r['steps']} steps, {os.cpu_count()} cores, "
           f"products in {r['dtype']}")
     print(f"wall {wall:.0f} s (train {st['train']:.0f} s, matfree {st['matfree']:.0f} s: "
-          f"top {r['top']['k']} {r['top']['seconds']:.0f} s, bulk {r['bulk']['seconds']:.0f} s)")
+          f"top {r['top']['k']} {r['top']['seconds']:.0f} s from {r['top']['jvp_vectors']} J v "
+          f"+ {r['top']['vjp_vectors']} J^T u, bulk {r['bulk']['seconds']:.0f} s from "
+          f"{r['bulk']['probes']} probes x {r['bulk']['lanczos_steps']} Lanczos steps, top "
+          f"{r['bulk'].get('deflated', 0)} deflated)")
     print("top singular values: " + ", ".join(f"{v:.5g}" for v in r["top"]["s"]))
     for e in r["bulk"]["estimates"]:
         print(f"bulk tau {e['tol']:g}: estimate {e['count']:.0f} of {r['P']:,} "
@@ -121,7 +156,15 @@ def main() -> None:
     g.add_argument("--k", type=int, default=50)
     g.add_argument("--probes", type=int, default=8)
     g.add_argument("--steps", type=int, default=60)
+    g.add_argument("--tols", default="1e-3,1e-2,1e-1")
+    g.add_argument("--no-deflate", dest="deflate", action="store_false",
+                   help="the bulk estimate on J^T J itself (default: the top k projected out)")
     g.set_defaults(func=agree)
+    z = sub.add_parser("resolution")
+    z.add_argument("session")
+    z.add_argument("--steps", default="60,150,300")
+    z.add_argument("--deflate", default="0,50,500")
+    z.set_defaults(func=resolution)
     v = sub.add_parser("solvers")
     v.add_argument("--preset", default="quick")
     v.add_argument("--k", type=int, default=10)
