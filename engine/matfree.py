@@ -7,8 +7,11 @@ in [1 - tau, 1 + tau] estimated by stochastic Lanczos quadrature with an error b
     op.rmatmat(U)   (P, K) -> J^T U             reverse mode through training, checkpointed
     op.jvp(V), op.vjp(U)   (K, P) torch tensors, kept on the problem's device (the GPU side:
                            scipy's solvers run on the host, the products where the problem is)
-    top_singular_values(op, k)                  scipy svds (ARPACK/PROPACK/LOBPCG) on J
-    bulk_count(op, tols, probes, steps)         SLQ on J^T J: count, bounds, error bar
+    top_singular_values(op, k, vectors=True)    scipy svds (ARPACK/PROPACK/LOBPCG) on J
+    bulk_count(op, tols, probes, steps,         SLQ on J^T J: count, bounds, error bar
+               deflate=(s, V))                  (the known top k projected out)
+    StoredJacobian(J)                           the same operator side for a stored J
+    estimate_seconds(problem, theta0, ...)      what a run will take: a few timed steps
 
 Costs and memory (T training steps, P parameters, K vectors at once):
 * ``matmat``: one training run with K tangents (the fused kernels of the exact J), memory
@@ -29,7 +32,14 @@ weights) gives the estimate, and the Chebyshev-Markov-Stieltjes inequalities giv
 probe, rigorous lower and upper bounds on that measure's mass in the window (the nodes next to
 the window's ends are counted out, then in). Averaged over probes (Rademacher vectors) and
 scaled by P, the reported bar is [mean lower - 2 s.e., mean upper + 2 s.e.], s.e. the standard
-error of the probes' estimates.
+error of the probes' estimates. Deflation by the top k singular vectors runs the same on J^T J
+restricted to their complement (the probes projected, each scaled by its own |z|^2).
+
+The bar's limit is the spectrum's shape, not the code: around 1 a training Jacobian's singular
+values spread over many decades of |s - 1| with no gap, and resolving a window of width 2 tau inside
+[0, s_1^2] takes a polynomial (Lanczos steps) of degree ~ s_1^2 / tau; at the paper's tau =
+1e-3 no affordable number of products gives an informative bar (README: "What the bar can
+resolve"; ``benchmarks/matfree.py resolution`` measures it on a stored J).
 """
 
 from __future__ import annotations
@@ -193,7 +203,7 @@ class StoredJacobian:
     def __init__(self, J: np.ndarray):
         self.J = np.asarray(J, dtype=np.float64)
         self.P = self.J.shape[0]
-        self._G = self.J.T @ self.J
+        self._G: np.ndarray | None = None
 
     def matmat(self, V: np.ndarray) -> np.ndarray:
         return self.J @ V
@@ -205,6 +215,8 @@ class StoredJacobian:
         return aslinearoperator(self.J)
 
     def gram(self) -> LinearOperator:
+        if self._G is None:
+            self._G = self.J.T @ self.J
         return aslinearoperator(self._G)
 
 
@@ -316,8 +328,8 @@ def window_mass(alpha: np.ndarray, beta: np.ndarray, lo: float, hi: float
 
 
 def bulk_count(op: TrainingJacobian | StoredJacobian, tols=(1e-3, 1e-2), probes: int = 8,
-               steps: int = 60, seed: int = 0, deflate: tuple[np.ndarray, np.ndarray] | None = None
-               ) -> list[BulkEstimate]:
+               steps: int = 60, seed: int = 0,
+               deflate: tuple[np.ndarray, np.ndarray] | None = None) -> list[BulkEstimate]:
     """How many singular values of J lie in [1 - tol, 1 + tol], for each tol: stochastic
     Lanczos quadrature on J^T J with ``probes`` Rademacher vectors and ``steps`` Lanczos steps
     each (2 x steps operator products, batched over the probes).
