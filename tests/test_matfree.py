@@ -215,7 +215,8 @@ def test_the_plan_times_the_products_of_a_matfree_run(tmp_path, capsys):
 
 def test_the_setup_panes_time_estimate_says_what_the_run_computes(tmp_path):
     """ctrl+t in Setup: an exact preset gets J's time, a matrix-free one the products' time
-    (before, it showed hours for a J the run never forms)."""
+    (before, it showed hours for a J the run never forms). The estimate survives the same
+    config being validated again while the probe runs, and goes when the config changes."""
     import asyncio
 
     from tjac_tui.app import TjacApp
@@ -236,12 +237,15 @@ def test_the_setup_panes_time_estimate_says_what_the_run_computes(tmp_path):
             await until(pilot, lambda: setup.plan_text.startswith("plan: P = 1,210"),
                         what="the preset's plan")
             await pilot.press("ctrl+t")
+            setup._refresh_status()  # the same config validated again (as when fields
+            await pilot.pause(0.5)  # settle after a load): the estimate under way is kept
             await until(pilot, lambda: "J about" in setup.estimate_text, timeout=120,
                         what="the exact run's estimate")
             assert "column-steps/s" in "\n".join(screen_lines(app))
             assert setup.load_preset(mf), setup.status_text
             await until(pilot, lambda: setup.plan_text.startswith("plan: P = 610"),
                         what="mf.toml's plan")
+            assert setup.estimate_text == ""  # another config: the old estimate is gone
             await pilot.press("ctrl+t")
             await until(pilot, lambda: "matrix-free" in setup.estimate_text, timeout=120,
                         what="the matrix-free run's estimate")

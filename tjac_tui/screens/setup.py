@@ -182,6 +182,7 @@ class SetupPane(Vertical):
         self._building: set = set()  # mounts of fields in flight (see settled())
         self._plan_gen = 0
         self._plan_timer = None
+        self._estimate_for: str | None = None  # the config (TOML) the time estimate is of
         for info in config_mod.describe():
             self.values[info.key] = info.default
         self.loaded = dict(self.values)
@@ -399,7 +400,8 @@ class SetupPane(Vertical):
         """Recompute the plan once the config has stopped changing for a moment (not on every
         key; never before the first paint)."""
         self._plan_gen += 1
-        self.estimate_text = ""
+        if config_mod.dumps(cfg) != self._estimate_for:  # (the same config validated again
+            self.estimate_text, self._estimate_for = "", None  # keeps its estimate)
         if self._plan_timer is not None:
             self._plan_timer.stop()
         gen = self._plan_gen
@@ -454,16 +456,18 @@ class SetupPane(Vertical):
             return
         if not cfg.jacobian.enabled:
             self.estimate_text = "time: no Jacobian in this run"
+            self._estimate_for = config_mod.dumps(cfg)
             self._draw_plan()
             return
         what = "each product" if cfg.spectrum.method == "matfree" else "one chunk"
         self.estimate_text = f"time: probing (a few training steps of {what}, in a " \
                              "separate process)..."
         self._draw_plan()
-        self._estimate(config_mod.dumps(cfg), self._plan_gen)
+        self._estimate_for = config_mod.dumps(cfg)
+        self._estimate(self._estimate_for)
 
     @work(thread=True, exclusive=True, group="setup-estimate", exit_on_error=False)
-    def _estimate(self, toml_text: str, gen: int) -> None:
+    def _estimate(self, toml_text: str) -> None:
         with tempfile.TemporaryDirectory(prefix="tjac-probe-") as tmp:
             path = Path(tmp) / "probe.toml"
             path.write_text(toml_text, encoding="utf-8")
@@ -491,10 +495,10 @@ class SetupPane(Vertical):
                 text += f", SVD about {fmt_seconds(out['svd_s'])}"
                 if out.get("svd_s_note"):
                     text += f" ({out['svd_s_note']})"
-        self.app.call_from_thread(self._show_estimate, gen, text)
+        self.app.call_from_thread(self._show_estimate, toml_text, text)
 
-    def _show_estimate(self, gen: int, text: str) -> None:
-        if gen == self._plan_gen:
+    def _show_estimate(self, toml_text: str, text: str) -> None:
+        if toml_text == self._estimate_for:  # the config has not changed since
             self.estimate_text = text
             self._draw_plan()
 
