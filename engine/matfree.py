@@ -16,8 +16,11 @@ in [1 - tau, 1 + tau] estimated by stochastic Lanczos quadrature with an error b
 Costs and memory (T training steps, P parameters, K vectors at once):
 * ``matmat``: one training run with K tangents (the fused kernels of the exact J), memory
   ~(2 + optimizer state) x K x P floats.
-* ``rmatmat``: the trajectory is kept only at the start of every segment of L = ceil(sqrt(T))
-  steps (``(T / L) x (1 + optimizer state) x P`` floats); each segment is trained again with
+* ``rmatmat`` over the recorded trajectory (the fused kernels' primal states, kept for J v
+  anyway when they fit; SGD, momentum, Nesterov, weight decay): per step back, the update's
+  transpose and K Hessian-vector products by the fused kernel: about the cost of ``matmat``.
+* ``rmatmat`` otherwise (Adam, other modules, no room for the trajectory): the trajectory is
+  kept only at the start of every segment of L = ceil(sqrt(T)) steps (``(T / L) x (1 + optimizer state) x P`` floats); each segment is trained again with
   autograd on (torch.func gradients, whose graph holds L steps of the batch's activations and
   a few P-vectors per step) and differentiated for the K cotangents at once (one backward
   pass vmapped over K). About 3-4 training runs' work, plus one training run to lay the
@@ -64,6 +67,7 @@ class OpStats:
     jvp_seconds: float = 0.0
     vjp_seconds: float = 0.0
     checkpoint_seconds: float = 0.0
+    reverse: str = ""  # how J^T u ran: "replay" (the recorded trajectory) or "checkpointed"
 
 
 class TrainingJacobian:
@@ -73,7 +77,8 @@ class TrainingJacobian:
     def __init__(self, problem: Problem, theta0: torch.Tensor, segment: int | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  dtype: torch.dtype = torch.float64,
-                 on_product: Callable[[str, int], None] | None = None):
+                 on_product: Callable[[str, int], None] | None = None,
+                 reverse: str = "auto", trajectory: bool = True):
         self.problem = problem.astype(dtype)
         self.theta0 = theta0.detach().to(dtype)
         self.on_product = on_product  # ("jvp" or "vjp", vectors) after every product
@@ -86,8 +91,15 @@ class TrainingJacobian:
         self.reverse = dataclasses.replace(self.problem,
                                            kernel=GenericKernel(self.problem.module))
         self._checkpoints: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] | None = None
-        self._trajectory: Trajectory | None | bool = False  # recorded at the first J v
+        self._fused_checkpoints: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] | None \
+            = None
+        # recorded at the first product when it fits (trajectory=False: never; the primal
+        # is then trained again inside every product)
+        self._trajectory: Trajectory | None | bool = False if trajectory else None
         self.stats = OpStats()
+        if reverse not in ("auto", "replay", "checkpointed"):
+            raise ValueError(f"reverse must be auto, replay or checkpointed, got {reverse!r}")
+        self.reverse_mode = reverse  # J^T u: see vjp
 
     # ---- J V -------------------------------------------------------------------------------
     def jvp(self, tangents: torch.Tensor) -> torch.Tensor:
@@ -148,10 +160,99 @@ class TrainingJacobian:
 
     def vjp(self, cotangents: torch.Tensor) -> torch.Tensor:
         """u^T J for each row of ``cotangents`` (K, P), on the problem's device: reverse mode
-        through training, segment by segment from the last, each segment trained again from
-        its checkpoint."""
+        through training. With a fused kernel and an optimizer whose update is linear (SGD,
+        momentum, Nesterov, weight decay), each step back is the update's transpose and K
+        Hessian-vector products by the fused kernel at that step's primal state (the loss
+        Hessian is symmetric, so the gradient's vjp is its jvp): the states come from the
+        recorded trajectory when it fits, else segment by segment from checkpoints; about the
+        cost of J v. Otherwise (Adam, a module without a fused kernel) segment by segment
+        from the last, each trained again from its checkpoint under autograd."""
         t0 = time.perf_counter()
         Ut = cotangents.to(self.theta0.device, self.theta0.dtype)
+        K = Ut.shape[0]
+        kernel = self.problem.kernel
+        replay = (hasattr(kernel, "primal") and hasattr(kernel, "tangent")
+                  and not self.problem.optimizer.tangent_reads_primal)
+        if self.reverse_mode == "replay" and not replay:
+            raise ValueError("reverse = replay needs a fused kernel and an optimizer linear in "
+                             "its inputs (not Adam)")
+        if replay and self.reverse_mode != "checkpointed":
+            if self._trajectory is False:
+                self._trajectory = record_trajectory(self.problem, self.theta0)
+            self.stats.reverse = "replay" if self._trajectory is not None \
+                else "replay, segments"
+            out = self._vjp_replay(Ut)
+        else:
+            self.stats.reverse = "checkpointed"
+            out = self._vjp_checkpointed(Ut)
+        self.stats.vjp_vectors += K
+        self.stats.vjp_seconds += time.perf_counter() - t0
+        if self.on_product is not None:
+            self.on_product("vjp", K)
+        return out
+
+    def _primal_checkpoints(self) -> list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        """(theta, optimizer state) at the start of every segment, trained by the fused
+        kernel (the trajectory of J v, bitwise; computed once)."""
+        if self._fused_checkpoints is None:
+            t0 = time.perf_counter()
+            p = self.problem
+            theta, state = self.theta0.clone(), p.optimizer.init(self.theta0)
+            out = []
+            for t in range(self.T):
+                if t % self.segment == 0:
+                    out.append((theta, state))
+                x, y = p.batch(t)
+                g = p.layout.flatten(p.kernel.grad(p.layout.unflatten(theta), x, y))
+                theta, state = p.optimizer.update(theta, state, g, float(p.lrs[t]), t)
+            self._fused_checkpoints = out
+            self.stats.checkpoint_seconds += time.perf_counter() - t0
+        return self._fused_checkpoints
+
+    def _segment_states(self, i: int) -> list:
+        """The fused kernel's primal states of segment i's steps, trained from its
+        checkpoint."""
+        p = self.problem
+        theta, state = self._primal_checkpoints()[i]
+        out = []
+        for t in range(i * self.segment, min((i + 1) * self.segment, self.T)):
+            x, y = p.batch(t)
+            st = p.kernel.primal(p.layout.unflatten(theta), x, y)
+            out.append(st)
+            theta, state = p.optimizer.update(theta, state, p.layout.flatten(st.grads),
+                                              float(p.lrs[t]), t)
+        return out
+
+    def _vjp_replay(self, Ut: torch.Tensor) -> torch.Tensor:
+        p, lay, traj = self.problem, self.problem.layout, self._trajectory
+        zero = torch.zeros_like(self.theta0)
+        state0 = tuple(torch.zeros_like(s) for s in p.optimizer.init(zero))
+        cot_theta = Ut
+        cot_state = tuple(torch.zeros_like(Ut) for _ in state0)
+        if traj is not None:
+            segments = [(0, traj.states)]
+        else:
+            n = math.ceil(self.T / self.segment)
+            segments = ((i * self.segment, None) for i in range(n - 1, -1, -1))
+        for a, states in segments:
+            if states is None:  # this segment's states, trained again from its checkpoint
+                states = self._segment_states(a // self.segment)
+            for t in range(a + len(states) - 1, a - 1, -1):
+                if self.should_stop is not None and self.should_stop():
+                    raise KeyboardInterrupt
+                lr = float(p.lrs[t])
+                # the update is linear in (theta, state, g) with no constant term: its vjp
+                # at zero is its transpose
+                _, back = torch.func.vjp(
+                    lambda th, st, g: p.optimizer.update(th, st, g, lr, t), zero, state0, zero)
+                c_theta, c_state, c_g = torch.func.vmap(back)((cot_theta, cot_state))
+                hv = p.kernel.tangent(states[t - a],
+                                      tuple(c.contiguous() for c in lay.unflatten(c_g)))
+                cot_theta = c_theta + lay.flatten(hv)
+                cot_state = c_state
+        return cot_theta
+
+    def _vjp_checkpointed(self, Ut: torch.Tensor) -> torch.Tensor:
         K = Ut.shape[0]
         p = self.reverse
         cps = self.checkpoints()
@@ -177,10 +278,6 @@ class TrainingJacobian:
             cot_state = tuple(torch.zeros_like(c) if g is None else g
                               for g, c in zip(grads[1:], cot_state))
         # the optimizer's initial state does not depend on theta_0: its cotangent ends here
-        self.stats.vjp_vectors += K
-        self.stats.vjp_seconds += time.perf_counter() - t0
-        if self.on_product is not None:
-            self.on_product("vjp", K)
         return cot_theta
 
     def linear_operator(self) -> LinearOperator:

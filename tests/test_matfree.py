@@ -48,11 +48,50 @@ def test_products_equal_the_stored_jacobians(small):
 def test_the_reverse_pass_does_not_depend_on_the_segment_length(small):
     op, _ = small
     u = np.random.default_rng(1).standard_normal(op.P)
-    other = TrainingJacobian(op.problem, op.theta0, segment=1)
-    whole = TrainingJacobian(op.problem, op.theta0, segment=op.T)
-    a, b, c = op.rmatmat(u), other.rmatmat(u), whole.rmatmat(u)
+    ckpt = TrainingJacobian(op.problem, op.theta0, reverse="checkpointed")
+    other = TrainingJacobian(op.problem, op.theta0, segment=1, reverse="checkpointed")
+    whole = TrainingJacobian(op.problem, op.theta0, segment=op.T, reverse="checkpointed")
+    a, b, c = ckpt.rmatmat(u), other.rmatmat(u), whole.rmatmat(u)
+    assert {ckpt.stats.reverse, other.stats.reverse, whole.stats.reverse} == {"checkpointed"}
     assert np.abs(a - b).max() < 1e-12 and np.abs(a - c).max() < 1e-12
-    assert (op.segment, len(op.checkpoints())) == (4, 4)  # ceil(sqrt(16)) steps a segment
+    assert (ckpt.segment, len(ckpt.checkpoints())) == (4, 4)  # ceil(sqrt(16)) steps a segment
+
+
+@pytest.mark.parametrize("over,path", [
+    ([], "replay"),  # SGD with momentum 0.9
+    (["train.nesterov=true", "train.weight_decay=0.01"], "replay"),
+    (["train.momentum=0"], "replay"),
+    (['train.optimizer="adam"', "train.lr=0.003"], "checkpointed"),  # Adam reads the primal
+    (['model.activation="tanh"', 'jacobian.kernel="generic"'], "checkpointed"),  # no primal
+])
+def test_both_reverse_passes_give_j_transpose(over, path):
+    """J^T U over the recorded trajectory (the update's transpose and the fused kernel's
+    Hessian-vector product at every step), over states trained again segment by segment (5
+    steps, the last segment short: 16 steps), and by checkpointed autograd all equal the
+    stored J's transpose times U (float64); auto takes the replay where it applies."""
+    cfg = config.load(QUICK, SMALL + over)
+    ds = data_mod.load(cfg.data)
+    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed)
+    prob = train.make_problem(module, ds, cfg.train, cfg.seed, torch.device("cpu"),
+                              torch.float64, cfg.jacobian.kernel)
+    theta0 = train.initial_theta(module, "cpu", torch.float64)
+    J = jacobian.exact_jacobian(prob, theta0).numpy()
+    U = np.random.default_rng(4).standard_normal((J.shape[0], 3))
+    want = J.T @ U
+    auto = TrainingJacobian(prob, theta0)
+    got = auto.rmatmat(U)
+    assert auto.stats.reverse == path
+    assert np.abs(got - want).max() < 1e-13 * np.abs(want).max()
+    ckpt = TrainingJacobian(prob, theta0, reverse="checkpointed")
+    assert np.abs(ckpt.rmatmat(U) - want).max() < 1e-13 * np.abs(want).max()
+    if path == "checkpointed":
+        with pytest.raises(ValueError, match="reverse = replay needs"):
+            TrainingJacobian(prob, theta0, reverse="replay").rmatmat(U)
+    else:  # no room for the trajectory: the states segment by segment from checkpoints
+        seg = TrainingJacobian(prob, theta0, trajectory=False, segment=5)
+        got = seg.rmatmat(U)
+        assert seg.stats.reverse == "replay, segments"
+        assert np.abs(got - want).max() < 1e-13 * np.abs(want).max()
 
 
 @pytest.mark.parametrize("solver", ["propack", "arpack"])
