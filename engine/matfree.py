@@ -16,15 +16,18 @@ in [1 - tau, 1 + tau] estimated by stochastic Lanczos quadrature with an error b
 Costs and memory (T training steps, P parameters, K vectors at once):
 * ``matmat``: one training run with K tangents (the fused kernels of the exact J), memory
   ~(2 + optimizer state) x K x P floats.
-* ``rmatmat`` over the recorded trajectory (the fused kernels' primal states, kept for J v
-  anyway when they fit; SGD, momentum, Nesterov, weight decay): per step back, the update's
-  transpose and K Hessian-vector products by the fused kernel: about the cost of ``matmat``.
-* ``rmatmat`` otherwise (Adam, other modules, no room for the trajectory): the trajectory is
-  kept only at the start of every segment of L = ceil(sqrt(T)) steps (``(T / L) x (1 + optimizer state) x P`` floats); each segment is trained again with
-  autograd on (torch.func gradients, whose graph holds L steps of the batch's activations and
-  a few P-vectors per step) and differentiated for the K cotangents at once (one backward
-  pass vmapped over K). About 3-4 training runs' work, plus one training run to lay the
-  checkpoints down (once per operator).
+* ``rmatmat`` with a fused kernel and a linear update (SGD, momentum, Nesterov, weight
+  decay): per step back, the update's transpose and K Hessian-vector products by the fused
+  kernel at that step's primal state, read from the recorded trajectory (kept for J v anyway
+  when it fits) or trained again segment by segment (L = ceil(sqrt(T)) steps) from
+  checkpoints (on the 1M preset, segments: 1.7-2.1x a ``matmat``, against 1.9-2.7x for
+  the autograd pass below); memory ``(T / L) x (1 + optimizer state) x P`` floats of
+  checkpoints and one segment's primal states.
+* ``rmatmat`` otherwise (Adam, other modules): checkpoints as above; each segment is trained
+  again with autograd on (torch.func gradients, whose graph holds L steps of the batch's
+  activations and a few P-vectors per step) and differentiated for the K cotangents at once
+  (one backward pass vmapped over K). About 3-4 training runs' work, plus one training run to
+  lay the checkpoints down (once per operator).
 * ``bulk_count``: ``probes`` Lanczos processes run in lockstep (their products batched: K =
   probes), each keeping its ``steps`` Lanczos vectors for full reorthogonalisation:
   probes x steps x P float64 in memory.
@@ -164,8 +167,7 @@ class TrainingJacobian:
         momentum, Nesterov, weight decay), each step back is the update's transpose and K
         Hessian-vector products by the fused kernel at that step's primal state (the loss
         Hessian is symmetric, so the gradient's vjp is its jvp): the states come from the
-        recorded trajectory when it fits, else segment by segment from checkpoints; about the
-        cost of J v. Otherwise (Adam, a module without a fused kernel) segment by segment
+        recorded trajectory when it fits, else segment by segment from checkpoints. Otherwise (Adam, a module without a fused kernel) segment by segment
         from the last, each trained again from its checkpoint under autograd."""
         t0 = time.perf_counter()
         Ut = cotangents.to(self.theta0.device, self.theta0.dtype)
