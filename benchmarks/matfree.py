@@ -18,6 +18,12 @@
         The top k by ARPACK, PROPACK and LOBPCG on a small run (P = 610, float64): seconds,
         products and the largest relative error of each against the exact SVD.
 
+    python benchmarks/matfree.py reverse [--preset mlp1m-digits28-matfree] [--blocks 1,6]
+        J^T u by its two passes, side by side in one run: the replay (the update's transpose
+        and the fused kernel's Hessian-vector products) and the checkpointed autograd pass,
+        for blocks of K vectors, with J v of the same block for scale; seconds and the largest
+        relative difference of the two results.
+
     python benchmarks/matfree.py reach [--preset mlp1m-digits28-matfree]
         Runs the preset (spectrum.method = "matfree") as a session in a temporary folder and
         prints P, the stage times and the results.
@@ -120,6 +126,29 @@ def solvers(a) -> None:
               f"+ {op.stats.vjp_vectors:4d} J^T u  max rel. error {rel.max():.1e}")
 
 
+def reverse(a) -> None:
+    cfg = config.load(REPO / "presets" / f"{a.preset}.toml")
+    dt = torch.float64 if cfg.spectrum.matfree_dtype == "float64" else torch.float32
+    base = operator_of(cfg, dt)
+    print(f"{a.preset}: P = {base.P:,}, {base.T} steps, {os.cpu_count()} cores, {dt}")
+    rng = np.random.default_rng(0)
+    for K in [int(x) for x in a.blocks.split(",")]:
+        V = rng.standard_normal((base.P, K))
+        out, secs = {}, {}
+        for mode in ("checkpointed", "auto"):
+            op = TrainingJacobian(base.problem, base.theta0, dtype=dt, reverse=mode)
+            op.rmatmat(V[:, :1])  # warm: the checkpoints (or trajectory), the allocator
+            t0 = time.perf_counter()
+            op.matmat(V)
+            secs["J v"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out[mode] = op.rmatmat(V)
+            secs[op.stats.reverse] = time.perf_counter() - t0
+        diff = np.abs(out["auto"] - out["checkpointed"]).max() / np.abs(out["checkpointed"]).max()
+        print(f"K = {K}: " + ", ".join(f"{k} {v:.2f} s" for k, v in secs.items())
+              + f"; largest relative difference {diff:.1e}")
+
+
 def reach(a) -> None:
     from engine.runner import run_session
 
@@ -169,6 +198,10 @@ def main() -> None:
     v.add_argument("--preset", default="quick")
     v.add_argument("--k", type=int, default=10)
     v.set_defaults(func=solvers)
+    w = sub.add_parser("reverse")
+    w.add_argument("--preset", default="mlp1m-digits28-matfree")
+    w.add_argument("--blocks", default="1,6")
+    w.set_defaults(func=reverse)
     r = sub.add_parser("reach")
     r.add_argument("--preset", default="mlp1m-digits28-matfree")
     r.set_defaults(func=reach)
