@@ -506,7 +506,8 @@ def estimate_seconds(problem: Problem, theta0: torch.Tensor, k: int, solver: str
     op = TrainingJacobian(problem.truncated(n), theta0, dtype=dtype)
     rng = np.random.default_rng(0)
     one, block = rng.standard_normal(op.P), rng.standard_normal((op.P, probes))
-    op.rmatmat(op.matmat(one))  # warm: the trajectory, the checkpoints, the allocator
+    for x in (one, block):  # warm: the trajectory, the checkpoints, each K's workspace
+        op.rmatmat(op.matmat(x))
 
     def timed(f, x) -> float:
         t0 = time.perf_counter()
