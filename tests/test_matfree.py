@@ -292,3 +292,21 @@ def test_the_setup_panes_time_estimate_says_what_the_run_computes(tmp_path):
             assert "matrix-free spectrum about" in screen and "J about" not in screen
             assert "bulk: 7 Lanczos steps of 3 vectors" in setup.estimate_text
     asyncio.run(go())
+
+
+def test_a_headless_matfree_run_prints_its_estimates(tmp_path, capsys):
+    """`tjac run` of a matrix-free preset ends with the two tables (the top k, the bulk
+    estimates with their bars), as an exact run ends with its regions table."""
+    from tjac_tui.cli import main
+
+    over = [a for k in SMALL + MATFREE_KEYS for a in ("--set", k)]
+    assert main(["run", "quick", "--sessions", str(tmp_path), "--name", "mf"] + over) == 0
+    out = capsys.readouterr().out
+    r = json.loads((tmp_path / "mf" / "matfree.json").read_text())
+    assert "Largest 5 singular values of J" in out
+    assert f"{r['top']['s'][0]:.9g}" in out
+    assert "reverse pass by replay over the kept trajectory" in " ".join(out.split())
+    assert "Bulk size" in out
+    for e in r["bulk"]["estimates"]:
+        assert f"{e['lower']:.0f} .. {e['upper']:.0f}" in out
+    assert out.strip().splitlines()[-1] == str(tmp_path / "mf")

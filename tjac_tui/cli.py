@@ -186,7 +186,7 @@ def _run_foreground(session, quiet: bool = False, device: str | None = None,
                     nproc: int = 1) -> int:
     from engine.runner import EXIT_OK, run_session
 
-    from .progress import RichProgress, regions_table
+    from .progress import RichProgress, regions_table, view_table
 
     err = _console(stderr=True, quiet=quiet)
     errors: list[str] = []  # the run's failure, also when the disk refused to record it
@@ -202,10 +202,17 @@ def _run_foreground(session, quiet: bool = False, device: str | None = None,
             code = run_session(session.path, [bars, on_error], device=device,
                                handle_signals=True)
     summary = session.spectrum() if code == EXIT_OK else None
-    if summary is not None and not quiet:
+    if code == EXIT_OK and not quiet:
         from rich.console import Console
 
-        Console(width=None if sys.stdout.isatty() else 120).print(regions_table(summary))
+        out = Console(width=None if sys.stdout.isatty() else 120)
+        if summary is not None:
+            out.print(regions_table(summary))
+        elif (session.path / "matfree.json").exists():  # a matrix-free run: its estimates
+            from engine.present.views import matfree_tables
+
+            for v in matfree_tables(session.read_json("matfree.json")):
+                out.print(view_table(v))
     if code != EXIT_OK and errors:
         print(one_line(f"{session.path}: {errors[-1]}"), file=sys.stderr)
     print(session.path)
@@ -383,17 +390,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         comp = sw.comparison()
         if comp and not args.quiet:
             from rich.console import Console
-            from rich.table import Table
 
             from engine.present.views import sweep_views
 
+            from .progress import view_table
+
             v = sweep_views(sw.path)[0][2][0]
-            t = Table(title=f"{sw.path.name}: {len(v.rows)} points", caption=v.note)
-            for c in v.columns:
-                t.add_column(c, no_wrap=True)
-            for r in v.rows:
-                t.add_row(*r)
-            Console(width=None if sys.stdout.isatty() else 240).print(t)
+            Console(width=None if sys.stdout.isatty() else 240).print(
+                view_table(v, f"{sw.path.name}: {len(v.rows)} points"))
     if code != EXIT_OK:
         m = sw.manifest()
         print(one_line(f"{sw.path}: {m.get('status')}" + (f" ({m['error']})" if m.get("error")

@@ -11,7 +11,8 @@ from engine import spectrum
 
 
 class RichProgress:
-    """Turns runner events into progress bars: training steps, Jacobian columns (rate, ETA), SVD."""
+    """Turns runner events into progress bars: training steps, Jacobian columns (rate, ETA),
+    SVD, snapshots, the matrix-free products."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -68,6 +69,9 @@ class RichProgress:
             self.progress.update(self._task("snapshots", ev["total"]), completed=ev["index"] + 1,
                                  info=f"step {ev['step']}: s_1 {ev['s_max']:.4g}, "
                                       f"{c['chaotic']}/{c['bulk']}/{c['stable']}")
+        elif kind == "matfree_progress":
+            self.progress.update(self._task("matfree", None),
+                                 info=f"{ev['phase']}: {ev['jvp']} J v + {ev['vjp']} J^T u")
         elif kind == "stage_end" and ev["stage"] in self.tasks:
             t = self.tasks[ev["stage"]]
             self.progress.update(t, total=self.progress.tasks[t].total or 1,
@@ -94,4 +98,14 @@ def regions_table(summary: dict, title: str | None = None) -> Table:
         t.add_column(col, justify="left" if col == "region" else "right", no_wrap=True)
     for r in rows:
         t.add_row(*[str(r[c]) for c in cols])
+    return t
+
+
+def view_table(v, title: str | None = None, width: int | None = None) -> Table:
+    """A table view (engine.present.views.View: columns, rows, note) as a rich Table."""
+    t = Table(title=title or v.title, caption=v.note or None, width=width)
+    for c in v.columns:
+        t.add_column(c, no_wrap=True)
+    for r in v.rows:
+        t.add_row(*r)
     return t

@@ -152,7 +152,11 @@ def matfree_tables(r: dict) -> tuple[View, View]:
               rows=[[str(i), f"{v:.9g}", fmt(abs(v - 1))] for i, v in enumerate(top["s"])],
               note=f"{top['jvp_vectors']} J v and {top['vjp_vectors']} J^T u products in "
                    f"{top['seconds']:.1f} s ({r['dtype']}, P = {r['P']:,}, {r['steps']} steps, "
-                   f"reverse pass in segments of {r['segment']})")
+                   + {"replay": "reverse pass by replay over the kept trajectory",
+                      "replay, segments": "reverse pass by replay, primal states in "
+                                          f"segments of {r['segment']}"
+                      }.get(r.get("stats", {}).get("reverse"),
+                            f"reverse pass by autograd in segments of {r['segment']}") + ")")
     b = r["bulk"]
     bv = View("matfree.bulk", "Bulk size: singular values in [1 - tau, 1 + tau], estimated",
               [], columns=["tau", "estimate", "error bar", "of P", "probes' s.e.",
