@@ -14,6 +14,11 @@
         number of top singular vectors deflated (exact, from the SVD) and each step count, the
         bar of 8 probes next to the exact count for tau in {1e-3, 1e-2, 1e-1}.
 
+    python benchmarks/matfree.py pairs SESSION [--k 5,10,20,50,100] [--tol 1e-4]
+        How many J v / J^T u products scipy's svds takes for the top k of the session's stored
+        J, per solver (counted on StoredJacobian: seconds, not training runs): the figures of
+        engine/matfree.SOLVER_PAIRS, which the --plan time estimate uses.
+
     python benchmarks/matfree.py solvers [--preset quick] [--k 10]
         The top k by ARPACK, PROPACK and LOBPCG on a small run (P = 610, float64): seconds,
         products and the largest relative error of each against the exact SVD.
@@ -110,6 +115,34 @@ def resolution(a) -> None:
             print(f"{k:8d}  {steps:5d}   " + "   ".join(c.ljust(28) for c in cells), flush=True)
 
 
+def pairs(a) -> None:
+    import warnings
+
+    s = Session(a.session)
+    stored = StoredJacobian(s.load_npy("jacobian.npy"))
+    print(f"{s.path}: P = {stored.P}; (J v, J^T u) products for the top k at tol {a.tol:g}")
+    for solver in ("propack", "arpack", "lobpcg"):
+        row = []
+        for k in [int(x) for x in a.k.split(",")]:
+            n = [0, 0]
+
+            class Counted(StoredJacobian):
+                def matmat(self, V):
+                    n[0] += 1 if V.ndim == 1 else V.shape[1]
+                    return super().matmat(V)
+
+                def rmatmat(self, U):
+                    n[1] += 1 if U.ndim == 1 else U.shape[1]
+                    return super().rmatmat(U)
+
+            op = Counted(stored.J)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # LOBPCG's accuracy warnings
+                top_singular_values(op, k, solver=solver, tol=a.tol)
+            row.append(f"k {k}: {n[0]}/{n[1]}")
+        print(f"  {solver:8s} " + ", ".join(row), flush=True)
+
+
 def solvers(a) -> None:
     cfg = config.load(REPO / "presets" / f"{a.preset}.toml",
                       ["model.hidden=[8]", 'dtype="float64"'])
@@ -194,6 +227,11 @@ def main() -> None:
     z.add_argument("--steps", default="60,150,300")
     z.add_argument("--deflate", default="0,50,500")
     z.set_defaults(func=resolution)
+    q = sub.add_parser("pairs")
+    q.add_argument("session")
+    q.add_argument("--k", default="5,10,20,50,100")
+    q.add_argument("--tol", type=float, default=1e-4)
+    q.set_defaults(func=pairs)
     v = sub.add_parser("solvers")
     v.add_argument("--preset", default="quick")
     v.add_argument("--k", type=int, default=10)

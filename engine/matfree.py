@@ -283,14 +283,20 @@ class TrainingJacobian:
         return cot_theta
 
     def linear_operator(self) -> LinearOperator:
-        return LinearOperator((self.P, self.P), matvec=self.matmat, rmatvec=self.rmatmat,
-                              matmat=self.matmat, rmatmat=self.rmatmat, dtype=np.float64)
+        return as_operator(self)
 
     def gram(self) -> LinearOperator:
         """J^T J (symmetric, positive semi-definite)."""
         return LinearOperator((self.P, self.P), matvec=lambda v: self.rmatmat(self.matmat(v)),
                               matmat=lambda V: self.rmatmat(self.matmat(V)),
                               dtype=np.float64)
+
+
+def as_operator(op: "TrainingJacobian | StoredJacobian") -> LinearOperator:
+    """J as a scipy LinearOperator through the object's own products (so that they can be
+    counted, timed or stopped)."""
+    return LinearOperator((op.P, op.P), matvec=op.matmat, rmatvec=op.rmatmat,
+                          matmat=op.matmat, rmatmat=op.rmatmat, dtype=np.float64)
 
 
 class StoredJacobian:
@@ -311,7 +317,7 @@ class StoredJacobian:
         return self.J.T @ U
 
     def linear_operator(self) -> LinearOperator:
-        return aslinearoperator(self.J)
+        return as_operator(self)
 
     def gram(self) -> LinearOperator:
         if self._G is None:
@@ -474,12 +480,12 @@ def bulk_count(op: TrainingJacobian | StoredJacobian, tols=(1e-3, 1e-2), probes:
 # --------------------------------------------------------------------------------------------
 # what a matrix-free run will take, before it starts
 
-# (J v, J^T u) pairs scipy's svds needed for the top k of the paper's J (P = 4,810) at tol 1e-4
-# (`python benchmarks/matfree.py solvers` measures them on a run); a spectrum whose top decays
-# more slowly needs more
+# (J v, J^T u) pairs (their mean count) scipy's svds needed for the top k of the paper's J
+# (P = 4,810) at tol 1e-4: `python benchmarks/matfree.py pairs sessions/paper-digits-sgd`
+# counts them; a spectrum whose top decays more slowly needs more
 SOLVER_PAIRS = {"propack": {5: 50, 10: 69, 20: 95, 50: 139, 100: 217},
                 "arpack": {5: 74, 10: 87, 20: 120, 50: 179, 100: 303},
-                "lobpcg": {20: 456}}
+                "lobpcg": {5: 116, 10: 230, 20: 456, 50: 917, 100: 1544}}
 
 
 def solver_pairs(solver: str, k: int) -> int:
@@ -487,8 +493,6 @@ def solver_pairs(solver: str, k: int) -> int:
     and beyond the measured points)."""
     pts = SOLVER_PAIRS[solver]
     ks = sorted(pts)
-    if len(ks) == 1:
-        return round(pts[ks[0]] * k / ks[0])
     if k >= ks[-1]:
         slope = (pts[ks[-1]] - pts[ks[-2]]) / (ks[-1] - ks[-2])
         return round(pts[ks[-1]] + slope * (k - ks[-1]))
