@@ -14,7 +14,7 @@ from engine.present.views import View, content, make_plot, session_views
 from engine.runner import run_on_session
 from engine.sections import ANALYSES, OodConfig
 
-from conftest import running
+from conftest import running, until
 from test_experiments import tiny_session  # noqa: F401  (the module-scoped fixture)
 
 
@@ -139,11 +139,13 @@ def test_the_pane_shows_a_sweep(tmp_path):
     async def go():
         app = Host()
         async with running(app, (120, 60)) as pilot:
-            for _ in range(600):
-                pane = app.screen.query("AnalysesPane").first()
-                if pane.shown and len(pane.table_rows()) >= 3:
-                    break
-                await pilot.pause(0.1)
+            def filled() -> bool:  # the tables are mounted first and filled after: wait
+                pane = app.screen.query("AnalysesPane").first()  # for the rows themselves
+                rows = pane.table_rows()
+                return bool(pane.shown) and len(rows) >= 3 and bool(rows[0])
+
+            await until(pilot, filled, timeout=60, what="the sweep's tables, filled")
+            pane = app.screen.query("AnalysesPane").first()
             assert [a["name"] for a in pane.shown] == ["points", "spectra", "overlap"]
             runs_table = pane.table_rows()[0]
             assert [r[0] for r in runs_table] == ["base", "seed1"]
