@@ -70,7 +70,9 @@ class OpStats:
     jvp_seconds: float = 0.0
     vjp_seconds: float = 0.0
     checkpoint_seconds: float = 0.0
-    reverse: str = ""  # how J^T u ran: "replay" (the recorded trajectory) or "checkpointed"
+    # how J^T u ran: "replay" (over the recorded trajectory), "replay, segments" (primal
+    # states trained again from checkpoints) or "checkpointed" (autograd)
+    reverse: str = ""
 
 
 class TrainingJacobian:
@@ -93,9 +95,7 @@ class TrainingJacobian:
         # can follow (the fused kernels compute their gradients outside autograd)
         self.reverse = dataclasses.replace(self.problem,
                                            kernel=GenericKernel(self.problem.module))
-        self._checkpoints: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] | None = None
-        self._fused_checkpoints: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] | None \
-            = None
+        self._checkpoints: dict[bool, list] = {}  # see checkpoints(fused)
         # recorded at the first product when it fits (trajectory=False: never; the primal
         # is then trained again inside every product)
         self._trajectory: Trajectory | None | bool = False if trajectory else None
@@ -141,11 +141,15 @@ class TrainingJacobian:
         g = p.layout.flatten(p.kernel.grad(p.layout.unflatten(theta), x, y))
         return p.optimizer.update(theta, state, g, float(p.lrs[t]), t)
 
-    def checkpoints(self) -> list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
-        """(theta, optimizer state) at the start of every segment (computed once)."""
-        if self._checkpoints is None:
+    def checkpoints(self, fused: bool = False
+                    ) -> list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        """(theta, optimizer state) at the start of every segment, computed once: trained by
+        torch.func's gradients (what the autograd reverse pass differentiates), or with
+        ``fused`` by the fused kernel (J v's trajectory, bitwise: what the replay starts its
+        segments from)."""
+        if fused not in self._checkpoints:
             t0 = time.perf_counter()
-            p = self.reverse
+            p = self.problem if fused else self.reverse
             theta, state = self.theta0.clone(), p.optimizer.init(self.theta0)
             out = []
             with torch.no_grad():
@@ -153,9 +157,9 @@ class TrainingJacobian:
                     if t % self.segment == 0:
                         out.append((theta.clone(), tuple(s.clone() for s in state)))
                     theta, state = self._step(p, theta, state, t)
-            self._checkpoints = out
+            self._checkpoints[fused] = out
             self.stats.checkpoint_seconds += time.perf_counter() - t0
-        return self._checkpoints
+        return self._checkpoints[fused]
 
     def rmatmat(self, U: np.ndarray) -> np.ndarray:
         """J^T U for U of shape (P, K) (or (P,))."""
@@ -167,8 +171,9 @@ class TrainingJacobian:
         momentum, Nesterov, weight decay), each step back is the update's transpose and K
         Hessian-vector products by the fused kernel at that step's primal state (the loss
         Hessian is symmetric, so the gradient's vjp is its jvp): the states come from the
-        recorded trajectory when it fits, else segment by segment from checkpoints. Otherwise (Adam, a module without a fused kernel) segment by segment
-        from the last, each trained again from its checkpoint under autograd."""
+        recorded trajectory when it fits, else segment by segment from checkpoints.
+        Otherwise (Adam, a module without a fused kernel) segment by segment from the last,
+        each trained again from its checkpoint under autograd."""
         t0 = time.perf_counter()
         Ut = cotangents.to(self.theta0.device, self.theta0.dtype)
         K = Ut.shape[0]
@@ -193,29 +198,11 @@ class TrainingJacobian:
             self.on_product("vjp", K)
         return out
 
-    def _primal_checkpoints(self) -> list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
-        """(theta, optimizer state) at the start of every segment, trained by the fused
-        kernel (the trajectory of J v, bitwise; computed once)."""
-        if self._fused_checkpoints is None:
-            t0 = time.perf_counter()
-            p = self.problem
-            theta, state = self.theta0.clone(), p.optimizer.init(self.theta0)
-            out = []
-            for t in range(self.T):
-                if t % self.segment == 0:
-                    out.append((theta, state))
-                x, y = p.batch(t)
-                g = p.layout.flatten(p.kernel.grad(p.layout.unflatten(theta), x, y))
-                theta, state = p.optimizer.update(theta, state, g, float(p.lrs[t]), t)
-            self._fused_checkpoints = out
-            self.stats.checkpoint_seconds += time.perf_counter() - t0
-        return self._fused_checkpoints
-
     def _segment_states(self, i: int) -> list:
         """The fused kernel's primal states of segment i's steps, trained from its
         checkpoint."""
         p = self.problem
-        theta, state = self._primal_checkpoints()[i]
+        theta, state = self.checkpoints(fused=True)[i]
         out = []
         for t in range(i * self.segment, min((i + 1) * self.segment, self.T)):
             x, y = p.batch(t)
@@ -522,5 +509,6 @@ def estimate_seconds(problem: Problem, theta0: torch.Tensor, k: int, solver: str
     block_pair = timed(op.matmat, block) + timed(op.rmatmat, block)
     pairs = solver_pairs(solver, k)
     top_s, bulk_s = pairs * pair, lanczos_steps * block_pair
-    return {"pair_s": pair, "block_pair_s": block_pair, "top_pairs": pairs, "top_s": top_s,
-            "bulk_s": bulk_s, "seconds": top_s + bulk_s}
+    return {"k": k, "probes": probes, "lanczos_steps": lanczos_steps, "pair_s": pair,
+            "block_pair_s": block_pair, "top_pairs": pairs, "top_s": top_s, "bulk_s": bulk_s,
+            "seconds": top_s + bulk_s}

@@ -135,9 +135,8 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
         return 0
     if cfg.spectrum.method == "matfree":
         print("probing (a few training steps of each product)...", file=sys.stderr)
-        r, sp = probe(cfg), cfg.spectrum
-        print(matfree_time_text(r["device"], r["matfree"], min(sp.k, pl.P - 1), sp.probes,
-                                sp.lanczos_steps))
+        r = probe(cfg)
+        print(matfree_time_text(r["device"], r["matfree"]))
         return 0
     print("probing (a few training steps of one chunk)...", file=sys.stderr)
     r = probe(cfg)

@@ -416,13 +416,13 @@ def field_help(key: str) -> str:
         return ""
 
 
-def matfree_time_text(device: str, m: dict, k: int, probes: int, steps: int) -> str:
+def matfree_time_text(device: str, m: dict) -> str:
     """The probe's estimate of a matrix-free run (engine.matfree.estimate_seconds), one line:
     what the --plan output and the Setup pane say instead of a time for J."""
     return (f"time on {device}: matrix-free spectrum about {fmt_seconds(m['seconds'])} "
-            f"(top {k}: about {m['top_pairs']} J v + J^T u pairs of "
-            f"{fmt_seconds(m['pair_s'])}; bulk: {steps} Lanczos steps of {probes} vectors, "
-            f"{fmt_seconds(m['block_pair_s'])} each)")
+            f"(top {m['k']}: about {m['top_pairs']} J v + J^T u pairs of "
+            f"{fmt_seconds(m['pair_s'])}; bulk: {m['lanczos_steps']} Lanczos steps of "
+            f"{m['probes']} vectors, {fmt_seconds(m['block_pair_s'])} each)")
 
 
 def fmt_seconds(s: float | None) -> str:

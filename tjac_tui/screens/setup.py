@@ -400,8 +400,9 @@ class SetupPane(Vertical):
         """Recompute the plan once the config has stopped changing for a moment (not on every
         key; never before the first paint)."""
         self._plan_gen += 1
-        if config_mod.dumps(cfg) != self._estimate_for:  # (the same config validated again
-            self.estimate_text, self._estimate_for = "", None  # keeps its estimate)
+        # an estimate stays while the config it was made for is the one validated again
+        if self._estimate_for is not None and config_mod.dumps(cfg) != self._estimate_for:
+            self.estimate_text, self._estimate_for = "", None
         if self._plan_timer is not None:
             self._plan_timer.stop()
         gen = self._plan_gen
@@ -484,9 +485,7 @@ class SetupPane(Vertical):
             err = (r.stderr.strip().splitlines() or ["?"])[-1] if r is not None else "timed out"
             text = f"time: the probe failed: {err}"
         elif out.get("matfree"):
-            sp = config_mod.loads(toml_text).spectrum
-            text = matfree_time_text(out["device"], out["matfree"], min(sp.k, out["P"] - 1),
-                                     sp.probes, sp.lanczos_steps)
+            text = matfree_time_text(out["device"], out["matfree"])
         else:
             text = (f"time on {out['device']}: J about {fmt_seconds(out['jacobian_s'])} "
                     f"({out['column_steps_per_s']:,.0f} column-steps/s, chunks of "
