@@ -7,15 +7,17 @@
                                                                              by tjac (launch())
 
 The session directory must be on a filesystem every rank sees. Rank 0 is the session's worker:
-it holds the session lock, trains (once), opens the Jacobian store (checking every chunk already
-recorded, merging what earlier ranks left), and hands out the pending chunks round-robin. Every
-rank then computes its share and writes each chunk into the shared, preallocated
-``jacobian.npy`` (distinct byte ranges: one ``pwrite`` each). Rank 0 records its chunks in
+it holds the session lock, trains (once), opens the Jacobian store and those of the snapshots
+(``jacobian.snapshots``: J_{0->t} at steps t, written as the training passes them; checking
+every chunk already recorded, merging what earlier ranks left), and hands out the chunks that
+any of them lacks, round-robin. Every rank then computes its share and writes each chunk into
+the shared, preallocated ``jacobian.npy`` and the snapshots' files (distinct byte ranges: one
+``pwrite`` each). Rank 0 records its chunks in
 ``jacobian.progress.json`` as a single process does; rank r > 0 records its own in
 ``jacobian.progress.rank<r>.json``, a file only it writes (atomically replaced), so no record is
 ever written by two processes. Once every rank is through, rank 0 checks the other ranks' chunks
-against their digests, merges their records into the main one, and goes on with the SVD and the
-analyses alone.
+against their digests, merges their records into the main ones, and goes on with the SVDs and
+the analyses alone.
 
 A rank that dies loses only the chunk under way: torchrun then stops the others (rank 0 marks
 the session interrupted, or it is left "stale" if it was killed), and ``tjac resume`` with any
@@ -43,7 +45,7 @@ import torch
 import torch.distributed as dist
 
 from . import jacobian as jac_mod
-from .config import ConfigError
+from . import plan as plan_mod
 from .runner import EXIT_INTERRUPTED, EXIT_OK, Runner
 from .session import Session, SessionError
 from .worker import boot, spawn
@@ -74,29 +76,31 @@ class DistributedRunner(Runner):
         self.rank, self.world = 0, world
         self.released = False  # the other ranks have been told what to do
 
-    def snapshot_stores(self, chunk: int) -> dict[int, jac_mod.JacobianStore]:
-        if self.plan.snapshots:  # the ranks would have to write every snapshot's store too
-            raise ConfigError("jacobian.snapshots: a distributed run (--nproc > 1 or torchrun) "
-                              "does not compute snapshots yet; run it in one process")
-        return {}
-
-    def share_of(self, store: jac_mod.JacobianStore) -> list[int]:
-        parts = shares(store.pending, self.world)
-        send([{"go": True, "chunk": store.chunk, "shares": parts}])
+    def share_of(self, store: jac_mod.JacobianStore,
+                 snapshots: dict[int, jac_mod.JacobianStore]) -> list[int]:
+        """Every chunk that J or a snapshot still lacks, round-robin; the ranks are told the
+        chunk size, their shares and which chunks each store has already."""
+        everyone = [store, *snapshots.values()]
+        parts = shares(sorted({i for st in everyone for i in st.pending}), self.world)
+        send([{"go": True, "chunk": store.chunk, "shares": parts, "done": sorted(store.done),
+               "snapshots": {t: sorted(st.done) for t, st in snapshots.items()}}])
         self.released = True
         self.emit("jacobian_ranks", ranks=self.world, shares=[len(p) for p in parts])
         return parts[0]
 
-    def after_share(self, store: jac_mod.JacobianStore) -> None:
-        """Wait for every rank, then take their chunks into the main record (each checked
-        against its digest; a missing or damaged one is computed here)."""
+    def after_share(self, store: jac_mod.JacobianStore,
+                    snapshots: dict[int, jac_mod.JacobianStore]) -> None:
+        """Wait for every rank, then take their chunks into the main records of J and of
+        each snapshot (each checked against its digest; a missing or damaged one is computed
+        here)."""
         dist.barrier()
-        bad = store.merge_ranks()
+        bad = [i for st in [store, *snapshots.values()] for i in st.merge_ranks()]
         if bad:
             self.emit("warning", message=f"jacobian: {len(bad)} chunk(s) of other ranks did not "
                                          "match their digests; computing them here")
-        if store.pending:
-            jac_mod.compute_into(store, self.problem, self.theta0, should_stop=self.should_stop)
+        if any(st.pending for st in [store, *snapshots.values()]):
+            jac_mod.compute_into(store, self.problem, self.theta0,
+                                 should_stop=self.should_stop, snapshots=snapshots)
 
     def run(self) -> int:
         try:
@@ -121,10 +125,13 @@ def rank_main(path: Path, rank: int, world: int, device: str | None) -> int:
     if not msg[0]["go"]:
         return EXIT_OK
     runner.build()
-    store = jac_mod.JacobianStore.for_rank(path, runner.layout.size, msg[0]["chunk"],
-                                           np.dtype(runner.cfg.dtype), rank)
+    go, P, dtype = msg[0], runner.layout.size, np.dtype(runner.cfg.dtype)
+    store = jac_mod.JacobianStore.for_rank(path, P, go["chunk"], dtype, rank, go["done"])
+    snapshots = {t: jac_mod.JacobianStore.for_rank(path / plan_mod.snapshot_dir(t), P,
+                                                   go["chunk"], dtype, rank, done)
+                 for t, done in go["snapshots"].items()}
     try:
-        runner.compute_jacobian(store, {}, msg[0]["shares"][rank])
+        runner.compute_jacobian(store, {}, go["shares"][rank], snapshots)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     dist.barrier()

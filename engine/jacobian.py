@@ -207,6 +207,7 @@ class JacobianStore:
         self.item = self.dtype.itemsize
         self.ranges = chunk_ranges(self.P, self.chunk)
         self.done: dict[int, str] = {}
+        self.elsewhere: frozenset[int] = frozenset()
         self.damaged: list[int] = []
         self.offset = 0
         self.rank = 0
@@ -223,16 +224,19 @@ class JacobianStore:
 
     @classmethod
     def for_rank(cls, directory: Path, P: int, chunk: int, dtype: np.dtype,
-                 rank: int) -> "JacobianStore":
+                 rank: int, elsewhere: Iterable[int] = ()) -> "JacobianStore":
         """The store as rank ``rank`` > 0 of a distributed run sees it: the file rank 0 has
         opened (and checked) already; this rank records its own chunks, and only those, in
-        its own progress file."""
+        its own progress file. ``elsewhere``: the chunks rank 0's record holds, which this
+        rank never writes (a chunk whose J is done but a snapshot's is not is computed for
+        the snapshot alone)."""
         self = cls.__new__(cls)
         self.path = Path(directory) / cls.FILE
         self.P, self.chunk, self.dtype = int(P), int(chunk), np.dtype(dtype)
         self.item = self.dtype.itemsize
         self.ranges = chunk_ranges(self.P, self.chunk)
         self.done, self.damaged, self.offset, self.rank = {}, [], 0, int(rank)
+        self.elsewhere = frozenset(int(i) for i in elsewhere)
         self.progress_path = Path(directory) / cls.RANK_PROGRESS.format(rank)
         if not self._header_ok():
             raise ValueError(f"{self.path}: not the Jacobian file rank 0 prepared")
@@ -355,9 +359,14 @@ class JacobianStore:
         atomic_write_json(self.progress_path, rec)
 
     # ---- chunks ------------------------------------------------------------------------
+    def wants(self, index: int) -> bool:
+        """Whether chunk ``index`` is still to be written here (not recorded by this store,
+        nor by rank 0's record for a rank's store)."""
+        return index not in self.done and index not in self.elsewhere
+
     @property
     def pending(self) -> list[int]:
-        return [i for i in range(len(self.ranges)) if i not in self.done]
+        return [i for i in range(len(self.ranges)) if self.wants(i)]
 
     @property
     def columns_done(self) -> int:
@@ -441,7 +450,7 @@ def compute_into(store: JacobianStore, problem: Problem, theta0: torch.Tensor,
         cols = store.ranges[index]
         e = identity_columns(P, list(cols), theta0.device, theta0.dtype)
         on_step = None
-        wanted = {t: st for t, st in snapshots.items() if index not in st.done}
+        wanted = {t: st for t, st in snapshots.items() if st.wants(index)}
         if wanted:
             def on_step(t, theta, dtheta, index=index, cols=cols):
                 st = wanted.get(t + 1)
@@ -452,7 +461,7 @@ def compute_into(store: JacobianStore, problem: Problem, theta0: torch.Tensor,
         theta_T, rows = train_tangents(problem, theta0, e, should_stop, on_step=on_step,
                                        trajectory=traj)
         _check_finite(rows, problem, theta0, cols)
-        if index not in store.done:
+        if store.wants(index):
             store.write(index, rows.cpu().numpy())
         if on_chunk is not None:
             on_chunk(index, cols, theta_T)

@@ -265,12 +265,14 @@ class Runner:
         mine = {rel for rel in files if rel.startswith(d + "/") and rel != f"{d}/jacobian.npy"}
         return f"{d}/spectrum.json" in mine and not self.session.verify(only=mine)
 
-    def share_of(self, store: jac_mod.JacobianStore) -> list[int] | None:
+    def share_of(self, store: jac_mod.JacobianStore,
+                 snapshots: dict[int, jac_mod.JacobianStore]) -> list[int] | None:
         """The chunks this process computes (engine.distributed splits them among ranks);
         None: every chunk that J or a snapshot still lacks."""
         return None
 
-    def after_share(self, store: jac_mod.JacobianStore) -> None:
+    def after_share(self, store: jac_mod.JacobianStore,
+                    snapshots: dict[int, jac_mod.JacobianStore]) -> None:
         """Once this process's chunks are done (engine.distributed: wait for the others)."""
 
     def compute_jacobian(self, store: jac_mod.JacobianStore, info: dict,
@@ -288,8 +290,9 @@ class Runner:
         if lead:
             self.emit("jacobian_start", total=P, chunk=store.chunk, chunks=len(store.ranges),
                       done=store.columns_done)
+        snapshots = snapshots or {}
         if indices is None:
-            indices = self.share_of(store)
+            indices = self.share_of(store, snapshots)
         t0, mine = time.perf_counter(), [0]
         worst = [float(info.get("primal_dev", 0.0))]
         ranked = {"rank": self.rank} if self.world > 1 else {}
@@ -321,7 +324,7 @@ class Runner:
             jac_mod.compute_into(store, self.problem, self.theta0, on_chunk, self.should_stop,
                                  indices, snapshots)
             if lead:
-                self.after_share(store)
+                self.after_share(store, snapshots)
         finally:
             if lead:  # the manifest is rank 0's alone
                 s.set_stage("jacobian", primal_dev=worst[0], primal_bound=bound,

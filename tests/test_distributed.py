@@ -29,8 +29,11 @@ from conftest import PRESETS, running, screen_lines, until
 QUICK = PRESETS / "quick.toml"
 # P = 610; threads = 1 in both runs (a rank computes with one thread here; J's bits depend on
 # how the products are split among threads)
-SMALL = ["model.hidden=[8]", "jacobian.chunk=32", "threads=1"]
-LONGER = SMALL[:1] + ["jacobian.chunk=8", "threads=1", "train.epochs=24"]  # 77 chunks
+# J_{0->t} written as the training passes steps 4 and 10 (of 16)
+SNAPS = ["jacobian.snapshots=[4, 10]"]
+SMALL = ["model.hidden=[8]", "jacobian.chunk=32", "threads=1"] + SNAPS
+LONGER = SMALL[:1] + ["jacobian.chunk=8", "threads=1", "train.epochs=24",  # 77 chunks
+                      "jacobian.snapshots=[100]"]
 
 
 def reference(root: Path, name: str, overrides: list[str]) -> np.ndarray:
@@ -38,6 +41,10 @@ def reference(root: Path, name: str, overrides: list[str]) -> np.ndarray:
                        str(QUICK))
     assert run_session(s.path) == 0
     return np.load(s.path / "jacobian.npy")
+
+
+def snapshot_js(path: Path) -> dict[str, np.ndarray]:
+    return {p.parent.name: np.load(p) for p in sorted(path.glob("snapshots/*/jacobian.npy"))}
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +62,15 @@ def two_ranks(tmp_path_factory) -> tuple[Path, np.ndarray]:
 def test_two_ranks_compute_the_single_process_J_bitwise(two_ranks):
     path, J = two_ranks
     assert np.array_equal(np.load(path / "jacobian.npy"), J)
+    # the snapshots too: written by both ranks as their chunks pass steps 4 and 10
+    one, two = snapshot_js(path.parent / "one"), snapshot_js(path)
+    assert list(two) == ["step_000004", "step_000010"]
+    for name in one:
+        assert np.array_equal(two[name], one[name]), name
+        assert not list((path / "snapshots" / name).glob("jacobian.progress.rank*.json"))
+    assert not np.array_equal(two["step_000004"], two["step_000010"])
+    summary = json.loads((path / "snapshots" / "summary.json").read_text())
+    assert [r["step"] for r in summary["rows"]] == [4, 10, 16]
     m = Session(path).manifest()
     assert m["status"] == "done" and m["stages"]["jacobian"]["columns_done"] == 610
     assert not list(path.glob("jacobian.progress.rank*.json"))  # merged by rank 0
@@ -122,7 +138,10 @@ def test_a_killed_rank_loses_only_its_chunk_and_one_process_finishes_bitwise(tmp
     last_start = [e for e in events if e["event"] == "jacobian_start"][-1]
     assert last_start["done"] >= 8 * len(kept)  # nothing recorded was computed again
     assert np.array_equal(np.load(s.path / "jacobian.npy"), J)
-    assert not list(s.path.glob("jacobian.progress.rank*.json"))
+    snap = s.path / "snapshots" / "step_000100"
+    assert np.array_equal(np.load(snap / "jacobian.npy"),
+                          np.load(tmp_path / "one" / "snapshots" / "step_000100" / "jacobian.npy"))
+    assert not list(s.path.glob("**/jacobian.progress.rank*.json"))
     assert Session(s.path).verify(deep=True) == {}
 
 

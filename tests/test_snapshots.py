@@ -16,9 +16,8 @@ import pytest
 from engine import config, jacobian, plan as plan_mod, regions, runner, worker
 from engine.present.report import render_report
 from engine.session import Session
-from tjac_tui.cli import main
 
-from conftest import PRESETS, make, running, tiny_config, until
+from conftest import make, running, tiny_config, until
 
 
 def snap_config(npz, keep: str = "jacobian", **train_kw) -> config.RunConfig:
@@ -247,10 +246,3 @@ def test_report_and_spectrum_pane_show_the_spectrum_through_training(tmp_path, t
             assert "Spectrum through training: 6 steps" in head
     asyncio.run(go())
 
-
-def test_nproc_refuses_snapshots(tmp_path, capsys):
-    code = main(["run", str(PRESETS / "quick.toml"), "--sessions", str(tmp_path),
-                 "--nproc", "2", "--set", "jacobian.snapshots=[4]"])
-    assert code != 0
-    assert "does not compute snapshots yet" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())

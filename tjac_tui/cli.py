@@ -79,10 +79,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             a.enabled = False
     if args.plan:
         return print_plan(cfg, args.sessions, as_json=args.json)
-    if args.nproc > 1 and (cfg.jacobian.snapshots or cfg.jacobian.snapshot_every
-                           or cfg.jacobian.snapshot_epochs):
-        raise config_mod.ConfigError(f"{preset}: jacobian.snapshots: a run on several processes "
-                                     "(--nproc) does not compute snapshots yet; run it in one")
     check_sessions_dir(args.sessions)
     check_fits(cfg, args.sessions)
     session = Session.create(args.sessions, cfg.name, cfg, str(preset))
