@@ -188,3 +188,36 @@ def test_torchrun_creates_the_session_from_a_preset_or_says_why_not(tmp_path):
     m = Session(target).manifest()
     assert m["status"] == "done" and m["preset"] == str(QUICK)
     assert config.load(QUICK, SMALL) == Session(target).config()
+
+
+def test_a_rank_writes_only_what_rank_0_lacks(tiny_npz, tmp_path):
+    """A chunk whose J rank 0 holds but whose snapshot it lacks (a kill between the two
+    writes): a rank computes it for the snapshot alone and leaves J's record to rank 0."""
+    from engine.jacobian import compute_into
+
+    from conftest import make, tiny_config
+
+    problem, theta0 = make(tiny_config(tiny_npz))
+    P, f64 = theta0.numel(), np.dtype("float64")
+    (tmp_path / "snap").mkdir()
+    main, snap = JacobianStore(tmp_path, P, 8, f64), JacobianStore(tmp_path / "snap", P, 8, f64)
+    compute_into(main, problem, theta0, snapshots={3: snap})
+    J, J3 = np.load(tmp_path / "jacobian.npy"), np.load(tmp_path / "snap" / "jacobian.npy")
+    # rank 0's records: J whole, the snapshot without chunk 2
+    prog_path = tmp_path / "snap" / JacobianStore.PROGRESS
+    prog = json.loads(prog_path.read_text())
+    del prog["done"]["2"]
+    prog_path.write_text(json.dumps(prog))
+    with open(snap.path, "r+b") as f:  # chunk 2's bytes gone too
+        f.seek(snap.offset + 16 * P * 8)
+        f.write(bytes(8 * P * 8))
+    snap = JacobianStore(tmp_path / "snap", P, 8, f64)
+    assert snap.pending == [2]
+    r_main = JacobianStore.for_rank(tmp_path, P, 8, f64, 1, elsewhere=main.done)
+    r_snap = JacobianStore.for_rank(tmp_path / "snap", P, 8, f64, 1, elsewhere=snap.done)
+    assert r_main.pending == [] and r_snap.pending == [2]
+    compute_into(r_main, problem, theta0, indices=[2], snapshots={3: r_snap})
+    assert list(r_main.done) == [] and list(r_snap.done) == [2]
+    assert snap.merge_ranks() == [] and 2 in snap.done
+    assert np.array_equal(np.load(tmp_path / "snap" / "jacobian.npy"), J3)
+    assert np.array_equal(np.load(tmp_path / "jacobian.npy"), J)
