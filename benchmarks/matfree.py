@@ -167,19 +167,28 @@ def reverse(a) -> None:
     rng = np.random.default_rng(0)
     for K in [int(x) for x in a.blocks.split(",")]:
         V = rng.standard_normal((base.P, K))
-        out, secs = {}, {}
-        for mode in ("checkpointed", "auto"):
-            op = TrainingJacobian(base.problem, base.theta0, dtype=dt, reverse=mode)
+        out = {}
+        print(f"K = {K}:")
+        # autograd; the replay training each segment again; the replay over the recorded
+        # trajectory (which J v reads too)
+        for mode, traj in (("checkpointed", False), ("auto", False), ("auto", True)):
+            op = TrainingJacobian(base.problem, base.theta0, dtype=dt, reverse=mode,
+                                  trajectory=traj)
             op.rmatmat(V[:, :1])  # warm: the checkpoints (or trajectory), the allocator
             t0 = time.perf_counter()
             op.matmat(V)
-            secs["J v"] = time.perf_counter() - t0
+            jv = time.perf_counter() - t0
             t0 = time.perf_counter()
-            out[mode] = op.rmatmat(V)
-            secs[op.stats.reverse] = time.perf_counter() - t0
-        diff = np.abs(out["auto"] - out["checkpointed"]).max() / np.abs(out["checkpointed"]).max()
-        print(f"K = {K}: " + ", ".join(f"{k} {v:.2f} s" for k, v in secs.items())
-              + f"; largest relative difference {diff:.1e}")
+            out[op.stats.reverse] = op.rmatmat(V)
+            vj = time.perf_counter() - t0
+            kept = op.stats.trajectory_bytes / 2**20
+            print(f"  J^T u by {op.stats.reverse:16s} {vj:6.2f} s   J v {jv:6.2f} s"
+                  f"   trajectory {kept:,.0f} MB")
+        ref = out["checkpointed"]
+        for k, v in out.items():
+            if k != "checkpointed":
+                print(f"  {k}: largest relative difference to autograd "
+                      f"{np.abs(v - ref).max() / np.abs(ref).max():.1e}")
 
 
 def reach(a) -> None:

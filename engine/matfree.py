@@ -60,7 +60,11 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, aslinearoperator, svds
 
+from .plan import available_memory
 from .train import GenericKernel, Problem, Trajectory, record_trajectory, train_tangents
+
+# the share of the memory free where the products run that the recorded trajectory may take
+TRAJECTORY_FRACTION = 0.25
 
 
 @dataclass
@@ -73,6 +77,7 @@ class OpStats:
     # how J^T u ran: "replay" (over the recorded trajectory), "replay, segments" (primal
     # states trained again from checkpoints) or "checkpointed" (autograd)
     reverse: str = ""
+    trajectory_bytes: int = 0  # the recorded primal trajectory's (0: none, see _record)
 
 
 class TrainingJacobian:
@@ -83,7 +88,7 @@ class TrainingJacobian:
                  should_stop: Callable[[], bool] | None = None,
                  dtype: torch.dtype = torch.float64,
                  on_product: Callable[[str, int], None] | None = None,
-                 reverse: str = "auto", trajectory: bool = True):
+                 reverse: str = "auto", trajectory: bool | int = True):
         self.problem = problem.astype(dtype)
         self.theta0 = theta0.detach().to(dtype)
         self.on_product = on_product  # ("jvp" or "vjp", vectors) after every product
@@ -97,12 +102,30 @@ class TrainingJacobian:
                                            kernel=GenericKernel(self.problem.module))
         self._checkpoints: dict[bool, list] = {}  # see checkpoints(fused)
         # recorded at the first product when it fits (trajectory=False: never; the primal
-        # is then trained again inside every product)
-        self._trajectory: Trajectory | None | bool = False if trajectory else None
+        # is then trained again inside every product): in ``trajectory`` bytes, or with True
+        # in TRAJECTORY_FRACTION of the memory free where the products run
+        self._trajectory: Trajectory | None | bool = False if trajectory is not False else None
+        self.trajectory_budget = None if isinstance(trajectory, bool) else int(trajectory)
         self.stats = OpStats()
         if reverse not in ("auto", "replay", "checkpointed"):
             raise ValueError(f"reverse must be auto, replay or checkpointed, got {reverse!r}")
         self.reverse_mode = reverse  # J^T u: see vjp
+
+    def _record(self) -> Trajectory | None:
+        """The primal trajectory every product reads (:func:`engine.train.record_trajectory`),
+        or None when it does not fit the budget. The operator's own memory is a few K x P
+        blocks, so the trajectory may take more than the exact J's (a fixed 384 MB beside
+        its chunk): on the 1M-parameter preset it is ~1 GB, and without it every J v trains
+        the primal again and every J^T u trains each segment again."""
+        budget = self.trajectory_budget
+        if budget is None:
+            dev = self.theta0.device
+            free = (torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda"
+                    else available_memory())
+            budget = int(TRAJECTORY_FRACTION * free)
+        traj = record_trajectory(self.problem, self.theta0, budget)
+        self.stats.trajectory_bytes = traj.nbytes if traj is not None else 0
+        return traj
 
     # ---- J V -------------------------------------------------------------------------------
     def jvp(self, tangents: torch.Tensor) -> torch.Tensor:
@@ -110,7 +133,7 @@ class TrainingJacobian:
         the operator (the rows stay where they are computed)."""
         t0 = time.perf_counter()
         if self._trajectory is False:  # the primal once for every product (if it fits)
-            self._trajectory = record_trajectory(self.problem, self.theta0)
+            self._trajectory = self._record()
         _, rows = train_tangents(self.problem, self.theta0,
                                  tangents.to(self.theta0.device, self.theta0.dtype),
                                  self.should_stop, trajectory=self._trajectory)
@@ -185,7 +208,7 @@ class TrainingJacobian:
                              "its inputs (not Adam)")
         if replay and self.reverse_mode != "checkpointed":
             if self._trajectory is False:
-                self._trajectory = record_trajectory(self.problem, self.theta0)
+                self._trajectory = self._record()
             self.stats.reverse = "replay" if self._trajectory is not None \
                 else "replay, segments"
             out = self._vjp_replay(Ut)

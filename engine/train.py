@@ -488,18 +488,20 @@ def record_trajectory(problem: Problem, theta0: torch.Tensor,
             budget = min(budget, os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8)
     keep = p.optimizer.tangent_reads_primal
     theta, state = theta0.clone(), p.optimizer.init(theta0)
-    item = theta0.element_size()
     traj = Trajectory([], [], [] if keep else None, 0)
     for t in range(p.steps):
         x, y = p.batch(t)
         st = p.kernel.primal(p.layout.unflatten(theta), x, y)
         g = p.layout.flatten(st.grads)
+        if dataclasses.is_dataclass(st) and hasattr(st, "grads"):
+            st = dataclasses.replace(st, grads=())  # the tangents never read it: not kept
         traj.states.append(st)
         traj.thetas.append(theta)
         if keep:
             traj.factors.append(p.optimizer.adam_factors(theta, state, g, t))
-        if t == 0:
-            per_step = _tensor_bytes(st) + item * theta.numel() * (4 if keep else 1)
+        if t == 0:  # what one step keeps, each storage once (the state's weights are views
+            # of theta)
+            per_step = _tensor_bytes([st, theta, traj.factors[0] if keep else ()])
             traj.nbytes = per_step * p.steps
             if traj.nbytes > budget:
                 return None

@@ -158,6 +158,15 @@ def test_trajectory_replay_is_bitwise_the_recomputed_primal(tiny_npz, opt):
     b = train.train_tangents(problem, theta0, e, trajectory=traj)
     assert torch.equal(e, e0)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # what it keeps per step: theta once (the state's weights are views of it), the primal
+    # quantities the tangents read, not the gradient; Adam's factors too
+    st = traj.states[0]
+    assert st.grads == () and all(w.untyped_storage().data_ptr() ==
+                                  traj.thetas[0].untyped_storage().data_ptr() for w in st.weights)
+    held = [*st.actsT, *st.d1T, *(h for h in st.h2T if h is not None), *st.GT, st.pT,
+            st.pT_over_b, traj.thetas[0], *(traj.factors[0] if traj.factors else ())]
+    assert traj.nbytes == problem.steps * sum(
+        {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held}.values())
     # a budget too small for the first step's state: no trajectory, chunks recompute
     assert train.record_trajectory(problem, theta0, budget=1000) is None
     # the generic kernel has no primal/tangent split

@@ -94,6 +94,24 @@ def test_both_reverse_passes_give_j_transpose(over, path):
         assert np.abs(got - want).max() < 1e-13 * np.abs(want).max()
 
 
+def test_the_operator_keeps_a_trajectory_past_the_exact_js_budget(small, monkeypatch):
+    """The products read one recorded trajectory while it fits a quarter of the free
+    memory, also where the exact J's fixed budget would refuse it; a budget in bytes
+    below one step's state trains the primal again (the same products)."""
+    op, J = small
+    monkeypatch.setattr(train, "TRAJECTORY_BUDGET", 1000)  # the exact J's: far too small
+    assert train.record_trajectory(op.problem, op.theta0) is None
+    U = np.random.default_rng(5).standard_normal((op.P, 2))
+    kept = TrainingJacobian(op.problem, op.theta0)
+    a = kept.rmatmat(U)
+    assert kept.stats.reverse == "replay" and kept.stats.trajectory_bytes > 1000
+    tight = TrainingJacobian(op.problem, op.theta0, trajectory=1000)
+    b = tight.rmatmat(U)
+    assert tight.stats.reverse == "replay, segments" and tight.stats.trajectory_bytes == 0
+    assert np.abs(a - b).max() < 1e-13 * np.abs(a).max()
+    assert np.abs(kept.matmat(U) - tight.matmat(U)).max() < 1e-13 * np.abs(J).max() * 50
+
+
 @pytest.mark.parametrize("solver", ["propack", "arpack"])
 def test_top_singular_values_agree_with_the_svd(small, solver):
     op, J = small
