@@ -27,6 +27,23 @@ class DeviceError(ValueError):
     """The device named cannot be used here; ``str()`` is the one-line reason."""
 
 
+NVIDIA_DRIVER = "/proc/driver/nvidia/version"  # there while an NVIDIA driver is loaded
+
+
+def check_here(name: str) -> None:
+    """Without importing torch: :class:`DeviceError` when ``name`` is not ``auto``, ``cpu``,
+    ``cuda`` or ``cuda:N``, or names CUDA on a machine with no NVIDIA driver loaded (what
+    ``tjac run`` and ``tjac resume`` refuse before a session is created or touched; the
+    worker resolves the index)."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda|cuda:[0-9]{1,4}", name):
+        raise DeviceError(f'device = "{name}": expected "auto", "cpu", "cuda" or "cuda:N"')
+    if name.startswith("cuda") and not os.path.exists(NVIDIA_DRIVER):
+        raise DeviceError(f'device = "{name}": CUDA is not available on this machine (no '
+                          "NVIDIA driver is loaded)")
+
+
 def resolve(name: str):
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` as a ``torch.device``
     with an index; :class:`DeviceError` when there is no such device."""

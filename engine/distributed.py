@@ -93,7 +93,12 @@ class DistributedRunner(Runner):
         """Wait for every rank, then take their chunks into the main records of J and of
         each snapshot (each checked against its digest; a missing or damaged one is computed
         here)."""
-        dist.barrier()
+        try:
+            dist.barrier()
+        except RuntimeError:  # a rank left: on a stop request, that is the stop (resumable)
+            if self.stop_requested:
+                raise KeyboardInterrupt from None
+            raise
         bad = [i for st in [store, *snapshots.values()] for i in st.merge_ranks()]
         if bad:
             self.emit("warning", message=f"jacobian: {len(bad)} chunk(s) of other ranks did not "

@@ -47,7 +47,7 @@ from .config import ConfigError
 from .schema import one_line
 from .experiments.common import Context
 from .sections import ANALYSES
-from .session import Session, SessionDamaged, SessionError, now_iso
+from .session import CONFIG, MANIFEST, Session, SessionDamaged, SessionError, now_iso
 
 STAGES = ("train", "jacobian", "svd", "spectrum")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 3
@@ -315,6 +315,9 @@ class Runner:
                       eta=round((P - done) / (rate * self.world), 1) if rate > 0 else None,
                       primal_dev=dev, **ranked, **mem)
             if dev > bound:
+                if lead:  # what the message promises: the next run trains again (and, if
+                    # that changes thetaT.npz, computes J again)
+                    s.set_stage("train", status="pending")
                 raise PrimalMismatch(
                     f"the training inside the Jacobian reached a theta_T {dev:.3g} away from "
                     f"thetaT.npz (allowed: {bound:.3g}): thetaT.npz is not the training of "
@@ -557,7 +560,11 @@ class Runner:
         """Check every recorded file (contents, block digests); a damaged one sends the stage
         that wrote it back to pending (it runs again)."""
         s = self.session
-        for rel, why in s.verify(deep=True).items():
+        for rel, why in s.verify(deep=True, refresh=True).items():
+            if rel == CONFIG:  # (checked before setup; edited while it ran)
+                raise SessionDamaged(s.path, {rel: why})
+            if rel == MANIFEST:  # "done" with stages not done: they run now
+                continue
             stage = s.manifest()["files"][rel].get("stage")
             self.emit("warning", message=f"{rel}: {why}; stage {stage} runs again")
             if stage in stages and s.stage_status(stage) == "done":
@@ -606,6 +613,7 @@ class Runner:
         stage = "setup"
         try:
             m = self.open_manifest()
+            s.check_intact(only={CONFIG})  # an edited config.toml is not what ran
             s.update_manifest(status="running", pid=os.getpid(), error=None,
                               started=m.get("started") or now_iso())
             self.setup()

@@ -254,7 +254,9 @@ def value_text(v) -> str:
         return "x".join(value_text(x) for x in v)
     if isinstance(v, bool):
         return "true" if v else "false"
-    text = format(v, "g").replace("+", "") if isinstance(v, float) else str(v)  # 1e30
+    # floats as their shortest exact text: distinct values give distinct names (0.1 and
+    # 0.1000001 were both "0.1"); 1e+30 -> 1e30
+    text = repr(v).replace("+", "").removesuffix(".0") if isinstance(v, float) else str(v)
     return re.sub(r"[^A-Za-z0-9_.-]", "-", text)
 
 

@@ -24,6 +24,7 @@ names the file; ``tjac resume`` recomputes what is damaged).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 from datetime import datetime, timezone
@@ -39,7 +40,12 @@ from .files import (append_jsonl, atomic_save_npy, atomic_save_npz, atomic_write
                     remove_temp_files, sha256)
 
 STATUSES = ("created", "running", "done", "failed", "interrupted")
+CONFIG = "config.toml"  # checked against the digest the manifest keeps of it (config_sha256)
+MANIFEST = "manifest.json"
 DEEP_VERIFY_MAX = 1 << 30  # files larger than this: size and mtime only, unless asked
+# a file whose modification time changed (a copy that did not keep it: ``cp -r``) but not its
+# size is checked by its contents in a quick check when it is at most this large
+RECHECK_MAX = 64 << 20
 WRITER_PID = ".writer.pid"  # who holds the lock, for messages (deleting it unlocks nothing)
 
 
@@ -56,10 +62,15 @@ class SessionDamaged(SessionError):
 
     def __init__(self, path: Path, problems: dict[str, str]):
         self.problems = problems
+        if CONFIG in problems:  # the one file resume cannot recompute: say it first
+            problems = {CONFIG: problems[CONFIG], **problems}
         rel, why = next(iter(problems.items()))
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         self.detail = f"{rel}: {why}{more}"
-        super().__init__(f"{path}: damaged: {self.detail}; `tjac resume` recomputes it")
+        hint = ("a session runs the config it was created with: put that one back, or start "
+                f"a new session from the edited file (`tjac run {Path(path) / CONFIG}`)"
+                if rel == CONFIG else "`tjac resume` recomputes it")
+        super().__init__(f"{path}: damaged: {self.detail}; {hint}")
 
 
 def now_iso() -> str:
@@ -88,7 +99,7 @@ class Session:
         whole: a process killed while creating it leaves no directory behind."""
         text = config_mod.dumps(cfg).encode()
         manifest = {"status": "created", "created": now_iso(), "preset": preset, "stages": {},
-                    "files": {}}
+                    "files": {}, "config_sha256": hashlib.sha256(text).hexdigest()}
 
         def fill(tmp: Path) -> None:
             atomic_write(tmp / "config.toml", text)
@@ -279,19 +290,49 @@ class Session:
     def has(self, rel: str) -> bool:
         return (self.path / rel).exists()
 
-    def verify(self, deep: bool | int = True, only: set[str] | None = None) -> dict[str, str]:
+    def verify(self, deep: bool | int = True, only: set[str] | None = None,
+               refresh: bool = False) -> dict[str, str]:
         """Recorded files that do not match their record: {rel: reason}. Always: missing files
         and sizes. ``deep``: contents too (sha256, or every block's digest); an int is the
-        largest file checked deeply, larger ones by size and modification time only.
-        ``only`` limits the check to those files."""
-        problems = {}
-        files = self.manifest().get("files", {})
+        largest file checked deeply, larger ones by size and modification time only (a
+        changed time sends a file of at most :data:`RECHECK_MAX` bytes to its contents).
+        ``only`` limits the check to those files. ``refresh`` (the caller holds the lock):
+        files whose contents match but whose modification time changed (a copy) get the
+        new time recorded, so that quick checks pass again."""
+        problems, moved = {}, {}
+        m = self.manifest()
+        files = m.get("files", {})
+        if m.get("config_sha256") and (only is None or CONFIG in only):
+            try:
+                if sha256(self.path / CONFIG) != m["config_sha256"]:
+                    problems[CONFIG] = "changed since the session was created"
+            except FileNotFoundError:
+                problems[CONFIG] = "missing"
+        if m.get("status") == "done" and only is None:  # (an edited status, or a bug)
+            unfinished = [(k, v.get("status")) for k, v in m.get("stages", {}).items()
+                          if v.get("status") != "done"]
+            if unfinished or not m.get("stages"):
+                k, st = unfinished[0] if unfinished else ("train", "not recorded")
+                problems[MANIFEST] = f"says done, but stage {k} is {st}"
         for rel, rec in files.items():
             if only is not None and rel not in only:
                 continue
             why = self._check(rel, rec, deep)
             if why:
                 problems[rel] = why
+            elif refresh:
+                try:
+                    mtime = (self.path / rel).stat().st_mtime_ns
+                except OSError:
+                    continue
+                if mtime != rec.get("mtime_ns"):
+                    moved[rel] = mtime
+        if moved:
+            m = self.manifest()
+            for rel, mtime in moved.items():
+                if rel in m.get("files", {}):
+                    m["files"][rel]["mtime_ns"] = mtime
+            self.write_manifest(m)
         return problems
 
     def _check(self, rel: str, rec: dict, deep: bool | int) -> str | None:
@@ -303,9 +344,12 @@ class Session:
         if st.st_size != rec.get("bytes"):
             return f"{st.st_size} bytes, {rec.get('bytes')} were written"
         thorough = deep is True or (deep and st.st_size <= deep)
+        if not thorough and st.st_mtime_ns != rec.get("mtime_ns"):
+            if st.st_size > RECHECK_MAX:
+                return ("modified since it was written (its time stamp; `tjac resume` checks "
+                        "its contents)")
+            thorough = True  # small: its contents decide
         if not thorough:
-            if st.st_mtime_ns != rec.get("mtime_ns"):
-                return "changed since it was written"
             return None
         if "blocks" in rec:
             b = rec["blocks"]
@@ -341,9 +385,31 @@ class Session:
             out = json.loads(p.read_text())
         except (ValueError, UnicodeDecodeError):
             raise SessionDamaged(self.path, {"spectrum.json": "not valid JSON"}) from None
-        if not isinstance(out, dict):
+        regions = out.get("regions") if isinstance(out, dict) else None
+        if not (isinstance(regions, dict) and isinstance(out.get("bulk_tol"), (int, float))
+                and all(isinstance(regions.get(k), dict)
+                        and isinstance(regions[k].get("count"), int)
+                        for k in ("chaotic", "bulk", "stable"))):
             raise SessionDamaged(self.path, {"spectrum.json": "not a spectrum summary"})
         return out
+
+    def load_vector(self, rel: str) -> np.ndarray:
+        """A stored vector (``svd/S.npy``, ``svd/alignment.npy``) as float64, checked first
+        against its record in the manifest: :class:`SessionDamaged` names the file when it
+        does not match, cannot be read, or is not a non-empty vector."""
+        import numpy as np
+
+        why = self.verify(only={rel}).get(rel)
+        if why is None:
+            try:
+                S = self.load_npy(rel)
+            except (OSError, ValueError) as e:
+                why = f"cannot be read ({e})"
+            else:
+                if S.ndim == 1 and S.size and np.issubdtype(S.dtype, np.number):
+                    return S.astype(np.float64)
+                why = f"not a vector (shape {S.shape}, {S.dtype})"
+        raise SessionDamaged(self.path, {rel: why})
 
 
 def list_sessions(root: str | Path) -> Iterator[Session]:

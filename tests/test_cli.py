@@ -202,3 +202,14 @@ def test_plan_reports_the_chunk_probe(tmp_path, capsys):
     best = int(re.search(r"fastest here (\d+)", line).group(1))  # (this probe's own winner)
     assert best in rates and line.startswith("chunk probe (column-steps/s): 64: ")
     assert not any(tmp_path.iterdir())
+
+
+def test_run_refuses_json_without_plan_and_a_sweep_preset(tmp_path, capsys):
+    """``--json`` belongs to ``--plan`` (it ran a whole run silently); a preset with a
+    [sweep] is run by ``tjac sweep`` (``tjac run`` ran its base config alone)."""
+    assert main(["run", "quick", "--json", "--sessions", str(tmp_path)]) == 2
+    assert "--json goes with --plan" in capsys.readouterr().err
+    assert main(["run", "sweep-width", "--sessions", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "has a [sweep]" in err and "tjac sweep sweep-width" in err
+    assert not any(tmp_path.iterdir())

@@ -221,3 +221,31 @@ def test_a_rank_writes_only_what_rank_0_lacks(tiny_npz, tmp_path):
     assert snap.merge_ranks() == [] and 2 in snap.done
     assert np.array_equal(np.load(tmp_path / "snap" / "jacobian.npy"), J3)
     assert np.array_equal(np.load(tmp_path / "jacobian.npy"), J)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_of_tjac_run_nproc_marks_the_session_interrupted(tmp_path, sig):
+    """SIGTERM or ctrl+c to ``tjac run --nproc 2`` mid-Jacobian: every rank stops, the session
+    is "interrupted" and the command exits 3 (SIGTERM killed tjac alone and left torchrun
+    running; ctrl+c ended as "failed" when rank 1 left rank 0's barrier)."""
+    args = [a for o in LONGER[:-1] for a in ("--set", o)]
+    p = subprocess.Popen([sys.executable, "-m", "tjac_tui.cli", "run", str(QUICK),
+                          "--sessions", str(tmp_path), "--name", "stop", "--nproc", "2", "-q",
+                          *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    path = tmp_path / "stop"
+    try:
+        t0 = time.monotonic()
+        while (rank_record(path, 1) or {"done": {}})["done"].__len__() < 2:
+            assert p.poll() is None, p.communicate()[1][-3000:]
+            assert time.monotonic() - t0 < 120, "rank 1 never finished a chunk"
+            time.sleep(0.05)
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 3, err[-3000:]
+    assert "Traceback" not in err
+    m = Session(path).manifest()
+    assert m["status"] == "interrupted" and m["stages"]["jacobian"]["status"] == "interrupted"
+    assert not Session(path).is_locked()  # no rank is left running

@@ -123,8 +123,56 @@ def test_a_theta_t_that_training_does_not_reproduce_fails_the_run(clean, tmp_pat
     assert main(["resume", str(s.path), "-q"]) == runner.EXIT_FAILED
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "0.5 away from thetaT.npz" in err[0]
+    assert "`tjac resume` trains again" in err[0]
     m = s.manifest()
     assert m["status"] == "failed" and m["stages"]["jacobian"]["status"] == "failed"
+    # as it says: the next resume trains again, and then computes J from that training
+    assert main(["resume", str(s.path), "-q"]) == runner.EXIT_OK
+    assert_equal_to(s, clean)
+
+
+def test_a_manifest_that_says_done_over_unfinished_stages_is_not_believed(clean, tmp_path,
+                                                                           capsys):
+    """An interrupted session whose status was edited to "done": ls said done, report
+    reported it and resume said "already done"; now it is damaged until resume finishes it."""
+    s = interrupted(clean, tmp_path)
+    m = s.manifest()
+    m["status"] = "done"
+    s.write_manifest(m)
+    row = describe(s)
+    assert row["status"] == "damaged"
+    assert row["problem"] == "manifest.json: says done, but stage jacobian is running"
+    assert main(["report", str(s.path)]) == runner.EXIT_FAILED
+    capsys.readouterr()
+    assert main(["resume", str(s.path), "-q"]) == runner.EXIT_OK
+    assert "already done" not in capsys.readouterr().err
+    assert_equal_to(s, clean)
+    assert describe(s)["status"] == "done"
+
+
+@pytest.mark.parametrize("edit", ["changed", "missing"])
+def test_an_edited_config_is_named_and_refused_not_run(clean, tmp_path, capsys, edit):
+    """config.toml is what ran: an edit (here lr) made resume fail at the Jacobian, naming a
+    remedy that did not work; now ls, report, compare and resume name the file and say what
+    to do, and resume touches nothing. Put back, the session resumes."""
+    s = interrupted(clean, tmp_path)
+    original = (s.path / "config.toml").read_text()
+    if edit == "changed":
+        (s.path / "config.toml").write_text(original.replace("lr = 0.1", "lr = 0.05"))
+    else:
+        (s.path / "config.toml").unlink()
+    before = (s.path / "manifest.json").read_bytes()
+    row = describe(s)
+    assert row["status"] == "damaged" and row["problem"].startswith(f"config.toml: {edit}")
+    assert main(["resume", str(s.path), "-q"]) == runner.EXIT_FAILED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config.toml" in err[0] and "put that one back" in err[0]
+    assert (s.path / "manifest.json").read_bytes() == before
+    assert main(["report", str(s.path)]) == runner.EXIT_FAILED
+    assert "config.toml" in capsys.readouterr().err
+    (s.path / "config.toml").write_text(original)
+    assert main(["resume", str(s.path), "-q"]) == runner.EXIT_OK
+    assert_equal_to(s, clean)
 
 
 @pytest.mark.parametrize("damage", ["truncate J", "flip thetaT", "delete S"])
@@ -261,7 +309,38 @@ def test_a_broken_config_is_one_line_on_resume(clean, tmp_path, capsys):
     (s.path / "config.toml").write_text("[train\nlr = 1\n")
     assert main(["resume", str(s.path), "-q"]) == runner.EXIT_FAILED
     err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config.toml: changed since the session was created" in err[0]
+    m = s.manifest()  # a session from before the config's digest was kept
+    del m["config_sha256"]
+    s.write_manifest(m)
+    assert main(["resume", str(s.path), "-q"]) == runner.EXIT_FAILED
+    err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "config.toml: invalid TOML" in err[0]
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "bogus"])
+def test_a_device_that_is_not_here_is_refused_before_a_session_is_touched(
+        clean, tmp_path, capsys, monkeypatch, device):
+    """``run --device`` / ``--set device=`` and ``resume --device`` naming CUDA where there is
+    none (or no device at all): one line, exit 2; nothing created, the interrupted session
+    left as it was (the worker used to mark it failed)."""
+    from engine import device as device_mod
+
+    monkeypatch.setattr(device_mod, "NVIDIA_DRIVER", str(tmp_path / "no-driver"))
+    s = interrupted(clean, tmp_path)
+    before = (s.path / "manifest.json").read_bytes()
+    for argv in (["run", str(PRESETS / "quick.toml"), "--sessions", str(tmp_path / "new"),
+                  "--device", device],
+                 ["run", str(PRESETS / "quick.toml"), "--sessions", str(tmp_path / "new"),
+                  "--set", f"device={json.dumps(device)}"],
+                 ["resume", str(s.path), "--device", device, "-q"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and (f'device = "{device}"' in err[0] or "device:" in err[0]), err
+    if device != "bogus":
+        assert "CUDA is not available on this machine" in err[0]
+    assert not (tmp_path / "new").exists()
+    assert (s.path / "manifest.json").read_bytes() == before
 
 
 # ---- locks -------------------------------------------------------------------------------------
@@ -463,6 +542,27 @@ def test_model_build_resolves_the_same_way_in_the_foreground_and_detached(tmp_pa
     s = Session.create(tmp_path / "s", "file-build", config.load(preset, [
         "jacobian.enabled=false"]))
     assert runner.run_session(s.path) == 0
+
+
+def test_an_error_message_with_brackets_is_printed_as_written(tmp_path, capsys):
+    """A user model's message is text, not rich markup: "[/oops]" crashed the progress
+    display with a traceback and left the session "stale"."""
+    (tmp_path / "badnet.py").write_text(
+        "import torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def __init__(self, i, o):\n"
+        "        super().__init__(); self.l = torch.nn.Linear(i, o)\n"
+        "    def forward(self, x):\n"
+        "        raise ValueError('bad [/oops] [bold]thing')\n"
+        "def build(n_in, n_out):\n"
+        "    return M(n_in, n_out)\n")
+    preset = tmp_path / "user.toml"
+    preset.write_text(BASE.replace("[model]", '[model]\nbuild = "badnet.py:build"'))
+    code = main(["run", str(preset), "--sessions", str(tmp_path / "s"), "--name", "bad"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "bad [/oops] [bold]thing" in err and "Traceback" not in err
+    assert describe(Session(tmp_path / "s" / "bad"))["status"] == "failed"
 
 
 # ---- kill -9 in every stage ----------------------------------------------------------------------

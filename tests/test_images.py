@@ -4,6 +4,7 @@ LeNet-5's parameter count, the cnn-quick preset end to end, and the sizes --plan
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 from pathlib import Path
 
@@ -111,6 +112,23 @@ def test_plan_reports_the_appendix_sizes(tmp_path, capsys):
     assert "jacobian.npy: 15.2 GB on disk (61,706 x 61,706, 32-bit)" in out
     assert "60.9 GB of memory" in out  # the CPU's Gram route: 2 P^2 float64
     assert not (tmp_path / "lenet5-digits28").exists()
+
+
+def test_plan_of_a_run_that_cannot_fit_does_not_probe_it(tmp_path, capsys, monkeypatch):
+    """--plan says why a run does not fit and stops there: the probe of a run far too large
+    ran for minutes and took gigabytes."""
+    from engine import runner
+
+    monkeypatch.setattr(runner, "probe", lambda *a, **k: pytest.fail("probed"))
+    assert main(["run", "quick", "--plan", "--sessions", str(tmp_path),
+                 "--set", "model.hidden=[100000]"]) == 0
+    out = capsys.readouterr().out
+    assert "does not fit: this run needs" in out
+    assert "no time probe: the run does not fit here" in out
+    assert main(["run", "quick", "--plan", "--json", "--sessions", str(tmp_path),
+                 "--set", "model.hidden=[100000]"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["fits"].startswith("does not fit") and "jacobian_s" not in got
 
 
 @pytest.mark.slow

@@ -106,6 +106,29 @@ def test_compare(finished, tmp_path, capsys):
     assert capsys.readouterr().out == text
 
 
+@pytest.mark.parametrize("how", ["spectrum {}", "flipped J", "no S"])
+def test_compare_refuses_a_damaged_session_and_a_single_one(finished, tmp_path, capsys, how):
+    """Like ``tjac report``: a session whose files do not match their records is refused in
+    one line (exit 1; a '{}' summary was a KeyError traceback, the others printed numbers)."""
+    bad = tmp_path / "bad"
+    shutil.copytree(finished, bad)
+    if how == "spectrum {}":
+        (bad / "spectrum.json").write_text("{}")
+    elif how == "no S":
+        (bad / "svd" / "S.npy").unlink()
+    else:
+        with open(bad / "jacobian.npy", "r+b") as f:
+            f.seek(-5, 2)
+            f.write(b"\xff")
+    assert main(["compare", str(finished), str(bad)]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and len(out.err.strip().splitlines()) == 1
+    assert "bad: damaged:" in out.err and "tjac resume" in out.err
+    assert main(["compare", str(finished)]) == 2
+    assert main(["compare", str(finished), str(finished)]) == 2
+    assert "two or more different sessions" in capsys.readouterr().err
+
+
 def test_the_regions_note_names_columns_the_table_has(finished):
     text = render_report(finished)
     section = text.split("## Regions")[1].split("## Timings")[0]
@@ -116,3 +139,13 @@ def test_the_regions_note_names_columns_the_table_has(finished):
     assert "align_" not in section
     named = [c for c in ("u.v mean", "subspace cos") if c in note]
     assert named == ["u.v mean", "subspace cos"] and all(c in columns for c in named)
+
+
+def test_a_region_range_near_one_shows_how_near():
+    """The bulk's top at tol 1e-3 was printed "1.001", the chaotic threshold itself."""
+    from engine.spectrum import fmt_range
+
+    assert fmt_range(0.999008, 1.0009966) == "0.999008 .. 1.000997"
+    assert fmt_range(1.0011, 19.38264) == "1.0011 .. 19.3826"
+    assert fmt_range(1e-7, 0.9989) == "1e-07 .. 0.9989"
+    assert fmt_range(None, 1.0) == "-"

@@ -28,10 +28,10 @@ import json
 import sys
 from pathlib import Path
 
-from engine import config as config_mod
+from engine import config as config_mod, device as device_mod
 from engine.config import ConfigError
 from engine.schema import DataError, PlanError, one_line
-from engine.session import SessionDamaged, SessionError
+from engine.session import CONFIG, SessionDamaged, SessionError
 
 from .locations import (NotFound, default_sessions_dir, find_preset, find_session,
                         shipped_presets)
@@ -67,6 +67,9 @@ def _nproc(text: str) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.session import Session
 
+    if args.json and not args.plan:
+        raise NotFound("--json goes with --plan (a run prints its progress and its session's "
+                       "path)")
     preset = find_preset(args.preset)
     overrides = list(args.set or [])
     if args.device:
@@ -77,6 +80,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.skip_analyses:
         for a in cfg.analysis.values():
             a.enabled = False
+    device_mod.check_here(cfg.device)  # before a session exists (the worker would fail it)
+    if cfg.sweep is not None and not args.plan:
+        raise NotFound(f"{preset}: this preset has a [sweep]: `tjac sweep {args.preset}` runs "
+                       "every point (`tjac run` would run only its base config)")
     if args.plan:
         return print_plan(cfg, args.sessions, as_json=args.json)
     check_sessions_dir(args.sessions)
@@ -110,11 +117,15 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
         plan_mod.check(pl, sessions, device=plan_mod.where_svd_runs(cfg.device))
         fits = (f"fits in {sessions}: yes ({plan_mod.fmt_bytes(plan_mod.free_disk(sessions))} "
                 "free)")
+        probing = cfg.jacobian.enabled
     except plan_mod.PlanError as e:
         fits = f"does not fit: {e}"
+        # no time probe: it would run chunks of a training that cannot happen here, and for
+        # a run far too large it would itself run out of memory
+        probing = False
     if as_json:
         out = {"P": pl.P, "steps": pl.steps, "lines": pl.lines(), "fits": fits}
-        if cfg.jacobian.enabled:
+        if probing:
             r = probe(cfg)
             out.update({k: r.get(k) for k in ("device", "chunk", "column_steps_per_s",
                                                 "jacobian_s", "svd_s", "svd_s_note",
@@ -127,7 +138,9 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
     for line in pl.lines():
         print(line)
     print(fits)
-    if not cfg.jacobian.enabled:
+    if not probing:
+        if cfg.jacobian.enabled:
+            print("no time probe: the run does not fit here")
         return 0
     if cfg.spectrum.method == "matfree":
         print("probing (a few training steps of each product)...", file=sys.stderr)
@@ -236,15 +249,22 @@ def _run_ranks(session, nproc: int, listeners: list) -> int:
             for fn in listeners:
                 fn(ev)
 
+    def on_term(signum, frame):  # SIGTERM as ctrl+c: torchrun (its own process session)
+        raise KeyboardInterrupt  # would otherwise run on without this process
+
     stopping = False
-    while proc.poll() is None:
-        try:
-            feed()
-            time.sleep(0.2)
-        except KeyboardInterrupt:
-            if not stopping:  # torchrun passes the stop on to every rank
-                stopping = True
-                proc.send_signal(signal.SIGTERM)
+    before = signal.signal(signal.SIGTERM, on_term)
+    try:
+        while proc.poll() is None:
+            try:
+                feed()
+                time.sleep(0.2)
+            except KeyboardInterrupt:
+                if not stopping:  # torchrun passes the stop on to every rank
+                    stopping = True
+                    proc.send_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)
     feed()
     status = session.manifest().get("status")
     if status == "running":  # the ranks were killed before rank 0 could mark it
@@ -258,8 +278,21 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from engine.session import SessionDamaged
 
     s = find_session(args.session, args.sessions)
+    if args.device:  # before the session is touched (the worker would mark it failed)
+        device_mod.check_here(args.device)
+    try:  # an edited config.toml is not what ran: refused before the session is touched
+        s.check_intact(deep=False, only={CONFIG})
+    except SessionDamaged as e:
+        if CONFIG in e.problems:
+            raise
     try:
-        done = s.manifest().get("status") == "done" and not s.verify(deep=True)
+        done = s.manifest().get("status") == "done"
+        if done:  # under the lock: times of files a copy changed are recorded anew
+            s.acquire()
+            try:
+                done = not s.verify(deep=True, refresh=True)
+            finally:
+                s.release()
     except SessionDamaged:
         done = False
     if done:
@@ -290,6 +323,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
                   str(r["P"] or "-"), r["created"].replace("T", " ")[:19],
                   fmt_seconds(r["seconds"]))
     Console(width=max(100, Console().width)).print(t)
+    for r in rows:  # why each damaged one is
+        if r["problem"]:
+            print(f"{r['name']}: {r['problem']}")
     return 0
 
 
@@ -330,6 +366,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from engine.present.report import render_compare
 
     found = [find_session(a, args.sessions) for a in args.sessions_to_compare]
+    if len({s.path.resolve() for s in found}) < 2:
+        raise NotFound("compare: name two or more different sessions")
+    for s in found:  # as for a report: damaged files would state wrong numbers
+        s.check_intact()
+        s.spectrum()  # (a summary that is not one is damage too)
     return _write_or_print(render_compare(found, ascii_only=not args.unicode), args.output)
 
 
@@ -347,6 +388,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from engine import sweep as sweep_mod
     from engine.present.findings import write_sweep_report
     from engine.runner import EXIT_INTERRUPTED, EXIT_OK, run_session
+    from rich.markup import escape
 
     from .progress import RichProgress
 
@@ -361,7 +403,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         preset = find_preset(args.target)
         check_sessions_dir(args.sessions)
         sw = sweep_mod.create(args.sessions, preset, args.set, args.name, args.parallel)
-        err.print(f"[dim]sweep {sw.path}: {len(sw.manifest()['points'])} points[/]")
+        err.print(f"[dim]sweep {escape(str(sw.path))}: {len(sw.manifest()['points'])} points[/]")
 
     def one_run(path, listeners, handle_signals=False):
         with RichProgress(err) as bars:
@@ -370,9 +412,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def on_event(ev: dict) -> None:
         kind = ev["event"]
         if kind == "sweep_point" and ev.get("status") == "done":
-            err.print(f"[dim]point {ev['name']} ({ev['index'] + 1}/{ev['total']}): done[/]")
+            err.print(f"[dim]point {escape(ev['name'])} ({ev['index'] + 1}/{ev['total']}): done[/]")
         elif kind == "sweep_point":
-            err.print(f"[bold]point {ev['name']}[/] ({ev['index'] + 1}/{ev['total']})")
+            err.print(f"[bold]point {escape(ev['name'])}[/] ({ev['index'] + 1}/{ev['total']})")
         elif kind == "sweep_point_end" and args.parallel and args.parallel > 1:
             err.print(f"point {ev['name']}: {ev['status']}")
         elif kind == "compare_start":
@@ -546,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return cmd_tui(args) if args.cmd is None else args.func(args)
-    except (ConfigError, NotFound, PlanError, DataError) as e:
+    except (ConfigError, NotFound, PlanError, DataError, device_mod.DeviceError) as e:
         return _fail(str(e))
     except SessionDamaged as e:
         return _fail(str(e), EXIT_FAILED)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID,
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from engine import spectrum
 
@@ -44,7 +46,7 @@ class RichProgress:
     def _handle(self, ev: dict) -> None:
         kind = ev["event"]
         if kind == "run_start":
-            self.console.print(f"[dim]session {ev['session']}  device {ev['device']}  "
+            self.console.print(f"[dim]session {escape(ev['session'])}  device {ev['device']}  "
                                f"{ev['dtype']}  threads {ev['threads']}  P = {ev['P']}[/]")
         elif kind == "train_step":
             t = self._task("train", ev["steps"])
@@ -81,7 +83,7 @@ class RichProgress:
             self.console.print(f"[dim]{ev['stage']}: already done[/]")
         elif kind in ("warning", "error"):
             style = "yellow" if kind == "warning" else "bold red"
-            self.console.print(f"[{style}]{kind}: {ev['message']}[/]")
+            self.console.print(Text(f"{kind}: {ev['message']}", style=style))
         elif kind == "interrupted":
             self.console.print(f"[yellow]interrupted during {ev['stage']}; "
                                "`tjac resume` finishes it[/]")
