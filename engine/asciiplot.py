@@ -125,12 +125,23 @@ def log10_clipped(v: np.ndarray, floor: float | None = None) -> tuple[np.ndarray
     return np.log10(np.maximum(v, floor)), floor, clipped
 
 
-def fmt_power(p: float) -> str:
-    """The label of a log10 tick position: 1e-3, 0.01, 0.1, 1, 10, 100, 1e3..."""
+def fmt_power(p: float, digits: int = 2) -> str:
+    """The label of a log10 tick position: 1e-3, 0.01, 0.1, 1, 10, 100, 1e3... (``digits``
+    significant digits between the powers of ten)."""
     k = round(p)
     if abs(p - k) < 1e-9:
         return {-2: "0.01", -1: "0.1", 0: "1", 1: "10", 2: "100"}.get(k, f"1e{k}")
-    return f"{10 ** p:.2g}"
+    return f"{10 ** p:.{digits}g}"
+
+
+def _power_labels(pos: list[float]) -> list[str]:
+    """Labels for log ticks, with as many digits as it takes to tell them apart (two ticks
+    inside 1.07 .. 1.14 were both "1.1")."""
+    for digits in range(2, 7):
+        labels = [fmt_power(p, digits) for p in pos]
+        if len(set(labels)) == len(labels):
+            break
+    return labels
 
 
 def log_ticks(lo: float, hi: float, max_ticks: int = 6) -> tuple[list[float], list[str]]:
@@ -154,7 +165,7 @@ def log_ticks(lo: float, hi: float, max_ticks: int = 6) -> tuple[list[float], li
     if len(pos) > max_ticks:
         step = math.ceil(len(pos) / max_ticks)
         pos = pos[::step]
-    return pos, [fmt_power(p) for p in pos]
+    return pos, _power_labels(pos)
 
 
 def nice_ticks(lo: float, hi: float, max_ticks: int = 6, integer: bool = False
@@ -169,12 +180,13 @@ def nice_ticks(lo: float, hi: float, max_ticks: int = 6, integer: bool = False
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     if integer:
         step = max(1.0, math.ceil(step))
-    start = math.ceil(lo / step - 1e-9) * step
+    first = math.ceil(lo / step - 1e-9)
     pos = []
-    v = start
-    while v <= hi + 1e-9 * step:
-        pos.append(round(v, 12))
-        v += step
+    i = 0
+    while (first + i) * step <= hi + 1e-9 * step:
+        v = (first + i) * step  # (a multiple, not a running sum: 0 stays 0, never "-0")
+        pos.append(0.0 if abs(v) < 1e-9 * step else round(v, 12))
+        i += 1
     return pos, [_fmt_num(p, integer) for p in pos]
 
 

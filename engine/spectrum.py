@@ -185,10 +185,18 @@ def through_training(summaries: list[tuple[int, dict]], lrs=None) -> dict:
     return {"bulk_tol": tol, "rows": rows}
 
 
+def fmt_near_one(v: float) -> str:
+    """``v`` with 6 significant digits, or as many as show 3 of ``v - 1`` (the bulk's top,
+    1.0009966 at tol 1e-3, read "1.001": the threshold itself)."""
+    d = abs(v - 1.0)
+    digits = 6 if d == 0 or d >= 1e-2 else min(17, 3 + math.ceil(-math.log10(d)))
+    return f"{v:.{digits}g}"
+
+
 def fmt_range(lo: float | None, hi: float | None) -> str:
     if lo is None or hi is None:
         return "-"
-    return f"{lo:.6g} .. {hi:.6g}"
+    return f"{fmt_near_one(lo)} .. {fmt_near_one(hi)}"
 
 
 def _fmt(v: float | None) -> str:

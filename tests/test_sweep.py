@@ -146,6 +146,9 @@ def test_grid_zip_and_named_points_expand_in_order(tmp_path):
     assert [q.name for q in points] == ["base", "optimizer-sgd_lr-0.1",
                                         "optimizer-adam_lr-0.001", "x"]
     assert points[2].config.train.optimizer == "adam" and points[3].config.seed == 7
+    # values that differ only past six digits get names that differ (both were "lr-0.1")
+    p.write_text(BASE + '[sweep]\n[sweep.values]\n"train.lr" = [0.1, 0.1000001, 2.0]\n')
+    assert [q.name for q in sweep.plan(p)[1]] == ["lr-0.1", "lr-0.1000001", "lr-2"]
     assert all(q.config.device == "cpu" and q.config.threads == 1 for q in points)
     assert base.sweep.reference_name() == "base"
 
@@ -417,4 +420,49 @@ def test_ctrl_r_on_a_sweep_that_does_not_fit_says_why(tmp_path):
                         what="the message")
             assert app.current is None
             assert not (tmp_path / "sessions" / "mini-sweep").exists()
+    asyncio.run(go())
+
+
+def test_x_and_r_on_a_sweep_point_speak_of_and_resume_the_sweep(tmp_path, monkeypatch):
+    """A point of a sweep stopped from Live: the confirmation says the sweep stops with it,
+    and r resumes the sweep (``tjac sweep DIR``: every point, then the comparison), not the
+    point alone (which left the rest of the sweep stranded)."""
+    from tjac_tui.app import TjacApp
+    from tjac_tui.screens import ConfirmScreen
+
+    from conftest import running, screen_lines, until
+
+    p = tmp_path / "g.toml"
+    p.write_text(BASE + '[jacobian]\nenabled = false\n[sweep]\n[sweep.values]\nseed = [0, 1]\n')
+    st = sweep.create(tmp_path, p)
+    point = st.session(st.manifest()["points"][0]["name"])
+    point.update_manifest(status="interrupted")  # as a stop leaves it
+    started = []
+
+    class Done:
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr("engine.worker.spawn", lambda cmd, log, env=None: started.append(
+        (cmd, log)) or Done())
+    monkeypatch.setattr("engine.worker.start_worker", lambda *a: pytest.fail("point alone"))
+
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, session=str(point.path))
+        async with running(app, (110, 32)) as pilot:
+            await until(pilot, lambda: app._status == "interrupted", what="the point")
+            app._locked = True  # as while its worker runs: x asks first
+            app.refresh_bindings()
+            await pilot.press("x")
+            assert isinstance(app.screen, ConfirmScreen)
+            text = "\n".join(screen_lines(app))
+            assert f"a point of the sweep {st.path.name}" in text
+            assert "r resumes the sweep" in text
+            await pilot.press("n")
+            app._locked = False
+            app.refresh_bindings()
+            await pilot.press("r")
+            await until(pilot, lambda: started, what="the sweep's process")
+            cmd, log = started[0]
+            assert cmd[-3:] == ["sweep", str(st.path), "-q"] and log == st.path / "sweep.log"
     asyncio.run(go())

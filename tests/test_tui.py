@@ -93,6 +93,23 @@ def test_log_ticks_label_decades():
     assert pos == [-3.0, -2.0, -1.0, 0.0] and labels == ["1e-3", "0.01", "0.1", "1"]
     pos, labels = asciiplot.log_ticks(-16.0, 0.3, max_ticks=5)
     assert len(pos) <= 5 and labels[0] == "1e-16"
+    # inside one decade the labels take the digits they need to differ (both were "1.1")
+    lo, hi = np.log10(1.068), np.log10(1.136)
+    assert asciiplot.log_ticks(lo, hi)[1] == ["1.07", "1.14"]
+
+
+def test_linear_ticks_never_say_minus_zero():
+    """0 as a running sum of steps came out as -5.6e-17 and was labelled "-0"."""
+    seen = 0
+    for lo in np.linspace(-1, 0, 41):
+        for hi in np.linspace(0.01, 1, 25):
+            for n in range(3, 9):
+                pos, labels = asciiplot.nice_ticks(lo, hi, n)
+                assert "-0" not in labels, (lo, hi, n, labels)
+                seen += "0" in labels
+    assert seen > 1000
+    assert asciiplot.nice_ticks(-1.0, 0.01, 7) == ([-1.0, -0.8, -0.6, -0.4, -0.2, 0.0],
+                                                   ["-1", "-0.8", "-0.6", "-0.4", "-0.2", "0"])
 
 
 def test_field_text_roundtrip():
@@ -255,7 +272,8 @@ def test_setup_validates_as_you_type(tmp_path, monkeypatch):
             assert lr.input.has_class("-bad-value")
             assert app.query_one("#start-btn").disabled
             assert msg in setup.status_text
-            assert msg in str(app.query_one("#setup-help").render())  # the focused field's
+            # the focused field's, its key once
+            assert str(app.query_one("#setup-help").render()) == msg
             # fixed: valid again, the whole config checks out; the field and the preset are
             # marked modified
             lr.input.value = ""

@@ -96,6 +96,37 @@ def test_field_search_lands_on_the_field_in_a_closed_group(tmp_path):
     run(go())
 
 
+def test_field_search_reaches_an_analysis_switch_and_escape_keeps_the_pane_keys(tmp_path):
+    """``analysis.NAME.enabled`` is a match like any key: enter lands on that analysis in the
+    toggle list (it crashed the app); escape leaves a field for the pane, so ``/`` works
+    again."""
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, preset=str(REPO / "presets" / "paper-digits-sgd.toml"))
+        async with running(app, (100, 30)) as pilot:
+            setup = app.query_one(SetupPane)
+            await until(pilot, lambda: app.panes_ready)
+            await pilot.press("slash", *"distance.enabled")
+            await pilot.pause(0.1)
+            assert setup.matches("distance.enabled")[0] == "analysis.distance.enabled"
+            await pilot.press("enter")
+            await until(pilot, lambda: getattr(app.focused, "id", None) == "analysis-toggles",
+                        what="the toggle list")
+            toggles = app.focused
+            assert toggles.get_option_at_index(toggles.highlighted).value == "distance"
+            assert app.is_running
+            await pilot.press("escape")
+            await pilot.pause(0.1)
+            assert app.focused is not None and setup in app.focused.ancestors_with_self
+            await pilot.press("slash")
+            await pilot.pause(0.1)
+            assert getattr(app.focused, "id", None) == "field-search"
+            await pilot.press(*"hidden", "enter")
+            await until(pilot, lambda: "model.hidden" in setup.fields(), what="the field")
+            await pilot.pause(0.1)
+            assert app.focused is setup.field("model.hidden").input
+    run(go())
+
+
 @pytest.mark.parametrize("key", ["train.optimizer", "train.schedule", "model.activation",
                                  "data.dataset", "model.arch"])
 def test_a_select_offers_only_the_valid_values(key, tmp_path):
@@ -341,3 +372,101 @@ def test_added_sessions_file_is_plain_text(tmp_path, quick_session):
     (root / ADDED).write_text(f"# kept by hand\n{tmp_path / 'moved-away'}\n"
                               f"{quick_session.resolve()}\n")
     assert added_sessions(root) == [tmp_path / "moved-away", quick_session.resolve()]
+
+
+@pytest.mark.parametrize("case", ["no data", "no memory"])
+def test_start_refuses_what_tjac_run_refuses(tmp_path, monkeypatch, case):
+    """ctrl+r on a preset whose data is missing, or whose SVD cannot fit in memory, says why
+    in the status line and creates no session (it created one that failed at once)."""
+    from engine import plan as plan_mod
+
+    preset = REPO / "presets" / ("lenet5-mnist.toml" if case == "no data" else "quick.toml")
+    if case == "no memory":
+        monkeypatch.setattr(plan_mod, "available_memory", lambda: 1000)
+    sessions = tmp_path / "sessions"
+
+    async def go():
+        app = TjacApp(sessions_dir=sessions, preset=str(preset))
+        async with running(app, (100, 30)) as pilot:
+            setup = app.query_one(SetupPane)
+            await until(pilot, lambda: app.panes_ready and "valid" in setup.status_text,
+                        what="the preset")
+            await pilot.press("ctrl+r")
+            await pilot.pause(0.3)
+            want = "data.path" if case == "no data" else "of memory"
+            assert want in setup.status_text, setup.status_text
+            assert not sessions.exists() or not any(sessions.iterdir())
+            assert app.current is None
+    run(go())
+
+
+def test_a_switched_off_analysis_takes_its_error_off_the_help_line(tmp_path):
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, preset=str(REPO / "presets" /
+                                                          "paper-digits-sgd.toml"))
+        async with running(app, (100, 30)) as pilot:
+            setup = app.query_one(SetupPane)
+            await until(pilot, lambda: app.panes_ready)
+            f = await setup.reveal("analysis.distance.tail_fraction")
+            f.input.value = ""
+            await pilot.press(*"garbage")
+            await pilot.pause(0.1)
+            help_line = str(app.query_one("#setup-help").render())
+            assert help_line.startswith("analysis.distance.tail_fraction: expected")
+            assert setup.status_text.startswith("1 invalid field")
+            setup.set_analysis("distance", False)
+            await pilot.pause(0.1)
+            assert str(app.query_one("#setup-help").render()) == ""
+            assert setup.status_text.endswith("valid")
+    run(go())
+
+
+def test_the_preset_box_takes_names_and_says_what_a_path_is(tmp_path):
+    """ctrl+o: a shipped preset's name loads it (as `tjac --preset quick` does); a folder is
+    "not a file" (it said "no such file"); save-as into a folder writes inside it, and below
+    a file says so (it said "File exists")."""
+    from tjac_tui.screens.setup import PresetScreen
+
+    (tmp_path / "afile").write_text("x")
+
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path / "s", preset=str(QUICK))
+        async with running(app, (100, 30)) as pilot:
+            setup = app.query_one(SetupPane)
+            await until(pilot, lambda: app.panes_ready and "valid" in setup.status_text)
+            msg = lambda: str(app.screen.query_one("#presets-msg").render())  # noqa: E731
+            for typed, want in ((str(tmp_path), "not a file"),
+                                ("quik", "did you mean quick")):
+                await pilot.press("ctrl+o")
+                assert isinstance(app.screen, PresetScreen)
+                app.screen.query_one("#preset-path").focus()
+                await pilot.press(*typed, "enter")
+                await pilot.pause(0.1)
+                assert want in msg(), msg()
+                await pilot.press("escape")
+            await pilot.press("ctrl+o")
+            app.screen.query_one("#preset-path").focus()
+            await pilot.press(*"sweep-width", "enter")
+            await until(pilot, lambda: setup.preset_path is not None
+                        and setup.preset_path.name == "sweep-width.toml", what="the preset")
+            path, err = setup.save_as(str(tmp_path))
+            assert err is None and path == tmp_path / "sweep-width-edited.toml"
+            assert path.is_file()
+            path, err = setup.save_as(str(tmp_path / "afile" / "sub"))
+            assert path is None and err.endswith(f"{tmp_path / 'afile'} is a file, not a folder")
+    run(go())
+
+
+def test_every_pane_footer_fits_80_columns(quick_session):
+    """At 80x24 each pane's footer keeps ? Help and q Quit in view (on Setup and Sessions
+    they were cut off)."""
+    async def go():
+        app = TjacApp(sessions_dir=quick_session.parent, session=quick_session.name)
+        async with running(app, (80, 24)) as pilot:
+            await until(pilot, lambda: app.panes_ready)
+            for key in "1234567":
+                await pilot.press(key)
+                await pilot.pause(0.2)
+                footer = screen_lines(app)[-1]
+                assert "? Help" in footer and "q Quit" in footer, (key, footer)
+    run(go())

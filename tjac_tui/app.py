@@ -39,8 +39,8 @@ PANES = [("setup", "Setup", "pick and edit a preset, start a run"),
          ("analyses", "Analyses", "the finished analyses of the session: plots and tables")]
 
 
-# the tabs read "1 Setup", "2 Live"...; the footer groups their keys as "1 2 ... 7 panes" so
-# that everything fits in 80 columns
+# the tabs read "1 Setup", "2 Live"...: the pane keys are named there (and in the help and the
+# palette), not in the footer
 PANE_KEYS = Binding.Group("panes")
 
 
@@ -86,8 +86,10 @@ class TjacApp(App):
         Binding("ctrl+s", "save_preset", "Save as"),
         Binding("ctrl+t", "estimate", "Time estimate", show=False),
         Binding("ctrl+o", "open_preset", "Open preset", show=False),
-        *[Binding(str(i + 1), f"pane('{key}')", label, tooltip=desc, group=PANE_KEYS)
-          for i, (key, label, desc) in enumerate(PANES)],
+        # (not in the footer: the tab bar above names every pane with its key, and at 80
+        # columns the footer had no room left for ? and q)
+        *[Binding(str(i + 1), f"pane('{key}')", label, tooltip=desc, group=PANE_KEYS,
+                  show=False) for i, (key, label, desc) in enumerate(PANES)],
         Binding("e", "export", "Export"),
         Binding("x", "cancel_run", "Cancel"),
         Binding("r", "resume_run", "Resume"),
@@ -367,6 +369,14 @@ class TjacApp(App):
 
         if cfg.sweep is not None:
             return self.start_sweep(cfg, preset)
+        from engine import plan as plan_mod
+
+        try:  # what `tjac run` refuses, refused here too, before a session exists
+            self.sessions_dir.mkdir(parents=True, exist_ok=True)
+            plan_mod.check(plan_mod.make_plan(cfg), self.sessions_dir,
+                           device=plan_mod.where_svd_runs(cfg.device))
+        except (plan_mod.PlanError, ValueError) as e:  # (DataError: data.path names nothing)
+            raise config_mod.ConfigError(str(e)) from None
         s = Session.create(self.sessions_dir, cfg.name, cfg, str(preset) if preset else None)
         self.procs[s.path] = start_worker(s.path)
         self.notify(f"started {s.name} (worker process; quitting the TUI leaves it running)")
@@ -406,8 +416,12 @@ class TjacApp(App):
         return sw.path
 
     def resume_session(self, path: Path) -> bool:
+        from engine.sweep import sweep_of
         from engine.worker import start_worker
 
+        sweep = sweep_of(path)
+        if sweep is not None:  # a sweep's point: the sweep resumes (its points, then the
+            return self.resume_sweep(sweep, path)  # comparison), not the point alone
         s = Session(path)
         if s.is_locked() or self._starting(path):
             self.notify(f"{path.name} is already running", severity="warning")
@@ -423,6 +437,33 @@ class TjacApp(App):
             self.pane("live").set_note("resuming: starting the worker...")
         self._locked = True
         self._status = "running"
+        self.refresh_bindings()
+        return True
+
+    def resume_sweep(self, sweep: Path, point: Path) -> bool:
+        """Resume the sweep ``sweep`` in a background process (``tjac sweep DIR``: every point
+        not done, then the comparison), following ``point``."""
+        from engine.sweep import Sweep
+        from engine.worker import boot, spawn
+
+        sw = Sweep(sweep)
+        names = [p["name"] for p in sw.manifest()["points"]]
+        if any(sw.session(n).is_locked() for n in names) or self._starting(point):
+            self.notify(f"sweep {sweep.name} is already running", severity="warning")
+            return False
+        if sw.manifest().get("status") == "done":
+            self.notify(f"sweep {sweep.name} is done; nothing to resume")
+            return False
+        self.procs[point] = spawn([sys.executable, "-c", boot("tjac_tui.cli"), "sweep",
+                                   str(sweep), "-q"], sweep / "sweep.log")
+        self.notify(f"resuming sweep {sweep.name} ({len(names)} points) in a background "
+                    "process")
+        note = f"sweep {sweep.name}: resuming..."
+        if point != self.current:
+            self.open_session(point, note=note)
+        elif self.panes_ready:
+            self.pane("live").set_note(note)
+        self._locked, self._status = True, "running"
         self.refresh_bindings()
         return True
 
@@ -462,11 +503,18 @@ class TjacApp(App):
 
         if self.current is None:
             return
+        from engine.sweep import sweep_of
+
         path = self.current
-        self.push_screen(
-            ConfirmScreen(f"Stop the run {path.name}?\n\nThe worker finishes its current "
-                          "chunk, saves and marks the session interrupted; r resumes it."),
-            lambda yes: self._cancel(path) if yes else None)
+        sweep = sweep_of(path)
+        text = (f"Stop the run {path.name}?\n\nThe worker finishes its current chunk, saves "
+                "and marks the session interrupted; r resumes it.")
+        if sweep is not None:
+            text = (f"Stop the run {path.name}, a point of the sweep {sweep.name}?\n\nThe "
+                    "worker finishes its current chunk, saves and marks the point "
+                    "interrupted; run one point at a time, the sweep stops with it. r resumes "
+                    "the sweep: every point not done, then its comparison.")
+        self.push_screen(ConfirmScreen(text), lambda yes: self._cancel(path) if yes else None)
 
     def _cancel(self, path: Path) -> None:
         from engine.worker import request_stop

@@ -246,9 +246,12 @@ class Snapshot:
     locked: bool
     has_spectrum: bool
     gpu: dict | None = None
+    problem: str | None = None  # why the manifest cannot be read
 
     @property
     def status(self) -> str:
+        if self.problem and not self.manifest:
+            return "damaged"
         st = self.manifest.get("status", "?")
         if st == "running" and not self.locked:
             return "stale"
@@ -259,14 +262,15 @@ def read_snapshot(path: Path, offset: int) -> Snapshot:
     """New events from ``offset``, the manifest, whether a worker holds the lock."""
     s = Session(path)
     records, new_offset = s.events(offset)
+    problem = None
     try:
         manifest = s.manifest()
-    except SessionError:  # damaged or being replaced: show what the events say
-        manifest = {}
+    except SessionError as e:  # damaged or being replaced: show what the events say
+        manifest, problem = {}, str(e)
     locked = s.is_locked()
     gpu = gpu_stats(manifest) if locked else None
     return Snapshot(path, offset, records, new_offset, manifest, locked,
-                    (path / "spectrum.json").is_file(), gpu)
+                    (path / "spectrum.json").is_file(), gpu, problem)
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,6 +418,15 @@ def field_help(key: str) -> str:
         return config_mod.field_info(key).help
     except KeyError:
         return ""
+
+
+def unreadable_text(path: Path, e: BaseException) -> str:
+    """One line for a pane that could not read a session's files: the engine's own message
+    (it names the file and what to do) or the error, and what to do."""
+    if isinstance(e, SessionError):
+        return str(e)
+    return (f"{path}: cannot read it ({type(e).__name__}: {e}); `tjac resume` checks every "
+            "file and recomputes what is damaged")
 
 
 def matfree_time_text(device: str, m: dict) -> str:

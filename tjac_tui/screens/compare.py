@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
@@ -17,6 +18,7 @@ from textual.widgets.selection_list import Selection
 from engine.session import Session
 
 from ..plots import overlay_plot, runs_loss_plot
+from ..state import unreadable_text
 from ..widgets import CheckList, PlotView
 
 
@@ -88,19 +90,38 @@ class ComparePane(Horizontal):
             return
         self._load(list(selected))
 
-    @work(thread=True, exclusive=True, group="compare-load")
+    @work(thread=True, exclusive=True, group="compare-load", exit_on_error=False)
     def _load(self, selected: list[str]) -> None:
         from engine.present.report import compare_rows
 
         sessions = [Session(p) for p in selected]
-        cols, rows = compare_rows(sessions)
-        named = [(s.name, s.load_npy("svd/S.npy").astype(np.float64)) for s in sessions
-                 if s.has("svd/S.npy")]
-        losses = []
-        for s in sessions:
-            m = s.metrics() if s.has("metrics.jsonl") else []
-            losses.append((s.name, [int(r["step"]) for r in m], [r.get("train_loss") for r in m]))
+        at = sessions[0].path
+        try:
+            cols, rows = compare_rows(sessions)
+            named = []
+            for s in sessions:
+                at = s.path
+                if s.has("svd/S.npy"):
+                    named.append((s.name, s.load_vector("svd/S.npy")))
+            losses = []
+            for s in sessions:
+                at = s.path
+                m = s.metrics() if s.has("metrics.jsonl") else []
+                losses.append((s.name, [int(r["step"]) for r in m],
+                               [r.get("train_loss") for r in m]))
+        except Exception as e:  # noqa: BLE001 - a damaged session: say which, keep the app
+            self.app.call_from_thread(self._failed, selected, unreadable_text(at, e))
+            return
         self.app.call_from_thread(self._show, selected, cols, rows, named, losses)
+
+    def _failed(self, selected: list[str], text: str) -> None:
+        if list(self.query_one("#compare-pick", SelectionList).selected) != selected:
+            return
+        self.query_one("#compare-head", Static).update(Text(text, style="bold red"))
+        self.query_one("#compare-table", DataTable).clear(columns=True)
+        self.columns, self.rows, self.losses = [], [], []
+        for v in ("#cmp-s", "#cmp-dist", "#cmp-loss"):
+            self.query_one(v, PlotView).show(None, "")
 
     def _show(self, selected: list[str], cols: list[str], rows: list[list[str]],
               named: list[tuple[str, np.ndarray]], losses: list | None = None) -> None:
@@ -122,11 +143,16 @@ class ComparePane(Horizontal):
         self.losses = losses or []
         self._draw_losses()
 
-    @work(thread=True, exclusive=True, group="compare-load")
+    @work(thread=True, exclusive=True, group="compare-load", exit_on_error=False)
     def _load_sweep(self, selected: list[str], path: str) -> None:
         from engine.present.views import sweep_views
 
-        found = {name: views for name, _, views in sweep_views(path)}
+        try:
+            found = {name: views for name, _, views in sweep_views(path)}
+            found["points"][0]
+        except Exception as e:  # noqa: BLE001 - a damaged sweep: say so, keep the app
+            self.app.call_from_thread(self._failed, selected, unreadable_text(Path(path), e))
+            return
         self.app.call_from_thread(self._show_sweep, selected, path, found)
 
     def _show_sweep(self, selected: list[str], path: str, found: dict) -> None:

@@ -16,7 +16,8 @@ from ..widgets import JacobianBar, PlotView
 from ..widgets.spark import Spark
 
 STATUS_STYLE = {"done": "green", "running": "bold cyan", "failed": "bold red",
-                "interrupted": "yellow", "stale": "yellow", "pending": "dim", "created": "dim"}
+                "interrupted": "yellow", "stale": "yellow", "pending": "dim", "created": "dim",
+                "damaged": "bold red"}
 
 
 class LivePane(VerticalScroll):
@@ -107,6 +108,8 @@ class LivePane(VerticalScroll):
             head.append(f"  P {m['P']}")
         if snap.locked and m.get("pid"):
             head.append(f"  worker pid {m['pid']}", style="dim")
+        if snap.status == "damaged":
+            head.append(f"\n{snap.problem}", style="bold red")
         self.set_header(head)
 
         self.live = live

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
@@ -12,6 +13,7 @@ from textual.widgets import DataTable, Static
 
 from engine.session import Session
 
+from ..state import unreadable_text
 from ..widgets.tables import table_text
 
 COLUMNS = ("region", "count", "indices", "s range", "fraction", "rule", "u.v mean",
@@ -46,32 +48,40 @@ class RegionsPane(VerticalScroll):
         self.query_one("#regions-summary", Static).update(f"{path.name}: loading...")
         self._load(path)
 
-    @work(thread=True, exclusive=True, group="regions-load")
+    @work(thread=True, exclusive=True, group="regions-load", exit_on_error=False)
     def _load(self, path: Path) -> None:
+        from engine.present.views import matfree_tables
         from engine.spectrum import region_rows
 
         s = Session(path)
-        summary = s.spectrum()
-        rows = region_rows(summary) if summary is not None else []
-        if summary is None and s.has("matfree.json"):
-            self.app.call_from_thread(self._show_matfree, path, s.read_json("matfree.json"))
+        try:
+            summary = s.spectrum()
+            rows = region_rows(summary) if summary is not None else []
+            if summary is None and s.has("matfree.json"):
+                r = s.read_json("matfree.json")
+                top, bulk = matfree_tables(r)
+                head = (f"{path.name}: matrix-free (J never formed), P = {r['P']:,}: "
+                        f"{bulk.title}; s_1 = {r['top']['s'][0]:.6g}; top {r['top']['k']}: "
+                        + ", ".join(f"{v:.4g}" for v in r["top"]["s"][:8])
+                        + (" ..." if len(r["top"]["s"]) > 8 else ""))
+                self.app.call_from_thread(self._show_matfree, path, r, head, bulk)
+                return
+        except Exception as e:  # noqa: BLE001 - a damaged file: say so, keep the app
+            self.app.call_from_thread(self._failed, path, unreadable_text(path, e))
             return
         self.app.call_from_thread(self._show, path, summary, rows)
 
-    def _show_matfree(self, path: Path, r: dict) -> None:
-        """A matrix-free run: the bulk-size estimates (no exact regions: J was never formed)
-        and the top singular values."""
-        from engine.present.views import matfree_tables
+    def _failed(self, path: Path, text: str) -> None:
+        if path == self.path:
+            self.query_one("#regions-summary", Static).update(Text(text, style="bold red"))
 
+    def _show_matfree(self, path: Path, r: dict, head: str, bulk) -> None:
+        """A matrix-free run: the bulk-size estimates (no exact regions: J was never formed)
+        and the top singular values (``head``)."""
         if path != self.path:
             return
-        top, bulk = matfree_tables(r)
         self.matfree = r
-        self.query_one("#regions-summary", Static).update(
-            f"{path.name}: matrix-free (J never formed), P = {r['P']:,}: {bulk.title}; "
-            f"s_1 = {r['top']['s'][0]:.6g}; top {r['top']['k']}: "
-            + ", ".join(f"{v:.4g}" for v in r["top"]["s"][:8])
-            + (" ..." if len(r["top"]["s"]) > 8 else ""))
+        self.query_one("#regions-summary", Static).update(head)
         t = self.query_one("#regions-table", DataTable)
         t.clear(columns=True)
         for c in bulk.columns:

@@ -111,13 +111,14 @@ class AddSessionScreen(ModalScreen[Path | None]):
 
 class SessionsPane(Vertical):
     BINDINGS = [
+        # the pane's head line lists these; the footer keeps room for the app's keys
         Binding("o", "open_selected", "Open"),
         Binding("r", "resume_selected", "Resume"),
         Binding("d", "delete_selected", "Delete"),
         Binding("slash", "filter", "Filter", key_display="/"),
-        Binding("s", "sort", "Sort"),
-        Binding("a", "add", "Add by path"),
-        Binding("g", "refresh", "Refresh"),
+        Binding("s", "sort", "Sort", show=False),
+        Binding("a", "add", "Add by path", show=False),
+        Binding("g", "refresh", "Refresh", show=False),
     ]
 
     def __init__(self, *, id: str | None = None):
@@ -133,6 +134,23 @@ class SessionsPane(Vertical):
         yield OrderedInput(placeholder="filter: words in the name, preset, status or path "
                                        "(escape clears)", id="sessions-filter", compact=True)
         yield DataTable(id="sessions-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="sessions-detail")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "sessions-table":
+            event.stop()
+            self._detail()
+
+    def _detail(self) -> None:
+        """Under the table: the highlighted session's path, and why it is damaged."""
+        p = self.selected_path()
+        r = self._row(p) if p is not None else None
+        text = Text()
+        if r is not None:
+            text.append(r["path"], style="dim")
+            if r.get("problem"):
+                text.append(f"\n{r['status']}: {r['problem']}", style="bold red")
+        self.query_one("#sessions-detail", Static).update(text)
 
     def on_mount(self) -> None:
         t = self.query_one("#sessions-table", DataTable)
@@ -220,6 +238,7 @@ class SessionsPane(Vertical):
             for i, r in enumerate(shown):
                 if r["path"] == str(keep):
                     t.move_cursor(row=i)
+        self._detail()
 
     def table_rows(self) -> list[list[str]]:
         """The table as text (tests, the smoke script)."""

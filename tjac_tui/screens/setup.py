@@ -34,6 +34,7 @@ from engine import config as config_mod
 from engine.schema import one_line
 from engine.sections import ANALYSES
 
+from ..locations import NotFound, find_preset
 from ..state import field_help, flatten, fmt_seconds, matfree_time_text, unflatten
 from ..widgets.fields import ConfigField
 from ..widgets.groups import ActionLink, Group
@@ -104,10 +105,10 @@ class PresetScreen(ModalScreen[Path | None]):
         text = event.value.strip()
         if not text:
             return
-        path = Path(text).expanduser()
-        if not path.is_file():
-            self.query_one("#presets-msg", Static).update(
-                Text(f"{path}: no such file", style="bold red"))
+        try:  # a path, or a shipped preset's name (as `tjac run` and `tjac --preset` take)
+            path = find_preset(text)
+        except NotFound as e:
+            self.query_one("#presets-msg", Static).update(Text(str(e), style="bold red"))
             return
         self.dismiss(path)
 
@@ -173,6 +174,7 @@ class SetupPane(Vertical):
         self.ascii = ascii
         self.preset_path: Path | None = None
         self.status_text = ""
+        self._help_key: str | None = None  # the field the help line is about
         self.plan_text = ""
         self.estimate_text = ""
         self.values: dict = {}  # every key of the edited config -> its last valid value
@@ -295,6 +297,9 @@ class SetupPane(Vertical):
             if name not in want and name not in BASE_SECTIONS and name != "analyses":
                 for key in [k for k in self._fields if section_of(k) == name]:
                     del self._fields[key]
+                    if key == self._help_key:  # its help (or its error) goes with it
+                        self._help_key = None
+                        self.query_one("#setup-help", Static).update("")
                 sec.remove()
         for name in want:
             if name not in have:
@@ -310,9 +315,22 @@ class SetupPane(Vertical):
                 else:
                     toggles.deselect(n)
 
-    async def reveal(self, key: str, focus: bool = True) -> ConfigField:
+    async def reveal(self, key: str, focus: bool = True):
         """Open the group of ``key``, build its fields if needed, scroll to the field and
-        focus it."""
+        focus it; returns the field. ``analysis.NAME.enabled`` is the analysis's line in the
+        toggle list of the analyses group (returned instead)."""
+        if key.startswith("analysis.") and key.endswith(".enabled"):
+            group = self.sections()["analyses"]
+            group.collapsed = False
+            pending = self._fill(group)
+            if pending is not None:
+                await pending
+            toggles = self.query_one("#analysis-toggles")
+            toggles.highlighted = list(ANALYSES).index(key.split(".")[1])
+            if focus:
+                toggles.focus()
+            toggles.scroll_visible(animate=False, top=True)
+            return toggles
         group = self.sections()[section_of(key)]
         group.collapsed = False
         pending = self._fill(group)
@@ -365,9 +383,10 @@ class SetupPane(Vertical):
         self._show_help(event.field)
 
     def _show_help(self, f: ConfigField) -> None:
+        self._help_key = f.key
         text = Text(f"{f.key}: ", style="bold")
-        if f.error:
-            text.append(f.error, style="bold red")
+        if f.error:  # (the message names the key first, as the CLI's does)
+            text.append(f.error.removeprefix(f"{f.key}: "), style="bold red")
         else:
             text.append(f.help or "")
             if f.modified:
@@ -486,6 +505,10 @@ class SetupPane(Vertical):
             text = f"time: the probe failed: {err}"
         elif out.get("matfree"):
             text = matfree_time_text(out["device"], out["matfree"])
+        elif "jacobian_s" not in out:
+            text = ("time: no probe, the run does not fit here"
+                    if str(out.get("fits", "")).startswith("does not fit")
+                    else "time: no probe (this run computes no Jacobian)")
         else:
             text = (f"time on {out['device']}: J about {fmt_seconds(out['jacobian_s'])} "
                     f"({out['column_steps_per_s']:,.0f} column-steps/s, chunks of "
@@ -627,9 +650,11 @@ class SetupPane(Vertical):
 
     # ---- actions ---------------------------------------------------------------------------
     def action_leave_field(self) -> None:
+        """Out of the field (or the search box), into the pane: its keys (/, ctrl+r, ...)
+        keep working."""
         if self.query_one("#setup-search").display:
             self.query_one("#setup-search").display = False
-        self.app.set_focus(None)
+        self.query_one("#setup-fields", VerticalScroll).focus()
 
     def action_save(self) -> None:
         stem = self.preset_path.stem if self.preset_path else "preset"
@@ -646,10 +671,17 @@ class SetupPane(Vertical):
         except config_mod.ConfigError as e:
             return None, str(e)
         path = Path(text).expanduser().absolute()
+        if path.is_dir():  # a folder: the preset goes into it, under the suggested name
+            path = path / f"{self.preset_path.stem if self.preset_path else 'preset'}-edited"
         if path.suffix != ".toml":
             path = path.with_name(path.name + ".toml")
         if path.exists():
             return None, f"{path}: exists; pick another name"
+        above = path.parent
+        while not above.exists():
+            above = above.parent
+        if not above.is_dir():
+            return None, f"{path}: {above} is a file, not a folder"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"# saved from the tjac workbench\n{config_mod.dumps(cfg)}",

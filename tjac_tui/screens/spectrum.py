@@ -11,12 +11,14 @@ import numpy as np
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
+from rich.text import Text
 from textual.widgets import DataTable, Static
 
 from engine.present.views import View, make_plot, snapshot_views
 from engine.session import Session
 
 from ..plots import alignment_plot, distance_plot, spectrum_plot
+from ..state import unreadable_text
 from ..widgets import PlotView
 
 
@@ -55,18 +57,28 @@ class SpectrumPane(VerticalScroll):
         self.query_one("#spectrum-head", Static).update(f"{path.name}: loading the spectrum...")
         self._load(path)
 
-    @work(thread=True, exclusive=True, group="spectrum-load")
+    @work(thread=True, exclusive=True, group="spectrum-load", exit_on_error=False)
     def _load(self, path: Path) -> None:
         s = Session(path)
-        if not s.has("svd/S.npy"):
-            self.app.call_from_thread(self._missing, path, s.has("matfree.json"))
+        try:
+            if not s.has("svd/S.npy"):
+                self.app.call_from_thread(self._missing, path, s.has("matfree.json"))
+                return
+            S = s.load_vector("svd/S.npy")
+            a = s.load_vector("svd/alignment.npy") if s.has("svd/alignment.npy") else None
+            if a is not None and a.shape != S.shape:
+                a = None
+            summary = s.spectrum()
+            snaps = snapshot_views(s)
+        except Exception as e:  # noqa: BLE001 - a damaged file: say so, keep the app
+            self.app.call_from_thread(self._failed, path, unreadable_text(path, e))
             return
-        S = s.load_npy("svd/S.npy").astype(np.float64)
-        a = s.load_npy("svd/alignment.npy") if s.has("svd/alignment.npy") else None
-        summary = s.spectrum()
-        snaps = snapshot_views(s)
         self.app.call_from_thread(self._show, path, S, a, summary)
         self.app.call_from_thread(self._show_snapshots, path, snaps)
+
+    def _failed(self, path: Path, text: str) -> None:
+        if path == self.path:
+            self.query_one("#spectrum-head", Static).update(Text(text, style="bold red"))
 
     def _missing(self, path: Path, matfree: bool = False) -> None:
         if path == self.path:
