@@ -18,11 +18,11 @@ Costs and memory (T training steps, P parameters, K vectors at once):
   ~(2 + optimizer state) x K x P floats.
 * ``rmatmat`` with a fused kernel and a linear update (SGD, momentum, Nesterov, weight
   decay): per step back, the update's transpose and K Hessian-vector products by the fused
-  kernel at that step's primal state, read from the recorded trajectory (kept for J v anyway
-  when it fits) or trained again segment by segment (L = ceil(sqrt(T)) steps) from
-  checkpoints (on the 1M preset, segments: 1.7-2.1x a ``matmat``, against 1.9-2.7x for
-  the autograd pass below); memory ``(T / L) x (1 + optimizer state) x P`` floats of
-  checkpoints and one segment's primal states.
+  kernel at that step's primal state, read from the recorded trajectory (which J v reads
+  too; kept while it fits TRAJECTORY_FRACTION of the free memory: 1.0 GB on the 1M preset,
+  where it makes one J v 2.2x and one J^T u 1.5x faster) or trained again segment by
+  segment (L = ceil(sqrt(T)) steps) from checkpoints; memory ``(T / L) x (1 + optimizer
+  state) x P`` floats of checkpoints and one segment's primal states.
 * ``rmatmat`` otherwise (Adam, other modules): checkpoints as above; each segment is trained
   again with autograd on (torch.func gradients, whose graph holds L steps of the batch's
   activations and a few P-vectors per step) and differentiated for the K cotangents at once
@@ -515,21 +515,37 @@ def estimate_seconds(problem: Problem, theta0: torch.Tensor, k: int, solver: str
     """Times a few training steps of each product (one vector, and the probes' block), scales
     them to the whole run and counts the products the stage makes: the top k (about
     :func:`solver_pairs` pairs of one vector) and the bulk estimate (``lanczos_steps`` pairs of
-    ``probes`` vectors). Plain data for ``tjac run --plan`` and the Setup pane."""
-    n = max(1, min(steps, problem.steps))
-    op = TrainingJacobian(problem.truncated(n), theta0, dtype=dtype)
+    ``probes`` vectors). Each product is timed over ``steps`` and over 3 x ``steps`` training
+    steps: the difference is the cost of a step, the rest the product's fixed cost (moving a
+    P-vector between numpy and torch, recording the trajectory's first step...), which does
+    not grow with the steps and so is not scaled with them. Plain data for ``tjac run
+    --plan`` and the Setup pane."""
     rng = np.random.default_rng(0)
-    one, block = rng.standard_normal(op.P), rng.standard_normal((op.P, probes))
-    for x in (one, block):  # warm: the trajectory, the checkpoints, each K's workspace
-        op.rmatmat(op.matmat(x))
+    one, block = rng.standard_normal(problem.layout.size), None
 
-    def timed(f, x) -> float:
-        t0 = time.perf_counter()
-        f(x)
-        return (time.perf_counter() - t0) * problem.steps / n
+    def timed(n: int) -> tuple[float, float]:
+        """(one pair, one block pair) over the first n steps, in seconds."""
+        nonlocal block
+        op = TrainingJacobian(problem.truncated(n), theta0, dtype=dtype)
+        block = rng.standard_normal((op.P, probes)) if block is None else block
+        out = []
+        for x in (one, block):
+            op.rmatmat(op.matmat(x))  # warm: the trajectory, the checkpoints, K's workspace
+            t0 = time.perf_counter()
+            op.rmatmat(op.matmat(x))
+            out.append(time.perf_counter() - t0)
+        return out[0], out[1]
 
-    pair = timed(op.matmat, one) + timed(op.rmatmat, one)
-    block_pair = timed(op.matmat, block) + timed(op.rmatmat, block)
+    T = problem.steps
+    n1 = max(1, min(steps, T))
+    n2 = min(3 * n1, T)
+    a = timed(n1)
+    if n2 > n1:
+        b = timed(n2)
+        per_step = [max(0.0, (y - x) / (n2 - n1)) for x, y in zip(a, b)]
+        pair, block_pair = (x + p * (T - n1) for x, p in zip(a, per_step))
+    else:
+        pair, block_pair = a
     pairs = solver_pairs(solver, k)
     top_s, bulk_s = pairs * pair, lanczos_steps * block_pair
     return {"k": k, "probes": probes, "lanczos_steps": lanczos_steps, "pair_s": pair,

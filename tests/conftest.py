@@ -101,3 +101,15 @@ async def until(pilot, cond, timeout: float = 30.0, what: str = "") -> None:
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or cond}")
         await pilot.pause(0.05)
+
+
+async def compare(app, pilot, choices: int, selected: list) -> "object":
+    """Open the Compare pane (6), wait for its ``choices`` sessions, select ``selected``;
+    returns the pane."""
+    from tjac_tui.screens.compare import ComparePane
+
+    await pilot.press("6")
+    pane = app.query_one(ComparePane)
+    await until(pilot, lambda: len(pane.choices) == choices, what="compare choices")
+    pane.select(selected)
+    return pane

@@ -16,9 +16,8 @@ import pytest
 from engine.session import Session, describe
 from tjac_tui.app import TjacApp
 from tjac_tui.cli import main
-from tjac_tui.screens.compare import ComparePane
 
-from conftest import running, screen_lines, until
+from conftest import compare, running, screen_lines, until
 
 
 def text_of(app, selector: str) -> str:
@@ -94,10 +93,7 @@ def test_compare_names_the_damaged_session(quick_session, tmp_path):
     async def go():
         app = TjacApp(sessions_dir=root)
         async with running(app, (120, 40)) as pilot:
-            await pilot.press("6")
-            cmp_ = app.query_one(ComparePane)
-            await until(pilot, lambda: len(cmp_.choices) == 2, what="compare choices")
-            cmp_.select([root / "good", root / "bad"])
+            await compare(app, pilot, 2, [root / "good", root / "bad"])
             await until(pilot, lambda: "damaged" in text_of(app, "#compare-head"),
                         what="the message")
             head = text_of(app, "#compare-head")

@@ -26,7 +26,7 @@ from tjac_tui.screens import (ComparePane, ConfirmScreen, HelpScreen, LivePane, 
 from tjac_tui.state import LiveState, parse_field, value_to_text
 from tjac_tui.widgets import JacobianBar
 
-from conftest import running, screen_lines, until
+from conftest import compare, running, screen_lines, until
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "presets" / "quick.toml"
@@ -733,10 +733,7 @@ def test_compare_rows_say_which_are_selected_without_colour(finished, tmp_path, 
     async def go():
         app = TjacApp(sessions_dir=root)
         async with running(app, (100, 30)) as pilot:
-            await pilot.press("6")
-            cmp_ = app.query_one(ComparePane)
-            await until(pilot, lambda: len(cmp_.choices) == 3, what="compare choices")
-            cmp_.select([root / "a", root / "c"])
+            await compare(app, pilot, 3, [root / "a", root / "c"])
             await pilot.pause(0.3)
             pick = app.query_one("#compare-pick")
             rows = {r.split()[-1]: r for r in pick.row_texts()}
