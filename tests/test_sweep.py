@@ -466,3 +466,25 @@ def test_x_and_r_on_a_sweep_point_speak_of_and_resume_the_sweep(tmp_path, monkey
             cmd, log = started[0]
             assert cmd[-3:] == ["sweep", str(st.path), "-q"] and log == st.path / "sweep.log"
     asyncio.run(go())
+
+
+def test_a_categorical_key_gets_its_own_trend_plot():
+    """A swept optimizer's name is an axis of categories (it had no plot: only the numeric
+    keys did, split into curves by it); numeric axes come first."""
+    from engine.present.views import against_key, make_plot
+
+    pts = [{"name": f"{o}-{lr}", "values": {"train.optimizer": o, "train.lr": lr},
+            "bulk_fraction": f} for (o, lr), f in zip(
+                [("sgd", 0.1), ("sgd", 0.3), ("adam", 0.1), ("adam", 0.3)],
+                [0.2, 0.25, 0.4, 0.45])]
+    v = against_key(pts, "train.optimizer", "bulk_fraction", "bulk fraction")
+    assert v.xcategories == ["sgd", "adam"] and not v.logx
+    assert {name: (list(x), list(y)) for name, x, y in v.series} == {
+        "lr=0.1": ([0.0, 1.0], [0.2, 0.4]), "lr=0.3": ([0.0, 1.0], [0.25, 0.45])}
+    plot = make_plot(v, 80, 16)
+    assert plot.xticks == ([0.0, 1.0], ["sgd", "adam"])
+    axis = plot.text.splitlines()
+    assert any("sgd" in line and "adam" in line for line in axis), plot.text
+    num = against_key(pts, "train.lr", "bulk_fraction", "bulk fraction")
+    assert num.xcategories == [] and set(n for n, _, _ in num.series) == {
+        "optimizer=sgd", "optimizer=adam"}

@@ -104,6 +104,8 @@ def _view_figure(view: View):
         ax.set_xscale("log")
     if view.logy:
         ax.set_yscale("log")
+    if view.xcategories:
+        ax.set_xticks(range(len(view.xcategories)), view.xcategories)
     ax.set_xlabel(view.xlabel)
     ax.set_ylabel(view.ylabel)
     ax.set_title(view.title, fontsize="medium", wrap=True)

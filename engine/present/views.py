@@ -36,6 +36,8 @@ class View:
     rows: list[list[str]] = field(default_factory=list)
     note: str = ""
     xint: bool = False  # integer x ticks (indices, k)
+    # categorical x axis: the series' x are indices into these labels (a swept optimizer)
+    xcategories: list[str] = field(default_factory=list)
 
 
 def fmt(v, spec: str = ".4g") -> str:
@@ -98,6 +100,8 @@ def make_plot(view: View, width: int = 100, height: int = 18, *, ascii: bool = T
     xhi = max(f.max() for f in xf) if xf else 1.0
     xticks = asciiplot.log_ticks(xlo, xhi, max(3, min(8, width // 12))) if view.logx else \
         asciiplot.nice_ticks(xlo, xhi, max(3, min(8, width // 12)), integer=view.xint)
+    if view.xcategories:
+        xticks = ([float(i) for i in range(len(view.xcategories))], list(view.xcategories))
     cw = max(10, width - max((len(t) for t in yticks[1]), default=3) - 3)
     series = []
     for i, ((label, _, _), tx, ty) in enumerate(zip(view.series, txs, tys)):
@@ -419,11 +423,18 @@ def value_label(v) -> str:
 
 def against_key(points: list[dict], key: str, metric: str, label: str) -> View | None:
     """``metric`` of the finished points against the swept ``key``: one series per combination
-    of the other swept keys; None when the key's values are not numbers."""
+    of the other swept keys; None when no point has it. Values that are not all numbers (an
+    optimizer's name) are categories, in the sweep's order, one x tick each."""
     done = [p for p in points if p.get(metric) is not None and key in p["values"]]
-    xs = {id(p): axis_number(p["values"][key]) for p in done}
-    if not done or any(x is None for x in xs.values()):
+    if not done:
         return None
+    xs = {id(p): axis_number(p["values"][key]) for p in done}
+    categories: list[str] = []
+    if any(x is None for x in xs.values()):
+        for p in points:
+            if key in p["values"] and value_label(p["values"][key]) not in categories:
+                categories.append(value_label(p["values"][key]))
+        xs = {id(p): float(categories.index(value_label(p["values"][key]))) for p in done}
     groups: dict[str, list[dict]] = {}
     for p in done:
         rest = ", ".join(f"{k.rsplit('.', 1)[-1]}={value_label(v)}"
@@ -435,11 +446,12 @@ def against_key(points: list[dict], key: str, metric: str, label: str) -> View |
         series.append((name, np.array([xs[id(p)] for p in ps]),
                        np.array([p[metric] for p in ps], dtype=np.float64)))
     xv = [x for x in xs.values() if x > 0]
-    logx = len(xv) == len(xs) and max(xv) / min(xv) >= 8
+    logx = not categories and len(xv) == len(xs) and max(xv) / min(xv) >= 8
     short = key.rsplit(".", 1)[-1]
     return View(f"sweep.{metric}.{key}", f"{label} against {key}", series, logx=logx,
                 logy=metric == "s_max", xlabel=short + (" (width)" if isinstance(
-                    done[0]["values"][key], list) else ""), ylabel=label)
+                    done[0]["values"][key], list) and not categories else ""), ylabel=label,
+                xcategories=categories)
 
 
 def sweep_views(sweep_dir) -> list[tuple[str, str, list[View]]]:
@@ -482,7 +494,8 @@ def sweep_views(sweep_dir) -> list[tuple[str, str, list[View]]]:
             v = against_key(points, key, metric, label)
             if v is not None:
                 trends.append(v)
-    if trends:
+    if trends:  # numeric axes first (the Compare pane shows the first two)
+        trends.sort(key=lambda v: bool(v.xcategories))
         out.append(("trends", "Against the swept keys", trends))
 
     spectra = []
