@@ -155,7 +155,16 @@ def test_a_worker_that_cannot_read_its_config_marks_the_session_failed(tmp_path,
     (s.path / "config.toml").write_text("[train]\nlr = = 1\n")
     assert runner.run_session(s.path) == runner.EXIT_FAILED
     m = s.manifest()
-    assert m["status"] == "failed"
+    assert m["status"] == "failed"  # (the config's digest is kept: it was edited)
+    assert m["error"].startswith(f"{s.path}: damaged: config.toml: changed since the session "
+                                 "was created; a session runs the config it was created with")
+    assert len(m["error"].splitlines()) == 1
+    assert main(["resume", str(s.path), "-q"]) == runner.EXIT_FAILED
+    assert capsys.readouterr().err.strip().splitlines() == [m["error"]]
+    del m["config_sha256"]  # a session from before the digest was kept: the TOML is read
+    s.write_manifest(m)
+    assert runner.run_session(s.path) == runner.EXIT_FAILED
+    m = s.manifest()
     assert m["error"].startswith(f"{s.path / 'config.toml'}: invalid TOML")
     assert len(m["error"].splitlines()) == 1
     assert main(["resume", str(s.path), "-q"]) == runner.EXIT_FAILED
