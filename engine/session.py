@@ -40,7 +40,7 @@ from .files import (append_jsonl, atomic_save_npy, atomic_save_npz, atomic_write
                     remove_temp_files, sha256)
 
 STATUSES = ("created", "running", "done", "failed", "interrupted")
-CONFIG = "config.toml"  # checked against the digest the manifest keeps of it (config_sha256)
+CONFIG = "config.toml"  # checked against the manifest's digest of it (run_digest, config_digest)
 MANIFEST = "manifest.json"
 DEEP_VERIFY_MAX = 1 << 30  # files larger than this: size and mtime only, unless asked
 # a file whose modification time changed (a copy that did not keep it: ``cp -r``) but not its
@@ -73,6 +73,19 @@ class SessionDamaged(SessionError):
         super().__init__(f"{path}: damaged: {self.detail}; {hint}")
 
 
+def run_digest(config_text: str) -> str | None:
+    """The digest of what a config runs: its TOML without the ``[analysis.*]`` sections (an
+    analysis added to a finished session runs as one more stage) and independent of layout;
+    None when the text is not TOML."""
+    try:
+        table = config_mod.tomllib.loads(config_text)
+    except config_mod.tomllib.TOMLDecodeError:
+        return None
+    table.pop("analysis", None)
+    canon = json.dumps(table, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -99,7 +112,7 @@ class Session:
         whole: a process killed while creating it leaves no directory behind."""
         text = config_mod.dumps(cfg).encode()
         manifest = {"status": "created", "created": now_iso(), "preset": preset, "stages": {},
-                    "files": {}, "config_sha256": hashlib.sha256(text).hexdigest()}
+                    "files": {}, "config_digest": run_digest(text.decode())}
 
         def fill(tmp: Path) -> None:
             atomic_write(tmp / "config.toml", text)
@@ -302,12 +315,16 @@ class Session:
         problems, moved = {}, {}
         m = self.manifest()
         files = m.get("files", {})
-        if m.get("config_sha256") and (only is None or CONFIG in only):
+        if m.get("config_digest") and (only is None or CONFIG in only):
             try:
-                if sha256(self.path / CONFIG) != m["config_sha256"]:
-                    problems[CONFIG] = "changed since the session was created"
+                text = (self.path / CONFIG).read_text(encoding="utf-8")
             except FileNotFoundError:
                 problems[CONFIG] = "missing"
+            except (OSError, UnicodeDecodeError):
+                problems[CONFIG] = "cannot be read"
+            else:
+                if run_digest(text) != m["config_digest"]:
+                    problems[CONFIG] = "changed since the session was created"
         if m.get("status") == "done" and only is None:  # (an edited status, or a bug)
             unfinished = [(k, v.get("status")) for k, v in m.get("stages", {}).items()
                           if v.get("status") != "done"]

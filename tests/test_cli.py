@@ -161,7 +161,7 @@ def test_a_worker_that_cannot_read_its_config_marks_the_session_failed(tmp_path,
     assert len(m["error"].splitlines()) == 1
     assert main(["resume", str(s.path), "-q"]) == runner.EXIT_FAILED
     assert capsys.readouterr().err.strip().splitlines() == [m["error"]]
-    del m["config_sha256"]  # a session from before the digest was kept: the TOML is read
+    del m["config_digest"]  # a session from before the digest was kept: the TOML is read
     s.write_manifest(m)
     assert runner.run_session(s.path) == runner.EXIT_FAILED
     m = s.manifest()

@@ -231,7 +231,9 @@ def test_a_stop_of_tjac_run_nproc_marks_the_session_interrupted(tmp_path, sig):
     args = [a for o in LONGER[:-1] for a in ("--set", o)]
     p = subprocess.Popen([sys.executable, "-m", "tjac_tui.cli", "run", str(QUICK),
                           "--sessions", str(tmp_path), "--name", "stop", "--nproc", "2", "-q",
-                          *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # as from a terminal: a background job (CI) inherits SIGINT ignored
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     path = tmp_path / "stop"
     try:
         t0 = time.monotonic()

@@ -157,6 +157,9 @@ def test_an_edited_config_is_named_and_refused_not_run(clean, tmp_path, capsys, 
     to do, and resume touches nothing. Put back, the session resumes."""
     s = interrupted(clean, tmp_path)
     original = (s.path / "config.toml").read_text()
+    # an analysis added is not an edit of what ran: it runs as one more stage
+    (s.path / "config.toml").write_text(original + "\n[analysis.distance]\n")
+    assert s.verify(deep=False) == {}
     if edit == "changed":
         (s.path / "config.toml").write_text(original.replace("lr = 0.1", "lr = 0.05"))
     else:
@@ -311,7 +314,7 @@ def test_a_broken_config_is_one_line_on_resume(clean, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "config.toml: changed since the session was created" in err[0]
     m = s.manifest()  # a session from before the config's digest was kept
-    del m["config_sha256"]
+    del m["config_digest"]
     s.write_manifest(m)
     assert main(["resume", str(s.path), "-q"]) == runner.EXIT_FAILED
     err = capsys.readouterr().err.strip().splitlines()

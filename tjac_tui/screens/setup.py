@@ -175,6 +175,7 @@ class SetupPane(Vertical):
         self.preset_path: Path | None = None
         self.status_text = ""
         self._help_key: str | None = None  # the field the help line is about
+        self._bad: set[str] = set()  # fields whose text is not a valid value
         self.plan_text = ""
         self.estimate_text = ""
         self.values: dict = {}  # every key of the edited config -> its last valid value
@@ -373,11 +374,17 @@ class SetupPane(Vertical):
 
     def on_config_field_changed(self, event: ConfigField.Changed) -> None:
         f = event.field
+        same = f.error is None and f.key not in self._bad and self.values.get(f.key) == f.value
         if f.error is None:
             self.values[f.key] = f.value
+            self._bad.discard(f.key)
+        else:
+            self._bad.add(f.key)
         if f.focused_here:
             self._show_help(f)
-        self._refresh_status()
+        if not same:  # (a field built late reports its value: that changes nothing, and
+            # must not replace what the status says, e.g. why a start was refused)
+            self._refresh_status()
 
     def on_config_field_focused(self, event: ConfigField.Focused) -> None:
         self._show_help(event.field)
