@@ -326,6 +326,34 @@ def test_param_function_jacobian_equals_jacrev(tiny_session):
     np.testing.assert_allclose(Bfull @ Bfull.T, np.eye(len(theta0)), atol=1e-10)
 
 
+def test_param_function_resumed_after_a_stop_is_bitwise_the_whole_run(tiny_session, tmp_path,
+                                                                      monkeypatch):
+    """Stopped after one unit of its second input set and resumed (the finished units read
+    back), the analysis writes the same bytes as the run that was never stopped: each random
+    baseline draws from its own stream (one shared stream moved with the restored units)."""
+    import shutil
+
+    path = tmp_path / "copy"
+    shutil.copytree(tiny_session.path, path)
+    calls = [0]
+    real = param_function.check_stop
+
+    def stop_at_the_ninth(ctx):
+        calls[0] += 1
+        if calls[0] == 9:  # the test set (1 + 5 units), then uniform_noise: its 2nd unit
+            raise KeyboardInterrupt
+        real(ctx)
+
+    monkeypatch.setattr(param_function, "check_stop", stop_at_the_ninth)
+    with pytest.raises(KeyboardInterrupt):
+        run_on_session(path, ["param_function"])
+    assert (path / "analyses" / ".param_function.partial.json").is_file()
+    monkeypatch.setattr(param_function, "check_stop", real)
+    run_on_session(path, ["param_function"])
+    for rel in ("analyses/param_function.json", "analyses/param_function_overlap.npy"):
+        assert (path / rel).read_bytes() == (tiny_session.path / rel).read_bytes(), rel
+
+
 def test_param_function_sweep_against_direct_principal_angles(tiny_session):
     r = tiny_session.read_json("analyses/param_function.json")
     problem, theta0 = problem_of(tiny_session)

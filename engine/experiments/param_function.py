@@ -85,7 +85,6 @@ def run(ctx: Context, cfg: ParamFunctionConfig) -> dict:
     theta = ctx.theta0.to(torch.float64)
     order = regions.closest_to_unity(S)
     part = Partial(ctx, "param_function", cfg)
-    rng = np.random.default_rng(cfg.seed)
     total = len(cfg.inputs) * (1 + len(ks))
     done = 0
     out = {}
@@ -111,7 +110,9 @@ def run(ctx: Context, cfg: ParamFunctionConfig) -> dict:
             if row is None:
                 check_stop(ctx)
                 bulk = mean_cos_block(M, k, nd)
-                if (nd, k) not in random_cache:
+                if (nd, k) not in random_cache:  # its own stream: the same draws whichever
+                    # units a resume restored (one shared stream moved with them)
+                    rng = np.random.default_rng([cfg.seed, nd, k])
                     random_cache[(nd, k)] = random_mean_cos(P, k, nd, rng, cfg.random_samples)
                 row = {"k": k, "bulk": bulk, "random": random_cache[(nd, k)]}
                 part.put(key, row)
