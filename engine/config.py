@@ -242,7 +242,8 @@ class SpectrumConfig:
                             "(svds tol); looser is faster")
     solver: str = option("propack", choice("propack", "arpack", "lobpcg"),
                          "matfree: scipy svds solver for the top k (propack needed the fewest "
-                         "products in benchmarks/matfree.py)")
+                         "products in benchmarks/matfree.py, but needs exact products: not "
+                         "with float32 ones; arpack takes ~1.4x the products)")
     probes: int = option(8, integer(2, 1024),
                          "matfree: random probe vectors of the bulk-size estimate (stochastic "
                          "Lanczos quadrature); its statistical error falls as 1/sqrt(probes)")
@@ -358,6 +359,11 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
         if needing:
             raise ConfigError(f"{where}: spectrum.vectors: analysis.{needing[0]} needs the "
                               "singular vectors: set spectrum.vectors = true or switch it off")
+    sp = cfg.spectrum
+    if sp.method == "matfree" and sp.solver == "propack" and sp.matfree_dtype == "float32":
+        raise ConfigError(f'{where}: spectrum.solver: "propack" assumes exact products; with '
+                          'float32 products (spectrum.matfree_dtype) it returns spurious, '
+                          'repeated values: use "arpack", or float64 products')
     snap = cfg.jacobian.snapshots or cfg.jacobian.snapshot_every or cfg.jacobian.snapshot_epochs
     if snap and cfg.spectrum.method == "matfree":
         raise ConfigError(f'{where}: jacobian.snapshots: snapshots need the exact J (spectrum.'

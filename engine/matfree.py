@@ -339,24 +339,54 @@ class StoredJacobian:
 # the top (bottom) singular values
 
 
+class TopKFailed(ArithmeticError):
+    """The top-k solver returned right singular vectors that are not orthonormal: its values
+    are not singular values of J."""
+
+
+# the largest |V^T V - I| accepted of the returned right vectors (measured: 1e-11 when the
+# solver converged; ~1 for the spurious copies PROPACK returns from inexact products)
+ORTHOGONALITY_TOL = 1e-4
+
+
 def top_singular_values(op: TrainingJacobian | StoredJacobian, k: int, solver: str = "arpack",
                         which: str = "LM", tol: float = 1e-10, seed: int = 0,
-                        maxiter: int | None = None, vectors: bool = False
+                        maxiter: int | None = None, vectors: bool = False,
+                        info: dict | None = None
                         ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The ``k`` largest (``which="SM"``: smallest) singular values of J, descending, by
     scipy's ``svds`` on the operator (ARPACK, PROPACK or LOBPCG); with ``vectors``, also the
-    right singular vectors as the columns of a (P, k) array, in the same order."""
+    right singular vectors as the columns of a (P, k) array, in the same order.
+
+    The right vectors are always computed and checked: PROPACK's partial
+    reorthogonalisation assumes exact products, and with float32 products (or k near P/2)
+    it returns spurious, repeated values whose vectors are far from orthonormal. Such a
+    result is computed again by ARPACK; one that fails the check with any other solver
+    raises :class:`TopKFailed`. ``info`` (a dict) receives the solver that gave the result,
+    its vectors' orthogonality and why it fell back, if it did."""
     rng = np.random.default_rng(seed)
     v0 = rng.standard_normal(op.P)
     kw = {"maxiter": maxiter} if maxiter else {}
     res = svds(op.linear_operator(), k=k, which=which, solver=solver, tol=tol,
-               return_singular_vectors="vh" if vectors else False, random_state=seed,
+               return_singular_vectors="vh", random_state=seed,
                v0=v0 if solver != "lobpcg" else None, **kw)
-    s = np.asarray(res[1] if vectors else res, dtype=np.float64)
+    s = np.asarray(res[1], dtype=np.float64)
     order = np.argsort(s)[::-1]
-    if not vectors:
-        return s[order]
-    return s[order], np.ascontiguousarray(np.asarray(res[2], dtype=np.float64)[order].T)
+    V = np.ascontiguousarray(np.asarray(res[2], dtype=np.float64)[order].T)
+    orth = float(np.abs(V.T @ V - np.eye(V.shape[1])).max()) if V.size else 0.0
+    if orth > ORTHOGONALITY_TOL:
+        why = (f"{solver}'s right vectors are not orthonormal (max |V^T V - I| = {orth:.2g}): "
+               "its values are not singular values of J")
+        if solver != "propack":
+            raise TopKFailed(f"the top {k}: {why}; loosen spectrum.top_tol or lower "
+                             "spectrum.k")
+        out = top_singular_values(op, k, "arpack", which, tol, seed, maxiter, True, info)
+        if info is not None:
+            info["fallback"] = why
+        return out if vectors else out[0]
+    if info is not None:
+        info.update(solver=solver, orthogonality=orth)
+    return (s[order], V) if vectors else s[order]
 
 
 # --------------------------------------------------------------------------------------------

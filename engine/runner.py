@@ -488,8 +488,17 @@ class Runner:
         k = min(sp.k, P - 1)
         t0 = time.perf_counter()
         phase[0] = "top-k"
-        top, V = matfree.top_singular_values(op, k, solver=sp.solver, seed=self.cfg.seed,
-                                             tol=sp.top_tol, vectors=True)
+        how: dict = {}
+        try:
+            top, V = matfree.top_singular_values(op, k, solver=sp.solver, seed=self.cfg.seed,
+                                                 tol=sp.top_tol, vectors=True, info=how)
+        except Exception:  # a stop inside PROPACK's Fortran comes out as a SystemError
+            if self.stop_requested:
+                raise KeyboardInterrupt from None
+            raise
+        if how.get("fallback"):
+            self.emit("warning", message=f"matfree: {how['fallback']}; computed again by "
+                                         f"{how['solver']}")
         t_top = time.perf_counter() - t0
         top_products = (op.stats.jvp_vectors, op.stats.vjp_vectors)
         phase[0] = "bulk"
@@ -498,7 +507,9 @@ class Runner:
         del V
         result = {
             "P": P, "dtype": sp.matfree_dtype, "segment": op.segment, "steps": op.T,
-            "top": {"k": k, "solver": sp.solver, "tol": sp.top_tol, "s": top.tolist(),
+            "top": {"k": k, "solver": how["solver"], "orthogonality": how["orthogonality"],
+                    **({"fallback": how["fallback"]} if how.get("fallback") else {}),
+                    "tol": sp.top_tol, "s": top.tolist(),
                     "seconds": round(t_top, 3),
                     "jvp_vectors": top_products[0], "vjp_vectors": top_products[1]},
             "bulk": {"probes": sp.probes, "lanczos_steps": sp.lanczos_steps,

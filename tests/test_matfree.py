@@ -197,6 +197,85 @@ def test_a_matfree_session_writes_its_estimates_and_no_jacobian(tmp_path):
     assert any(e["event"] == "matfree_done" for e in events)
 
 
+class Inexact(StoredJacobian):
+    """A stored J whose products carry float32-sized rounding (1e-7 relative): what a
+    float32 training run gives."""
+
+    def matmat(self, V):
+        out = super().matmat(V)
+        return out * (1 + 1e-7 * self.rng.standard_normal(out.shape))
+
+    def rmatmat(self, U):
+        out = super().rmatmat(U)
+        return out * (1 + 1e-7 * self.rng.standard_normal(out.shape))
+
+
+def test_propack_on_inexact_products_is_caught_and_redone_by_arpack(small):
+    """PROPACK through svds returns spurious, repeated values when the products are not
+    exact (here 1e-7 relative noise: the top 20 came out as 3.24, 3.23, 3.22 ... for s_1 =
+    3.17, 2.86, 2.67 ...); the right vectors' orthogonality shows it, and ARPACK computes the
+    result again (to 1e-6 of the SVD)."""
+    from engine.matfree import ORTHOGONALITY_TOL
+
+    _, J = small
+    S = np.linalg.svd(J, compute_uv=False)
+    op = Inexact(J)
+    op.rng = np.random.default_rng(0)
+    how = {}
+    top, V = top_singular_values(op, 20, solver="propack", tol=1e-4, vectors=True, info=how)
+    assert how["solver"] == "arpack" and "propack's right vectors are not orthonormal" \
+        in how["fallback"]
+    assert how["orthogonality"] <= ORTHOGONALITY_TOL
+    np.testing.assert_allclose(top, S[:20], rtol=1e-6)
+    how = {}  # exact products: PROPACK's own result stands
+    top = top_singular_values(StoredJacobian(J), 20, solver="propack", info=how)
+    assert how["solver"] == "propack" and "fallback" not in how
+    np.testing.assert_allclose(top, S[:20], rtol=1e-9)
+
+
+def test_propack_with_float32_products_is_refused():
+    with pytest.raises(config.ConfigError, match='spectrum.solver: "propack" assumes exact '
+                                                'products; with float32 products'):
+        config.load(QUICK, ['spectrum.method="matfree"', 'spectrum.matfree_dtype="float32"'])
+    cfg = config.load(QUICK, ['spectrum.method="matfree"', 'spectrum.matfree_dtype="float32"',
+                              'spectrum.solver="arpack"'])
+    assert cfg.spectrum.solver == "arpack"
+
+
+def test_a_stop_during_the_top_k_marks_the_run_interrupted(tmp_path):
+    """SIGTERM while PROPACK runs: the stop raised inside its Fortran callback came out as a
+    SystemError and the run ended "failed"; it is interrupted (exit 3), and resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    over = SMALL + ['spectrum.method="matfree"', "spectrum.k=150", "spectrum.probes=2",
+                    "spectrum.lanczos_steps=4"]
+    args = [a for o in over for a in ("--set", o)]
+    p = subprocess.Popen([sys.executable, "-m", "tjac_tui.cli", "run", str(QUICK), "-q",
+                          "--sessions", str(tmp_path), "--name", "mf", *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events = tmp_path / "mf" / "events.jsonl"
+    try:
+        t0 = time.monotonic()
+        while not (events.is_file() and '"matfree_progress"' in events.read_text()):
+            assert p.poll() is None, p.communicate()[1][-2000:]
+            assert time.monotonic() - t0 < 120, "no matfree progress"
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 3, err[-2000:]
+    m = Session(tmp_path / "mf").manifest()
+    assert m["status"] == "interrupted" and m["stages"]["matfree"]["status"] == "interrupted"
+    phases = [e["phase"] for e in map(json.loads, events.read_text().splitlines())
+              if e["event"] == "matfree_progress"]
+    assert phases[-1] == "top-k"  # (it was the top k's solver that the stop met)
+
+
 def test_analyses_need_the_exact_method(tmp_path):
     p = tmp_path / "p.toml"
     p.write_text(QUICK.read_text() + '\n[analysis.distance]\n')
