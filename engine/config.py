@@ -180,8 +180,11 @@ class TrainConfig:
                            "learning-rate decay after warmup: constant, cosine or linear (to "
                            "final_lr)")
     warmup_steps: int = option(0, integer(0), "linear warmup steps from 0 to lr")
-    final_lr: float = option(0.0, number(0), "learning rate at the last step for cosine / "
-                                             "linear")
+    final_lr: float = option(0.0, number(0), "where cosine / linear decay heads: the decay "
+                                             "runs from lr at the first step after warmup "
+                                             "toward final_lr one step past the last (optax's "
+                                             "convention), so the last step's rate is one "
+                                             "decay step above it")
     batch_size: int = option(64, integer(0), "batch size (0 = full batch)")
     epochs: int = option(1, integer(1), "passes over the training set")
     shuffle: bool = option(False, boolean(),
@@ -242,8 +245,9 @@ class SpectrumConfig:
                             "(svds tol); looser is faster")
     solver: str = option("propack", choice("propack", "arpack", "lobpcg"),
                          "matfree: scipy svds solver for the top k (propack needed the fewest "
-                         "products in benchmarks/matfree.py, but needs exact products: not "
-                         "with float32 ones; arpack takes ~1.4x the products)")
+                         "products in benchmarks/matfree.py; a result whose vectors are not "
+                         "orthonormal, which inexact products can give it, is computed again "
+                         "by arpack)")
     probes: int = option(8, integer(2, 1024),
                          "matfree: random probe vectors of the bulk-size estimate (stochastic "
                          "Lanczos quadrature); its statistical error falls as 1/sqrt(probes)")
@@ -359,11 +363,6 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
         if needing:
             raise ConfigError(f"{where}: spectrum.vectors: analysis.{needing[0]} needs the "
                               "singular vectors: set spectrum.vectors = true or switch it off")
-    sp = cfg.spectrum
-    if sp.method == "matfree" and sp.solver == "propack" and sp.matfree_dtype == "float32":
-        raise ConfigError(f'{where}: spectrum.solver: "propack" assumes exact products; with '
-                          'float32 products (spectrum.matfree_dtype) it returns spurious, '
-                          'repeated values: use "arpack", or float64 products')
     snap = cfg.jacobian.snapshots or cfg.jacobian.snapshot_every or cfg.jacobian.snapshot_epochs
     if snap and cfg.spectrum.method == "matfree":
         raise ConfigError(f'{where}: jacobian.snapshots: snapshots need the exact J (spectrum.'

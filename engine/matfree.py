@@ -344,9 +344,11 @@ class TopKFailed(ArithmeticError):
     are not singular values of J."""
 
 
-# the largest |V^T V - I| accepted of the returned right vectors (measured: 1e-11 when the
-# solver converged; ~1 for the spurious copies PROPACK returns from inexact products)
-ORTHOGONALITY_TOL = 1e-4
+# the largest |V^T V - I| accepted of the returned right vectors. Measured: 1e-11 (float64
+# products) and 5.8e-4 (PROPACK, float32 products, the 1M preset: its top 20 equal ARPACK's
+# to 6 digits) when the values are right; 1.0, 4.7 and 5.9 for the spurious, repeated values
+# PROPACK returned on a P = 610 run (float32 products; float64 ones at k = 300)
+ORTHOGONALITY_TOL = 1e-2
 
 
 def top_singular_values(op: TrainingJacobian | StoredJacobian, k: int, solver: str = "arpack",

@@ -580,6 +580,11 @@ class Runner:
             self.emit("warning", message=f"{rel}: {why}; stage {stage} runs again")
             if stage in stages and s.stage_status(stage) == "done":
                 s.set_stage(stage, status="pending")
+            snap = "/".join(rel.split("/")[:2])
+            if (rel.startswith("snapshots/step_") and not (s.path / snap / "jacobian.npy").exists()
+                    and "jacobian" in stages and s.stage_status("jacobian") == "done"):
+                # its J was not kept (jacobian.snapshot_keep): the pass computes it again
+                s.set_stage("jacobian", status="pending")
         for stage in stages:  # a finished stage must have left its files
             if s.stage_status(stage) == "done" and not any(
                     r.get("stage") == stage for r in s.manifest()["files"].values()):

@@ -410,6 +410,17 @@ class Session:
             raise SessionDamaged(self.path, {"spectrum.json": "not a spectrum summary"})
         return out
 
+    def unrun_analyses(self) -> list[str]:
+        """The analyses config.toml enables whose stage has not finished: one added to a
+        finished session's config runs when it is resumed."""
+        try:
+            cfg = self.config()
+        except (config_mod.ConfigError, OSError):
+            return []
+        stages = self.manifest().get("stages", {})
+        return [n for n, a in cfg.analysis.items()
+                if a.enabled and stages.get(f"analysis.{n}", {}).get("status") != "done"]
+
     def load_vector(self, rel: str) -> np.ndarray:
         """A stored vector (``svd/S.npy``, ``svd/alignment.npy``) as float64, checked first
         against its record in the manifest: :class:`SessionDamaged` names the file when it

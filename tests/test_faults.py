@@ -601,3 +601,17 @@ def test_sigkill_in_every_stage_resumes_bitwise(clean_with_analyses, tmp_path, s
                           "analyses/distance_abs.npy", "analyses/init_change.npy"):
         assert (s.path / rel).read_bytes() == (ref.path / rel).read_bytes(), rel
     assert s.verify() == {}
+
+
+def test_an_analysis_added_to_a_finished_session_runs_on_resume(clean, tmp_path, capsys):
+    """resume said "already done" and ran nothing (the engine ran it when called directly)."""
+    s = copy_of(clean, tmp_path)
+    with open(s.path / "config.toml", "a") as f:
+        f.write("\n[analysis.distance]\n")
+    assert s.unrun_analyses() == ["distance"]
+    assert main(["resume", str(s.path), "-q"]) == runner.EXIT_OK
+    assert "already done" not in capsys.readouterr().err
+    assert s.manifest()["stages"]["analysis.distance"]["status"] == "done"
+    assert (s.path / "analyses" / "distance.json").is_file() and s.unrun_analyses() == []
+    for rel in OUTPUTS:  # the rest untouched
+        assert (s.path / rel).read_bytes() == (clean.path / rel).read_bytes(), rel

@@ -233,15 +233,6 @@ def test_propack_on_inexact_products_is_caught_and_redone_by_arpack(small):
     np.testing.assert_allclose(top, S[:20], rtol=1e-9)
 
 
-def test_propack_with_float32_products_is_refused():
-    with pytest.raises(config.ConfigError, match='spectrum.solver: "propack" assumes exact '
-                                                'products; with float32 products'):
-        config.load(QUICK, ['spectrum.method="matfree"', 'spectrum.matfree_dtype="float32"'])
-    cfg = config.load(QUICK, ['spectrum.method="matfree"', 'spectrum.matfree_dtype="float32"',
-                              'spectrum.solver="arpack"'])
-    assert cfg.spectrum.solver == "arpack"
-
-
 def test_a_stop_during_the_top_k_marks_the_run_interrupted(tmp_path):
     """SIGTERM while PROPACK runs: the stop raised inside its Fortran callback came out as a
     SystemError and the run ended "failed"; it is interrupted (exit 3), and resumes."""
@@ -407,3 +398,30 @@ def test_a_headless_matfree_run_prints_its_estimates(tmp_path, capsys):
     for e in r["bulk"]["estimates"]:
         assert f"{e['lower']:.0f} .. {e['upper']:.0f}" in out
     assert out.strip().splitlines()[-1] == str(tmp_path / "mf")
+
+
+def test_the_export_of_a_matfree_run_says_there_is_no_spectrum_to_draw(tmp_path, capsys,
+                                                                       quick_session):
+    """It said "PNG/SVG figures need matplotlib" with matplotlib installed, under an empty
+    Figures section; `tjac compare` gave it no P and no s_1."""
+    pytest.importorskip("matplotlib")  # (without it the install hint is the right answer)
+    from engine.present.figures import INSTALL_HINT
+    from tjac_tui.cli import main
+
+    over = SMALL + ['spectrum.method="matfree"', "spectrum.k=3", "spectrum.probes=2",
+                    "spectrum.lanczos_steps=4"]
+    s = Session.create(tmp_path, "mf", config.load(QUICK, over), str(QUICK))
+    assert run_session(s.path) == 0
+    assert main(["report", str(s.path), "--figures"]) == 0
+    err = capsys.readouterr().err
+    assert "no spectrum to draw: J was never formed" in err and INSTALL_HINT not in err
+    text = (s.path / "report.md").read_text()
+    assert "_no spectrum to draw: J was never formed" in text and INSTALL_HINT not in text
+    from engine.present.report import compare_rows
+
+    r = json.loads((s.path / "matfree.json").read_text())
+    cols, rows = compare_rows([s, Session(quick_session)])
+    by = {row[0]: row[1:] for row in rows}
+    assert by["P"] == ["610", "1210"]
+    assert by["status"] == ["done (matrix-free)", "done"]
+    assert by["s_max"][0] == f"{r['top']['s'][0]:.6g}" and by["bulk"][0] == "-"

@@ -149,3 +149,13 @@ def test_a_region_range_near_one_shows_how_near():
     assert fmt_range(1.0011, 19.38264) == "1.0011 .. 19.3826"
     assert fmt_range(1e-7, 0.9989) == "1e-07 .. 0.9989"
     assert fmt_range(None, 1.0) == "-"
+
+
+def test_report_into_a_folder_names_the_file_after_the_session(finished, tmp_path, capsys):
+    """-o DIR wrote a temporary file beside DIR and failed with "Is a directory"."""
+    out_dir = tmp_path / "reports"
+    out_dir.mkdir()
+    assert main(["report", str(finished), "-o", str(out_dir)]) == 0
+    written = out_dir / f"{Path(finished).name}.md"
+    assert capsys.readouterr().out.strip() == str(written)
+    assert written.read_text().startswith("# tjac report")

@@ -116,6 +116,28 @@ def test_keep_spectrum_deletes_j_and_vectors_and_resume_does_nothing(tmp_path, t
     assert (s2.path / "snapshots/summary.json").read_bytes() == before
 
 
+@pytest.mark.parametrize("keep", ["svd", "spectrum"])
+def test_a_damaged_snapshot_whose_j_was_not_kept_is_computed_again(tmp_path, tiny_npz, keep):
+    """Its J is gone, so the Jacobian pass runs again for it (resume failed on the missing
+    jacobian.npy for good); the repaired files are the undamaged ones, bitwise."""
+    import shutil
+
+    s = Session.create(tmp_path, "snap", snap_config(tiny_npz, keep=keep))
+    assert runner.run_session(s.path) == runner.EXIT_OK
+    copy = tmp_path / "copy"
+    shutil.copytree(s.path, copy)
+    S = np.load(copy / "snapshots/step_000003/svd/S.npy")
+    S[0] = 99
+    np.save(copy / "snapshots/step_000003/svd/S.npy", S)
+    assert runner.run_session(copy) == runner.EXIT_OK, Session(copy).manifest().get("error")
+    for p in sorted(s.path.glob("snapshots/**/*")):
+        if p.is_file():
+            rel = p.relative_to(s.path)
+            assert (copy / rel).read_bytes() == p.read_bytes(), rel
+    assert not (copy / "snapshots/step_000003/jacobian.npy").exists()
+    assert Session(copy).verify() == {}
+
+
 def test_damaged_snapshot_is_computed_again_bitwise(tmp_path, tiny_npz):
     cfg = snap_config(tiny_npz)
     s = Session.create(tmp_path, "snap", cfg)

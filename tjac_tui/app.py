@@ -426,7 +426,9 @@ class TjacApp(App):
         if s.is_locked() or self._starting(path):
             self.notify(f"{path.name} is already running", severity="warning")
             return False
-        if describe(s)["status"] == "done":  # a damaged one resumes: resume repairs it
+        # a damaged one resumes (resume repairs it), and so does one whose config.toml has an
+        # analysis added
+        if describe(s)["status"] == "done" and not s.unrun_analyses():
             self.notify(f"{path.name} is done; nothing to resume")
             return False
         self.procs[path] = start_worker(path)
@@ -548,7 +550,7 @@ class TjacApp(App):
     def _export(self, path: Path) -> None:
         """report.md with PNG/SVG figures and spectrum.csv in <session>/figures (the figures
         when matplotlib is installed: the extra ``tjac[figures]``)."""
-        from engine.present.figures import INSTALL_HINT
+        from engine.present.figures import why_no_figures
         from engine.present.report import write_report
 
         self.call_from_thread(self.notify, f"exporting {path.name}: report and figures...",
@@ -560,7 +562,7 @@ class TjacApp(App):
             return
         figs = sorted(p.name for p in (path / "figures").glob("*.png"))
         note = (f"; {len(figs)} figure(s) (PNG + SVG) in {path / 'figures'}" if figs else
-                f"; spectrum.csv only ({INSTALL_HINT})")
+                f"; {why_no_figures(path)}")
         self.call_from_thread(self._exported, out, note)
 
     def _exported(self, out: Path, note: str = "") -> None:

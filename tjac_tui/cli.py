@@ -286,7 +286,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if CONFIG in e.problems:
             raise
     try:
-        done = s.manifest().get("status") == "done"
+        # (an analysis added to a finished session's config.toml is still to run)
+        done = s.manifest().get("status") == "done" and not s.unrun_analyses()
         if done:  # under the lock: times of files a copy changed are recorded anew
             s.acquire()
             try:
@@ -349,16 +350,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     s = find_session(args.session, args.sessions)
     s.check_intact()  # a report of damaged files would state wrong numbers
-    out = write_report(s, args.output, ascii_only=not args.unicode, figures=args.figures)
+    output = args.output
+    if output and Path(output).is_dir():  # a folder: the report goes into it
+        output = str(Path(output) / f"{s.name}.md")
+    out = write_report(s, output, ascii_only=not args.unicode, figures=args.figures)
     print(out)
     if args.figures:
-        from engine.present.figures import INSTALL_HINT
+        from engine.present.figures import why_no_figures
 
         err = _console(stderr=True, quiet=getattr(args, "quiet", False))
         figs = sorted((s.path / "figures").glob("*"))
-        err.print(f"figures: {len(figs)} file(s) in {s.path / 'figures'}", soft_wrap=True)
+        err.print(f"figures: {len(figs)} file(s) in {s.path / 'figures'}", soft_wrap=True,
+                  markup=False)
         if not any(p.suffix == ".png" for p in figs):
-            err.print(INSTALL_HINT, style="yellow", markup=False, soft_wrap=True)
+            err.print(why_no_figures(s), style="yellow", markup=False, soft_wrap=True)
     return 0
 
 

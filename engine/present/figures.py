@@ -29,6 +29,20 @@ REGION_COLOURS = {"chaotic": "#d62728", "bulk": "#2ca02c", "stable": "#1f77b4"}
 INSTALL_HINT = "PNG/SVG figures need matplotlib: pip install 'tjac[figures]'"
 
 
+def why_no_figures(session) -> str:
+    """Why a session's export has no PNG/SVG figures: matplotlib missing (how to install it),
+    or nothing to draw (a matrix-free run has no stored spectrum)."""
+    try:
+        import matplotlib  # noqa: F401 - only to know it is there
+    except ImportError:
+        return INSTALL_HINT
+    s = session if isinstance(session, Session) else Session(session)
+    if not s.has("svd/S.npy"):
+        return ("no spectrum to draw: J was never formed (a matrix-free run; its tables are in "
+                "the report)" if s.has("matfree.json") else "no spectrum to draw yet")
+    return "no figures were drawn"
+
+
 @dataclass
 class Figures:
     files: list[Path] = field(default_factory=list)  # every figure file written
@@ -149,6 +163,8 @@ def write_figures(session, out_dir: str | Path | None = None,
                 figs.append(("-".join(["analysis", name] + [_slug(part) for part in
                                                              v.key.split(".")[1:]]),
                              _view_figure(v)))
+    if not figs:  # (a matrix-free run: no stored spectrum, no analyses)
+        result.skipped = why_no_figures(s)
     out.mkdir(parents=True, exist_ok=True)
     for stem, fig in figs:
         for fmt in formats:

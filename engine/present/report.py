@@ -239,15 +239,22 @@ def compare_rows(sessions: Iterable[Session | str | Path]) -> tuple[list[str], l
     sess = [as_session(s) for s in sessions]
     sums = [s.spectrum() for s in sess]
     cols = ["", *[s.name for s in sess]]
+    # a session with no spectrum still has its P (manifest) and, matrix-free, its s_1
+    mfree = [s.read_json("matfree.json") if sm is None and s.has("matfree.json") else None
+             for s, sm in zip(sess, sums)]
 
     def row(label, fn):
         return [label, *[("-" if sm is None else fn(sm)) for sm in sums]]
 
-    rows = [row("P", lambda sm: str(sm["P"]))]
+    rows = [["P", *[str(sm["P"]) if sm is not None else
+                    str(s.manifest().get("P") or "-") for s, sm in zip(sess, sums)]],
+            ["status", *[str(s.manifest().get("status", "?")) + (" (matrix-free)" if mf else "")
+                         for s, mf in zip(sess, mfree)]]]
     for name in spectrum_mod.REGIONS:
         rows.append(row(name, lambda sm, n=name: f"{sm['regions'][n]['count']} "
                                                   f"({100 * sm['regions'][n]['fraction']:.1f}%)"))
-    rows += [row("s_max", lambda sm: _g(sm["s_max"])),
+    rows += [["s_max", *[_g(sm["s_max"]) if sm is not None else
+                         _g(mf["top"]["s"][0]) if mf else "-" for sm, mf in zip(sums, mfree)]],
              row("s_min", lambda sm: _g(sm["s_min"])),
              row("bulk_tol", lambda sm: f"{sm['bulk_tol']:g}"),
              row("min |s-1|", lambda sm: _g(sm.get("min_abs_s_minus_1"), ".3g"))]
