@@ -143,6 +143,9 @@ def snapshot_steps(j: JacobianConfig, steps: int, per_epoch: int) -> list[int]:
             raise ConfigError(f"jacobian.snapshot_epochs: epoch {e} is past the run's last "
                               f"epoch ({steps // max(per_epoch, 1)})")
         out.add(e * per_epoch)
+    if out == {steps}:  # asked for, and none left: say so (it ran with no snapshot at all)
+        raise ConfigError(f"jacobian.snapshots: step {steps} is the run's last: its J is the "
+                          "session's own jacobian.npy; ask for earlier steps")
     out.discard(steps)
     return sorted(out)
 

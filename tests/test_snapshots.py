@@ -17,7 +17,9 @@ from engine import config, jacobian, plan as plan_mod, regions, runner, worker
 from engine.present.report import render_report
 from engine.session import Session
 
-from conftest import make, running, tiny_config, until
+from conftest import PRESETS, make, running, tiny_config, until
+
+QUICK_PRESET = PRESETS / "quick.toml"
 
 
 def snap_config(npz, keep: str = "jacobian", **train_kw) -> config.RunConfig:
@@ -114,6 +116,19 @@ def test_keep_spectrum_deletes_j_and_vectors_and_resume_does_nothing(tmp_path, t
     d = s2.path / "snapshots" / "step_000003"
     assert not (d / "jacobian.npy").exists() and (d / "svd/Vh.npy").is_file()
     assert (s2.path / "snapshots/summary.json").read_bytes() == before
+
+
+def test_a_snapshot_of_the_last_step_alone_is_refused(tmp_path, capsys):
+    """It ran with no snapshot and no summary, and said nothing."""
+    from tjac_tui.cli import main
+
+    assert main(["run", "quick", "--sessions", str(tmp_path), "--set",
+                 "jacobian.snapshots=[16]"]) == 2
+    assert "step 16 is the run's last: its J is the session's own jacobian.npy" in \
+        capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    assert plan_mod.snapshot_steps(config.load(QUICK_PRESET, ["jacobian.snapshots=[4, 16]"]
+                                               ).jacobian, 16, 8) == [4]
 
 
 @pytest.mark.parametrize("keep", ["svd", "spectrum"])
