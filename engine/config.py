@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from . import schema
+from .device import DEVICE_NAME, DEVICE_NAMES
 from .schema import (Check, ConfigError, Invalid, boolean, choice, integer, list_of, number,
                      option, optional, plugins, section, show, string)
 from .schema import name as name_check
@@ -55,16 +57,12 @@ SEED_MAX = 2**32 - 1
 
 
 def _device() -> Check:
-    desc = '"auto", "cpu", "cuda" or "cuda:N"'
-
     def check(v: Any) -> str:
-        if isinstance(v, str) and (v in ("auto", "cpu", "cuda") or
-                                   (v.startswith("cuda:") and v[5:].isdigit() and
-                                    len(v) <= 9)):
+        if isinstance(v, str) and re.fullmatch(DEVICE_NAME, v):
             return v
-        raise Invalid(desc)
+        raise Invalid(DEVICE_NAMES)
 
-    return Check(check, desc, {"type": "string", "pattern": r"^(auto|cpu|cuda|cuda:[0-9]{1,4})$"})
+    return Check(check, DEVICE_NAMES, {"type": "string", "pattern": f"^({DEVICE_NAME})$"})
 
 
 def _init() -> Check:

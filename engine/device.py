@@ -28,6 +28,9 @@ class DeviceError(ValueError):
 
 
 NVIDIA_DRIVER = "/proc/driver/nvidia/version"  # there while an NVIDIA driver is loaded
+# what a config's ``device`` may be (engine.config checks presets with it)
+DEVICE_NAME = r"auto|cpu|cuda|cuda:[0-9]{1,4}"
+DEVICE_NAMES = '"auto", "cpu", "cuda" or "cuda:N"'
 
 
 def check_here(name: str) -> None:
@@ -37,8 +40,8 @@ def check_here(name: str) -> None:
     worker resolves the index)."""
     import re
 
-    if not re.fullmatch(r"auto|cpu|cuda|cuda:[0-9]{1,4}", name):
-        raise DeviceError(f'device = "{name}": expected "auto", "cpu", "cuda" or "cuda:N"')
+    if not re.fullmatch(DEVICE_NAME, name):
+        raise DeviceError(f'device = "{name}": expected {DEVICE_NAMES}')
     if name.startswith("cuda") and not os.path.exists(NVIDIA_DRIVER):
         raise DeviceError(f'device = "{name}": CUDA is not available on this machine (no '
                           "NVIDIA driver is loaded)")

@@ -553,13 +553,12 @@ def estimate_seconds(problem: Problem, theta0: torch.Tensor, k: int, solver: str
     not grow with the steps and so is not scaled with them. Plain data for ``tjac run
     --plan`` and the Setup pane."""
     rng = np.random.default_rng(0)
-    one, block = rng.standard_normal(problem.layout.size), None
+    P = problem.layout.size
+    one, block = rng.standard_normal(P), rng.standard_normal((P, probes))
 
     def timed(n: int) -> tuple[float, float]:
         """(one pair, one block pair) over the first n steps, in seconds."""
-        nonlocal block
         op = TrainingJacobian(problem.truncated(n), theta0, dtype=dtype)
-        block = rng.standard_normal((op.P, probes)) if block is None else block
         out = []
         for x in (one, block):
             op.rmatmat(op.matmat(x))  # warm: the trajectory, the checkpoints, K's workspace

@@ -238,6 +238,7 @@ def compare_rows(sessions: Iterable[Session | str | Path]) -> tuple[list[str], l
     """Region counts (and spectrum summaries) side by side: one column per session."""
     sess = [as_session(s) for s in sessions]
     sums = [s.spectrum() for s in sess]
+    mans = [s.manifest() for s in sess]
     cols = ["", *[s.name for s in sess]]
     # a session with no spectrum still has its P (manifest) and, matrix-free, its s_1
     mfree = [s.read_json("matfree.json") if sm is None and s.has("matfree.json") else None
@@ -246,10 +247,10 @@ def compare_rows(sessions: Iterable[Session | str | Path]) -> tuple[list[str], l
     def row(label, fn):
         return [label, *[("-" if sm is None else fn(sm)) for sm in sums]]
 
-    rows = [["P", *[str(sm["P"]) if sm is not None else
-                    str(s.manifest().get("P") or "-") for s, sm in zip(sess, sums)]],
-            ["status", *[str(s.manifest().get("status", "?")) + (" (matrix-free)" if mf else "")
-                         for s, mf in zip(sess, mfree)]]]
+    rows = [["P", *[str(sm["P"]) if sm is not None else str(m.get("P") or "-")
+                    for m, sm in zip(mans, sums)]],
+            ["status", *[str(m.get("status", "?")) + (" (matrix-free)" if mf else "")
+                         for m, mf in zip(mans, mfree)]]]
     for name in spectrum_mod.REGIONS:
         rows.append(row(name, lambda sm, n=name: f"{sm['regions'][n]['count']} "
                                                   f"({100 * sm['regions'][n]['fraction']:.1f}%)"))
