@@ -15,6 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "presets"
 
 
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The bit patterns of a float tensor (telling -0.0 from +0.0, unlike torch.equal)."""
+    return t.view(torch.int64 if t.dtype == torch.float64 else torch.int32)
+
+
 @pytest.fixture(scope="session")
 def tiny_npz(tmp_path_factory) -> Path:
     """40 rows of 5 features, 3 classes: small enough for finite differences over every

@@ -17,7 +17,7 @@ from engine.kernels.conv import ConvKernel
 from engine.archs import ConvSpec
 from engine.models import ConvNet
 
-from conftest import PRESETS
+from conftest import PRESETS, bits
 
 CASES = list(itertools.product(["relu", "tanh", "gelu", "gelu_tanh"], ["max", "avg"],
                                [(2, 9, 9), (1, 8, 8)]))
@@ -143,3 +143,59 @@ def test_the_torch_free_parameter_count_is_the_built_models(arch, shape, extra):
     n_features = 64 if shape is None else int(np.prod(shape))
     built = models.Layout.of(models.build(mc, n_features, 10, 0, shape)).size
     assert parameter_count(mc, n_features, 10, shape) == built
+
+
+def scatter_pool_back(e, idx, size):
+    """The transpose of the pooling as a scatter into zeros (max) or a repeat (avg): the
+    reference the kernel's select must equal bitwise. e (K*B, C, h, w), idx (B, C, h, w)."""
+    n, c = e.shape[:2]
+    if idx is None:
+        up = e.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3) * 0.25
+        return F.pad(up, (0, size[1] - up.shape[3], 0, size[0] - up.shape[2]))
+    K, hw = n // idx.shape[0], idx.shape[2] * idx.shape[3]
+    out = e.new_zeros(K, idx.shape[0] * c, size[0] * size[1])
+    out.scatter_(2, idx.reshape(1, -1, hw).expand(K, -1, -1), e.reshape(K, -1, hw))
+    return out.reshape(n, c, *size)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", [(6, 8), (7, 5), (9, 9), (2, 3)])
+def test_pooling_transpose_is_bitwise_the_scatter(size, dtype):
+    """Max pooling's transpose (a gather of each entry: the window's value at its max, +0
+    elsewhere, and in the rows and columns no window covers) and average pooling's place
+    bitwise the values the scatter / repeat did: on maps of odd sizes, with ties inside
+    windows (the maps take 3 values), signed zeros, infinities and NaN in the pooled values,
+    for the B images alone and for K*B tangent images, into a fresh tensor or a reused one."""
+    g = torch.Generator().manual_seed(sum(size))
+    B, C, K = 3, 4, 5
+    h = torch.randint(0, 3, (B, C, *size), generator=g).to(dtype)
+    kern = ConvKernel((C, *size), [0], 1, "relu", "max")
+    _, idx = kern._pool(h)
+    src = kern._unpool_index(idx, size)
+    for n in (B, K * B):
+        e = torch.randn(n, C, *idx.shape[2:], generator=g, dtype=dtype)
+        e[0, 0, 0, 0], e[-1, 1, 0, 0], e[1, 2, 0, 0] = -0.0, 0.0, float("nan")
+        e[-1, -1, -1, -1] = -float("inf")
+        for s, i, into in ((src, idx, None), (src, idx, "dG"), (None, None, None)):
+            for _ in range(2):  # into a workspace buffer: the second time over the first's
+                got = kern._pool_back(e, s, size, into)
+                ref = scatter_pool_back(e, i, size)
+                assert got.shape == ref.shape == (n, C, *size)
+                assert torch.equal(bits(got), bits(ref))
+                e = e.flip(0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softmax_ce_gradient_is_bitwise_the_index_put(dtype):
+    """G = (softmax - onehot(y)) / B by comparison: bitwise what ``G[arange(B), y] -= 1;
+    G /= B`` gave, and so are the fc layers' gradients."""
+    torch.manual_seed(1)
+    net = ConvNet((1, 8, 8), [ConvSpec(3, 3, 1)], [5, 7], "tanh", "max").to(dtype)
+    params = tuple(p.detach() for p in net.parameters())
+    x = torch.randn(20, 64, dtype=dtype)
+    y = torch.tensor([0, 6, 6, 3] * 5)
+    st = ConvKernel.of(net)._primal(params, x, y)["st"]
+    ref = st["p"].clone()
+    ref[torch.arange(20), y] -= 1
+    ref /= 20
+    assert torch.equal(bits(st["G_fc"][-1]), bits(ref))

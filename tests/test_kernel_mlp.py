@@ -6,6 +6,8 @@ import torch.nn.functional as F
 
 from engine.kernels.mlp import ACTIVATIONS, MLPKernel
 
+from conftest import bits
+
 WIDTHS = {1: [5, 4], 2: [5, 7, 4], 3: [5, 6, 7, 3]}
 
 
@@ -225,3 +227,52 @@ def test_cuda(activation):
     assert all(g.device.type == "cuda" for g in grads + dgrads)
     assert_close_rel(tuple(g.cpu() for g in grads), ref_g, 1e-12)
     assert_close_rel(tuple(g.cpu() for g in dgrads), ref_dg, 1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softmax_ce_gradient_is_bitwise_the_scatter_of_minus_one(dtype):
+    """G = (softmax - onehot(y)) / B by comparison with the class numbers: bitwise what the
+    scatter_add of -1 into softmax gave, for every class hit several times or never."""
+    widths = [6, 5, 7]
+    params, _, x, _ = make_problem(widths, B=40, dtype=dtype, seed=5)
+    y = torch.tensor([0, 6, 6, 3] * 10)  # classes 1, 2, 4, 5 never, 6 often
+    st = MLPKernel(widths, "tanh").primal(params, x, y)
+    B = x.shape[0]
+    ref = st.pT.scatter_add(0, y.view(1, B), torch.full((1, B), -1.0, dtype=dtype))
+    ref = ref.div_(torch.tensor(B, dtype=dtype))
+    assert torch.equal(bits(st.GT[-1]), bits(ref))
+    assert torch.equal(bits(st.grads[-1]), bits(ref.sum(1)))
+
+
+def test_release_frees_the_workspace_of_every_thread():
+    """release() from one thread drops the chunk buffers every live thread has cached (their
+    memory is freed), and the kernel computes the same numbers afterwards."""
+    import threading
+    import weakref
+
+    widths = WIDTHS[2]
+    kern = MLPKernel(widths, "tanh")
+    params, tangents, x, y = make_problem(widths, K=6, seed=3)
+    st = kern.primal(params, x, y)
+    before = kern.tangent(st, tangents)
+    held, ready, released = [], threading.Event(), threading.Event()
+
+    def work():
+        kern.tangent(st, tangents)
+        held.extend(weakref.ref(b) for b in kern._ws.buffers.values())
+        ready.set()
+        released.wait(30)
+
+    t = threading.Thread(target=work)
+    t.start()
+    assert ready.wait(30)
+    held.extend(weakref.ref(b) for b in kern._ws.buffers.values())
+    alive = [r() is not None for r in held]
+    kern.release()
+    gone = [r() is None for r in held]
+    released.set()
+    t.join()
+    assert len(held) >= 8 and all(alive)
+    assert all(gone)
+    after = kern.tangent(st, tangents)
+    assert all(torch.equal(bits(a), bits(b)) for a, b in zip(before, after))

@@ -17,10 +17,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 LAYERS: list[list[str]] = [
+    # the kernels' shared workspace (no engine imports)
+    ["engine.kernels.workspace"],
     # foundations: no engine imports
     ["engine", "engine.schema", "engine.files", "engine.regions", "engine.subspace",
      "engine.interrupt", "engine.asciiplot", "engine.kernels", "engine.kernels.*",
-     "engine.present.markdown"],
+     "engine.opcheck", "engine.present.markdown"],
     # the registry of optional sections (analyses, sweep): the plug-in contract, torch-free
     ["engine.sections", "engine.device"],
     ["engine.config"],

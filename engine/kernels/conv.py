@@ -30,7 +30,12 @@ How the K directions are batched, so that each term is one large convolution:
   the K directions stacked along the output or the input channels.
 
 The fully connected part batches the same way with matrix products. Everything stays on the
-inputs' device and dtype; nothing synchronises with the host.
+inputs' device and dtype; nothing synchronises with the host. The 2x2 windows do not overlap,
+so max pooling's pool^T is a gather: each entry of the map takes its window's pooled value
+where it holds the window's max, else a zero (the source of every entry made once per batch
+from the pooling's indices by comparison with the positions), and the softmax-CE gradient's
+one-hot is a comparison with the class numbers: no scatter or index_put, which on CUDA with
+deterministic algorithms sort and wait for the host every step.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.grad import conv2d_input, conv2d_weight
+
+from .workspace import Workspace
 
 __all__ = ["ConvKernel", "ACTIVATIONS"]
 
@@ -104,6 +111,14 @@ class ConvKernel:
         self.paddings = [int(p) for p in paddings]
         self.n_conv, self.n_fc = len(self.paddings), int(n_fc)
         self.activation, self.pooling = activation, pooling
+        # small constants made once per shape and device: class numbers, window positions
+        self._consts: dict[tuple, Tensor] = {}
+        self._ws = Workspace()  # the tangent pass's pooling transposes, reused across calls
+
+    def release(self) -> None:
+        """Free the reusable temporaries of every thread (those of the chunk size each ran
+        last), e.g. before J is tried again in smaller chunks after running out of memory."""
+        self._ws.release()
 
     @classmethod
     def of(cls, net) -> "ConvKernel":
@@ -116,6 +131,44 @@ class ConvKernel:
             return F.max_pool2d(h, 2, return_indices=True)
         return F.avg_pool2d(h, 2), None
 
+    def _unpool_index(self, idx: Tensor, size: tuple[int, int]) -> Tensor:
+        """Where each entry of a max-pooled map's transpose comes from, for :meth:`_pool_back`:
+        idx (B, C, h, w), each 2x2 window's max as its flat position in the (H, W) = ``size``
+        map, gives (1, B*C*H*W) int64 positions in the pooled maps with a zero appended to each
+        (B*C rows of h*w + 1): entry (b, c, p) is row b*C + c's window q when p is that
+        window's max, else the row's zero (the other three entries of a window, and the rows
+        and columns no window covers when H or W is odd). Made once per batch by reading each
+        entry's window's max and comparing it with the entry's position (no scatter); the K
+        tangent images share it."""
+        B, C, h, w = idx.shape
+        H, W = size
+        dev = idx.device
+        hw = h * w
+        key = ("windows", B, C, h, w, H, W, dev)
+        got = self._consts.get(key)
+        if got is None:  # made once per shape: each entry's window and position (-1: in no
+            # window), (H*W,); its row's window and the row's zero, as positions in e's rows
+            r = torch.arange(H, device=dev).view(H, 1)
+            c = torch.arange(W, device=dev).view(1, W)
+            inside = (r < 2 * h) & (c < 2 * w)
+            win = torch.where(inside, (r // 2) * w + c // 2, 0).view(-1)
+            pos = torch.where(inside, r * W + c, -1).view(-1)
+            row = torch.arange(0, B * C * (hw + 1), hw + 1, device=dev).view(-1, 1)
+            got = self._consts[key] = win, pos, win + row, row + hw
+        win, pos, win_row, zero_row = got
+        at = idx.view(B * C, hw).gather(1, win.expand(B * C, -1))  # the entry's window's max
+        # written over ``at``: one fresh multi-MB tensor, not two (their page faults cost more
+        # than the arithmetic)
+        return torch.where(at == pos, win_row, zero_row, out=at).view(1, -1)
+
+    def _classes(self, n: int, device: torch.device) -> Tensor:
+        """Cached class numbers ``0 .. n-1`` (int64) on ``device``."""
+        key = ("classes", n, device)
+        c = self._consts.get(key)
+        if c is None:
+            c = self._consts[key] = torch.arange(n, device=device)
+        return c
+
     def _pool_tangent(self, dh: Tensor, idx: Tensor | None, K: int) -> Tensor:
         """pool applied to the tangent dh (K*B, C, H, W) (linear given the max's positions)."""
         if idx is None:
@@ -124,18 +177,36 @@ class ConvKernel:
         ind = idx.reshape(1, -1, idx.shape[2] * idx.shape[3]).expand(K, -1, -1)
         return dh.reshape(K, -1, hh * ww).gather(2, ind).reshape(n, c, *idx.shape[2:])
 
-    def _pool_back(self, e: Tensor, idx: Tensor | None, size: tuple[int, int]) -> Tensor:
+    def _pool_back(self, e: Tensor, src: Tensor | None, size: tuple[int, int],
+                   into: object = None) -> Tensor:
         """The transpose of the pooling: e (n, C, h, w) back onto maps of ``size``; n is B
-        or K*B (the index of the B images is shared by the K directions)."""
-        n, c = e.shape[:2]
-        if idx is None:
-            up = e.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3) * 0.25
-            return F.pad(up, (0, size[1] - up.shape[3], 0, size[0] - up.shape[2]))
-        K = n // idx.shape[0]
-        hw = idx.shape[2] * idx.shape[3]
-        out = e.new_zeros(K, idx.shape[0] * c, size[0] * size[1])
-        out.scatter_(2, idx.reshape(1, -1, hw).expand(K, -1, -1), e.reshape(K, -1, hw))
-        return out.reshape(n, c, *size)
+        or K*B (the B images' :meth:`_unpool_index` ``src`` is shared by the K directions).
+        The 2x2 windows do not overlap (stride 2): average pooling's transpose is e upsampled
+        by 2 times 1/4, max pooling's a gather of each entry from ``src`` (e at the window's
+        max, +0 elsewhere), both padded with zeros to ``size`` when H or W is odd: the values
+        a scatter into zeros would place, with no scatter (on CUDA with deterministic
+        algorithms, a scatter sorts its indices and waits for the host). ``into``: max
+        pooling's result is the workspace buffer of that name (valid until the next call
+        with it), not a fresh tensor."""
+        n, c, h, w = e.shape
+        if src is None:
+            up = torch.mul(e.view(n, c, h, 1, w, 1).expand(n, c, h, 2, w, 2), 0.25)
+            up = up.reshape(n, c, 2 * h, 2 * w)
+            if (2 * h, 2 * w) == tuple(size):
+                return up
+            return F.pad(up, (0, size[1] - 2 * w, 0, size[0] - 2 * h))
+        K = n * c * size[0] * size[1] // src.shape[1]
+        # e with a zero after each map, (K, B, C, h*w + 1), read from e as it lies (it may be
+        # a permuted view) in the one copy
+        e4 = e.unflatten(0, (K, n // K)).flatten(3)
+        if into is None:
+            ext = F.pad(e4, (0, 1)).view(K, -1)
+            return ext.gather(1, src.expand(K, -1)).view(n, c, *size)
+        ext = self._ws.buffer((into, "ext"), (*e4.shape[:3], h * w + 1), e)
+        ext[..., h * w].zero_()
+        ext[..., :h * w].copy_(e4)
+        out = self._ws.buffer(into, (K, src.shape[1]), e)
+        return torch.gather(ext.view(K, -1), 1, src.expand(K, -1), out=out).view(n, c, *size)
 
     def _select(self, cols: Tensor, idx: Tensor) -> Tensor:
         """Unfolded input columns at each output channel's pooled (max) positions: cols
@@ -159,7 +230,7 @@ class ConvKernel:
         B = x.shape[0]
         L = self.n_conv
         st: dict = {"a": [x.reshape(B, *self.in_shape)], "z": [], "d1": [], "d2": [],
-                    "idx": [], "hsize": []}
+                    "idx": [], "src": [], "hsize": []}
         a = st["a"][0]
         for l in range(L):
             z = F.conv2d(a, params[2 * l], params[2 * l + 1], padding=self.paddings[l])
@@ -170,6 +241,7 @@ class ConvKernel:
             st["d2"].append(d2)
             st["idx"].append(idx)
             st["hsize"].append(tuple(h.shape[2:]))
+            st["src"].append(None if idx is None else self._unpool_index(idx, h.shape[2:]))
             st["a"].append(a)
         st["pool_shape"] = tuple(a.shape[1:])
         u = a.reshape(B, -1)
@@ -184,9 +256,10 @@ class ConvKernel:
                 fd1.append(d1)
                 fd2.append(d2)
         p = torch.softmax(v, dim=1)
-        G = p.clone()
-        G[torch.arange(B, device=x.device), y] -= 1
-        G /= B
+        # (p - onehot(y)) / B, the one-hot by comparison (an index_put or F.one_hot would wait
+        # for the host on CUDA)
+        onehot = y.unsqueeze(1) == self._classes(p.shape[1], p.device)
+        G = torch.sub(p, onehot.to(p.dtype)).div_(B)
         grads: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
         Gs: list[Tensor] = [None] * self.n_fc  # type: ignore[list-item]
         Es: list[Tensor] = [None] * self.n_fc  # type: ignore[list-item]
@@ -205,7 +278,7 @@ class ConvKernel:
         st["G_conv"] = [None] * L
         st["Hb"] = [None] * L  # pool^T(E_{l+1}): dL/dh_l
         for l in range(L - 1, -1, -1):
-            hb = self._pool_back(E, st["idx"][l], st["hsize"][l])
+            hb = self._pool_back(E, st["src"][l], st["hsize"][l])
             G = hb * st["d1"][l]
             st["Hb"][l], st["G_conv"][l] = hb, G
             W = params[2 * l]
@@ -232,6 +305,7 @@ class ConvKernel:
             return prim["grads"], self._tangent(params, prim["st"], tangents)
 
     def _tangent(self, params, st: dict, tangents: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        self._ws.chunk(tangents[0].shape[0])
         if self.pooling == "max":
             return self._tangent_max(params, st, tangents)
         return self._tangent_dense(params, st, tangents)
@@ -328,7 +402,7 @@ class ConvKernel:
             out[2 * l] = dgW.reshape(K, *W.shape) + \
                 g2.reshape(co, K, ci, *W.shape[2:]).transpose(0, 1)
             dG = self._pool_back(dGp.reshape(co, K, B, h, w).permute(1, 2, 0, 3, 4).reshape(
-                K * B, co, h, w), idx, hs)
+                K * B, co, h, w), st["src"][l], hs, into=("dG", l))
             e1 = conv2d_input((K * B, ci, *a.shape[2:]), W, dG, padding=pad)
             wk = dW.transpose(0, 1).reshape(co, K * ci, *W.shape[2:])
             e2 = conv2d_input((B, K * ci, *a.shape[2:]), wk, G, padding=pad)
@@ -368,8 +442,8 @@ class ConvKernel:
             dW = tangents[2 * l]
             co, ci = W.shape[:2]
             a, hs = st["a"][l], st["hsize"][l]
-            dHb = self._pool_back(dE.reshape(K * B, *dE.shape[2:]), st["idx"][l], hs
-                                  ).reshape(K, B, co, *hs)
+            dHb = self._pool_back(dE.reshape(K * B, *dE.shape[2:]), st["src"][l], hs,
+                                  into=("dHb", l)).reshape(K, B, co, *hs)
             dG = dHb * st["d1"][l]
             if st["d2"][l] is not None:
                 dG += st["Hb"][l] * st["d2"][l] * dZs[l]

@@ -72,12 +72,13 @@ paper's 64-64-10 net, float32 -- see ``benchmarks/bench_tangent_step.py``.
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from .workspace import Workspace
 
 __all__ = ["MLPKernel", "PrimalState", "ACTIVATIONS"]
 
@@ -172,13 +173,6 @@ class PrimalState:
     pT_over_b: Tensor
 
 
-class _Workspace(threading.local):
-    """Per-thread cache of reusable temporaries, keyed by name/shape/dtype/device."""
-
-    def __init__(self) -> None:
-        self.buffers: dict[tuple, Tensor] = {}
-
-
 class MLPKernel:
     """Exact gradient and Hessian-vector products of an MLP's softmax-CE loss.
 
@@ -192,8 +186,9 @@ class MLPKernel:
     ``W_l: (d_{l+1}, d_l)``, ``b_l: (d_{l+1},)``; ``x: (B, d_0)`` float,
     ``y: (B,)`` int64 class indices.  Everything stays on the inputs' device
     and dtype, and no host synchronisation happens.  The kernel keeps
-    per-thread workspace buffers (one set per distinct chunk size ``K``,
-    batch size, dtype and device); :meth:`clear_workspace` frees them.
+    per-thread workspace buffers: those of the chunk size ``K`` it ran last
+    (one set per batch size, dtype and device; a call with another ``K``
+    frees them first); :meth:`release` frees them.
     Concurrent calls from different threads are safe.
     """
 
@@ -215,7 +210,7 @@ class MLPKernel:
         self.activation = activation
         self.num_layers = len(widths) - 1
         self._has_d2 = activation != "relu"
-        self._ws = _Workspace()
+        self._ws = Workspace()
         self._consts: dict[tuple, Tensor] = {}
 
     # ------------------------------------------------------------------ public
@@ -284,9 +279,11 @@ class MLPKernel:
             grads, st = self._primal(params, x, y, for_tangent=True)
             return grads, self._tangent(st, tangents, out, beta)
 
-    def clear_workspace(self) -> None:
-        """Free the calling thread's cached temporaries."""
-        self._ws.buffers.clear()
+    def release(self) -> None:
+        """Free the cached temporaries of every thread (the (K, h, B) buffers of the chunk
+        size K each ran last): what a chunk of K columns leaves allocated, e.g. before J is
+        tried again in smaller chunks after running out of memory."""
+        self._ws.release()
 
     # ----------------------------------------------------------------- primal
     def _primal(
@@ -318,9 +315,11 @@ class MLPKernel:
             d2T.append(g2)
         logitsT = torch.addmm(params[2 * L - 1].unsqueeze(1), params[2 * L - 2], aT)
 
-        # G^T = (softmax - onehot)^T / B, classes along dim 0
+        # G^T = (softmax - onehot)^T / B, classes along dim 0; the one-hot by comparison with
+        # the class numbers (a scatter would sort and wait for the host on CUDA)
         pT = torch.softmax(logitsT, dim=0)
-        GT = pT.scatter_add(0, y.view(1, B), self._const(-1.0, x, (1, B))).div_(const(B))
+        onehot = (y.view(1, B) == self._classes(pT.shape[0], y)).to(pT.dtype)
+        GT = torch.sub(pT, onehot).div_(const(B))
 
         grads: list[Tensor] = [None] * (2 * L)  # type: ignore[list-item]
         GTs: list[Tensor] = [None] * L  # type: ignore[list-item]
@@ -347,24 +346,27 @@ class MLPKernel:
             pT_over_b=torch.div(pT, const(B)),
         )
 
-    def _const(self, value: float, like: Tensor, shape: tuple[int, ...] = ()) -> Tensor:
-        """Cached constant tensor (read-only) of ``like``'s dtype and device."""
-        key = (value, shape, like.dtype, like.device)
+    def _classes(self, n: int, like: Tensor) -> Tensor:
+        """Cached class numbers ``0 .. n-1`` as an (n, 1) int64 column on ``like``'s device."""
+        key = ("classes", n, like.device)
         c = self._consts.get(key)
         if c is None:
-            c = torch.full(shape, value, dtype=like.dtype, device=like.device)
+            c = self._consts[key] = torch.arange(n, device=like.device).view(n, 1)
+        return c
+
+    def _const(self, value: float, like: Tensor) -> Tensor:
+        """Cached 0-d constant tensor (read-only) of ``like``'s dtype and device."""
+        key = (value, like.dtype, like.device)
+        c = self._consts.get(key)
+        if c is None:
+            c = torch.full((), value, dtype=like.dtype, device=like.device)
             self._consts[key] = c
         return c
 
     # ---------------------------------------------------------------- tangent
     def _buffer(self, name: object, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """Reusable per-thread temporary (contents undefined)."""
-        key = (name, shape, like.dtype, like.device)
-        buf = self._ws.buffers.get(key)
-        if buf is None:
-            buf = torch.empty(shape, dtype=like.dtype, device=like.device)
-            self._ws.buffers[key] = buf
-        return buf
+        return self._ws.buffer(name, shape, like)
 
     def _tangent(
         self, st: PrimalState, tangents: Sequence[Tensor], out: Sequence[Tensor] | None,
@@ -378,6 +380,7 @@ class MLPKernel:
         x = st.actsT[0]
         B = x.shape[1]
         has_d2 = self._has_d2
+        self._ws.chunk(K)  # the buffers of one chunk size at a time
 
         # ---- forward: dZ_l^T and dA_l^T, each (K, h, B)
         dAs: list[Tensor | None] = [None] * L  # dA_l^T for l >= 1
