@@ -16,6 +16,11 @@ the primal of every step once and the chunks replay only their tangents.
 
 Conventions: parameters are one flat vector ``theta`` (P,) in :class:`engine.models.Layout`
 order; tangents are (K, P); optimizer state is a tuple of (P,) tensors (tangents (K, P)).
+
+On CUDA the steps of a chunk are queued without a host round trip: the loops and the kernels
+run no op that needs a value on the host, copies between host and device, or scatters (a
+sorted index_put that waits for the host under deterministic algorithms); the list is
+:data:`engine.opcheck.SYNCING`, and the tests check the loops against it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -303,15 +308,17 @@ class Problem:
 
     def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) of step t. Distinct batches are gathered once and kept (with a fixed order,
-        25 tensors serve all 625 steps of the paper's run) while they fit in 256 MB."""
+        25 tensors serve all 625 steps of the paper's run) while they fit in 256 MB. A batch is
+        known by its index tensor (:func:`make_problem` gives every epoch's same batch the same
+        one), which the cache holds so that its id stays its own (not by its data's address:
+        tensors with no data, on the meta device, all have address 0)."""
         idx = self.batches[t]
-        key = (idx.data_ptr(), len(idx))
-        hit = self._gathered.get(key)
+        hit = self._gathered.get(id(idx))
         if hit is not None:
-            return hit
+            return hit[1]
         xy = self.x_train[idx], self.y_train[idx]
         if len(self._gathered) * xy[0].numel() * xy[0].element_size() < 256 * 2**20:
-            self._gathered[key] = xy
+            self._gathered[id(idx)] = (idx, xy)
         return xy
 
     def astype(self, dtype: torch.dtype) -> "Problem":
@@ -452,12 +459,15 @@ class Trajectory:
 
 
 def _tensor_bytes(obj) -> int:
-    """Bytes of the tensors in a (nested) kernel state, each storage counted once."""
-    seen: dict[int, int] = {}
+    """Bytes of the tensors in a (nested) kernel state, each storage counted once (known by
+    its object, which views share and which is held here so that its id stays its own; not by
+    its data's address, which is 0 for every tensor on the meta device)."""
+    seen: dict[int, tuple] = {}
 
     def walk(o):
         if isinstance(o, torch.Tensor):
-            seen[o.untyped_storage().data_ptr()] = o.untyped_storage().nbytes()
+            s = o.untyped_storage()
+            seen[id(s)] = (s, s.nbytes())
         elif isinstance(o, (list, tuple)):
             for v in o:
                 walk(v)
@@ -469,7 +479,7 @@ def _tensor_bytes(obj) -> int:
                 walk(getattr(o, f.name))
 
     walk(obj)
-    return sum(seen.values())
+    return sum(n for _, n in seen.values())
 
 
 def record_trajectory(problem: Problem, theta0: torch.Tensor,
@@ -593,9 +603,14 @@ def _replay_tangents(p: Problem, traj: Trajectory, dtheta, dstate, into: dict, m
     return traj.theta_T, p.layout.flatten(dtheta)
 
 
-def identity_columns(P: int, cols: Sequence[int] | range, device, dtype) -> torch.Tensor:
-    """Tangent directions e_j for j in cols, as (K, P)."""
-    cols = torch.as_tensor(list(cols), device=device)
-    e = torch.zeros(len(cols), P, device=device, dtype=dtype)
-    e[torch.arange(len(cols), device=device), cols] = 1
-    return e
+def identity_columns(P: int, cols: Iterable[int], device, dtype) -> torch.Tensor:
+    """Tangent directions e_j for j in cols, as (K, P). With no scatter (on CUDA with
+    deterministic algorithms an index_put waits for the host): a range (a chunk's columns) is
+    a strided view of zeros filled with ones, entry (k, start + k step) at flat position
+    start + k (P + step); other columns a comparison with the positions."""
+    if isinstance(cols, range) and cols.step > 0:
+        e = torch.zeros(len(cols), P, device=device, dtype=dtype)
+        e.view(-1)[cols.start::P + cols.step][:len(cols)].fill_(1)
+        return e
+    j = torch.as_tensor(list(cols), dtype=torch.long, device=device)
+    return (j.unsqueeze(1) == torch.arange(P, device=device)).to(dtype)
