@@ -14,6 +14,7 @@ finished chunks with the digest of their bytes.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 from pathlib import Path
@@ -147,6 +148,19 @@ def is_out_of_memory(e: BaseException) -> bool:
                                             "can't allocate memory" in text)
 
 
+def release_memory(problem: Problem) -> None:
+    """Free what a failed chunk left allocated, before J is tried in smaller chunks: the
+    kernel's per-chunk workspace (its ``release()``: the MLP kernel's buffers, of every
+    thread), whatever only reference cycles still hold, and on CUDA the allocator's cached
+    blocks. (The trajectory and the tangents were the failed call's locals: gone with it.)"""
+    release = getattr(problem.kernel, "release", None)
+    if release is not None:
+        release()
+    gc.collect()
+    if problem.x_train.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def chunk_ranges(P: int, chunk: int) -> list[range]:
     return [range(a, min(a + chunk, P)) for a in range(0, P, chunk)]
 
@@ -157,7 +171,7 @@ def jacobian_columns(problem: Problem, theta0: torch.Tensor, cols: Iterable[int]
     """(theta_T, J[:, cols]) with the block as a (P, K) tensor on the problem's device
     (``trajectory``: the primal of this training, recorded once for all chunks)."""
     P = theta0.numel()
-    e = identity_columns(P, list(cols), theta0.device, theta0.dtype)
+    e = identity_columns(P, cols, theta0.device, theta0.dtype)
     theta_T, d = train_tangents(problem, theta0, e, should_stop, trajectory=trajectory)
     return theta_T, d.T
 
@@ -404,7 +418,7 @@ def first_nonfinite_step(problem: Problem, theta0: torch.Tensor, cols: Iterable[
     """Train the chunk again, checking the tangents after every step: the first step (1-based)
     after which one is not finite, or 0 if none is."""
     P = theta0.numel()
-    e = identity_columns(P, list(cols), theta0.device, theta0.dtype)
+    e = identity_columns(P, cols, theta0.device, theta0.dtype)
     found = []
 
     class Found(Exception):
@@ -448,7 +462,7 @@ def compute_into(store: JacobianStore, problem: Problem, theta0: torch.Tensor,
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         cols = store.ranges[index]
-        e = identity_columns(P, list(cols), theta0.device, theta0.dtype)
+        e = identity_columns(P, cols, theta0.device, theta0.dtype)
         on_step = None
         wanted = {t: st for t, st in snapshots.items() if st.wants(index)}
         if wanted:

@@ -226,14 +226,15 @@ class Runner:
                         f"({len(store.done)} chunk(s) already done with that size): free "
                         "memory on the device, or start a new session with a smaller "
                         "jacobian.chunk") from None
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                new = max(1, chunk // 2)
-                fallbacks.append({"from": chunk, "to": new})
-                s.set_stage("jacobian", chunk_fallbacks=fallbacks)
-                self.emit("warning", message=f"jacobian: out of memory with chunks of {chunk} "
-                                             f"columns; trying {new}")
-                chunk = new
+            # out of the except clause, the error's traceback (whose frames held the failed
+            # chunk's trajectory and tangents) is gone: free what the chunk size left behind
+            jac_mod.release_memory(self.problem)
+            new = max(1, chunk // 2)
+            fallbacks.append({"from": chunk, "to": new})
+            s.set_stage("jacobian", chunk_fallbacks=fallbacks)
+            self.emit("warning", message=f"jacobian: out of memory with chunks of {chunk} "
+                                         f"columns; trying {new}")
+            chunk = new
         s.record_file("jacobian.npy", "jacobian", blocks=store.record())
         for t, st in snaps.items():
             s.record_file(f"{plan_mod.snapshot_dir(t)}/jacobian.npy", "jacobian",

@@ -5,6 +5,7 @@ running out of memory, and an analysis in float64 on a float32 run."""
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import numpy as np
@@ -152,6 +153,44 @@ def test_out_of_memory_after_a_finished_chunk_is_one_line(tmp_path, monkeypatch)
     assert runner.run_session(s.path) == runner.EXIT_FAILED
     assert s.manifest()["error"].startswith("out of memory computing J in chunks of 64 columns "
                                             "(2 chunk(s) already done with that size)")
+
+
+def test_out_of_memory_frees_the_kernels_workspace_before_the_smaller_chunk(tmp_path,
+                                                                           monkeypatch):
+    """A fake device with room for the MLP kernel's workspace of 150 columns: chunks of 256
+    run out of memory part way through allocating theirs. What they allocated is released
+    before chunks of 128 are tried (before the attempt records its trajectory: the old size's
+    buffers would have left no room for the new), so the run finishes with one fallback, and
+    J is that of a run with chunks of 128."""
+    from engine.kernels.mlp import MLPKernel
+
+    real_buffer, real_record = MLPKernel._buffer, jacobian.record_trajectory
+    per_column = 8 * 32 * 2 + 10 * 32 + 32 + 10 + 8  # dZ_0, dA_1, dZ_1, s, db_1, db_0
+    room = 150 * per_column
+    held_at_start = []  # the chunk sizes of the kernel's buffers as each attempt starts
+
+    def fake_device(self, name, shape, like):
+        held = self._ws.buffers
+        if (name, shape, like.dtype, like.device) not in held and \
+                sum(b.numel() for b in held.values()) + math.prod(shape) > room:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 MiB")
+        return real_buffer(self, name, shape, like)
+
+    def record(problem, theta0, *a, **k):
+        held_at_start.append(sorted({b.shape[0] for b in problem.kernel._ws.buffers.values()}))
+        return real_record(problem, theta0, *a, **k)
+
+    monkeypatch.setattr(MLPKernel, "_buffer", fake_device)
+    monkeypatch.setattr(jacobian, "record_trajectory", record)
+    s = Session.create(tmp_path, "oom-ws", small(jacobian={"chunk": 256, "svd": False}))
+    assert runner.run_session(s.path) == runner.EXIT_OK, s.manifest().get("error")
+    assert held_at_start == [[], []]  # nothing of the chunks of 256 was left for the retry
+    info = s.manifest()["stages"]["jacobian"]
+    assert info["chunk"] == 128 and info["chunk_fallbacks"] == [{"from": 256, "to": 128}]
+    monkeypatch.undo()
+    ref = Session.create(tmp_path, "ref", small(jacobian={"chunk": 128, "svd": False}))
+    assert runner.run_session(ref.path) == runner.EXIT_OK
+    assert np.array_equal(s.load_npy("jacobian.npy"), ref.load_npy("jacobian.npy"))
 
 
 # ---- an analysis in float64 on a float32 run -------------------------------------------------
