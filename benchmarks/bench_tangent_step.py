@@ -31,6 +31,7 @@ Usage::
 
     python benchmarks/bench_tangent_step.py                       # paper setup
     python benchmarks/bench_tangent_step.py --K 32 64 96 128 --no-baseline
+    python benchmarks/bench_tangent_step.py --no-baseline --against ../other-checkout
 """
 
 from __future__ import annotations
@@ -67,6 +68,19 @@ def best_time(fn: Callable[[], object], repeats: int, block_s: float) -> float:
             fn()
         best = min(best, (CLOCK() - t0) / n)
     return best
+
+
+def kernel_module(tree: str, name: str):
+    """``engine/kernels/<name>.py`` of another checkout ``tree`` (``--against``), loaded under
+    a name of its own beside this checkout's (the kernels import torch alone)."""
+    import importlib.util
+
+    path = os.path.join(tree, "engine", "kernels", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"against_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def make_point(widths, B, dtype, gen):
@@ -129,6 +143,10 @@ def main(argv=None) -> None:
     ap.add_argument("--flat", action="store_true",
                     help="loop timing with the tangent state as one (K, P) tensor passed to "
                          "the kernel as (non-contiguous) views, results concatenated back")
+    ap.add_argument("--against", metavar="DIR",
+                    help="also time the kernel of the checkout DIR (e.g. a `git worktree` of "
+                         "another commit) in the same run: its primal and grad_jvp, and the "
+                         "ratios of this checkout's times to those")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--baseline-max-k", type=int, default=4810,
                     help="skip the (slow) baseline above this K")
@@ -153,6 +171,13 @@ def main(argv=None) -> None:
           f"threads={torch.get_num_threads()}  clock={args.clock}  P={P}  projection: {cols} columns x "
           f"{args.steps} steps   (primal pass: {t_primal * 1e3:.3f} ms)"
           + ("   loop: flat (K, P) state" if args.flat else ""))
+    other = None
+    if args.against:
+        other = kernel_module(args.against, "mlp").MLPKernel(widths, args.activation)
+        t_o = best_time(lambda: other.primal(params, x, y), args.repeats, args.block)
+        t_primal = best_time(lambda: kern.primal(params, x, y), args.repeats, args.block)
+        print(f"against {args.against}: primal pass {t_o * 1e3:.3f} ms, this checkout "
+              f"{t_primal * 1e3:.3f} ms (ratio {t_primal / t_o:.3f})")
     if base is not None:  # sanity check: same numbers as the baseline
         t8 = tuple(torch.randn((8, *p.shape), generator=gen, dtype=dtype) for p in params)
         ours, ref = kern.grad_jvp(params, t8, x, y)[1], base(params, t8, x, y)[1]
@@ -220,7 +245,16 @@ def main(argv=None) -> None:
         print(f"{K:5d} {t_jvp * 1e3:11.3f} {K / t_jvp:9.0f} {t_tan * 1e3:10.3f} {base_s} "
               f"{t_upd * 1e3:9.3f} {t_loop * 1e3:8.3f} {full:8.1f} {shared:14.1f}",
               flush=True)
-        kern.clear_workspace()
+        kern.release()
+        if other is not None:  # the other checkout's, then this one's again, alternating
+            t_o = best_time(lambda: other.grad_jvp(params, tangents, x, y), args.repeats,
+                            args.block)
+            t_jvp = best_time(lambda: kern.grad_jvp(params, tangents, x, y), args.repeats,
+                              args.block)
+            print(f"{'':5} against: grad_jvp {t_o * 1e3:.3f} ms, this checkout "
+                  f"{t_jvp * 1e3:.3f} ms (ratio {t_jvp / t_o:.3f})", flush=True)
+            getattr(other, "release", getattr(other, "clear_workspace", None))()
+            kern.release()
 
 
 if __name__ == "__main__":
