@@ -81,6 +81,33 @@ def test_all_columns_in_one_chunk_equal_the_chunked_jacobian():
     assert torch.allclose(one, chunked, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("preset, extra, replay", [
+    ("cnn-quick", [], False),  # max pooling of odd maps (11 x 11)
+    ("cnn-quick", ['model.pooling="avg"', 'train.optimizer="adam"', "train.lr=0.01"], False),
+    ("quick", [], True),  # the MLP replaying its recorded trajectory
+    ("quick", [], False),
+])
+def test_the_tangent_steps_never_wait_for_the_host(preset, extra, replay):
+    """With deterministic algorithms on, as the worker runs, a chunk's steps queue on the GPU
+    without a host round trip: torch's sync debug mode raises on any synchronising call."""
+    cfg = config.load(PRESETS / f"{preset}.toml", ["device=cuda", *extra])
+    p, t0 = cuda_problem(cfg, dtype=torch.float32)
+    p = p.truncated(3)
+    e = train.identity_columns(t0.numel(), range(32), t0.device, t0.dtype)
+    train.train_tangents(p, t0, e)  # the first time: batches gathered, constants made
+    traj = train.record_trajectory(p, t0) if replay else None
+    assert (traj is not None) == replay
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        if replay:
+            train.record_trajectory(p, t0)
+        _, rows = train.train_tangents(p, t0, e, trajectory=traj)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert bool(torch.isfinite(rows).all())
+
+
 def test_cuda_session_end_to_end(tmp_path):
     cfg = config.load(PRESETS / "quick.toml", ["device=cuda"])
     s = Session.create(tmp_path, "gpu", cfg)
