@@ -531,7 +531,7 @@ def dumps(cfg: RunConfig) -> str:
 
 def describe(with_plugins: bool = False) -> list[schema.FieldInfo]:
     """Every key of a run (with_plugins: also every key of every registered analysis and of
-    [sweep]) with its default, help and check: the reference the TUI and README show."""
+    [sweep]) with its default, help and check: the reference the TUI and docs/config.md show."""
     rows = schema.describe(RunConfig, with_plugins=with_plugins)
     return rows if with_plugins else [r for r in rows if not r.key.startswith("sweep.")]
 

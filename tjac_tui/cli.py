@@ -456,13 +456,15 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def keys_markdown(all_sections: bool = False) -> str:
     """The preset reference as a markdown table: every key, its default (as TOML) and its help
-    (all_sections: the analyses' and [sweep] keys too). The README's table is this one."""
+    (all_sections: the analyses' and [sweep] keys too: docs/config.md's table is that one)."""
     import tomli_w
 
     from engine.present.markdown import md_table
     from engine.sections import toml_literal
 
-    def literal(v) -> str:  # a list on one line (tomli_w writes one item a line)
+    def literal(v) -> str:  # a list, a table on one line (tomli_w writes them on several)
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {literal(x)}" for k, x in v.items()) + "}"
         return toml_literal(v) if isinstance(v, list) else tomli_w.dumps({"v": v})[4:].strip()
 
     rows = [[f"`{r.key}`", f"`{literal(r.default)}`", r.help]
