@@ -12,6 +12,14 @@
 #                                               (900 steps of batch 200, P = 61,706) to a
 #                                               finished spectrum, under GPU_CHECK_BUDGET
 #                                               (default 600 s here)
+#   bash benchmarks/gpu_check.sh --svd [OUT]    only the SVD routes on the device
+#                                               (benchmarks/svd_routes.py --device cuda): the
+#                                               seconds and peak memory of the Gram route and
+#                                               the direct one at n = 8,192 .. 32,768, which
+#                                               measures cuSOLVER's syevd workspace (the plan
+#                                               takes 3 P^2) and shows whether this CUDA's
+#                                               syevd takes n > 26,732; GPU_CHECK_BUDGET
+#                                               default 300 s here
 #
 # Installs nothing from the network. A bare image needs torch, numpy, scipy and rich (there)
 # plus these wheels in .whl/ (installed from there into /tmp/site first):
@@ -23,12 +31,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-DRY=0; LENET=0
+DRY=0; LENET=0; SVD=0
 if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
 if [[ "${1:-}" == "--lenet" ]]; then LENET=1; shift; fi
+if [[ "${1:-}" == "--svd" ]]; then SVD=1; shift; fi
 out=${1:-${OUT:-gpu-check}}
 mkdir -p "$out"
-budget=${GPU_CHECK_BUDGET:-$(( LENET ? 600 : 450 ))}
+budget=${GPU_CHECK_BUDGET:-$(( LENET ? 600 : (SVD ? 300 : 450) ))}
 start_all=$(date +%s)
 : > "$out/summary.txt"
 fails=0
@@ -62,11 +71,13 @@ if (( DRY )); then
   dev=cpu; tests=(tests/test_gpu.py tests/test_device.py); cases=quick; preset=quick
   bench_extra=(--baseline-columns 64)
   session_extra=(--set model.hidden=[8])
+  svd_sizes=(256 512)
   echo "dry run on the CPU: the GPU steps with device=cpu and tiny sizes" | tee "$out/gpu.txt"
 else
   dev=cuda; tests=(-m gpu tests/test_gpu.py); cases=paper-sgd,paper-adam; preset=paper-digits-sgd
   bench_extra=(--baseline-columns 1024)
   session_extra=()
+  svd_sizes=(8192 16384 32768)
   nvidia-smi --query-gpu=name,uuid,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 fi
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" | tee -a "$out/gpu.txt"
@@ -88,6 +99,13 @@ print("stages:", ", ".join(f"{k} {v.get('seconds', 0):.2f} s" for k, v in st.ite
       f"| tf32 {m.get('numerics', {}).get('tf32_matmul')}")
 PY
 }
+
+if (( SVD )); then
+  step "SVD routes on $dev (n = ${svd_sizes[*]})" "$budget" "$out/svd_routes.txt" \
+    python3 benchmarks/svd_routes.py --device "$dev" --sizes "${svd_sizes[@]}"
+  echo "total $(( $(date +%s) - start_all )) s, $fails step(s) failed" | tee -a "$out/summary.txt"
+  exit $(( fails > 0 ))
+fi
 
 if (( LENET )); then
   step "lenet5-digits28 on $dev: J and spectrum" "$budget" "$out/lenet.txt" \

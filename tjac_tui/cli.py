@@ -113,8 +113,9 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
     from .state import fmt_seconds, matfree_time_text
 
     pl = plan_mod.make_plan(cfg)
+    where = plan_mod.where_svd_runs(cfg.device)
     try:
-        plan_mod.check(pl, sessions, device=plan_mod.where_svd_runs(cfg.device))
+        plan_mod.check(pl, sessions, device=where)
         fits = (f"fits in {sessions}: yes ({plan_mod.fmt_bytes(plan_mod.free_disk(sessions))} "
                 "free)")
         probing = cfg.jacobian.enabled
@@ -124,7 +125,7 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
         # a run far too large it would itself run out of memory
         probing = False
     if as_json:
-        out = {"P": pl.P, "steps": pl.steps, "lines": pl.lines(), "fits": fits}
+        out = {"P": pl.P, "steps": pl.steps, "lines": pl.lines(where), "fits": fits}
         if probing:
             r = probe(cfg)
             out.update({k: r.get(k) for k in ("device", "chunk", "column_steps_per_s",
@@ -135,7 +136,7 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
                 out["snapshots_svd_s"] = len(pl.snapshots) * r["svd_s"]
         print(json.dumps(out))
         return 0
-    for line in pl.lines():
+    for line in pl.lines(where):
         print(line)
     print(fits)
     if not probing:
