@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -138,13 +139,27 @@ def measure_rate(problem: Problem, theta0: torch.Tensor, columns: int, steps: in
     return e.shape[0] * sub.steps / best
 
 
+# How torch words a failed allocation when it does not raise torch.OutOfMemoryError: the CUDA
+# runtime's "CUDA error: out of memory" (torch.AcceleratorError, a RuntimeError), the caching
+# allocator's "CUDA driver error: out of memory", the CUDA libraries' statuses ("cuDNN error:
+# CUDNN_STATUS_ALLOC_FAILED", cuDNN 9's CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED,
+# "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", "cusolver
+# error: CUSOLVER_STATUS_ALLOC_FAILED, when calling ...", CUSPARSE_STATUS_ALLOC_FAILED,
+# CUFFT_ALLOC_FAILED: a library's workspace or handle that did not fit beside the chunk), and
+# the CPU allocator's "DefaultCPUAllocator: can't allocate memory"
+ALLOC_FAILED = re.compile(
+    r"out of memory|can't allocate memory"
+    r"|\bCU(?:DNN|BLAS|SOLVER|SPARSE)_STATUS_(?:\w+_)?ALLOC(?:ATION)?_FAILED\b"
+    r"|\bCUFFT_ALLOC_FAILED\b", re.IGNORECASE)
+
+
 def is_out_of_memory(e: BaseException) -> bool:
-    """A failed allocation on the device or the host (what a smaller chunk may avoid)."""
+    """A failed allocation on the device or the host (what a smaller chunk may avoid):
+    ``torch.OutOfMemoryError``, ``MemoryError``, or a ``RuntimeError`` (such as
+    ``torch.AcceleratorError``) whose message is one of :data:`ALLOC_FAILED`'s."""
     if isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
-    text = str(e).lower()
-    return isinstance(e, RuntimeError) and ("out of memory" in text or
-                                            "can't allocate memory" in text)
+    return isinstance(e, RuntimeError) and ALLOC_FAILED.search(str(e)) is not None
 
 
 def chunk_ranges(P: int, chunk: int) -> list[range]:

@@ -154,6 +154,72 @@ def test_out_of_memory_after_a_finished_chunk_is_one_line(tmp_path, monkeypatch)
                                             "(2 chunk(s) already done with that size)")
 
 
+# the shapes torch gives a failed allocation (torch 2.13: torch.OutOfMemoryError from the
+# caching allocator, torch.AcceleratorError from the CUDA runtime, RuntimeError from the CUDA
+# libraries' checks and the CPU allocator), and errors of the same shapes that are no such thing
+ALLOCATION_FAILED = [
+    (torch.cuda.OutOfMemoryError, "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
+                                  "total capacity of 139.72 GiB of which 1.06 GiB is "
+                                  "free."),
+    (torch.AcceleratorError, "CUDA error: out of memory\nCUDA kernel errors might be "
+                             "asynchronously reported at some other API call, so the "
+                             "stacktrace below might be incorrect.\nFor debugging consider "
+                             "passing CUDA_LAUNCH_BLOCKING=1"),
+    (RuntimeError, "CUDA driver error: out of memory"),
+    (RuntimeError, "cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+    (RuntimeError, "cuDNN error: CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED"),
+    (RuntimeError, "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling "
+                   "`cublasCreate(handle)`"),
+    (RuntimeError, "cusolver error: CUSOLVER_STATUS_ALLOC_FAILED, when calling "
+                   "`cusolverDnCreate(handle)`. If you keep seeing this error, you may use "
+                   "`torch.backends.cuda.preferred_linalg_library()` to try linear algebra "
+                   "operators with other supported backends."),
+    (RuntimeError, "DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                   "4000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    (MemoryError, "Unable to allocate 3.73 GiB for an array"),
+]
+NOT_ALLOCATION = [
+    (torch.AcceleratorError, "CUDA error: an illegal memory access was encountered"),
+    (RuntimeError, "cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if you "
+                   "passed in a non-contiguous input."),
+    (RuntimeError, "cuDNN error: CUDNN_STATUS_BAD_PARAM"),
+    (RuntimeError, "CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasSgemm( "
+                   "handle, opa, opb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc)`"),
+    (RuntimeError, "cusolver error: CUSOLVER_STATUS_INVALID_VALUE, when calling "
+                   "`cusolverDnSgesvdj( handle, jobz, econ, m, n, A, lda, S, U, ldu, V, ldv, "
+                   "work, lwork, info, params)`"),
+    (ValueError, "chunk 3: expected (64, 610), got (32, 610)"),
+    (OSError, "CUBLAS_STATUS_ALLOC_FAILED"),  # not an error torch raises
+]
+
+
+@pytest.mark.parametrize("kind, message", ALLOCATION_FAILED)
+def test_every_failed_allocation_halves_the_chunk(kind, message):
+    assert jacobian.is_out_of_memory(kind(message))
+
+
+@pytest.mark.parametrize("kind, message", NOT_ALLOCATION)
+def test_other_device_errors_are_not_taken_for_a_failed_allocation(kind, message):
+    assert not jacobian.is_out_of_memory(kind(message))
+
+
+def test_a_cudnn_allocation_failure_halves_the_chunk_like_out_of_memory(tmp_path, monkeypatch):
+    """cuDNN's ALLOC_FAILED while the first chunk of 256 columns trains: the stage goes on
+    with 128 columns, as for torch.OutOfMemoryError (it used to fail the run)."""
+    real = jacobian.train_tangents
+
+    def small_workspace(problem, theta0, tangents0, *a, **k):
+        if tangents0.shape[0] > 128:
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")
+        return real(problem, theta0, tangents0, *a, **k)
+
+    monkeypatch.setattr(jacobian, "train_tangents", small_workspace)
+    s = Session.create(tmp_path, "cudnn", small(jacobian={"chunk": 256, "svd": False}))
+    assert runner.run_session(s.path) == runner.EXIT_OK, s.manifest().get("error")
+    info = s.manifest()["stages"]["jacobian"]
+    assert info["chunk"] == 128 and info["chunk_fallbacks"] == [{"from": 256, "to": 128}]
+
+
 # ---- an analysis in float64 on a float32 run -------------------------------------------------
 
 
