@@ -208,3 +208,17 @@ def test_momentum_fused_into_the_kernel_equals_the_separate_update(tiny_npz, opt
     for other in ("nesterov", "adam"):
         assert train.Optimizer(tiny_config(tiny_npz, **OPTIMIZERS[other]).train
                                ).fused_momentum == 0
+
+
+def test_a_chunks_tangent_directions_take_nothing_from_host_memory(monkeypatch):
+    """A chunk's e_j are made on its device from the range alone: a host list would be copied
+    to the GPU, a synchronisation per chunk (torch.as_tensor is that host path)."""
+    want = train.identity_columns(10, [3, 4, 5], "cpu", torch.float32)
+
+    def host(*a, **k):
+        raise AssertionError("a chunk's directions went through host memory")
+
+    monkeypatch.setattr(torch, "as_tensor", host)
+    got = train.identity_columns(10, range(3, 6), "cpu", torch.float32)
+    assert torch.equal(got, want) and got.sum() == 3 and torch.equal(got[:, 3:6], torch.eye(3))
+
