@@ -89,6 +89,74 @@ def test_cuda_names_are_checked_and_normalised(monkeypatch):
     assert device.resolve("auto") == torch.device("cpu")
 
 
+@pytest.fixture
+def machine(tmp_path, monkeypatch):
+    """A machine made of files: ``machine(*nodes, driver=False, **env)`` puts the device nodes
+    in its /dev (the driver's /proc file if ``driver``) and sets the environment."""
+    def make(*nodes, driver=False, **env):
+        dev = tmp_path / "dev"
+        dev.mkdir()
+        for n in nodes:
+            (dev / n).touch()
+        proc = tmp_path / "version"
+        if driver:
+            proc.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.86.15\n")
+        monkeypatch.setattr(device, "DEVICE_DIR", str(dev))
+        monkeypatch.setattr(device, "NVIDIA_DRIVER", str(proc))
+        for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+            monkeypatch.delenv(var, raising=False)
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+    return make
+
+
+@pytest.mark.parametrize("nodes, driver, env", [
+    (["nvidiactl", "nvidia-uvm", "nvidia0"], False, {}),  # a container given a GPU
+    (["nvidiactl", "nvidia3"], False, {"NVIDIA_VISIBLE_DEVICES": "GPU-1b2c"}),
+    (["dxg"], False, {}),  # WSL 2
+    ([], True, {"CUDA_VISIBLE_DEVICES": "0,1"}),  # the host itself
+])
+def test_cuda_is_found_from_what_a_gpu_machine_has(machine, nodes, driver, env):
+    """A GPU container without /proc/driver/nvidia (only the device nodes), WSL's /dev/dxg,
+    or the driver's /proc file: ``cuda`` passes and ``auto`` plans the SVD on the GPU."""
+    from engine import plan
+
+    machine(*nodes, driver=driver, **env)
+    assert device.cuda_missing() is None
+    device.check_here("cuda")
+    device.check_here("cuda:1")
+    assert plan.where_svd_runs("auto") == "cuda"
+
+
+@pytest.mark.parametrize("nodes, driver, env, why", [
+    ([], False, {}, "no NVIDIA driver or GPU device"),
+    (["nvidiactl", "nvidia-uvm"], False, {}, "no NVIDIA driver or GPU device"),  # no GPU
+    (["nvidia0"], True, {"CUDA_VISIBLE_DEVICES": ""}, "CUDA_VISIBLE_DEVICES=''"),
+    (["nvidia0"], True, {"CUDA_VISIBLE_DEVICES": "-1"}, "CUDA_VISIBLE_DEVICES='-1'"),
+    (["nvidia0"], True, {"NVIDIA_VISIBLE_DEVICES": "none"}, "NVIDIA_VISIBLE_DEVICES='none'"),
+    (["nvidia0"], True, {"NVIDIA_VISIBLE_DEVICES": "void"}, "NVIDIA_VISIBLE_DEVICES='void'"),
+])
+def test_cuda_is_refused_with_the_reason(machine, capsys, tmp_path, nodes, driver, env, why):
+    """No GPU node and no driver, the control node alone, or every GPU hidden by the
+    environment: ``cuda`` is refused in one line that says why; ``auto`` means the CPU."""
+    from engine import plan
+    from tjac_tui.cli import main
+
+    from conftest import PRESETS
+
+    machine(*nodes, driver=driver, **env)
+    assert why in device.cuda_missing()
+    with pytest.raises(device.DeviceError, match="CUDA is not available on this machine"):
+        device.check_here("cuda")
+    assert plan.where_svd_runs("auto") == "cpu"
+    assert main(["run", str(PRESETS / "quick.toml"), "--device", "cuda", "--sessions",
+                 str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('device = "cuda": CUDA is not available on '
+                                               "this machine (") and why in err[0], err
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_missing_gpu_is_one_line_in_the_session(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
