@@ -3,7 +3,7 @@
 * :func:`cuda_missing` tells, without importing torch, whether CUDA can be used here (the
   driver, the GPU device nodes a container is given, the visibility variables), with a reason
   when not: :func:`check_here` refuses a ``cuda`` device by it, and ``auto`` is decided by it
-  before a worker starts.
+  before a worker starts; :func:`check_ranks` refuses more ranks than GPUs on CUDA.
 * :func:`resolve` turns ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` into a ``torch.device`` with an
   explicit index (``cuda`` is ``cuda:<current>``, so a session started on ``cuda`` and resumed on
   ``cuda:0`` is not a change), checked against the devices there are.
@@ -77,6 +77,30 @@ def check_here(name: str) -> None:
     why = cuda_missing() if name.startswith("cuda") else None
     if why:
         raise DeviceError(f'device = "{name}": CUDA is not available on this machine ({why})')
+
+
+def too_few_gpus(nproc: int, gpus: int, flag: str = "--nproc") -> str:
+    """The one line that refuses ``nproc`` ranks on CUDA on a machine with ``gpus`` GPUs."""
+    return f"{flag} {nproc} on CUDA runs one rank per GPU; this machine has {gpus}"
+
+
+def check_ranks(name: str, nproc: int, flag: str = "--nproc") -> None:
+    """:class:`DeviceError` (:func:`too_few_gpus`) when ``nproc`` ranks of a run configured
+    with ``name`` cannot each have a GPU of their own here: on CUDA (``cuda``, ``cuda:N``, or
+    ``auto`` where CUDA is available) the rank with LOCAL_RANK r computes on cuda:r
+    (engine.distributed). A CPU run takes any number. Imports torch only where
+    :func:`cuda_missing` finds CUDA."""
+    if nproc <= 1 or not (name == "auto" or name.startswith("cuda")):
+        return
+    if name == "auto" and cuda_missing() is not None:
+        return  # the CPU
+    import torch
+
+    if name == "auto" and not torch.cuda.is_available():
+        return
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if nproc > gpus:
+        raise DeviceError(too_few_gpus(nproc, gpus, flag))
 
 
 def resolve(name: str):
