@@ -225,21 +225,31 @@ def test_a_chunks_tangent_directions_take_nothing_from_host_memory(monkeypatch):
 
 # ---- chunks written while the next one computes --------------------------------------------------
 
-def written_as_each_chunk_finishes(root, problem, theta0, chunk: int, snap: int):
-    """The stores (J and J_{0->snap}) as a run that writes each chunk before computing the next
+def tiny_problem(npz):
+    """The tiny problem in 5 steps (chunks of 8: five of them)."""
+    return make(tiny_config(npz, momentum=0.9, epochs=1))
+
+
+@pytest.fixture(scope="module")
+def written_in_turn(tiny_npz, tmp_path_factory):
+    """The stores (J and J_{0->3}) as a run that writes each chunk before computing the next
     leaves them: the columns from exact_jacobian, stored chunk by chunk in order."""
     import numpy as np
 
+    problem, theta0 = tiny_problem(tiny_npz)
+    root = tmp_path_factory.mktemp("in-turn")
     P, f64 = theta0.numel(), np.dtype("float64")
-    (root / "snap").mkdir(parents=True)
-    for where, p in ((root, problem), (root / "snap", problem.truncated(snap))):
-        J = jacobian.exact_jacobian(p, theta0, chunk).numpy()
-        st = jacobian.JacobianStore(where, P, chunk, f64)
+    (root / "snap").mkdir()
+    for where, p in ((root, problem), (root / "snap", problem.truncated(3))):
+        J = jacobian.exact_jacobian(p, theta0, 8).numpy()
+        st = jacobian.JacobianStore(where, P, 8, f64)
         for i, cols in enumerate(st.ranges):
             st.write(i, J[:, cols.start: cols.stop].T)
+    return root
 
 
 def stores(root, theta0, chunk: int, snap: int = 3):
+    """(J's store in root, {snap: the store of J_{0->snap} in root/snap}), float64."""
     import numpy as np
 
     (root / "snap").mkdir(parents=True, exist_ok=True)
@@ -252,16 +262,16 @@ FILES = ("jacobian.npy", "jacobian.progress.json", "snap/jacobian.npy",
          "snap/jacobian.progress.json")
 
 
-def test_chunks_written_behind_the_computation_are_the_synchronous_bytes(tiny_npz, tmp_path):
+def test_chunks_written_behind_the_computation_are_the_synchronous_bytes(
+        tiny_npz, tmp_path, written_in_turn):
     """J and a snapshot's J, their files and progress records, byte for byte those of a run
     that writes each chunk before it computes the next; on_chunk runs in this thread, in
     order, each call after its chunk is recorded."""
     import json
     import threading
 
-    problem, theta0 = make(tiny_config(tiny_npz, momentum=0.9))
-    written_as_each_chunk_finishes(tmp_path / "sync", problem, theta0, 8, 3)
-    store, snaps = stores(tmp_path / "async", theta0, 8)
+    problem, theta0 = tiny_problem(tiny_npz)
+    store, snaps = stores(tmp_path, theta0, 8)
     calls = []
 
     def on_chunk(index, cols, theta_T):
@@ -272,7 +282,7 @@ def test_chunks_written_behind_the_computation_are_the_synchronous_bytes(tiny_np
     jacobian.compute_into(store, problem, theta0, on_chunk, snapshots=snaps)
     assert calls == [(i, True, True, "cpu") for i in range(5)]
     for rel in FILES:
-        assert (tmp_path / "async" / rel).read_bytes() == (tmp_path / "sync" / rel).read_bytes()
+        assert (tmp_path / rel).read_bytes() == (written_in_turn / rel).read_bytes(), rel
     assert not [t for t in threading.enumerate() if t.name.startswith("jacobian-writer")]
 
 
@@ -283,7 +293,7 @@ def test_the_next_chunk_computes_while_the_last_is_written(tiny_npz, tmp_path, m
     import os
     import threading
 
-    problem, theta0 = make(tiny_config(tiny_npz))
+    problem, theta0 = tiny_problem(tiny_npz)
     store, _ = stores(tmp_path, theta0, 8)
     events, started = [], threading.Event()
     real_sync, real_train = os.fdatasync, jacobian.train_tangents
@@ -316,7 +326,7 @@ def test_a_failed_write_is_an_oserror_and_its_chunk_is_not_recorded(tiny_npz, tm
 
     import numpy as np
 
-    problem, theta0 = make(tiny_config(tiny_npz))
+    problem, theta0 = tiny_problem(tiny_npz)
     store, snaps = stores(tmp_path, theta0, 8)
     real_sync, syncs, calls = os.fdatasync, [], []
 
@@ -338,7 +348,7 @@ def test_a_failed_write_is_an_oserror_and_its_chunk_is_not_recorded(tiny_npz, tm
 
 
 def test_a_stop_during_a_write_leaves_every_recorded_chunk_intact(tiny_npz, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, written_in_turn):
     """A stop asked while chunk 1 is being written: compute_into waits for that write, calls
     on_chunk for every chunk recorded, and every recorded digest matches the bytes (those of
     J)."""
@@ -346,7 +356,7 @@ def test_a_stop_during_a_write_leaves_every_recorded_chunk_intact(tiny_npz, tmp_
 
     import numpy as np
 
-    problem, theta0 = make(tiny_config(tiny_npz))
+    problem, theta0 = tiny_problem(tiny_npz)
     store, snaps = stores(tmp_path, theta0, 8)
     real_sync, syncs, calls, stop = os.fdatasync, [], [], []
 
@@ -361,7 +371,7 @@ def test_a_stop_during_a_write_leaves_every_recorded_chunk_intact(tiny_npz, tmp_
         jacobian.compute_into(store, problem, theta0, lambda i, c, t: calls.append(i),
                               lambda: bool(stop), snapshots=snaps)
     P, f64 = theta0.numel(), np.dtype("float64")
-    J = jacobian.exact_jacobian(problem, theta0, 8).numpy()
+    J = np.load(written_in_turn / "jacobian.npy")
     for where in (tmp_path, tmp_path / "snap"):
         again = jacobian.JacobianStore(where, P, 8, f64)
         assert again.damaged == [] and {0, 1} <= set(again.done), where
