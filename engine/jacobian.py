@@ -472,11 +472,16 @@ class ChunkWriter:
         from concurrent.futures import ThreadPoolExecutor
 
         self.depth = max(1, int(depth))
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="jacobian-writer")
+        cuda = device.type == "cuda"
+        # the thread's CUDA calls on this run's GPU (a thread starts on cuda:0, where its first
+        # call would open a context of its own: on another rank's GPU in a distributed run)
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="jacobian-writer",
+                                         initializer=torch.cuda.set_device if cuda else None,
+                                         initargs=(device,) if cuda else ())
         self.queue: deque = deque()  # (future, host theta_T, pinned buffer, on_done), in order
         self.failed = False  # a write or a callback has raised
         self.device = device
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.stream = torch.cuda.Stream(device) if cuda else None
         self.buffers: list[torch.Tensor] = []  # pinned buffers not in use (CUDA)
 
     def submit(self, store: JacobianStore | None, index: int, rows: torch.Tensor | None,
