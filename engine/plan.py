@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .archs import parameter_count
 from .config import ConfigError, JacobianConfig, RunConfig
+from .device import cuda_missing
 from .schema import PlanError
 from .data import load as load_data
 
@@ -316,9 +317,9 @@ def free_disk(path: Path) -> int:
 
 def where_svd_runs(device: str) -> str:
     """The device the SVD of a run configured with ``device`` will use, without importing
-    torch: "auto" is CUDA where an NVIDIA driver is loaded."""
+    torch: "auto" is CUDA where :func:`engine.device.cuda_missing` finds it."""
     if device == "auto":
-        return "cuda" if Path("/proc/driver/nvidia/version").exists() else "cpu"
+        return "cuda" if cuda_missing() is None else "cpu"
     return device
 
 

@@ -286,7 +286,7 @@ class Runner:
             self.emit("warning", message=f"jacobian.npy: {len(store.damaged)} chunk(s) did not "
                                          f"match their digests (first: {store.damaged[0]}); "
                                          "computing them again")
-        thetaT = self.thetaT()
+        thetaT = self.thetaT().cpu()  # (a chunk's theta_T comes to on_chunk on the host)
         bound = self.primal_bound(thetaT)
         if lead:
             self.emit("jacobian_start", total=P, chunk=store.chunk, chunks=len(store.ranges),

@@ -594,8 +594,10 @@ def _replay_tangents(p: Problem, traj: Trajectory, dtheta, dstate, into: dict, m
 
 
 def identity_columns(P: int, cols: Sequence[int] | range, device, dtype) -> torch.Tensor:
-    """Tangent directions e_j for j in cols, as (K, P)."""
-    cols = torch.as_tensor(list(cols), device=device)
+    """Tangent directions e_j for j in cols, as (K, P). A range (a chunk) is made on the
+    device itself: a list goes through host memory, a copy that synchronises with the GPU."""
+    cols = (torch.arange(cols.start, cols.stop, cols.step, device=device)
+            if isinstance(cols, range) else torch.as_tensor(list(cols), device=device))
     e = torch.zeros(len(cols), P, device=device, dtype=dtype)
     e[torch.arange(len(cols), device=device), cols] = 1
     return e

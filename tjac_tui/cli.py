@@ -81,6 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for a in cfg.analysis.values():
             a.enabled = False
     device_mod.check_here(cfg.device)  # before a session exists (the worker would fail it)
+    if args.nproc > 1:  # on CUDA rank r computes on cuda:r: there must be a GPU for each
+        device_mod.check_ranks(cfg.device, args.nproc)
     if cfg.sweep is not None and not args.plan:
         raise NotFound(f"{preset}: this preset has a [sweep]: `tjac sweep {args.preset}` runs "
                        "every point (`tjac run` would run only its base config)")
@@ -286,6 +288,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     except SessionDamaged as e:
         if CONFIG in e.problems:
             raise
+    if args.nproc > 1:  # as for run: a GPU for each rank on CUDA, checked before the lock
+        device_mod.check_ranks(s.config().device, args.nproc)
     try:
         # (an analysis added to a finished session's config.toml is still to run)
         done = s.manifest().get("status") == "done" and not s.unrun_analyses()
