@@ -39,6 +39,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -48,10 +49,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 PRESET = "lenet5-digits28"
 TARGET_S = 30 * 60  # the LeNet-5 appendix J + float64 spectrum on one H200
-# the profiler's CPU-side events that wait for the device (or read a tensor on the host)
+# the profiler's CPU-side events that wait for the device (or read a tensor on the host), and
+# those that launch a kernel: name prefixes (CUPTI may add a version suffix, "_v7000")
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
-               "cudaMemcpy", "cudaMemcpyAsync", "aten::_local_scalar_dense")
-LAUNCH_EVENTS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+               "cudaMemcpy", "aten::_local_scalar_dense")  # (cudaMemcpy: and ...Async)
+LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchCooperativeKernel")
+API_CALL = re.compile(r"^cu(da)?[A-Z]")  # a CUDA runtime or driver API call
 
 
 def build(preset: str, overrides: list[str], device: str, root: Path):
@@ -224,15 +227,20 @@ def profile_steps(runner, K: int, steps: int = 2, top: int = 15) -> dict:
         rows, what, key = list(avgs), "ops by self CPU time (no CUDA here)", "self_cpu_time_total"
     rows.sort(key=lambda a: getattr(a, key, 0.0), reverse=True)
     counts = {a.key: a.count for a in avgs}
+
+    def calls(prefixes):
+        return {k: n for k, n in counts.items() if k.startswith(prefixes)}
+
     total_ms = sum(getattr(a, key, 0.0) for a in rows) / 1000
     out = {"steps": sub.steps, "chunk": K, "wall_s": wall, "what": what,
            "top": [{"name": a.key, "ms": getattr(a, key, 0.0) / 1000, "calls": a.count}
                    for a in rows[:top]],
            "total_ms": total_ms,
-           "sync_calls": {n: counts[n] for n in SYNC_EVENTS if n in counts},
-           "sync_calls_per_step": sum(counts.get(n, 0) for n in SYNC_EVENTS) / sub.steps}
+           "sync_calls": calls(SYNC_EVENTS),
+           "sync_calls_per_step": sum(calls(SYNC_EVENTS).values()) / sub.steps,
+           "api_calls": {k: n for k, n in counts.items() if API_CALL.match(k)}}
     if cuda:
-        launches = sum(counts.get(n, 0) for n in LAUNCH_EVENTS)
+        launches = sum(calls(LAUNCH_EVENTS).values())
         out.update(kernel_launches=launches, kernel_launches_per_step=launches / sub.steps,
                    device_busy=total_ms / 1000 / wall if wall > 0 else None,
                    device_busy_note="the kernels' device time over the profiled wall time "
