@@ -4,7 +4,7 @@
     python benchmarks/bench_jacobian.py --ladder           # P = 4.8k, 15k, 61,706 (LeNet-5)
     python benchmarks/bench_jacobian.py --cases paper-sgd --baseline-columns 0
     python benchmarks/bench_jacobian.py --device cuda --json out.jsonl
-    python benchmarks/bench_jacobian.py --against-jax      # tjac run vs the JAX reference
+    python benchmarks/bench_jacobian.py --against-jax --reference PATH   # vs the JAX reference
 
 Every case runs in a fresh subprocess (so peak RSS is that case's own), computes the training
 and then J column chunk by column chunk, exactly as a session does (``engine.jacobian`` minus
@@ -135,9 +135,6 @@ def spawn(case: str, kernel: str, columns: int, args) -> dict:
 
 # ---- side by side with the independent JAX reference ---------------------------------------
 
-REFERENCE = REPO.parent / "shared" / "reference" / "jax_training_jacobian.py"
-
-
 def _tree_rss_kb(root: int) -> int:
     """Resident memory (kB) of ``root`` and all its descendants, from /proc."""
     kids: dict[int, list[int]] = {}
@@ -188,15 +185,17 @@ def measured(cmd: list[str], cwd: Path | None = None) -> dict:
             "max_rss_mb": usage.ru_maxrss / 1024, "tree_rss_mb": peak[0] / 1024}
 
 
-def against_jax(opts: list[str], reference: Path, keep: Path | None) -> int:
+def against_jax(opts: list[str], reference: Path | None, keep: Path | None) -> int:
     """The JAX reference and ``tjac run PRESET --skip-analyses`` one after the other, in
     fresh processes, on the same idle machine: J, the whole run and peak memory, with ratios."""
     import re
     import shutil
     import tempfile
 
-    if not reference.is_file():
-        print(f"no JAX reference at {reference} (--reference PATH)")
+    if reference is None or not reference.is_file():
+        where = f": no file {reference}" if reference else ""
+        print("--against-jax needs --reference PATH, the JAX reference script (not part of this "
+              f"repository){where}")
         return 2
     rows = []
     for opt in opts:
@@ -284,11 +283,13 @@ def main() -> int:
                     help="seconds a case may take (0 = no limit); a case over it is a row "
                          "with its error")
     ap.add_argument("--against-jax", action="store_true",
-                    help="the paper runs side by side with the JAX reference "
-                         "(../shared/reference/jax_training_jacobian.py; JAX installed for "
-                         "this benchmark only): J, the whole run and peak memory")
+                    help="the paper runs side by side with the JAX reference (--reference; JAX "
+                         "installed for this benchmark only): J, the whole run and peak memory")
     ap.add_argument("--opts", default="sgd,adam", help="with --against-jax: sgd, adam or both")
-    ap.add_argument("--reference", type=Path, default=REFERENCE, help=argparse.SUPPRESS)
+    ap.add_argument("--reference", type=Path, metavar="PATH",
+                    help="with --against-jax: the JAX reference script, an independent "
+                         "implementation of the paper's setup (jax.jacfwd through the whole "
+                         "lax.scan training; not part of this repository)")
     ap.add_argument("--keep", type=Path, help="with --against-jax: copy the sessions here")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--kernel", default="fused", help=argparse.SUPPRESS)

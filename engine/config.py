@@ -229,10 +229,13 @@ class SpectrumConfig:
                             "with vectors fits an 80 GB GPU); its error bound is ~eps32 x s_1 "
                             "(benchmarks/svd_precision.py measures the change on a J)")
     svd_method: str = option("gram", choice("gram", "gesdd"),
-                             "the CPU's float64 SVD: gram (eigh of J J^T in a child process: "
-                             "~2x faster, a third of the memory, s near 1 to ~1e-14; singular "
-                             "values below ~1e-8 s_1 unresolved) or gesdd (LAPACK's direct "
-                             "SVD); float32 and CUDA SVDs are always direct (engine/svdjob.py)")
+                             "the float64 SVD: gram (eigh of J J^T, then V = J^T U / s: on the "
+                             "CPU in a child process, engine/svdjob.py; on a GPU in torch, "
+                             "cuSOLVER's syevd; s near 1 to ~1e-14, singular values below "
+                             "~1e-8 s_1 unresolved; on the CPU ~2x faster than gesdd and a "
+                             "fraction of its memory) or gesdd (the direct SVD: LAPACK's "
+                             "gesdd; on a GPU torch.linalg.svd, cuSOLVER's gesvdj); float32 "
+                             "SVDs are always direct")
     method: str = option("exact", choice("exact", "matfree"),
                          "exact: J stored and its full SVD; matfree: J never formed (for P "
                          "too large to store J): the top k singular values and the bulk size "
@@ -531,7 +534,7 @@ def dumps(cfg: RunConfig) -> str:
 
 def describe(with_plugins: bool = False) -> list[schema.FieldInfo]:
     """Every key of a run (with_plugins: also every key of every registered analysis and of
-    [sweep]) with its default, help and check: the reference the TUI and README show."""
+    [sweep]) with its default, help and check: the reference the TUI and docs/config.md show."""
     rows = schema.describe(RunConfig, with_plugins=with_plugins)
     return rows if with_plugins else [r for r in rows if not r.key.startswith("sweep.")]
 

@@ -1,5 +1,9 @@
 """The device a run computes on, and the numerics settings it computes with.
 
+* :func:`cuda_missing` tells, without importing torch, whether CUDA can be used here (the
+  driver, the GPU device nodes a container is given, the visibility variables), with a reason
+  when not: :func:`check_here` refuses a ``cuda`` device by it, and ``auto`` is decided by it
+  before a worker starts; :func:`check_ranks` refuses more ranks than GPUs on CUDA.
 * :func:`resolve` turns ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` into a ``torch.device`` with an
   explicit index (``cuda`` is ``cuda:<current>``, so a session started on ``cuda`` and resumed on
   ``cuda:0`` is not a change), checked against the devices there are.
@@ -27,24 +31,76 @@ class DeviceError(ValueError):
     """The device named cannot be used here; ``str()`` is the one-line reason."""
 
 
-NVIDIA_DRIVER = "/proc/driver/nvidia/version"  # there while an NVIDIA driver is loaded
+# What a machine with a usable NVIDIA GPU has, read without importing torch (or CUDA): the
+# driver's /proc entry where the driver's kernel module is visible, else the GPU's device nodes
+# (a container given a GPU has /dev/nvidia0.. mounted but often no /proc/driver/nvidia; WSL 2
+# has /dev/dxg). /dev/nvidiactl alone is no GPU: the container runtime mounts it with none.
+NVIDIA_DRIVER = "/proc/driver/nvidia/version"
+DEVICE_DIR = "/dev"
+GPU_NODES = ("nvidia[0-9]*", "dxg")  # names in DEVICE_DIR, as glob patterns
+# values of CUDA_VISIBLE_DEVICES / NVIDIA_VISIBLE_DEVICES that leave no GPU visible
+HIDDEN = ("", "-1", "none", "void")
 # what a config's ``device`` may be (engine.config checks presets with it)
 DEVICE_NAME = r"auto|cpu|cuda|cuda:[0-9]{1,4}"
 DEVICE_NAMES = '"auto", "cpu", "cuda" or "cuda:N"'
 
 
+def cuda_missing() -> str | None:
+    """Without importing torch: why CUDA cannot be used on this machine (one line), or None
+    when it can as far as the files and the environment tell: a visible GPU (neither
+    ``CUDA_VISIBLE_DEVICES`` nor ``NVIDIA_VISIBLE_DEVICES`` set to ``""``, ``-1``, ``none`` or
+    ``void``) and a driver or a GPU device node (:data:`NVIDIA_DRIVER`, ``/dev/nvidiaN``,
+    ``/dev/dxg``). What ``tjac run`` / ``resume`` refuse ``cuda`` with, and what ``auto``
+    decides by before torch is imported; the worker asks torch again where it runs."""
+    import glob
+
+    for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+        value = os.environ.get(var)
+        if value is not None and value.strip().lower() in HIDDEN:
+            return f"{var}={value!r} leaves no GPU visible"
+    if os.path.exists(NVIDIA_DRIVER) or any(
+            glob.glob(os.path.join(glob.escape(DEVICE_DIR), pattern)) for pattern in GPU_NODES):
+        return None
+    return (f"no NVIDIA driver or GPU device: none of {NVIDIA_DRIVER}, "
+            f"{DEVICE_DIR}/nvidia0.., {DEVICE_DIR}/dxg")
+
+
 def check_here(name: str) -> None:
     """Without importing torch: :class:`DeviceError` when ``name`` is not ``auto``, ``cpu``,
-    ``cuda`` or ``cuda:N``, or names CUDA on a machine with no NVIDIA driver loaded (what
+    ``cuda`` or ``cuda:N``, or names CUDA where :func:`cuda_missing` says there is none (what
     ``tjac run`` and ``tjac resume`` refuse before a session is created or touched; the
     worker resolves the index)."""
     import re
 
     if not re.fullmatch(DEVICE_NAME, name):
         raise DeviceError(f'device = "{name}": expected {DEVICE_NAMES}')
-    if name.startswith("cuda") and not os.path.exists(NVIDIA_DRIVER):
-        raise DeviceError(f'device = "{name}": CUDA is not available on this machine (no '
-                          "NVIDIA driver is loaded)")
+    why = cuda_missing() if name.startswith("cuda") else None
+    if why:
+        raise DeviceError(f'device = "{name}": CUDA is not available on this machine ({why})')
+
+
+def too_few_gpus(nproc: int, gpus: int, flag: str = "--nproc") -> str:
+    """The one line that refuses ``nproc`` ranks on CUDA on a machine with ``gpus`` GPUs."""
+    return f"{flag} {nproc} on CUDA runs one rank per GPU; this machine has {gpus}"
+
+
+def check_ranks(name: str, nproc: int, flag: str = "--nproc") -> None:
+    """:class:`DeviceError` (:func:`too_few_gpus`) when ``nproc`` ranks of a run configured
+    with ``name`` cannot each have a GPU of their own here: on CUDA (``cuda``, ``cuda:N``, or
+    ``auto`` where CUDA is available) the rank with LOCAL_RANK r computes on cuda:r
+    (engine.distributed). A CPU run takes any number. Imports torch only where
+    :func:`cuda_missing` finds CUDA."""
+    if nproc <= 1 or not (name == "auto" or name.startswith("cuda")):
+        return
+    if name == "auto" and cuda_missing() is not None:
+        return  # the CPU
+    import torch
+
+    if name == "auto" and not torch.cuda.is_available():
+        return
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if nproc > gpus:
+        raise DeviceError(too_few_gpus(nproc, gpus, flag))
 
 
 def resolve(name: str):

@@ -6,20 +6,25 @@
     tjac run PRESET --nproc N   /   tjac resume SESSION --nproc N            the same, started
                                                                              by tjac (launch())
 
-The session directory must be on a filesystem every rank sees. Rank 0 is the session's worker:
-it holds the session lock, trains (once), opens the Jacobian store and those of the snapshots
-(``jacobian.snapshots``: J_{0->t} at steps t, written as the training passes them; checking
-every chunk already recorded, merging what earlier ranks left), and hands out the chunks that
-any of them lacks, round-robin. Every rank then computes its share and writes each chunk into
-the shared, preallocated ``jacobian.npy`` and the snapshots' files (distinct byte ranges: one
-``pwrite`` each). Rank 0 records its chunks in
+The session directory must be on a filesystem every rank sees. On CUDA (``cuda``, ``cuda:N``, or
+``auto`` where CUDA is available) the rank with LOCAL_RANK r computes on cuda:r, so a node needs
+a GPU for each of its ranks: with fewer, every rank stops in one line naming the GPU count
+before the session is created or touched (``tjac run --nproc N`` refuses it before it starts).
+
+Rank 0 is the session's worker: it holds the session lock, trains (once), opens the Jacobian
+store and those of the snapshots (``jacobian.snapshots``: J_{0->t} at steps t, written as the
+training passes them; checking every chunk already recorded, merging what earlier ranks left),
+and hands out the chunks that any of them lacks, round-robin. Every rank then computes its
+share and writes each chunk into the shared, preallocated ``jacobian.npy`` and the snapshots'
+files (distinct byte ranges: one ``pwrite`` each). Rank 0 records its chunks in
 ``jacobian.progress.json`` as a single process does; rank r > 0 records its own in
 ``jacobian.progress.rank<r>.json``, a file only it writes (atomically replaced), so no record is
 ever written by two processes. Once every rank is through, rank 0 checks the other ranks' chunks
 against their digests, merges their records into the main ones, and goes on with the SVDs and
 the analyses alone.
 
-A rank that dies loses only the chunk under way: torchrun then stops the others (rank 0 marks
+A rank that dies loses only the chunks it had not recorded yet (the one under way, and the one
+or two being written behind it, :class:`engine.jacobian.ChunkWriter`): torchrun then stops the others (rank 0 marks
 the session interrupted, or it is left "stale" if it was killed), and ``tjac resume`` with any
 number of processes, one included, merges the records the ranks left and computes what is
 missing. The ranks exchange only small control messages (the share of each rank, "done"), over
@@ -44,7 +49,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import jacobian as jac_mod
+from . import device as device_mod, jacobian as jac_mod
 from . import plan as plan_mod
 from .runner import EXIT_INTERRUPTED, EXIT_OK, Runner
 from .session import Session, SessionError
@@ -163,16 +168,27 @@ def main(argv: list[str] | None = None) -> int:
     local = int(os.environ.get("LOCAL_RANK", 0))
     path = Path(args.session)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # the ranks this node runs (torchrun sets LOCAL_WORLD_SIZE; a rank knows at least its own)
+    here = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), local + 1)
     dist.init_process_group("gloo", timeout=TIMEOUT)
     code = 2
     try:
-        problem = create_or_check(path, args.preset, args.set) if rank == 0 else None
-        msg = [problem]
-        send(msg)  # every rank learns whether the session is there to run
-        if msg[0] is not None:
-            print(f"{path}: {msg[0]}", file=sys.stderr)
+        cfg, why = run_config(path, args.preset, args.set) if rank == 0 else (None, None)
+        msg = [(why, cfg.device if cfg is not None else None)]
+        send(msg)  # every rank learns whether there is a session to run, and its device
+        why, cfg_device = msg[0]
+        if why is None:  # every rank has its GPU, or none goes on (nothing is created)
+            found: list = [None] * world
+            dist.all_gather_object(found, missing_gpu(cfg_device, local, here))
+            why = next((w for w in found if w), None)
+        if why is None:
+            msg = [create(path, args.preset, cfg) if rank == 0 else None]
+            send(msg)
+            why = msg[0]
+        if why is not None:
+            print(f"{path}: {why}", file=sys.stderr)
             return 2
-        device = rank_device(Session(path).config().device, local)
+        device = rank_device(cfg_device, local)
         if device is not None:
             torch.cuda.set_device(local)
         if rank == 0:
@@ -190,27 +206,45 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def create_or_check(path: Path, preset: str | None, overrides: list[str]) -> str | None:
-    """Rank 0: the session at ``path``, created from ``preset`` when it does not exist; None
-    when there is one to run, else why not (one line)."""
+def run_config(path: Path, preset: str | None, overrides: list[str]):
+    """Rank 0: (the config of the session at ``path``, or of the preset it is to be created
+    from, None), or (None, why there is nothing to run: one line). Creates nothing."""
     from .config import ConfigError, load
 
     if Session(path).exists():
         try:
-            Session(path).config()
+            return Session(path).config(), None
         except (SessionError, OSError, ValueError) as e:
-            return str(e)
-        return None
+            return None, str(e)
     if preset is None:
-        return "no such session (pass --preset PRESET to create it)"
+        return None, "no such session (pass --preset PRESET to create it)"
     try:
-        cfg = load(preset, overrides)
+        return load(preset, overrides), None
     except ConfigError as e:
-        return str(e)
+        return None, str(e)
+
+
+def create(path: Path, preset: str | None, cfg) -> str | None:
+    """Rank 0: the session at ``path`` made from ``cfg`` (the preset's) unless it exists;
+    None, or why not."""
+    if Session(path).exists():
+        return None
     made = Session.create(path.parent, path.name, cfg, str(preset))
     if made.path != path:  # cannot happen: the name was free a moment ago
         return f"created as {made.path} instead"
     return None
+
+
+def missing_gpu(cfg_device: str, local_rank: int, local_ranks: int) -> str | None:
+    """Why this rank cannot compute on its GPU (cuda:LOCAL_RANK, where the run is on CUDA:
+    :func:`rank_device`), in the words ``tjac run --nproc`` uses; None when it can, or runs
+    on the CPU. ``local_ranks``: the ranks on this node."""
+    if rank_device(cfg_device, local_rank) is None:
+        return None
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if local_rank < gpus:
+        return None
+    return device_mod.too_few_gpus(local_ranks, gpus, "--nproc-per-node")
 
 
 def launch(path: str | Path, nproc: int) -> subprocess.Popen:

@@ -9,6 +9,10 @@ On disk (:class:`JacobianStore`): ``jacobian.npy``, a (P, P) array filled chunk 
 (entry [i, j] = d theta_T[i] / d theta_0[j]; column-major, so a chunk is contiguous), and
 ``jacobian.progress.json``, written atomically after each chunk is durable, listing the
 finished chunks with the digest of their bytes.
+
+A chunk goes to disk behind the computation (:class:`ChunkWriter`): copied to host memory
+without a synchronisation on CUDA, then written, made durable and recorded by a thread of its
+own while the next chunk trains.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import errno
 import gc
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -139,16 +144,30 @@ def measure_rate(problem: Problem, theta0: torch.Tensor, columns: int, steps: in
     return e.shape[0] * sub.steps / best
 
 
+# How torch words a failed allocation when it does not raise torch.OutOfMemoryError: the CUDA
+# runtime's "CUDA error: out of memory" (torch.AcceleratorError, a RuntimeError), the caching
+# allocator's "CUDA driver error: out of memory", the CUDA libraries' statuses ("cuDNN error:
+# CUDNN_STATUS_ALLOC_FAILED", cuDNN 9's CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED,
+# "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", "cusolver
+# error: CUSOLVER_STATUS_ALLOC_FAILED, when calling ...", CUSPARSE_STATUS_ALLOC_FAILED,
+# CUFFT_ALLOC_FAILED: a library's workspace or handle that did not fit beside the chunk), and
+# the CPU allocator's "DefaultCPUAllocator: can't allocate memory"
+ALLOC_FAILED = re.compile(
+    r"out of memory|can't allocate memory"
+    r"|\bCU(?:DNN|BLAS|SOLVER|SPARSE)_STATUS_(?:\w+_)?ALLOC(?:ATION)?_FAILED\b"
+    r"|\bCUFFT_ALLOC_FAILED\b", re.IGNORECASE)
+
+
 def is_out_of_memory(e: BaseException) -> bool:
-    """A failed allocation on the device or the host (what a smaller chunk may avoid)."""
+    """A failed allocation on the device or the host (what a smaller chunk may avoid):
+    ``torch.OutOfMemoryError``, ``MemoryError``, or a ``RuntimeError`` (such as
+    ``torch.AcceleratorError``) whose message is one of :data:`ALLOC_FAILED`'s."""
     if isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
-    text = str(e).lower()
-    return isinstance(e, RuntimeError) and ("out of memory" in text or
-                                            "can't allocate memory" in text)
+    return isinstance(e, RuntimeError) and ALLOC_FAILED.search(str(e)) is not None
 
 
-def release_memory(problem: Problem) -> None:
+def release_chunk_memory(problem: Problem) -> None:
     """Free what a failed chunk left allocated, before J is tried in smaller chunks: the
     kernel's per-chunk workspace (its ``release()``: the MLP kernel's buffers, of every
     thread), whatever only reference cycles still hold, and on CUDA the allocator's cached
@@ -402,7 +421,9 @@ class JacobianStore:
             os.fdatasync(fd)
         finally:
             os.close(fd)
-        self.done[index] = block_digest(data)
+        # a new dict, not one changed in place: the writer thread records chunks while the
+        # compute thread reads the record (ChunkWriter)
+        self.done = {**self.done, index: block_digest(data)}
         self._save_progress()
 
     def record(self) -> dict:
@@ -436,17 +457,160 @@ def first_nonfinite_step(problem: Problem, theta0: torch.Tensor, cols: Iterable[
     return found[0] if found else 0
 
 
+# Writes handed to the writer thread and not finished yet, at most: each holds its chunk's host
+# copy, so the host memory they take is WRITE_DEPTH x (K + 1) x P numbers (pinned, on CUDA)
+WRITE_DEPTH = 2
+
+
+class ChunkWriter:
+    """Chunks into their stores on a thread of its own, so the next chunk computes while the
+    last one goes to disk.
+
+    :meth:`submit` takes a finished chunk (K, P) on the compute device: on CUDA it is copied
+    into a pinned host buffer with ``non_blocking=True`` on a side stream, which waits for
+    the compute stream first (no host synchronisation); on the CPU the tensor itself is
+    written (it is fresh, and nothing writes into it again). The thread then waits for the
+    copy and runs :meth:`JacobianStore.write` (pwrite, fdatasync, digest, progress record),
+    one chunk after the other in the order given. At most :data:`WRITE_DEPTH` are in flight:
+    a further submit first waits for the oldest, which bounds the host memory.
+
+    A chunk's callback (``on_done(theta_T)``, with theta_T copied to the host alongside) runs
+    in the calling thread, in order, once that chunk's write has returned, from :meth:`poll`
+    (which never blocks: call it often) or :meth:`drain`; an exception raised on the thread (an
+    ``OSError`` such as ENOSPC) is raised there too, as it was raised. After an exception in
+    the calling thread, :meth:`settle` finishes what is in flight; :meth:`close` always ends
+    the thread, waiting for the write under way."""
+
+    def __init__(self, device: torch.device, depth: int = WRITE_DEPTH):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.depth = max(1, int(depth))
+        cuda = device.type == "cuda"
+        # the thread's CUDA calls on this run's GPU (a thread starts on cuda:0, where its first
+        # call would open a context of its own: on another rank's GPU in a distributed run)
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="jacobian-writer",
+                                         initializer=torch.cuda.set_device if cuda else None,
+                                         initargs=(device,) if cuda else ())
+        self.queue: deque = deque()  # (future, host theta_T, pinned buffer, on_done), in order
+        self.failed = False  # a write or a callback has raised
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if cuda else None
+        self.buffers: list[torch.Tensor] = []  # pinned buffers not in use (CUDA)
+
+    def submit(self, store: JacobianStore | None, index: int, rows: torch.Tensor | None,
+               on_done: Callable[[torch.Tensor | None], None] | None = None,
+               theta_T: torch.Tensor | None = None) -> None:
+        """Write ``rows`` (K, P) as chunk ``index`` of ``store`` (None: nothing to write, only
+        ``on_done`` to call in its turn, with ``theta_T`` on the host)."""
+        while len(self.queue) >= self.depth:
+            self._finish_oldest()
+        buf, ready = None, None
+        if self.stream is not None:
+            rows, theta_T, buf, ready = self._to_host(rows, theta_T)
+        future = self.thread.submit(self._write, store, index, rows, ready)
+        self.queue.append((future, theta_T, buf, on_done))
+
+    def _to_host(self, rows, theta_T):
+        """(rows, theta_T) copied into a pinned buffer on the side stream, the buffer, and the
+        event the copy is done at."""
+        tensors = [t for t in (rows, theta_T) if t is not None]
+        need = sum(t.numel() for t in tensors)
+        dtype = tensors[0].dtype
+        buf = next((b for b in self.buffers if b.numel() >= need and b.dtype == dtype), None)
+        if buf is None:  # room for a chunk and a theta_T: every later chunk fits (the first
+            # is the largest), and buffers too small for this one go, so there are at most
+            # ``depth``
+            self.buffers.clear()
+            size = need if rows is None else rows.numel() + rows.shape[-1]
+            buf = torch.empty(size, dtype=dtype, pin_memory=True)
+        else:
+            self.buffers.remove(buf)
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        out, at = [], 0
+        with torch.cuda.stream(self.stream):
+            for t in (rows, theta_T):
+                if t is None:
+                    out.append(None)
+                    continue
+                host = buf[at: at + t.numel()].view(t.shape)
+                host.copy_(t, non_blocking=True)
+                t.record_stream(self.stream)  # its memory is not reused before the copy ends
+                out.append(host)
+                at += t.numel()
+            ready = torch.cuda.Event()
+            ready.record(self.stream)
+        return out[0], out[1], buf, ready
+
+    @staticmethod
+    def _write(store, index, rows, ready) -> None:
+        if ready is not None:
+            ready.synchronize()
+        if store is not None:
+            store.write(index, rows.numpy())
+
+    def _finish_oldest(self) -> None:
+        future, theta_T, buf, on_done = self.queue.popleft()
+        try:
+            future.result()
+            if on_done is not None:
+                on_done(theta_T)
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            if buf is not None:
+                self.buffers.append(buf)
+
+    def poll(self) -> None:
+        """The callbacks of the chunks written meanwhile (without waiting for any)."""
+        while self.queue and self.queue[0][0].done():
+            self._finish_oldest()
+
+    def drain(self) -> None:
+        """Wait for every chunk in flight, with its callback."""
+        while self.queue:
+            self._finish_oldest()
+
+    def settle(self) -> None:
+        """After an exception in the calling thread: wait for the chunks in flight (each is
+        recorded once durable, or not at all). Their callbacks run unless a write or a
+        callback has failed already, and the first failure among them is raised: in the
+        order of the chunks it came before the exception in hand."""
+        while self.queue:
+            if not self.failed:
+                self._finish_oldest()
+            else:  # wait for it; an error of its own came after the one raised
+                self.queue.popleft()[0].exception()
+
+    def close(self) -> None:
+        """End the thread (after the write under way, and any still queued) and give the
+        pinned buffers back."""
+        self.thread.shutdown(wait=True)
+        self.queue.clear()
+        self.buffers.clear()
+        empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+        if self.stream is not None and empty is not None:  # (recent torch)
+            empty()  # the pinned memory goes back to the system, not to torch's cache
+
+
 def compute_into(store: JacobianStore, problem: Problem, theta0: torch.Tensor,
                  on_chunk: Callable[[int, range, torch.Tensor], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  indices: Iterable[int] | None = None,
                  snapshots: dict[int, JacobianStore] | None = None) -> None:
     """Compute every unfinished chunk of ``store`` (``indices``: only those chunks, e.g. the
-    share of one rank). ``on_chunk(index, cols, theta_T)`` is called
-    after each chunk is on disk. Raises ``KeyboardInterrupt`` when ``should_stop()`` turns true
+    share of one rank). Raises ``KeyboardInterrupt`` when ``should_stop()`` turns true
     (checked at every training step: the chunk under way is dropped and computed again on
     resume), and :class:`NonFiniteJacobian` naming the step at which a chunk's tangents became
     infinite or NaN (nothing of that chunk is stored).
+
+    Each chunk is written by a :class:`ChunkWriter` while the next one computes: a chunk is
+    recorded in the progress file once its bytes are durable, and ``on_chunk(index, cols,
+    theta_T)`` (theta_T of that chunk's training, (P,) on the CPU) is called in this thread
+    after that, chunk by chunk in order, from the next chunk's training steps or at the end. A
+    stop or an exception waits for the writes in flight first, so the stores are left
+    consistent; a write's own error (an ``OSError``) is raised here as it was raised.
 
     ``snapshots`` {t: store} (stores of the same P and chunk): the tangents after step t of a
     chunk are the same columns of J_{0->t}, written to that store as the pass goes by. A chunk
@@ -457,28 +621,47 @@ def compute_into(store: JacobianStore, problem: Problem, theta0: torch.Tensor,
     everyone = [store] + list(snapshots.values())
     pending = sorted({i for st in everyone for i in st.pending})
     todo = pending if indices is None else [i for i in indices if i in pending]
-    traj = record_trajectory(problem, theta0) if todo else None
-    for index in todo:
-        if should_stop is not None and should_stop():
-            raise KeyboardInterrupt
-        cols = store.ranges[index]
-        e = identity_columns(P, cols, theta0.device, theta0.dtype)
-        on_step = None
-        wanted = {t: st for t, st in snapshots.items() if st.wants(index)}
-        if wanted:
-            def on_step(t, theta, dtheta, index=index, cols=cols):
-                st = wanted.get(t + 1)
-                if st is not None:
-                    block = problem.layout.flatten(dtheta)
-                    _check_finite(block, problem, theta0, cols)
-                    st.write(index, block.cpu().numpy())
-        theta_T, rows = train_tangents(problem, theta0, e, should_stop, on_step=on_step,
-                                       trajectory=traj)
-        _check_finite(rows, problem, theta0, cols)
-        if store.wants(index):
-            store.write(index, rows.cpu().numpy())
-        if on_chunk is not None:
-            on_chunk(index, cols, theta_T)
+    if not todo:
+        return
+    traj = record_trajectory(problem, theta0)
+    writer = ChunkWriter(theta0.device)
+
+    def stop() -> bool:  # at every training step: the callbacks of the chunks written since
+        writer.poll()
+        return should_stop is not None and should_stop()
+
+    try:
+        for index in todo:
+            if stop():
+                raise KeyboardInterrupt
+            cols = store.ranges[index]
+            e = identity_columns(P, cols, theta0.device, theta0.dtype)
+            on_step = None
+            wanted = {t: st for t, st in snapshots.items() if st.wants(index)}
+            if wanted:
+                def on_step(t, theta, dtheta, index=index, cols=cols):
+                    st = wanted.get(t + 1)
+                    if st is not None:
+                        block = problem.layout.flatten(dtheta)  # (a new tensor)
+                        _check_finite(block, problem, theta0, cols)
+                        writer.submit(st, index, block)
+            theta_T, rows = train_tangents(problem, theta0, e, stop, on_step=on_step,
+                                           trajectory=traj)
+            _check_finite(rows, problem, theta0, cols)
+            write = store.wants(index)  # (else only a snapshot lacked it)
+            if on_chunk is not None:
+                def done(theta_T, index=index, cols=cols):
+                    on_chunk(index, cols, theta_T)
+                writer.submit(store if write else None, index, rows if write else None, done,
+                              theta_T)
+            elif write:
+                writer.submit(store, index, rows)
+        writer.drain()
+    except BaseException:
+        writer.settle()
+        raise
+    finally:
+        writer.close()
 
 
 def _check_finite(rows: torch.Tensor, problem: Problem, theta0: torch.Tensor,

@@ -44,8 +44,8 @@ restricted to their complement (the probes projected, each scaled by its own |z|
 The bar's limit is the spectrum's shape, not the code: around 1 a training Jacobian's singular
 values spread over many decades of |s - 1| with no gap, and resolving a window of width 2 tau inside
 [0, s_1^2] takes a polynomial (Lanczos steps) of degree ~ s_1^2 / tau; at the paper's tau =
-1e-3 no affordable number of products gives an informative bar (README: "What the bar can
-resolve"; ``benchmarks/matfree.py resolution`` measures it on a stored J).
+1e-3 no affordable number of products gives an informative bar (docs/matfree.md, "What the bar
+can resolve"; ``benchmarks/matfree.py resolution`` measures it on a stored J).
 """
 
 from __future__ import annotations

@@ -18,18 +18,91 @@ from pathlib import Path
 
 from .archs import parameter_count
 from .config import ConfigError, JacobianConfig, RunConfig
+from .device import cuda_missing
 from .schema import PlanError
 from .data import load as load_data
 
-# Memory of the SVD of a P x P matrix, in P^2 numbers of the SVD's dtype (spectrum.svd_dtype).
-# CPU (LAPACK gesdd): J's copy, U, Vh and a workspace of about 4 P^2; the singular values alone: the copy and about as
-# much workspace. GPU (torch / cuSOLVER): J on the device, U, Vh and about one P^2 of workspace;
-# alone: J and its workspace. (The GPU path also holds one column block of J in host memory.)
-SVD_P2 = {("cpu", True): 7, ("cpu", False): 2, ("cuda", True): 4, ("cuda", False): 2}
-# The CPU's Gram route (spectrum.svd_method = "gram", float64; engine/svdjob.py): J J^T and its
-# eigenvectors (then U and V); the values alone: J J^T and O(P) workspace.
-GRAM_P2 = {True: 2, False: 1}
+# Which SVD runs (svd_route) and what it holds. Four routes: the Gram route in float64 on the CPU
+# (engine/svdjob.py, numpy/scipy in a child process) or on a GPU (spectrum.svd_gram_device, torch),
+# else the direct SVD: LAPACK's gesdd through numpy (spectrum.svd) or torch.linalg.svd on the
+# GPU (spectrum.svd_device, cuSOLVER's gesvdj).
+ROUTES = {"gram-cpu": "Gram route, CPU", "direct-cpu": "LAPACK gesdd",
+          "gram-cuda": "Gram route, GPU", "direct-cuda": "cuSOLVER gesvdj"}
+# columns of J a Gram route (and the GPU's assembly of J) reads at a time: engine.svdjob.BLOCK,
+# spectrum.svd_gram_device's and svd_device's default (tests/test_svd_device.py checks both)
+CPU_BLOCK, DEVICE_BLOCK = 512, 2048
+# The memory of the SVD of a P x P J, by (route, vectors): per phase, (phase, held, inside,
+# workspace, streams) in P^2 numbers of the SVD's dtype (spectrum.svd_dtype). held: the arrays
+# the code holds (tests/test_svd_device.py measures them); inside: copies the library makes and
+# frees itself; workspace: the solver's; streams: the phase reads J in blocks of columns, and
+# holds BLOCK_ARRAYS P x block float64 arrays beside the P^2 ones (a block as read and as
+# float64, or the temporaries of the orthonormalization, spectrum.finish_right_vectors). The
+# peak is the largest phase.
+# * gram-cpu: G = J J^T (dsyrk); scipy's dsyevr writes the eigenvectors to a new array (O(P)
+#   workspace, LAPACK: 26 P + 10 P integers); then U and V. Values alone: G and O(P).
+# * direct-cpu: J's copy in the SVD's dtype and the outputs U, Vh; inside numpy's gesdd
+#   (numpy/linalg/umath_linalg.cpp) its own copy of J and U, V^T in its buffer, and gesdd's
+#   workspace for JOBZ = 'A', 3 P^2 (its workspace query, OpenBLAS 0.3.31: 3 P^2 + O(P); LAPACK
+#   documents 4 P^2 + 7 P as a loose minimum). Values alone: the two copies and O(P).
+# * gram-cuda: G = -J J^T; torch.linalg.eigh(G, out=(w, G)) overwrites G with U (no copy) and
+#   takes cuSOLVER's syevd workspace: cuSOLVER documents no size; 3 P^2 is where its 32-bit API
+#   overflows (float64 n up to 26,732, jax-ml/jax#23413: lwork ~ 2^31 / n^2 = 3.0 n^2; LAPACK's
+#   dsyevd documents 2 P^2 + 6 P + 1). Then U and V. Values alone: torch's eigvalsh copies G
+#   inside (aten _linalg_eigh_out); syevd without vectors: O(P) in LAPACK.
+# * direct-cuda: A on the device; torch's svd (aten svd_cusolver) gives gesvdj a column-major
+#   copy and U, V; when gesvdj does not converge, gesvd gets a new copy and a V^H buffer (5 P^2).
+#   gesvdj's workspace is not documented and not counted. Values alone: torch still allocates U
+#   and V for gesvdj.
+# benchmarks/gpu_check.sh measures the peaks on a GPU (torch.cuda.max_memory_allocated counts
+# cuSOLVER's workspace too: torch allocates it).
+SVD_PHASES = {
+    ("gram-cpu", True): (("J J^T", 1, 0, 0, True), ("eigh (dsyevr)", 2, 0, 0, False),
+                         ("J^T U / s", 2, 0, 0, True)),
+    ("gram-cpu", False): (("J J^T", 1, 0, 0, True), ("eigvalsh (dsyevr)", 1, 0, 0, False)),
+    ("direct-cpu", True): (("gesdd", 3, 3, 3, False),),
+    ("direct-cpu", False): (("gesdd", 1, 1, 0, False),),
+    ("gram-cuda", True): (("J J^T", 1, 0, 0, True), ("eigh (syevd, in place)", 1, 0, 3, False),
+                          ("J^T U / s", 2, 0, 0, True)),
+    ("gram-cuda", False): (("J J^T", 1, 0, 0, True), ("eigvalsh (syevd)", 1, 1, 0, False)),
+    ("direct-cuda", True): (("assembly", 1, 0, 0, True), ("gesvdj", 3, 1, 0, False),
+                            ("gesvd after gesvdj", 3, 2, 0, False)),
+    ("direct-cuda", False): (("assembly", 1, 0, 0, True), ("gesvdj", 1, 3, 0, False)),
+}
+BLOCK_ARRAYS = 3
+PARTS = ("held", "inside", "workspace")
+PART_NAMES = {"held": "arrays", "inside": "library copies", "workspace": "solver workspace"}
 
+
+def svd_route(device_type: str, svd_method: str, svd_dtype: str) -> str:
+    """The SVD that runs (a key of :data:`ROUTES`) for a J on a device of ``device_type``
+    ("cpu", "cuda"; another type runs the CPU's) with ``spectrum.svd_method`` and
+    ``spectrum.svd_dtype``: the Gram route in float64, else the direct SVD. The runner, the plan
+    and the time probe all ask this."""
+    where = "cuda" if device_type == "cuda" else "cpu"
+    how = "gram" if svd_method == "gram" and svd_dtype == "float64" else "direct"
+    return f"{how}-{where}"
+
+
+def svd_phases(route: str, P: int, vectors: bool = True, itemsize: int = 8,
+               block: int | None = None) -> list[tuple[str, dict[str, int]]]:
+    """The phases of the SVD by ``route`` (:data:`SVD_PHASES`) of a P x P J in numbers of
+    ``itemsize`` bytes: (phase, {part: bytes}) with the parts "held", "inside", "workspace";
+    a phase that streams J holds :data:`BLOCK_ARRAYS` P x ``block`` float64 arrays more (the
+    route's own block by default)."""
+    b = block or (CPU_BLOCK if route == "gram-cpu" else DEVICE_BLOCK)
+    unit, blocks = itemsize * P * P, BLOCK_ARRAYS * P * min(b, P) * 8
+    return [(name, {"held": held * unit + (blocks if streams else 0), "inside": inside * unit,
+                    "workspace": work * unit})
+            for name, held, inside, work, streams in SVD_PHASES[(route, vectors)]]
+
+
+def svd_bytes(route: str, P: int, vectors: bool = True, itemsize: int = 8,
+              parts: tuple[str, ...] = PARTS, block: int | None = None) -> int:
+    """Bytes at the peak of the SVD by ``route`` (:func:`svd_phases`), counting ``parts``
+    (default all: the arrays the code holds, the library's own copies and the solver's
+    workspace)."""
+    return max(sum(b for k, b in by.items() if k in parts)
+               for _, by in svd_phases(route, P, vectors, itemsize, block))
 
 
 def fmt_bytes(n: float) -> str:
@@ -51,26 +124,41 @@ class Plan:
     vectors: bool = True  # U and V too (spectrum.vectors)
     matfree: dict | None = None  # spectrum.method = "matfree": its memory, by part (bytes)
     svd_itemsize: int = 8  # bytes per number of the SVD (spectrum.svd_dtype)
-    svd_gram: bool = False  # the CPU SVD by the Gram route (spectrum.svd_method)
+    svd_method: str = "gram"  # spectrum.svd_method
     snapshots: list[int] = field(default_factory=list)  # steps of the snapshots of J
     snapshot_keep: str = "jacobian"
     disk: dict[str, int] = field(default_factory=dict)  # file -> bytes
 
+    def svd_route(self, device: str = "cpu") -> str:
+        """The SVD route (:func:`svd_route`) on ``device`` ("cpu", "cuda", "cuda:N")."""
+        kind = "cuda" if str(device).startswith("cuda") else "cpu"
+        return svd_route(kind, self.svd_method, f"float{self.svd_itemsize * 8}")
+
     def svd_memory(self, device: str = "cpu", vectors: bool | None = None) -> int:
-        """Bytes the SVD holds while it runs, on the CPU or on a CUDA device (with U
-        and V, or the singular values alone)."""
+        """Bytes the SVD takes at its peak on the CPU or on a CUDA device, by the route that
+        runs there (:func:`svd_bytes`: the arrays it holds, the library's copies and the
+        solver's workspace), with U and V or the singular values alone."""
         if not self.svd:
             return 0
-        kind = "cuda" if str(device).startswith("cuda") else "cpu"
         vec = self.vectors if vectors is None else vectors
-        p2 = GRAM_P2[vec] if (kind == "cpu" and self.svd_gram) else SVD_P2[(kind, vec)]
-        return p2 * self.svd_itemsize * self.P * self.P
+        return svd_bytes(self.svd_route(device), self.P, vec, self.svd_itemsize)
+
+    def svd_memory_text(self, device: str = "cpu") -> str:
+        """:meth:`svd_memory` with its route and the parts of its peak, e.g. "121.8 GB (Gram
+        route, GPU; at eigh (syevd, in place): 30.5 GB arrays, 91.4 GB solver workspace)"."""
+        route = self.svd_route(device)
+        name, by = max(svd_phases(route, self.P, self.vectors, self.svd_itemsize),
+                       key=lambda ph: sum(ph[1].values()))
+        parts = ", ".join(f"{fmt_bytes(b)} {PART_NAMES[k]}" for k, b in by.items() if b)
+        return f"{fmt_bytes(sum(by.values()))} ({ROUTES[route]}; at {name}: {parts})"
 
     @property
     def disk_total(self) -> int:
         return sum(self.disk.values())
 
-    def lines(self) -> list[str]:
+    def lines(self, device: str | None = None) -> list[str]:
+        """The plan as lines of text; the SVD's memory on ``device`` (the route that runs
+        there), or on the CPU and on a GPU when None."""
         out = [f"P = {self.P:,} parameters, {self.steps:,} optimizer steps over "
                f"{self.n_train:,} training rows"]
         if self.jacobian:
@@ -79,10 +167,11 @@ class Plan:
         if self.svd:
             svd_disk = sum(v for k, v in self.disk.items() if k.startswith("svd/"))
             what = "S, U, Vh" if self.vectors else "S only"
-            out.append(f"SVD: {fmt_bytes(svd_disk)} on disk ({what}), "
-                       f"{fmt_bytes(self.svd_memory('cpu'))} of memory while it runs on the "
-                       f"CPU, {fmt_bytes(self.svd_memory('cuda'))} on a GPU "
-                       f"(float{self.svd_itemsize * 8})")
+            wheres = ([("the CPU", "cpu"), ("a GPU", "cuda")] if device is None else
+                      [("a GPU" if str(device).startswith("cuda") else "the CPU", device)])
+            mem = ", ".join(f"{self.svd_memory_text(d)} on {name}" for name, d in wheres)
+            out.append(f"SVD: {fmt_bytes(svd_disk)} on disk ({what}); float"
+                       f"{self.svd_itemsize * 8}, memory while it runs: {mem}")
         if self.snapshots:
             n, each = len(self.snapshots), self.P * self.P * self.itemsize
             kept = {"jacobian": "each keeps its J and SVD", "svd": "each keeps its SVD (its J "
@@ -170,8 +259,7 @@ def make_plan(cfg: RunConfig, ds=None, P: int | None = None) -> Plan:
                 n_train=len(ds.x_train), itemsize=item, jacobian=jac, svd=svd,
                 vectors=cfg.spectrum.vectors,
                 svd_itemsize=8 if cfg.spectrum.svd_dtype == "float64" else 4,
-                svd_gram=(cfg.spectrum.svd_method == "gram"
-                          and cfg.spectrum.svd_dtype == "float64"))
+                svd_method=cfg.spectrum.svd_method)
     plan.disk["theta0.npz"] = plan.disk["thetaT.npz"] = 8 * P
     if jac:
         per_epoch = count_steps(len(ds.x_train), t.batch_size, 1, t.drop_last)
@@ -229,9 +317,9 @@ def free_disk(path: Path) -> int:
 
 def where_svd_runs(device: str) -> str:
     """The device the SVD of a run configured with ``device`` will use, without importing
-    torch: "auto" is CUDA where an NVIDIA driver is loaded."""
+    torch: "auto" is CUDA where :func:`engine.device.cuda_missing` finds it."""
     if device == "auto":
-        return "cuda" if Path("/proc/driver/nvidia/version").exists() else "cpu"
+        return "cuda" if cuda_missing() is None else "cpu"
     return device
 
 
@@ -275,8 +363,8 @@ def check(plan: Plan, directory: Path, already: int = 0, device: str | None = "c
             where = f"free on {device}" if cuda else "available here"
             hints = []
             if plan.svd_itemsize == 8:
-                half = replace(plan, svd_itemsize=4, svd_gram=False)
-                if half.svd_memory(device) < need:  # (the Gram route needs less than gesdd32)
+                half = replace(plan, svd_itemsize=4)
+                if half.svd_memory(device) < need:  # (the Gram route may need less)
                     hints.append(f'spectrum.svd_dtype = "float32" (it needs '
                                  f"{fmt_bytes(half.svd_memory(device))})")
             hints.append("spectrum.vectors = false (the singular values alone need "
@@ -284,8 +372,9 @@ def check(plan: Plan, directory: Path, already: int = 0, device: str | None = "c
                          if plan.vectors else "jacobian.svd = false")
             hint = "set " + " or ".join(hints)
             raise PlanError(f"the float{plan.svd_itemsize * 8} SVD of this run's {plan.P:,} x "
-                            f"{plan.P:,} Jacobian needs {fmt_bytes(need)} of memory and "
-                            f"{fmt_bytes(mem)} is {where}: {hint}, or run where it fits")
+                            f"{plan.P:,} Jacobian ({ROUTES[plan.svd_route(device)]}) needs "
+                            f"{fmt_bytes(need)} of memory and {fmt_bytes(mem)} is {where}: "
+                            f"{hint}, or run where it fits")
 
 
 def check_all(plans: list[Plan], directory: Path, device: str | None = "cpu") -> None:

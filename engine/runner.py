@@ -58,6 +58,7 @@ Listener = Callable[[dict], None]
 # a chunk's theta_T may differ from thetaT.npz by at most this, relative to max(1, |theta_T|)
 PRIMAL_DEV_FLOAT32 = 1e-4
 PRIMAL_DEV_FLOAT64 = 1e-10
+DEVICE_PROBE_N = 2000  # the size of probe()'s timed SVD on a GPU (1,000 on the CPU)
 
 
 class PrimalMismatch(RuntimeError):
@@ -228,7 +229,7 @@ class Runner:
                         "jacobian.chunk") from None
             # out of the except clause, the error's traceback (whose frames held the failed
             # chunk's trajectory and tangents) is gone: free what the chunk size left behind
-            jac_mod.release_memory(self.problem)
+            jac_mod.release_chunk_memory(self.problem)
             new = max(1, chunk // 2)
             fallbacks.append({"from": chunk, "to": new})
             s.set_stage("jacobian", chunk_fallbacks=fallbacks)
@@ -286,7 +287,7 @@ class Runner:
             self.emit("warning", message=f"jacobian.npy: {len(store.damaged)} chunk(s) did not "
                                          f"match their digests (first: {store.damaged[0]}); "
                                          "computing them again")
-        thetaT = self.thetaT()
+        thetaT = self.thetaT().cpu()  # (a chunk's theta_T comes to on_chunk on the host)
         bound = self.primal_bound(thetaT)
         if lead:
             self.emit("jacobian_start", total=P, chunk=store.chunk, chunks=len(store.ranges),
@@ -338,33 +339,47 @@ class Runner:
         """The SVD of J (:meth:`svd_of`) into ``svd/``; the summary is the next stage."""
         self.svd_result = self.svd_of("jacobian.npy", "svd", "svd")
 
+    def svd_route(self) -> str:
+        """The SVD's route here (:func:`engine.plan.svd_route`)."""
+        sp = self.cfg.spectrum
+        return plan_mod.svd_route(self.device.type, sp.svd_method, sp.svd_dtype)
+
     def svd_of(self, jrel: str, out: str, stage: str):
         """The SVD of the stored J ``jrel``, in float64 (``spectrum.svd_dtype``), its files
-        written to ``out/`` (S, U, Vh, the alignment) and recorded for ``stage``. On the CPU by
-        the Gram route in a child process (:mod:`engine.svdjob`, which also summarizes: the
-        summary is returned) or with LAPACK's gesdd (J whole in memory, as float64); on CUDA
-        with torch on the device, J assembled there from column blocks of the file and U, Vh
-        written back in row blocks, so host memory never holds a P x P matrix. U and Vh are
-        stored in the run's dtype, S and the alignment in float64; otherwise returns
-        (U, S, Vh) for :meth:`summary_of` (float64 vectors of this process)."""
+        written to ``out/`` (S, U, Vh, the alignment) and recorded for ``stage``, by the route
+        of :meth:`svd_route`. On the CPU by the Gram route in a child process
+        (:mod:`engine.svdjob`, which also summarizes: the summary is returned) or with LAPACK's
+        gesdd (J whole in memory, as float64); on CUDA with torch on the device, by the Gram
+        route (:func:`engine.spectrum.svd_gram_device`) or torch's direct SVD
+        (:func:`engine.spectrum.svd_device`), J streamed there in column blocks of the file and
+        U, Vh written back in row blocks, so host memory never holds a P x P matrix. U and Vh
+        are stored in the run's dtype, S and the alignment in float64; otherwise returns
+        (U, S, Vh) for :meth:`summary_of` (float64 vectors of this process, tensors on the
+        device for CUDA)."""
         s, keep = self.session, (np.float64 if self.cfg.dtype == "float64" else np.float32)
         J = s.load_npy(jrel, mmap=True)
         vectors, dt = self.cfg.spectrum.vectors, np.dtype(self.cfg.spectrum.svd_dtype)
         (s.path / out).mkdir(parents=True, exist_ok=True)
-        if self.device.type == "cuda":
-            U, S_t, Vh = spectrum.svd_device(J, self.device, vectors, self.should_stop, dtype=dt)
+        route = self.svd_route()
+        if route == "gram-cpu":
+            return self._svd_gram(jrel, out, stage, keep, vectors)
+        if route in ("gram-cuda", "direct-cuda"):
+            if route == "gram-cuda":
+                U, S_t, Vh = spectrum.svd_gram_device(J, self.device, vectors, self.should_stop)
+            else:
+                U, S_t, Vh = spectrum.svd_device(J, self.device, vectors, self.should_stop,
+                                                 dtype=dt)
             S = S_t.double().cpu().numpy()
             s.write_npy(f"{out}/S.npy", S, stage=stage)
             if vectors:
-                P = len(S)
+                P, tkeep = len(S), torch.float64 if keep is np.float64 else torch.float32
                 for rel, M in ((f"{out}/U.npy", U), (f"{out}/Vh.npy", Vh)):
-                    spectrum_rows = (M[a: a + 4096].cpu().numpy() for a in range(0, P, 4096))
-                    files.atomic_save_npy_rows(s.path / rel, (P, P), keep, spectrum_rows)
+                    # (rounded to the kept dtype on the device: a row block crosses once)
+                    rows = (M[a: a + 4096].to(tkeep).cpu().numpy() for a in range(0, P, 4096))
+                    files.atomic_save_npy_rows(s.path / rel, (P, P), keep, rows)
                     s.record_file(rel, stage)
                 a = torch.einsum("ij,ji->j", U, Vh).double().cpu().numpy()
                 s.write_npy(f"{out}/alignment.npy", a, stage=stage)
-        elif self.cfg.spectrum.svd_method == "gram" and dt == np.float64:
-            return self._svd_gram(jrel, out, stage, keep, vectors)
         else:
             if vectors:
                 U, S, Vh = spectrum.svd(J, self.device, self.should_stop, dtype=dt)
@@ -411,6 +426,8 @@ class Runner:
             else:  # on the GPU: the alignment and the regions' cosines computed there
                 summary = spectrum.summarize(S, tol=tol, align=self.session.load_npy(
                     f"{out}/alignment.npy"), cosines=spectrum.region_cosines(U, Vh, S, tol))
+            if self.svd_route() == "gram-cuda":  # (engine.svdjob notes its own)
+                spectrum.note_gram_resolution(summary, S)
         summary["svd_dtype"] = self.cfg.spectrum.svd_dtype
         return summary
 
@@ -693,8 +710,9 @@ class Runner:
 def probe(cfg, device: str | None = None) -> dict:
     """What a run of ``cfg`` will take here, before it starts: the plan's sizes, whether they
     fit, the chunk on this device, and times estimated from a short timed probe (a few training
-    steps of one chunk of tangents; the SVD from a timed SVD of 1,000 x 1,000 in the SVD's
-    dtype, scaled by P^3). Returns plain data: ``tjac run --plan`` and the Setup pane print it."""
+    steps of one chunk of tangents; the SVD from a timed run of the route that will run, on the
+    device where it will run, scaled by P^3: :func:`svd_seconds`). Returns plain data:
+    ``tjac run --plan`` and the Setup pane print it."""
     dev = device_mod.resolve(device or cfg.device)
     device_mod.configure(dev, cfg.tf32)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
@@ -735,21 +753,58 @@ def probe(cfg, device: str | None = None) -> dict:
     out["column_steps_per_s"] = rate
     out["jacobian_s"] = plan.P * plan.steps / rate
     if plan.svd:
-        A = np.random.default_rng(0).standard_normal((1000, 1000)).astype(
-            cfg.spectrum.svd_dtype)
+        sp = cfg.spectrum
+        route = plan_mod.svd_route(dev.type, sp.svd_method, sp.svd_dtype)
+        out["svd_s"] = svd_seconds(route, plan.P, dev, sp.vectors, sp.svd_dtype)
+        if dev.type == "cuda":
+            n = min(plan.P, DEVICE_PROBE_N)
+            out["svd_s_note"] = (f"{plan_mod.ROUTES[route]}, timed on {dev} at n = {n:,} and "
+                                 "scaled by (P/n)^3")
+    return out
+
+
+
+def svd_seconds(route: str, P: int, device, vectors: bool = True, dtype: str = "float64",
+                n: int | None = None) -> float:
+    """The estimated seconds of the SVD of a P x P J by ``route`` (:func:`plan.svd_route`):
+    the route timed on a random n x n matrix and scaled by (P/n)^3. On the CPU, n = 1,000 and
+    the products the route does (gesdd, or the Gram route's eigh and J^T U); on a GPU,
+    n = min(P, 2,000) and the route's own function on ``device``, after an untimed run at
+    n = 64 (the first call pays for CUDA's and cuSOLVER's set-up), with synchronised
+    timing."""
+    rng = np.random.default_rng(0)
+    if route in ("gram-cpu", "direct-cpu"):
+        n = n or 1000
+        A = rng.standard_normal((n, n)).astype(dtype)
         t0 = time.perf_counter()
-        if (cfg.spectrum.svd_method == "gram" and cfg.spectrum.svd_dtype == "float64"
-                and dev.type == "cpu"):  # what engine.svdjob does, at n = 1000
+        if route == "gram-cpu":  # what engine.svdjob does, at n
             import scipy.linalg
 
             w, Z = scipy.linalg.eigh(A @ A.T, driver="evr", check_finite=False)
             A.T @ Z
         else:
             np.linalg.svd(A)
-        out["svd_s"] = (time.perf_counter() - t0) * (plan.P / 1000) ** 3
-        if dev.type == "cuda":
-            out["svd_s_note"] = "CPU figure; the SVD runs on the GPU"
-    return out
+        return (time.perf_counter() - t0) * (P / n) ** 3
+    n = n or min(P, DEVICE_PROBE_N)
+    if route == "gram-cuda":
+        fn = spectrum.svd_gram_device
+    else:
+        def fn(A, device, vectors):
+            return spectrum.svd_device(A, device, vectors, dtype=np.dtype(dtype))
+
+    def sync():
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for m in (min(64, n), n):
+        A = np.asfortranarray(rng.standard_normal((m, m)))  # (column-major, as J is stored)
+        sync()
+        t0 = time.perf_counter()
+        result = fn(A, device, vectors)
+        sync()
+        seconds = time.perf_counter() - t0
+        del result
+    return seconds * (P / n) ** 3
 
 
 def release_memory() -> None:

@@ -7,6 +7,16 @@ index range. The SVD is computed in float64 whatever the run's dtype unless
 paper MLP's J, s_1 = 19.4, the observed change is at most 6e-8 near s = 1 and no region count
 moves: ``benchmarks/svd_precision.py``); it matters when s_1 is large or bulk_tol small.
 
+Routes (which one runs is :func:`engine.plan.svd_route`, from the device, ``spectrum.svd_method``
+and ``spectrum.svd_dtype``). The float64 default is the Gram route: ``G = J J^T`` from column
+blocks of the stored J, ``G = U diag(s^2) U^T`` by a symmetric eigensolver, ``V = J^T U / s``,
+the right vectors of the small singular values orthonormalized (:func:`finish_right_vectors`).
+On the CPU it runs in a numpy/scipy child process (:mod:`engine.svdjob`); on a GPU in torch,
+:func:`svd_gram_device` (cuSOLVER's syevd). Otherwise the SVD is direct: LAPACK's gesdd
+(:func:`svd`, :func:`svdvals`) or ``torch.linalg.svd`` on the device (:func:`svd_device`,
+cuSOLVER's gesvdj). The Gram route's singular values carry an absolute error ~eps s_1^2 / s
+instead of ~eps s_1: below ~sqrt(eps) s_1 they are not resolved (:func:`note_gram_resolution`).
+
 Alignment. Per index, a_i = u_i . v_i (1 when the direction comes back unrotated). Inside the
 bulk the singular values are nearly degenerate, so individual u_i and v_i are ill-defined
 (any rotation within the plateau is an equally valid SVD) and a_i can be far from 1 even when the
@@ -22,9 +32,15 @@ import numpy as np
 import scipy.linalg
 
 from . import interrupt, regions
+from .device import DeviceError
+from .schema import one_line
 from .subspace import principal_cosines
 
 REGIONS = regions.REGIONS
+
+# the Gram route: right vectors of singular values below SMALL * s_1 are orthonormalized against
+# the others (J^T u / s loses orthogonality like eps s_1^2 / (s_i s_j))
+SMALL = 1e-3
 
 ALIGNMENT_NOTE = ("u.v mean is the mean of the per-index u_i . v_i, ill-posed inside a "
                   "near-degenerate plateau; subspace cos is the mean cosine of the principal "
@@ -60,9 +76,9 @@ def svd(J, device="cpu", should_stop=None, dtype=np.float64
 def svdvals(J, should_stop=None, dtype=np.float64) -> np.ndarray:
     """The singular values alone, descending, returned as float64 (gesdd without vectors on a
     ``dtype`` copy of J and a small workspace)."""
-    A = np.asarray(J, dtype=dtype)
-    if not np.isfinite(A).all():
+    if not np.isfinite(np.asarray(J)).all():  # (before the copy: the two are not held at once)
         raise ValueError("the Jacobian has non-finite entries: no SVD")
+    A = np.asarray(J, dtype=dtype)
     return interrupt.call(np.linalg.svd, A, compute_uv=False,
                           should_stop=should_stop).astype(np.float64)
 
@@ -73,27 +89,146 @@ def _torch_dtype(dtype):
     return torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
 
 
+def column_rows(J, a: int, b: int) -> np.ndarray:
+    """``J[:, a:b]`` transposed, (b - a, P), a C-contiguous copy in J's dtype: one contiguous
+    read of a column-major J (a memory map of jacobian.npy); ValueError when it is not
+    finite."""
+    rows = np.array(J[:, a:b].T, order="C")
+    if not np.isfinite(rows).all():
+        raise ValueError("the Jacobian has non-finite entries: no SVD")
+    return rows
+
+
 def svd_device(J, device, vectors: bool = True, should_stop=None, block: int = 2048,
                dtype=np.float64):
-    """The SVD (in ``dtype``) on a torch device (a GPU), for a J that need not fit in host memory: the
-    matrix is assembled on the device from column blocks of ``J`` (a memory-mapped
-    column-major array: each block is one contiguous read), so the host holds one block at a
-    time. Returns torch tensors on the device, ``(U, S, Vh)``, or ``(None, S, None)`` without
-    ``vectors`` (``torch.linalg.svdvals``: no U, V and a fraction of the memory)."""
+    """The direct SVD (in ``dtype``) on a torch device (a GPU), for a J that need not fit in
+    host memory: the matrix is assembled on the device from column blocks of ``J`` (a
+    memory-mapped column-major array: each block is one contiguous read), so the host holds one
+    block at a time. Returns torch tensors on the device, ``(U, S, Vh)``, or ``(None, S, None)``
+    without ``vectors`` (``torch.linalg.svdvals``).
+
+    Memory (P^2 numbers of ``dtype``; :data:`engine.plan.SVD_PHASES`): A, torch's column-major
+    copy of it that cuSOLVER's gesvdj overwrites, U and V, plus gesvdj's workspace; when gesvdj
+    does not converge, torch runs gesvd on a new copy with a V^H buffer of its own (5 P^2).
+    Without vectors torch still allocates U and V for gesvdj (4 P^2)."""
     import torch
 
     P, tdt = J.shape[0], _torch_dtype(dtype)
     A = torch.empty(P, P, dtype=tdt, device=device)
     for a in range(0, P, block):
-        blk = np.ascontiguousarray(J[:, a: a + block])
-        if not np.isfinite(blk).all():
-            raise ValueError("the Jacobian has non-finite entries: no SVD")
-        A[:, a: a + block] = torch.from_numpy(blk).to(device=device, dtype=tdt)
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt
+        A[:, a: a + block] = torch.from_numpy(column_rows(J, a, a + block)).to(
+            device=device, dtype=tdt).T
     if not vectors:
         return None, interrupt.call(torch.linalg.svdvals, A, should_stop=should_stop), None
     U, S, Vh = interrupt.call(torch.linalg.svd, A, should_stop=should_stop)
     del A
     return U, S, Vh
+
+
+def svd_gram_device(J, device, vectors: bool = True, should_stop=None, block: int = 2048):
+    """The float64 SVD of J by the Gram route, in torch on ``device`` (a GPU; any torch device
+    works): ``(U (P, P), S (P,) float64 descending, Vh (P, P))`` as tensors there, or
+    ``(None, S, None)`` without ``vectors``.
+
+    ``J`` is a (P, P) numpy array or memory map, column-major as jacobian.npy is (a column
+    block is one contiguous read); it is streamed to the device in blocks of ``block``
+    columns, each checked finite (ValueError otherwise) and upcast to float64 there, so the host
+    holds one block at a time. ``G = -J J^T`` is accumulated on the device (negated, so that the
+    eigensolver's ascending order is the descending order of s and no column of U moves);
+    ``torch.linalg.eigh`` (cuSOLVER's syevd, through its 64-bit API) overwrites G with its
+    eigenvectors U, in place; ``s = sqrt(max(-w, 0))``; ``V = J^T U / s`` from a second pass over
+    the blocks, whose right vectors of the singular values below ``SMALL * s_1`` are then
+    orthonormalized against the others (:func:`finish_right_vectors`, what engine.svdjob does).
+    ``Vh`` is the transposed view of V. ``should_stop()`` is honoured between blocks and during
+    the eigensolver (:mod:`engine.interrupt`).
+
+    Live at the peak (float64; :data:`engine.plan.SVD_PHASES`): with vectors, during the
+    eigensolver G = U (P^2: in place) and the eigenvalues, plus the solver's workspace
+    (cuSOLVER's syevd documents no size: about 3 P^2; LAPACK's dsyevd on the CPU 2 P^2 + 6 P + 1);
+    during the second pass U and V (2 P^2, G was overwritten by U) and one column block (P x
+    block in J's dtype and as float64); during the orthonormalization U, V and a few P x block
+    temporaries. Without vectors: G (P^2), the copy of it that torch's eigvalsh makes inside
+    (P^2) and the solver's workspace (syevd without vectors: O(P) in LAPACK)."""
+    import torch
+
+    P = J.shape[0]
+    f64 = torch.float64
+    G = torch.zeros(P, P, dtype=f64, device=device).T  # column-major: eigh works in place
+
+    def blocks():
+        for a in range(0, P, block):
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt
+            b = min(a + block, P)
+            yield a, b, torch.from_numpy(column_rows(J, a, b)).to(device).to(f64)
+
+    for _, _, Ct in blocks():  # Ct = J[:, a:b]^T, (b - a, P)
+        G.addmm_(Ct.T, Ct, alpha=-1.0)
+        del Ct
+    try:
+        if not vectors:
+            w = interrupt.call(torch.linalg.eigvalsh, G, should_stop=should_stop)
+            del G
+            return None, torch.sqrt(torch.clamp(-w, min=0.0)), None
+        w = torch.empty(P, dtype=f64, device=device)
+        interrupt.call(torch.linalg.eigh, G, out=(w, G), should_stop=should_stop)
+    except RuntimeError as e:  # (a stop is a KeyboardInterrupt, running out of memory says so)
+        if "CUSOLVER" not in str(e).upper():
+            raise
+        why = one_line(str(e).strip().splitlines()[0])
+        raise DeviceError(
+            f"cuSOLVER's eigensolver failed on the {P:,} x {P:,} Gram matrix ({why}); before "
+            f"CUDA 13.0 its syevd is reported to refuse n above about 26,000 (this torch: CUDA "
+            f'{torch.version.cuda}): run it with a torch built for CUDA 13, on the CPU (device '
+            '= "cpu"), or with spectrum.svd_method = "gesdd"') from None
+    U, S = G, torch.sqrt(torch.clamp(-w, min=0.0))
+    del G, w
+    V = torch.empty(P, P, dtype=f64, device=device)
+    for a, b, Ct in blocks():
+        torch.matmul(Ct, U, out=V[a:b])  # rows a:b of J^T U
+        del Ct
+    finish_right_vectors(V, S, block)
+    return U, S, V.T
+
+
+def finish_right_vectors(V, S, block: int = 512) -> None:
+    """In place, the Gram route's last step (numpy arrays or torch tensors alike): ``V = J^T U``
+    (P, P), its columns in the order of the descending float64 ``S``, becomes the right
+    singular vectors: each column divided by its s, then those of the singular values below
+    ``SMALL * s_1`` (the trailing columns, whose ``J^T u / s`` are the less accurate the smaller
+    s is, and of no accuracy below sqrt(eps) s_1, where only the subspace they complete is
+    determined) made orthonormal and orthogonal to all the columns before them: ``block``
+    columns at a time, projected out twice ("twice is enough", Kahan and Parlett), then a QR
+    with its signs kept. Extra memory: a few P x block arrays."""
+    if isinstance(V, np.ndarray):
+        qr = np.linalg.qr
+    else:
+        import torch
+
+        qr = torch.linalg.qr
+    P = len(S)
+    n = int((S >= SMALL * S[0]).sum()) if P else 0
+    V /= S.clip(1e-300)
+    for a in range(n, P, block):
+        Q, X = V[:, :a], V[:, a: a + block]  # views: X is written in place
+        for _ in range(2):
+            X -= Q @ (Q.T @ X)
+        Qx, R = qr(X)
+        X[...] = Qx * (1 - 2 * (R.diagonal() < 0))
+
+
+def note_gram_resolution(summary: dict, S: np.ndarray) -> dict:
+    """The Gram route's notes on a summary of :func:`summarize` (float64 S, descending):
+    ``svd_method`` "gram", ``s_resolution`` (~sqrt(eps) s_1: singular values below it carry an
+    error as large as themselves) and no determinant when the smallest is below it."""
+    summary["svd_method"] = "gram"
+    floor = float(np.sqrt(np.finfo(np.float64).eps) * (S[0] if len(S) else 0.0))
+    summary["s_resolution"] = floor
+    if len(S) and S[-1] < floor:
+        summary["log10_det"] = None
+    return summary
 
 
 def region_cosines(U, Vh, S: np.ndarray, tol: float) -> dict[str, np.ndarray]:

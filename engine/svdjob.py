@@ -1,17 +1,22 @@
 """The CPU SVD of a stored J by the eigendecomposition of its Gram matrix, in a process of its own.
 
-Route (``spectrum.svd_method = "gram"``, the CPU default): ``G = J J^T`` in float64, built
-column block by column block from ``jacobian.npy`` (column-major: a block is one contiguous
-read) with BLAS ``dsyrk``; ``G = U diag(s^2) U^T`` by LAPACK's MRRR eigensolver (``dsyevr``,
-O(P) workspace); then ``V = J^T U / s``, again block by block. Against LAPACK's direct SVD
-(``gesdd``) this is ~2x faster on the paper's J and needs two P x P float64 arrays instead of
-six. What it gives up: the singular values carry an absolute error ~eps s_1^2 / s instead of
-~eps s_1 (on the paper's J, s_1 = 19.4: they agree with gesdd to 9.1e-15 for s in [0.5, 2] and
-to 5.7e-13 for s > 1e-3, every region count at every tolerance from 1e-12 to 1e-2 identical), and
-a right vector ``J^T u_i / s_i`` loses orthogonality to the others like eps s_1^2 / (s_i s_j):
-the right vectors of the singular values below 1e-3 s_1 are orthonormalized against the rest
-(below sqrt(eps) s_1 that only completes the subspace, whose basis no float64 SVD determines
-either). Measured: ``python benchmarks/svd_precision.py SESSION --gram``.
+Route (``spectrum.svd_method = "gram"``, the default; this module is its CPU side, ``gram-cpu``
+in :func:`engine.plan.svd_route`): ``G = J J^T`` in float64, built column block by column block
+from ``jacobian.npy`` (column-major: a block is one contiguous read) with BLAS ``dsyrk``;
+``G = U diag(s^2) U^T`` by LAPACK's MRRR eigensolver (``dsyevr``, O(P) workspace); then
+``V = J^T U / s``, again block by block. Against LAPACK's direct SVD (``gesdd``) this is ~2x
+faster on the paper's J and needs two P x P float64 arrays instead of nine (numpy's gesdd: J's
+float64 copy, numpy's own copy of it, U and V^T in its buffer and again as its outputs, and a
+workspace of 3 P^2: :data:`engine.plan.SVD_PHASES`). What it gives up: the singular values
+carry an absolute error ~eps s_1^2 / s instead of ~eps s_1 (on the paper's J, s_1 = 19.4: they
+agree with gesdd to 9.1e-15 for s in [0.5, 2] and to 5.7e-13 for s > 1e-3, every region count
+at every tolerance from 1e-12 to 1e-2 identical), and a right vector ``J^T u_i / s_i`` loses
+orthogonality to the others like eps s_1^2 / (s_i s_j): the right vectors of the singular
+values below ``spectrum.SMALL * s_1`` = 1e-3 s_1 are orthonormalized against the rest (below
+sqrt(eps) s_1 that only completes the subspace, whose basis no float64 SVD determines either) by
+:func:`engine.spectrum.finish_right_vectors`, which the GPU's Gram route
+(:func:`engine.spectrum.svd_gram_device`, torch) shares. Measured:
+``python benchmarks/svd_precision.py SESSION --gram``.
 
 It runs in a child process (``python -m engine.svdjob``) that imports numpy and scipy only:
 its memory is not added to the torch process that computed J, and a stop request kills it at
@@ -39,8 +44,6 @@ from . import files, spectrum
 from .worker import boot, child_environment
 
 BLOCK = 512  # columns of J read (and upcast to float64) at a time
-# right vectors of singular values below SMALL * s_1 are orthonormalized against the others
-SMALL = 1e-3
 
 
 def _header(path: Path) -> tuple[int, np.dtype, int]:
@@ -92,23 +95,8 @@ def gram_svd(path: Path, vectors: bool = True, block: int = BLOCK
     V = np.empty((P, P))
     for a, b, C in column_blocks(path, block):
         np.matmul(C.T, U, out=V[a:b])
-    # S is descending, so the small values are the trailing columns: views, not copies
-    n = int(np.count_nonzero(S >= SMALL * S[0])) if P else 0
-    V /= np.maximum(S, 1e-300)
-    if n < P:
-        V[:, n:] = _orthonormalize(V[:, :n], V[:, n:])
+    spectrum.finish_right_vectors(V, S, block)  # (as spectrum.svd_gram_device does on a GPU)
     return U, S, V.T
-
-
-def _orthonormalize(Q: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """The columns of ``X`` made orthonormal and orthogonal to the orthonormal columns of
-    ``Q`` (projected out twice, then a QR, signs kept): the right vectors of the small singular
-    values, whose ``J^T u / s`` are the less accurate the smaller s is (to no accuracy at all
-    below sqrt(eps) s_1, where only the subspace they complete is determined)."""
-    for _ in range(2):  # "twice is enough" (Kahan, Parlett)
-        X = X - Q @ (Q.T @ X)
-    Qx, R = np.linalg.qr(X)
-    return Qx * np.where(np.diag(R) < 0, -1.0, 1.0)
 
 
 # ---- the child process ---------------------------------------------------------------------
@@ -134,13 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         files.atomic_save_npy_rows(out / "Vh.npy", (P, P), keep,
                                    (Vh[r: r + 1024] for r in range(0, P, 1024)))
         files.atomic_save_npy(out / "alignment.npy", spectrum.alignment(U, Vh))
-    summary["svd_method"] = "gram"
-    # singular values below ~sqrt(eps) s_1 carry an error as large as themselves: say so, and
-    # give no determinant built from them
-    floor = float(np.sqrt(np.finfo(np.float64).eps) * (S[0] if len(S) else 0.0))
-    summary["s_resolution"] = floor
-    if len(S) and S[-1] < floor:
-        summary["log10_det"] = None
+    spectrum.note_gram_resolution(summary, S)
     files.atomic_write_json(out / "summary.json", summary)
     return 0
 

@@ -607,7 +607,8 @@ def identity_columns(P: int, cols: Iterable[int], device, dtype) -> torch.Tensor
     """Tangent directions e_j for j in cols, as (K, P). With no scatter (on CUDA with
     deterministic algorithms an index_put waits for the host): a range (a chunk's columns) is
     a strided view of zeros filled with ones, entry (k, start + k step) at flat position
-    start + k (P + step); other columns a comparison with the positions."""
+    start + k (P + step), made on the device itself; other columns a comparison with the
+    positions (a list goes through host memory: a copy that synchronises with the GPU)."""
     if isinstance(cols, range) and cols.step > 0:
         e = torch.zeros(len(cols), P, device=device, dtype=dtype)
         e.view(-1)[cols.start::P + cols.step][:len(cols)].fill_(1)

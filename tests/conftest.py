@@ -43,6 +43,17 @@ def tiny_config(npz: Path, **train_kw) -> config.RunConfig:
     return config.from_dict(table)
 
 
+def stored_j(tmp_path: Path, J: np.ndarray) -> Path:
+    """J saved as a session stores it (column-major jacobian.npy); its path."""
+    path = tmp_path / "jacobian.npy"
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=J.dtype, shape=J.shape,
+                                    fortran_order=True)
+    arr[:] = J
+    arr.flush()
+    del arr
+    return path
+
+
 def make(cfg: config.RunConfig, kernel: str = "auto"):
     """(problem, theta0) for a config, on the CPU."""
     ds = data.load(cfg.data)

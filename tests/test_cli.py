@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,6 @@ from engine.session import Session, describe
 from tjac_tui.cli import main
 
 from conftest import PRESETS
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tjac(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -170,27 +167,6 @@ def test_a_worker_that_cannot_read_its_config_marks_the_session_failed(tmp_path,
     assert main(["resume", str(s.path), "-q"]) == runner.EXIT_FAILED
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"{s.path}: {m['error']}"]
-
-
-# ---- the README stays true -----------------------------------------------------------------------
-
-
-def test_readme_config_reference_is_the_current_one():
-    from tjac_tui.cli import keys_markdown
-
-    block = (REPO / "README.md").read_text().split("<!-- keys: ")[1].split("<!-- /keys -->")[0]
-    assert keys_markdown() in block
-
-
-def test_readme_layout_names_every_engine_module():
-    text = (REPO / "README.md").read_text()
-    layout = text.split("## Layout of the code")[1].split("\n## ")[0]
-    for p in sorted((REPO / "engine").rglob("*.py")):
-        rel = p.relative_to(REPO)
-        if p.name == "__init__.py" and p.parent.name != "engine":
-            continue
-        top = "/".join(rel.parts[:2]) + "/" if len(rel.parts) > 2 else str(rel)
-        assert f"`{rel}`" in layout or f"`{top}`" in layout or p.name == "__init__.py", rel
 
 
 def test_plan_reports_the_chunk_probe(tmp_path, capsys):

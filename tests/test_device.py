@@ -90,6 +90,74 @@ def test_cuda_names_are_checked_and_normalised(monkeypatch):
     assert device.resolve("auto") == torch.device("cpu")
 
 
+@pytest.fixture
+def machine(tmp_path, monkeypatch):
+    """A machine made of files: ``machine(*nodes, driver=False, **env)`` puts the device nodes
+    in its /dev (the driver's /proc file if ``driver``) and sets the environment."""
+    def make(*nodes, driver=False, **env):
+        dev = tmp_path / "dev"
+        dev.mkdir()
+        for n in nodes:
+            (dev / n).touch()
+        proc = tmp_path / "version"
+        if driver:
+            proc.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.86.15\n")
+        monkeypatch.setattr(device, "DEVICE_DIR", str(dev))
+        monkeypatch.setattr(device, "NVIDIA_DRIVER", str(proc))
+        for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+            monkeypatch.delenv(var, raising=False)
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+    return make
+
+
+@pytest.mark.parametrize("nodes, driver, env", [
+    (["nvidiactl", "nvidia-uvm", "nvidia0"], False, {}),  # a container given a GPU
+    (["nvidiactl", "nvidia3"], False, {"NVIDIA_VISIBLE_DEVICES": "GPU-1b2c"}),
+    (["dxg"], False, {}),  # WSL 2
+    ([], True, {"CUDA_VISIBLE_DEVICES": "0,1"}),  # the host itself
+])
+def test_cuda_is_found_from_what_a_gpu_machine_has(machine, nodes, driver, env):
+    """A GPU container without /proc/driver/nvidia (only the device nodes), WSL's /dev/dxg,
+    or the driver's /proc file: ``cuda`` passes and ``auto`` plans the SVD on the GPU."""
+    from engine import plan
+
+    machine(*nodes, driver=driver, **env)
+    assert device.cuda_missing() is None
+    device.check_here("cuda")
+    device.check_here("cuda:1")
+    assert plan.where_svd_runs("auto") == "cuda"
+
+
+@pytest.mark.parametrize("nodes, driver, env, why", [
+    ([], False, {}, "no NVIDIA driver or GPU device"),
+    (["nvidiactl", "nvidia-uvm"], False, {}, "no NVIDIA driver or GPU device"),  # no GPU
+    (["nvidia0"], True, {"CUDA_VISIBLE_DEVICES": ""}, "CUDA_VISIBLE_DEVICES=''"),
+    (["nvidia0"], True, {"CUDA_VISIBLE_DEVICES": "-1"}, "CUDA_VISIBLE_DEVICES='-1'"),
+    (["nvidia0"], True, {"NVIDIA_VISIBLE_DEVICES": "none"}, "NVIDIA_VISIBLE_DEVICES='none'"),
+    (["nvidia0"], True, {"NVIDIA_VISIBLE_DEVICES": "void"}, "NVIDIA_VISIBLE_DEVICES='void'"),
+])
+def test_cuda_is_refused_with_the_reason(machine, capsys, tmp_path, nodes, driver, env, why):
+    """No GPU node and no driver, the control node alone, or every GPU hidden by the
+    environment: ``cuda`` is refused in one line that says why; ``auto`` means the CPU."""
+    from engine import plan
+    from tjac_tui.cli import main
+
+    from conftest import PRESETS
+
+    machine(*nodes, driver=driver, **env)
+    assert why in device.cuda_missing()
+    with pytest.raises(device.DeviceError, match="CUDA is not available on this machine"):
+        device.check_here("cuda")
+    assert plan.where_svd_runs("auto") == "cpu"
+    assert main(["run", str(PRESETS / "quick.toml"), "--device", "cuda", "--sessions",
+                 str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('device = "cuda": CUDA is not available on '
+                                               "this machine (") and why in err[0], err
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_missing_gpu_is_one_line_in_the_session(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -191,6 +259,72 @@ def test_out_of_memory_frees_the_kernels_workspace_before_the_smaller_chunk(tmp_
     ref = Session.create(tmp_path, "ref", small(jacobian={"chunk": 128, "svd": False}))
     assert runner.run_session(ref.path) == runner.EXIT_OK
     assert np.array_equal(s.load_npy("jacobian.npy"), ref.load_npy("jacobian.npy"))
+
+
+# the shapes torch gives a failed allocation (torch 2.13: torch.OutOfMemoryError from the
+# caching allocator, torch.AcceleratorError from the CUDA runtime, RuntimeError from the CUDA
+# libraries' checks and the CPU allocator), and errors of the same shapes that are no such thing
+ALLOCATION_FAILED = [
+    (torch.cuda.OutOfMemoryError, "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
+                                  "total capacity of 139.72 GiB of which 1.06 GiB is "
+                                  "free."),
+    (torch.AcceleratorError, "CUDA error: out of memory\nCUDA kernel errors might be "
+                             "asynchronously reported at some other API call, so the "
+                             "stacktrace below might be incorrect.\nFor debugging consider "
+                             "passing CUDA_LAUNCH_BLOCKING=1"),
+    (RuntimeError, "CUDA driver error: out of memory"),
+    (RuntimeError, "cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+    (RuntimeError, "cuDNN error: CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED"),
+    (RuntimeError, "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling "
+                   "`cublasCreate(handle)`"),
+    (RuntimeError, "cusolver error: CUSOLVER_STATUS_ALLOC_FAILED, when calling "
+                   "`cusolverDnCreate(handle)`. If you keep seeing this error, you may use "
+                   "`torch.backends.cuda.preferred_linalg_library()` to try linear algebra "
+                   "operators with other supported backends."),
+    (RuntimeError, "DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                   "4000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    (MemoryError, "Unable to allocate 3.73 GiB for an array"),
+]
+NOT_ALLOCATION = [
+    (torch.AcceleratorError, "CUDA error: an illegal memory access was encountered"),
+    (RuntimeError, "cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if you "
+                   "passed in a non-contiguous input."),
+    (RuntimeError, "cuDNN error: CUDNN_STATUS_BAD_PARAM"),
+    (RuntimeError, "CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasSgemm( "
+                   "handle, opa, opb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc)`"),
+    (RuntimeError, "cusolver error: CUSOLVER_STATUS_INVALID_VALUE, when calling "
+                   "`cusolverDnSgesvdj( handle, jobz, econ, m, n, A, lda, S, U, ldu, V, ldv, "
+                   "work, lwork, info, params)`"),
+    (ValueError, "chunk 3: expected (64, 610), got (32, 610)"),
+    (OSError, "CUBLAS_STATUS_ALLOC_FAILED"),  # not an error torch raises
+]
+
+
+@pytest.mark.parametrize("kind, message", ALLOCATION_FAILED)
+def test_every_failed_allocation_halves_the_chunk(kind, message):
+    assert jacobian.is_out_of_memory(kind(message))
+
+
+@pytest.mark.parametrize("kind, message", NOT_ALLOCATION)
+def test_other_device_errors_are_not_taken_for_a_failed_allocation(kind, message):
+    assert not jacobian.is_out_of_memory(kind(message))
+
+
+def test_a_cudnn_allocation_failure_halves_the_chunk_like_out_of_memory(tmp_path, monkeypatch):
+    """cuDNN's ALLOC_FAILED while the first chunk of 256 columns trains: the stage goes on
+    with 128 columns, as for torch.OutOfMemoryError (it used to fail the run)."""
+    real = jacobian.train_tangents
+
+    def small_workspace(problem, theta0, tangents0, *a, **k):
+        if tangents0.shape[0] > 128:
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")
+        return real(problem, theta0, tangents0, *a, **k)
+
+    monkeypatch.setattr(jacobian, "train_tangents", small_workspace)
+    s = Session.create(tmp_path, "cudnn", small(jacobian={"chunk": 256, "svd": False}))
+    assert runner.run_session(s.path) == runner.EXIT_OK, s.manifest().get("error")
+    info = s.manifest()["stages"]["jacobian"]
+    assert info["chunk"] == 128 and info["chunk_fallbacks"] == [{"from": 256, "to": 128}]
 
 
 # ---- an analysis in float64 on a float32 run -------------------------------------------------

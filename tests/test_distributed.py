@@ -251,3 +251,75 @@ def test_a_stop_of_tjac_run_nproc_marks_the_session_interrupted(tmp_path, sig):
     m = Session(path).manifest()
     assert m["status"] == "interrupted" and m["stages"]["jacobian"]["status"] == "interrupted"
     assert not Session(path).is_locked()  # no rank is left running
+
+
+@pytest.fixture
+def one_gpu(tmp_path, monkeypatch):
+    """This machine as one with a single GPU: its driver and device node, and torch.cuda
+    saying so."""
+    import torch
+
+    from engine import device
+
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "nvidia0").touch()
+    (tmp_path / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module\n")
+    monkeypatch.setattr(device, "DEVICE_DIR", str(tmp_path / "dev"))
+    monkeypatch.setattr(device, "NVIDIA_DRIVER", str(tmp_path / "version"))
+    for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def test_more_ranks_than_gpus_are_refused_before_a_session_is_touched(one_gpu, tmp_path,
+                                                                       capsys):
+    """``tjac run --nproc 2`` and ``tjac resume --nproc 2`` of a CUDA run on a machine with one
+    GPU: one line, exit 2, no session made, the session resumed left as it was (rank 1 went to
+    cuda:1, which is not there); a CPU run takes any number of ranks."""
+    from engine import device
+    from tjac_tui.cli import main
+
+    line = "--nproc 2 on CUDA runs one rank per GPU; this machine has 1"
+    for dev in ("cuda", "auto"):
+        assert main(["run", str(QUICK), "--nproc", "2", "--device", dev, "--sessions",
+                     str(tmp_path / "new"), "-q"]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [line]
+    assert not (tmp_path / "new").exists()
+    s = Session.create(tmp_path, "gpu", config.load(QUICK, ['device="cuda"']), str(QUICK))
+    before = {p.name: p.read_bytes() for p in s.path.iterdir() if p.is_file()}
+    assert main(["resume", str(s.path), "--nproc", "2", "-q"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [line]
+    assert {p.name: p.read_bytes() for p in s.path.iterdir() if p.is_file()} == before
+    device.check_ranks("cpu", 8)
+    device.check_ranks("cuda", 1)
+
+
+def test_a_rank_without_a_gpu_stops_every_rank_in_one_line(one_gpu, tmp_path, monkeypatch,
+                                                            capsys):
+    """torchrun's rank with LOCAL_RANK 1 of 2 on a machine with one GPU (here a world of one
+    rank, in this process): it names the GPU count instead of failing in CUDA, before rank 0
+    creates the session from the preset."""
+    import socket
+
+    from engine import distributed
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    hup = signal.getsignal(signal.SIGHUP)
+    try:
+        code = distributed.main([str(tmp_path / "made"), "--preset", str(QUICK), "--set",
+                                 'device="cuda"'])
+    finally:
+        signal.signal(signal.SIGHUP, hup)
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"{tmp_path / 'made'}: --nproc-per-node 2 on CUDA runs one rank per GPU; this "
+        "machine has 1"]
+    assert not (tmp_path / "made").exists()
+    assert distributed.missing_gpu("cpu", 5, 8) is None
+    assert distributed.missing_gpu("cuda", 0, 1) is None

@@ -330,6 +330,7 @@ def test_a_device_that_is_not_here_is_refused_before_a_session_is_touched(
     from engine import device as device_mod
 
     monkeypatch.setattr(device_mod, "NVIDIA_DRIVER", str(tmp_path / "no-driver"))
+    monkeypatch.setattr(device_mod, "DEVICE_DIR", str(tmp_path / "no-dev"))  # no GPU node
     s = interrupted(clean, tmp_path)
     before = (s.path / "manifest.json").read_bytes()
     for argv in (["run", str(PRESETS / "quick.toml"), "--sessions", str(tmp_path / "new"),

@@ -108,6 +108,26 @@ def test_the_tangent_steps_never_wait_for_the_host(preset, extra, replay):
     assert bool(torch.isfinite(rows).all())
 
 
+def test_cuda_chunks_written_behind_the_computation_are_the_devices_columns(tmp_path):
+    """The writer's CUDA path (a pinned copy on a side stream, written by a thread while the
+    next chunk computes): J and a snapshot's J are bitwise the columns exact_jacobian
+    computes on the device, and on_chunk gets each chunk's theta_T on the host, in order."""
+    cfg = config.load(PRESETS / "quick.toml", ["device=cuda", "model.hidden=[8]"])
+    p, t0 = cuda_problem(cfg, dtype=torch.float32)
+    P, f32 = t0.numel(), np.dtype("float32")
+    theta_T = train.train(p, t0).cpu()
+    (tmp_path / "snap").mkdir()
+    store = jacobian.JacobianStore(tmp_path, P, 64, f32)
+    snap = jacobian.JacobianStore(tmp_path / "snap", P, 64, f32)
+    seen = []
+    jacobian.compute_into(store, p, t0, lambda i, cols, th: seen.append(
+        (i, th.device.type, torch.equal(th, theta_T))), snapshots={4: snap})
+    assert seen == [(i, "cpu", True) for i in range(len(store.ranges))]
+    assert np.array_equal(store.load(), jacobian.exact_jacobian(p, t0, 64).cpu().numpy())
+    assert np.array_equal(snap.load(),
+                          jacobian.exact_jacobian(p.truncated(4), t0, 64).cpu().numpy())
+
+
 def test_cuda_session_end_to_end(tmp_path):
     cfg = config.load(PRESETS / "quick.toml", ["device=cuda"])
     s = Session.create(tmp_path, "gpu", cfg)

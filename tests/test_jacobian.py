@@ -208,3 +208,176 @@ def test_momentum_fused_into_the_kernel_equals_the_separate_update(tiny_npz, opt
     for other in ("nesterov", "adam"):
         assert train.Optimizer(tiny_config(tiny_npz, **OPTIMIZERS[other]).train
                                ).fused_momentum == 0
+
+
+def test_a_chunks_tangent_directions_take_nothing_from_host_memory(monkeypatch):
+    """A chunk's e_j are made on its device from the range alone: a host list would be copied
+    to the GPU, a synchronisation per chunk (torch.as_tensor is that host path)."""
+    want = train.identity_columns(10, [3, 4, 5], "cpu", torch.float32)
+
+    def host(*a, **k):
+        raise AssertionError("a chunk's directions went through host memory")
+
+    monkeypatch.setattr(torch, "as_tensor", host)
+    got = train.identity_columns(10, range(3, 6), "cpu", torch.float32)
+    assert torch.equal(got, want) and got.sum() == 3 and torch.equal(got[:, 3:6], torch.eye(3))
+
+
+# ---- chunks written while the next one computes --------------------------------------------------
+
+def tiny_problem(npz):
+    """The tiny problem in 5 steps (chunks of 8: five of them)."""
+    return make(tiny_config(npz, momentum=0.9, epochs=1))
+
+
+@pytest.fixture(scope="module")
+def written_in_turn(tiny_npz, tmp_path_factory):
+    """The stores (J and J_{0->3}) as a run that writes each chunk before computing the next
+    leaves them: the columns from exact_jacobian, stored chunk by chunk in order."""
+    import numpy as np
+
+    problem, theta0 = tiny_problem(tiny_npz)
+    root = tmp_path_factory.mktemp("in-turn")
+    P, f64 = theta0.numel(), np.dtype("float64")
+    (root / "snap").mkdir()
+    for where, p in ((root, problem), (root / "snap", problem.truncated(3))):
+        J = jacobian.exact_jacobian(p, theta0, 8).numpy()
+        st = jacobian.JacobianStore(where, P, 8, f64)
+        for i, cols in enumerate(st.ranges):
+            st.write(i, J[:, cols.start: cols.stop].T)
+    return root
+
+
+def stores(root, theta0, chunk: int, snap: int = 3):
+    """(J's store in root, {snap: the store of J_{0->snap} in root/snap}), float64."""
+    import numpy as np
+
+    (root / "snap").mkdir(parents=True, exist_ok=True)
+    P, f64 = theta0.numel(), np.dtype("float64")
+    return (jacobian.JacobianStore(root, P, chunk, f64),
+            {snap: jacobian.JacobianStore(root / "snap", P, chunk, f64)})
+
+
+FILES = ("jacobian.npy", "jacobian.progress.json", "snap/jacobian.npy",
+         "snap/jacobian.progress.json")
+
+
+def test_chunks_written_behind_the_computation_are_the_synchronous_bytes(
+        tiny_npz, tmp_path, written_in_turn):
+    """J and a snapshot's J, their files and progress records, byte for byte those of a run
+    that writes each chunk before it computes the next; on_chunk runs in this thread, in
+    order, each call after its chunk is recorded."""
+    import json
+    import threading
+
+    problem, theta0 = tiny_problem(tiny_npz)
+    store, snaps = stores(tmp_path, theta0, 8)
+    calls = []
+
+    def on_chunk(index, cols, theta_T):
+        done = json.loads(store.progress_path.read_text())["done"]
+        calls.append((index, str(index) in done, threading.current_thread() is
+                      threading.main_thread(), theta_T.device.type))
+
+    jacobian.compute_into(store, problem, theta0, on_chunk, snapshots=snaps)
+    assert calls == [(i, True, True, "cpu") for i in range(5)]
+    for rel in FILES:
+        assert (tmp_path / rel).read_bytes() == (written_in_turn / rel).read_bytes(), rel
+    assert not [t for t in threading.enumerate() if t.name.startswith("jacobian-writer")]
+
+
+def test_the_next_chunk_computes_while_the_last_is_written(tiny_npz, tmp_path, monkeypatch):
+    """fdatasync of chunk 0 returns only once chunk 1's training has begun (or after 2 s):
+    chunk 1 starts before chunk 0 is durable (a run that writes each chunk before computing
+    the next waits the 2 s out, and its events show the opposite order)."""
+    import os
+    import threading
+
+    problem, theta0 = tiny_problem(tiny_npz)
+    store, _ = stores(tmp_path, theta0, 8)
+    events, started = [], threading.Event()
+    real_sync, real_train = os.fdatasync, jacobian.train_tangents
+
+    def slow_sync(fd):
+        n = sum(e.startswith("durable") for e in events)
+        if n == 0:
+            started.wait(2)
+        real_sync(fd)
+        events.append(f"durable {n}")
+
+    def train(problem, theta0, tangents0, *a, **k):
+        n = sum(e.startswith("compute") for e in events)
+        events.append(f"compute {n}")
+        if n == 1:
+            started.set()
+        return real_train(problem, theta0, tangents0, *a, **k)
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    monkeypatch.setattr(jacobian, "train_tangents", train)
+    jacobian.compute_into(store, problem, theta0)
+    assert events.index("compute 1") < events.index("durable 0"), events
+    assert sorted(store.done) == list(range(5))
+
+
+def test_a_failed_write_is_an_oserror_and_its_chunk_is_not_recorded(tiny_npz, tmp_path,
+                                                                      monkeypatch):
+    import errno
+    import os
+
+    import numpy as np
+
+    problem, theta0 = tiny_problem(tiny_npz)
+    store, snaps = stores(tmp_path, theta0, 8)
+    real_sync, syncs, calls = os.fdatasync, [], []
+
+    def full(fd):
+        syncs.append(fd)
+        if len(syncs) == 4:  # chunk 1's J (after chunk 0's snapshot and J, chunk 1's snapshot)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", full)
+    with pytest.raises(OSError) as e:
+        jacobian.compute_into(store, problem, theta0, lambda i, c, t: calls.append(i),
+                              snapshots=snaps)
+    assert e.value.errno == errno.ENOSPC
+    monkeypatch.setattr(os, "fdatasync", real_sync)
+    again = jacobian.JacobianStore(tmp_path, theta0.numel(), 8, np.dtype("float64"))
+    assert 0 in again.done and 1 not in again.done and again.damaged == []
+    assert calls == [0]
+
+
+def test_a_stop_during_a_write_leaves_every_recorded_chunk_intact(tiny_npz, tmp_path,
+                                                                   monkeypatch, written_in_turn):
+    """A stop asked while chunk 1 is being written: compute_into waits for that write, calls
+    on_chunk for every chunk recorded, and every recorded digest matches the bytes (those of
+    J)."""
+    import os
+
+    import numpy as np
+
+    problem, theta0 = tiny_problem(tiny_npz)
+    store, snaps = stores(tmp_path, theta0, 8)
+    real_sync, syncs, calls, stop = os.fdatasync, [], [], []
+
+    def sync(fd):
+        syncs.append(fd)
+        if len(syncs) == 4:  # chunk 1's J
+            stop.append(True)
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", sync)
+    with pytest.raises(KeyboardInterrupt):
+        jacobian.compute_into(store, problem, theta0, lambda i, c, t: calls.append(i),
+                              lambda: bool(stop), snapshots=snaps)
+    P, f64 = theta0.numel(), np.dtype("float64")
+    J = np.load(written_in_turn / "jacobian.npy")
+    for where in (tmp_path, tmp_path / "snap"):
+        again = jacobian.JacobianStore(where, P, 8, f64)
+        assert again.damaged == [] and {0, 1} <= set(again.done), where
+    again = jacobian.JacobianStore(tmp_path, P, 8, f64)
+    assert calls == sorted(again.done)
+    got = again.load()
+    for i in again.done:
+        cols = again.ranges[i]
+        assert np.array_equal(got[:, cols.start: cols.stop], J[:, cols.start: cols.stop])

@@ -11,16 +11,7 @@ import pytest
 
 from engine import spectrum, svdjob
 
-
-def stored_j(tmp_path, J: np.ndarray):
-    """J saved as a session stores it: column-major .npy."""
-    path = tmp_path / "jacobian.npy"
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=J.dtype, shape=J.shape,
-                                    fortran_order=True)
-    arr[:] = J
-    arr.flush()
-    del arr
-    return path
+from conftest import stored_j
 
 
 def training_like(P: int, seed: int = 0) -> np.ndarray:

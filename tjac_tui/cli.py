@@ -81,6 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for a in cfg.analysis.values():
             a.enabled = False
     device_mod.check_here(cfg.device)  # before a session exists (the worker would fail it)
+    if args.nproc > 1:  # on CUDA rank r computes on cuda:r: there must be a GPU for each
+        device_mod.check_ranks(cfg.device, args.nproc)
     if cfg.sweep is not None and not args.plan:
         raise NotFound(f"{preset}: this preset has a [sweep]: `tjac sweep {args.preset}` runs "
                        "every point (`tjac run` would run only its base config)")
@@ -113,8 +115,9 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
     from .state import fmt_seconds, matfree_time_text
 
     pl = plan_mod.make_plan(cfg)
+    where = plan_mod.where_svd_runs(cfg.device)
     try:
-        plan_mod.check(pl, sessions, device=plan_mod.where_svd_runs(cfg.device))
+        plan_mod.check(pl, sessions, device=where)
         fits = (f"fits in {sessions}: yes ({plan_mod.fmt_bytes(plan_mod.free_disk(sessions))} "
                 "free)")
         probing = cfg.jacobian.enabled
@@ -124,7 +127,7 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
         # a run far too large it would itself run out of memory
         probing = False
     if as_json:
-        out = {"P": pl.P, "steps": pl.steps, "lines": pl.lines(), "fits": fits}
+        out = {"P": pl.P, "steps": pl.steps, "lines": pl.lines(where), "fits": fits}
         if probing:
             r = probe(cfg)
             out.update({k: r.get(k) for k in ("device", "chunk", "column_steps_per_s",
@@ -135,7 +138,7 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
                 out["snapshots_svd_s"] = len(pl.snapshots) * r["svd_s"]
         print(json.dumps(out))
         return 0
-    for line in pl.lines():
+    for line in pl.lines(where):
         print(line)
     print(fits)
     if not probing:
@@ -285,6 +288,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     except SessionDamaged as e:
         if CONFIG in e.problems:
             raise
+    if args.nproc > 1:  # as for run: a GPU for each rank on CUDA, checked before the lock
+        device_mod.check_ranks(s.config().device, args.nproc)
     try:
         # (an analysis added to a finished session's config.toml is still to run)
         done = s.manifest().get("status") == "done" and not s.unrun_analyses()
@@ -456,13 +461,15 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def keys_markdown(all_sections: bool = False) -> str:
     """The preset reference as a markdown table: every key, its default (as TOML) and its help
-    (all_sections: the analyses' and [sweep] keys too). The README's table is this one."""
+    (all_sections: the analyses' and [sweep] keys too: docs/config.md's table is that one)."""
     import tomli_w
 
     from engine.present.markdown import md_table
     from engine.sections import toml_literal
 
-    def literal(v) -> str:  # a list on one line (tomli_w writes one item a line)
+    def literal(v) -> str:  # a list, a table on one line (tomli_w writes them on several)
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {literal(x)}" for k, x in v.items()) + "}"
         return toml_literal(v) if isinstance(v, list) else tomli_w.dumps({"v": v})[4:].strip()
 
     rows = [[f"`{r.key}`", f"`{literal(r.default)}`", r.help]
