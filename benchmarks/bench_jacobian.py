@@ -64,20 +64,17 @@ def one(case: str, kernel: str, columns: int, device: str, chunk: int, threads: 
     """Run inside the subprocess: time J (or its first ``columns`` columns)."""
     import torch
 
-    from engine import config, data, jacobian, models, train
-    from engine import device as device_mod
+    from engine import config, jacobian, train
+    from engine.build import build
 
     if threads:
         torch.set_num_threads(threads)
     c = CASES[case]
-    cfg = config.load(REPO / "presets" / f"{c.preset}.toml", c.overrides + [f"device={device}"])
-    dev = device_mod.resolve(cfg.device)
-    device_mod.configure(dev)  # full float32, deterministic: what a session computes with
-    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    ds = data.load(cfg.data)
-    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed, ds.image_shape)
-    problem = train.make_problem(module, ds, cfg.train, cfg.seed, dev, dtype, kernel)
-    theta0 = train.initial_theta(module, dev, dtype)
+    cfg = config.load(REPO / "presets" / f"{c.preset}.toml",
+                      c.overrides + [f"device={device}", f'jacobian.kernel="{kernel}"'])
+    # full float32, deterministic (engine.device.configure): what a session computes with
+    b = build(cfg)
+    dev, dtype, problem, theta0 = b.device, b.dtype, b.problem, b.theta0
     P = theta0.numel()
     chunk = chunk or jacobian.auto_chunk(problem, theta0, dev, dtype)
     if columns == 0:

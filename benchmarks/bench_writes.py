@@ -31,8 +31,8 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from engine import config, data, jacobian, models, train
-    from engine import device as device_mod
+    from engine import config, jacobian, train
+    from engine.build import build
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,13 +45,8 @@ def main() -> int:
     args = ap.parse_args()
 
     cfg = config.load(REPO / "presets" / f"{args.preset}.toml", [f"device={args.device}"])
-    dev = device_mod.resolve(cfg.device)
-    device_mod.configure(dev)
-    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    ds = data.load(cfg.data)
-    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed, ds.image_shape)
-    problem = train.make_problem(module, ds, cfg.train, cfg.seed, dev, dtype)
-    theta0 = train.initial_theta(module, dev, dtype)
+    b = build(cfg)
+    dev, dtype, problem, theta0 = b.device, b.dtype, b.problem, b.theta0
     P = theta0.numel()
     chunk = args.chunk or jacobian.auto_chunk(problem, theta0, dev, dtype)
     ranges = jacobian.chunk_ranges(P, chunk)

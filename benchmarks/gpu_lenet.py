@@ -1,9 +1,9 @@
 """LeNet-5's appendix run on one device, measured in part and extrapolated to the whole run.
 
 The problem is the one ``tjac run lenet5-digits28`` trains (P = 61,706, 900 steps of batch 200,
-float32), built by the runner itself (:meth:`engine.runner.Runner.build`, from a session made in
-a temporary folder), on ``--device``. Measured, in this order (``--json`` is rewritten after
-each part, so a run stopped later keeps what finished):
+float32), built as a session's worker builds it (:func:`engine.build.build`), on ``--device``.
+Measured, in this order (``--json`` is rewritten after each part, so a run stopped later keeps
+what finished):
 
 * the chunk: :func:`engine.jacobian.auto_chunk` on the device (on CUDA 60% of the free memory
   over the measured memory of one column; both inputs are recorded);
@@ -57,19 +57,14 @@ LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchCooperativeKer
 API_CALL = re.compile(r"^cu(da)?[A-Z]")  # a CUDA runtime or driver API call
 
 
-def build(preset: str, overrides: list[str], device: str, root: Path):
-    """The runner of a new session of ``preset`` under ``root``, built
-    (:meth:`Runner.build`: device, numerics, data, model, training problem) on ``device``."""
+def build_preset(preset: str, overrides: list[str], device: str):
+    """The run of ``preset`` built on ``device`` as a session's worker builds it
+    (:func:`engine.build.build`: device, numerics, data, model, plan, training problem)."""
     from engine import config
-    from engine.runner import Runner
-    from engine.session import Session
+    from engine.build import build
     from tjac_tui.locations import find_preset
 
-    path = find_preset(preset)
-    cfg = config.load(path, list(overrides))
-    runner = Runner(Session.create(root, cfg.name, cfg, str(path)), device=device)
-    runner.build()
-    return runner
+    return build(config.load(find_preset(preset), list(overrides)), device)
 
 
 def sync(dev) -> None:
@@ -79,43 +74,43 @@ def sync(dev) -> None:
         torch.cuda.synchronize(dev)
 
 
-def choose_chunk(runner) -> dict:
+def choose_chunk(built) -> dict:
     """The chunk a run of this problem takes here, with what it was computed from."""
     import torch
 
     from engine import jacobian as jac
 
-    p, th, dev = runner.problem, runner.theta0, runner.device
+    p, th, dev = built.problem, built.theta0, built.device
     if dev.type != "cuda":
-        return {"value": jac.auto_chunk(p, th, dev, runner.dtype),
+        return {"value": jac.auto_chunk(p, th, dev, built.dtype),
                 "how": "engine.jacobian.auto_chunk on the CPU (the kernel's cpu_chunk, capped "
                        "by memory)"}
     free = int(torch.cuda.mem_get_info(dev)[0])
     per = jac.probe_column_bytes(p, th)
-    k = jac.auto_chunk(p, th, dev, runner.dtype, free_bytes=lambda: free,
+    k = jac.auto_chunk(p, th, dev, built.dtype, free_bytes=lambda: free,
                        column_bytes=lambda: per)
     return {"value": k, "free_bytes": free, "column_bytes": per,
             "how": f"engine.jacobian.auto_chunk on {dev}: {jac.CUDA_FRACTION} x free bytes / "
                    "measured bytes per column (probe_column_bytes)"}
 
 
-def trajectory_of(runner, steps: int):
+def trajectory_of(built, steps: int):
     """The recorded primal of the first ``steps`` steps where a full run keeps one (its budget
     scaled to these steps: the full run's per-step size against engine.train's budget), else
     None; and the seconds it took."""
     from engine import train
 
-    p = runner.problem
+    p = built.problem
     sub = p.truncated(steps)
     budget = train.TRAJECTORY_BUDGET * sub.steps // p.steps
-    sync(runner.device)
+    sync(built.device)
     t0 = time.perf_counter()
-    traj = train.record_trajectory(sub, runner.theta0, budget=budget)
-    sync(runner.device)
+    traj = train.record_trajectory(sub, built.theta0, budget=budget)
+    sync(built.device)
     return traj, time.perf_counter() - t0
 
 
-def time_steps(runner, K: int, steps: int, seconds: float | None = None,
+def time_steps(built, K: int, steps: int, seconds: float | None = None,
                on_warmup=None) -> dict:
     """``steps`` training steps of one chunk of K tangents (after a warm-up step), each timed;
     the peak device memory over them. With ``seconds``, fewer steps (at least 2) when the
@@ -125,7 +120,7 @@ def time_steps(runner, K: int, steps: int, seconds: float | None = None,
 
     from engine import train
 
-    p, th, dev = runner.problem, runner.theta0, runner.device
+    p, th, dev = built.problem, built.theta0, built.device
     cuda = dev.type == "cuda"
     e = train.identity_columns(th.numel(), range(K), dev, th.dtype)
     sync(dev)
@@ -139,7 +134,7 @@ def time_steps(runner, K: int, steps: int, seconds: float | None = None,
     if seconds is not None and warm * steps > seconds:
         steps = max(2, int(seconds / max(warm, 1e-9)))
     sub = p.truncated(steps)
-    traj, record_s = trajectory_of(runner, steps)
+    traj, record_s = trajectory_of(built, steps)
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
@@ -195,7 +190,7 @@ def time_steps(runner, K: int, steps: int, seconds: float | None = None,
     return out
 
 
-def profile_steps(runner, K: int, steps: int = 2, top: int = 15) -> dict:
+def profile_steps(built, K: int, steps: int = 2, top: int = 15) -> dict:
     """A ``torch.profiler`` profile of ``steps`` steps of one chunk: the top kernels by device
     time (ops by CPU time where there is no CUDA), launches and synchronisations per step."""
     import torch
@@ -204,10 +199,10 @@ def profile_steps(runner, K: int, steps: int = 2, top: int = 15) -> dict:
 
     from engine import train
 
-    p, th, dev = runner.problem, runner.theta0, runner.device
+    p, th, dev = built.problem, built.theta0, built.device
     cuda = dev.type == "cuda"
     sub = p.truncated(steps)
-    traj, _ = trajectory_of(runner, steps)
+    traj, _ = trajectory_of(built, steps)
     e = train.identity_columns(th.numel(), range(K), dev, th.dtype)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sync(dev)
@@ -331,8 +326,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile-steps", type=int, default=2)
     ap.add_argument("--disk-bytes", type=int, default=1 << 30,
                     help="bytes written to time the disk (0: not timed)")
-    ap.add_argument("--sessions", type=Path, help="where the session (config only) and the "
-                    "disk probe go (default: a temporary folder)")
+    ap.add_argument("--sessions", type=Path, help="the disk whose write rate is timed (default: "
+                    "a temporary folder)")
     ap.add_argument("--svd-json", type=Path, help="benchmarks/svd_routes.py's --json file")
     ap.add_argument("--json", type=Path, help="write the results here (after each part)")
     ap.add_argument("--budget", type=float, help="seconds for it all: fewer timed steps, and "
@@ -347,15 +342,15 @@ def main(argv=None) -> int:
     root = args.sessions or Path(tempfile.mkdtemp(prefix="gpu-lenet."))
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    runner = build(args.preset, args.set, args.device, root)
-    dev, P, steps = runner.device, runner.layout.size, runner.problem.steps
-    pl = runner.plan
+    built = build_preset(args.preset, args.set, args.device)
+    dev, P, steps = built.device, built.layout.size, built.problem.steps
+    pl = built.plan
     doc: dict = {
         "what": f"{args.preset} measured in part on {dev} and extrapolated to the whole run",
         "preset": args.preset, "overrides": args.set, "device": str(dev),
-        "device_info": device_mod.describe(dev), "numerics": runner.numerics,
+        "device_info": device_mod.describe(dev), "numerics": built.numerics,
         "torch": torch.__version__, "cuda": torch.version.cuda, "P": P, "steps": steps,
-        "dtype": runner.cfg.dtype, "kernel": type(runner.problem.kernel).__name__,
+        "dtype": built.cfg.dtype, "kernel": type(built.problem.kernel).__name__,
         "build_s": time.perf_counter() - t0,
         "plan": {"disk_bytes": pl.disk_total, "free_disk": plan_mod.free_disk(root),
                  "svd_route_cuda": pl.svd_route("cuda"),
@@ -368,7 +363,7 @@ def main(argv=None) -> int:
             atomic_write_json(args.json, doc)
 
     save()
-    chunk = choose_chunk(runner)
+    chunk = choose_chunk(built)
     if args.chunk:
         chunk.update(value=args.chunk, how=f"--chunk {args.chunk} (auto_chunk said "
                                            f"{chunk['value']})")
@@ -382,7 +377,7 @@ def main(argv=None) -> int:
     while True:
         try:  # (the profile's steps and the disk probe are kept room for)
             room = left()
-            timing = time_steps(runner, K, args.steps, None if room is None else
+            timing = time_steps(built, K, args.steps, None if room is None else
                                 room / (1 + args.profile_steps / args.steps) - 10,
                                 lambda w: (chunk.update(warmup_s=w, warmup_chunk=K), save()))
             break
@@ -402,7 +397,7 @@ def main(argv=None) -> int:
     skipped = []
     if args.profile_steps and (left() is None or
                                left() > 10 + 1.5 * args.profile_steps * timing["warmup_s"]):
-        doc["profile"] = profile_steps(runner, K, args.profile_steps)
+        doc["profile"] = profile_steps(built, K, args.profile_steps)
         save()
     elif args.profile_steps:
         skipped.append("profile")
@@ -413,7 +408,7 @@ def main(argv=None) -> int:
         save()
     if skipped:
         doc["skipped"] = f"{' and '.join(skipped)}: --budget {args.budget:g} s spent"
-    itemsize = 8 if runner.cfg.dtype == "float64" else 4
+    itemsize = 8 if built.cfg.dtype == "float64" else 4
     doc["extrapolation"] = ex = extrapolate(timing, P, steps, itemsize, doc.get("disk"))
     svd = doc["svd"] = svd_estimate(args.svd_json, pl.svd_route("cuda"), P)
     on_gpu = dev.type == "cuda"

@@ -44,6 +44,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,17 +53,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine import config, data as data_mod, jacobian, models, regions, train  # noqa: E402
+from engine import config, jacobian, regions, train  # noqa: E402
+from engine.build import build  # noqa: E402
 from engine.matfree import (StoredJacobian, TrainingJacobian, bulk_count,  # noqa: E402
                             top_singular_values)
 from engine.session import Session  # noqa: E402
 
 
 def operator_of(cfg, dtype=torch.float64) -> TrainingJacobian:
-    ds = data_mod.load(cfg.data)
-    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed, ds.image_shape)
-    prob = train.make_problem(module, ds, cfg.train, cfg.seed, torch.device("cpu"), dtype)
-    return TrainingJacobian(prob, train.initial_theta(module, "cpu", dtype), dtype=dtype)
+    """J of ``cfg`` as an operator on the CPU: the training problem and its products in
+    ``dtype``, with the fused kernel where it applies (``jacobian.kernel = "auto"``)."""
+    name = "float64" if dtype == torch.float64 else "float32"
+    b = build(replace(cfg, dtype=name, jacobian=replace(cfg.jacobian, kernel="auto")), "cpu")
+    return TrainingJacobian(b.problem, b.theta0, dtype=dtype)
 
 
 def agree(a) -> None:

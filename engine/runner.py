@@ -41,8 +41,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import (__version__, data as data_mod, device as device_mod, files, jacobian as jac_mod,
-               models, plan as plan_mod, spectrum, svdjob, train)
+from . import (__version__, device as device_mod, files, jacobian as jac_mod, plan as plan_mod,
+               spectrum, svdjob, train)
+from .build import build
+from .probe import DEVICE_PROBE_N, probe, svd_seconds  # noqa: F401 - (imported from here)
 from .config import ConfigError
 from .schema import one_line
 from .experiments.common import Context
@@ -58,7 +60,14 @@ Listener = Callable[[dict], None]
 # a chunk's theta_T may differ from thetaT.npz by at most this, relative to max(1, |theta_T|)
 PRIMAL_DEV_FLOAT32 = 1e-4
 PRIMAL_DEV_FLOAT64 = 1e-10
-DEVICE_PROBE_N = 2000  # the size of probe()'s timed SVD on a GPU (1,000 on the CPU)
+
+
+def stored_init(session: Session) -> Path | None:
+    """The session's ``theta0.npz`` when it is there and intact (a resume, a rank): the
+    initialisation the training started from; else None (the model's own)."""
+    if session.has("theta0.npz") and not session.verify(only={"theta0.npz"}):
+        return session.path / "theta0.npz"
+    return None
 
 
 class PrimalMismatch(RuntimeError):
@@ -144,25 +153,12 @@ class Runner:
 
     def build(self) -> None:
         """Read the config, pick the device, build the data, model and training problem (the
-        stored initialisation when there is one); writes nothing."""
-        self.cfg = cfg = self.session.config()
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.device = device_mod.resolve(self.device_override or cfg.device)
-        self.numerics = device_mod.configure(self.device, cfg.tf32)
-        self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-        self.data = data_mod.load(cfg.data)
-        self.module = models.build(cfg.model, self.data.n_features, self.data.n_classes,
-                                   cfg.seed, self.data.image_shape)
-        self.layout = models.Layout.of(self.module)
-        self.plan = plan_mod.make_plan(cfg, self.data, self.layout.size)
-        if self.session.has("theta0.npz") and not self.session.verify(only={"theta0.npz"}):
-            models.load_init(self.module, self.session.path / "theta0.npz")  # the stored init
-        self.problem = train.make_problem(self.module, self.data, cfg.train, cfg.seed,
-                                          self.device, self.dtype, cfg.jacobian.kernel)
-        self.theta0 = train.initial_theta(self.module, self.device, self.dtype)
-        if not bool(torch.isfinite(self.theta0).all()):
-            raise ValueError("the initial parameters are not finite (model.init or model.build)")
+        stored initialisation when there is one: :func:`stored_init`); writes nothing."""
+        b = self.built = build(self.session.config(), self.device_override,
+                               stored_init(self.session))
+        self.cfg, self.device, self.numerics, self.dtype = b.cfg, b.device, b.numerics, b.dtype
+        self.data, self.module, self.layout, self.plan = b.data, b.module, b.layout, b.plan
+        self.problem, self.theta0 = b.problem, b.theta0
 
     def check_fits(self) -> None:
         """Refuse (PlanError) a run whose files or SVD do not fit here; a Jacobian file already
@@ -705,106 +701,6 @@ class Runner:
         except OSError:
             for fn in self.listeners:
                 fn({"event": event, "time": round(time.time(), 3), **fields})
-
-
-def probe(cfg, device: str | None = None) -> dict:
-    """What a run of ``cfg`` will take here, before it starts: the plan's sizes, whether they
-    fit, the chunk on this device, and times estimated from a short timed probe (a few training
-    steps of one chunk of tangents; the SVD from a timed run of the route that will run, on the
-    device where it will run, scaled by P^3: :func:`svd_seconds`). Returns plain data:
-    ``tjac run --plan`` and the Setup pane print it."""
-    dev = device_mod.resolve(device or cfg.device)
-    device_mod.configure(dev, cfg.tf32)
-    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    ds = data_mod.load(cfg.data)
-    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed, ds.image_shape)
-    plan = plan_mod.make_plan(cfg, ds, models.Layout.of(module).size)
-    out: dict = {"plan": plan, "device": str(dev), "fits": None, "chunk": None}
-    try:
-        plan_mod.check(plan, Path("."), device=dev.type)
-        out["fits"] = "yes"
-    except plan_mod.PlanError as e:
-        out["fits"] = str(e)
-    if not cfg.jacobian.enabled:
-        return out
-    problem = train.make_problem(module, ds, cfg.train, cfg.seed, dev, dtype,
-                                 cfg.jacobian.kernel)
-    theta0 = train.initial_theta(module, dev, dtype)
-    if cfg.spectrum.method == "matfree":  # J is never formed: time the products instead
-        from . import matfree
-
-        sp = cfg.spectrum
-        out["matfree"] = matfree.estimate_seconds(
-            problem, theta0, min(sp.k, plan.P - 1), sp.solver, sp.probes, sp.lanczos_steps,
-            torch.float64 if sp.matfree_dtype == "float64" else torch.float32)
-        return out
-    chunk = cfg.jacobian.chunk or jac_mod.auto_chunk(problem, theta0, dev, dtype)
-    out["chunk"] = chunk
-    if dev.type == "cpu" and hasattr(problem.kernel, "tangent"):
-        best, rates = jac_mod.probe_chunk(problem, theta0)
-        if best:  # the fastest chunk here, for jacobian.chunk (a run keeps its default, so
-            # that the same preset gives the same J bits whatever the machine's load)
-            out["chunk_probe"] = {"best": best, "column_steps_per_s": rates}
-    if dev.type == "cuda":
-        out["chunk_bytes"] = jac_mod.probe_column_bytes(problem, theta0) * chunk
-    t0 = time.perf_counter()
-    rate = jac_mod.measure_rate(problem, theta0, chunk, steps=2, repeats=1)
-    out["probe_seconds"] = time.perf_counter() - t0
-    out["column_steps_per_s"] = rate
-    out["jacobian_s"] = plan.P * plan.steps / rate
-    if plan.svd:
-        sp = cfg.spectrum
-        route = plan_mod.svd_route(dev.type, sp.svd_method, sp.svd_dtype)
-        out["svd_s"] = svd_seconds(route, plan.P, dev, sp.vectors, sp.svd_dtype)
-        if dev.type == "cuda":
-            n = min(plan.P, DEVICE_PROBE_N)
-            out["svd_s_note"] = (f"{plan_mod.ROUTES[route]}, timed on {dev} at n = {n:,} and "
-                                 "scaled by (P/n)^3")
-    return out
-
-
-
-def svd_seconds(route: str, P: int, device, vectors: bool = True, dtype: str = "float64",
-                n: int | None = None) -> float:
-    """The estimated seconds of the SVD of a P x P J by ``route`` (:func:`plan.svd_route`):
-    the route timed on a random n x n matrix and scaled by (P/n)^3. On the CPU, n = 1,000 and
-    the products the route does (gesdd, or the Gram route's eigh and J^T U); on a GPU,
-    n = min(P, 2,000) and the route's own function on ``device``, after an untimed run at
-    n = 64 (the first call pays for CUDA's and cuSOLVER's set-up), with synchronised
-    timing."""
-    rng = np.random.default_rng(0)
-    if route in ("gram-cpu", "direct-cpu"):
-        n = n or 1000
-        A = rng.standard_normal((n, n)).astype(dtype)
-        t0 = time.perf_counter()
-        if route == "gram-cpu":  # what engine.svdjob does, at n
-            import scipy.linalg
-
-            w, Z = scipy.linalg.eigh(A @ A.T, driver="evr", check_finite=False)
-            A.T @ Z
-        else:
-            np.linalg.svd(A)
-        return (time.perf_counter() - t0) * (P / n) ** 3
-    n = n or min(P, DEVICE_PROBE_N)
-    if route == "gram-cuda":
-        fn = spectrum.svd_gram_device
-    else:
-        def fn(A, device, vectors):
-            return spectrum.svd_device(A, device, vectors, dtype=np.dtype(dtype))
-
-    def sync():
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for m in (min(64, n), n):
-        A = np.asfortranarray(rng.standard_normal((m, m)))  # (column-major, as J is stored)
-        sync()
-        t0 = time.perf_counter()
-        result = fn(A, device, vectors)
-        sync()
-        seconds = time.perf_counter() - t0
-        del result
-    return seconds * (P / n) ** 3
 
 
 def release_memory() -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from engine import config, data, models, train
+from engine import config
+from engine.build import build
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "presets"
@@ -54,14 +56,16 @@ def stored_j(tmp_path: Path, J: np.ndarray) -> Path:
     return path
 
 
-def make(cfg: config.RunConfig, kernel: str = "auto"):
-    """(problem, theta0) for a config, on the CPU."""
-    ds = data.load(cfg.data)
-    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed, ds.image_shape)
-    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    problem = train.make_problem(module, ds, cfg.train, cfg.seed, torch.device("cpu"), dtype,
-                                 kernel)
-    return problem, train.initial_theta(module, "cpu", dtype)
+def with_kernel(cfg: config.RunConfig, kernel: str | None) -> config.RunConfig:
+    """``cfg`` with ``jacobian.kernel = kernel`` (unchanged when None)."""
+    return cfg if kernel is None else replace(cfg, jacobian=replace(cfg.jacobian, kernel=kernel))
+
+
+def make(cfg: config.RunConfig, kernel: str | None = None, device: str = "cpu"):
+    """(problem, theta0) for a config on ``device`` (:func:`engine.build.build`), with the
+    Jacobian kernel ``kernel`` instead of the config's when given."""
+    b = build(with_kernel(cfg, kernel), device)
+    return b.problem, b.theta0
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from engine import config, data, device, jacobian, models, runner, train, worker
+from engine import config, device, jacobian, runner, train, worker
 from engine.session import Session
 
 from conftest import PRESETS, make, tiny_config
@@ -26,12 +27,9 @@ FLOAT32_REL_ERROR = 1e-5
 
 
 def cuda_problem(cfg, kernel="auto", dtype=torch.float64):
-    ds = data.load(cfg.data)
-    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed, ds.image_shape)
-    dev = device.resolve("cuda")
-    device.configure(dev, cfg.tf32)
-    p = train.make_problem(module, ds, cfg.train, cfg.seed, dev, dtype, kernel)
-    return p, train.initial_theta(module, dev, dtype)
+    """(problem, theta0) of ``cfg`` on CUDA in ``dtype`` with the Jacobian kernel ``kernel``."""
+    cfg = replace(cfg, dtype="float64" if dtype == torch.float64 else "float32")
+    return make(cfg, kernel, "cuda")
 
 
 def test_auto_device_is_cuda_with_an_index():

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 
-from engine import config, data, jacobian, models, train
+from engine import config, jacobian, models, train
 from engine.kernels.conv import ConvKernel
 from engine.archs import ConvSpec
 from engine.models import ConvNet
 
-from conftest import PRESETS, bits
+from conftest import PRESETS, bits, make
 
 CASES = list(itertools.product(["relu", "tanh", "gelu", "gelu_tanh"], ["max", "avg"],
                                [(2, 9, 9), (1, 8, 8)]))
@@ -57,11 +57,7 @@ def tiny_cnn(pooling: str, activation: str = "tanh", **train_kw) -> config.RunCo
 
 
 def problem_of(cfg, kernel="auto"):
-    ds = data.load(cfg.data)
-    m = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed, ds.image_shape)
-    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    p = train.make_problem(m, ds, cfg.train, cfg.seed, torch.device("cpu"), dtype, kernel)
-    return p, train.initial_theta(m, "cpu", dtype)
+    return make(cfg, kernel)
 
 
 @pytest.mark.parametrize("pooling", ["max", "avg"])

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine import config, data as data_mod, jacobian, models, regions, train
+from engine import config, jacobian, regions, train
 from engine.matfree import (StoredJacobian, TrainingJacobian, bulk_count, lanczos_lockstep,
                             top_singular_values, window_mass)
 from engine.runner import run_session
 from engine.session import Session
 
-from conftest import PRESETS
+from conftest import PRESETS, make
 
 QUICK = PRESETS / "quick.toml"
 SMALL = ["model.hidden=[8]", 'dtype="float64"']  # P = 610, 16 steps of SGD with momentum
@@ -24,12 +24,7 @@ SMALL = ["model.hidden=[8]", 'dtype="float64"']  # P = 610, 16 steps of SGD with
 
 @pytest.fixture(scope="module")
 def small():
-    cfg = config.load(QUICK, SMALL)
-    ds = data_mod.load(cfg.data)
-    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed)
-    prob = train.make_problem(module, ds, cfg.train, cfg.seed, torch.device("cpu"),
-                              torch.float64)
-    theta0 = train.initial_theta(module, "cpu", torch.float64)
+    prob, theta0 = make(config.load(QUICK, SMALL))
     J = jacobian.exact_jacobian(prob, theta0).numpy()
     return TrainingJacobian(prob, theta0), J
 
@@ -69,12 +64,7 @@ def test_both_reverse_passes_give_j_transpose(over, path):
     Hessian-vector product at every step), over states trained again segment by segment (5
     steps, the last segment short: 16 steps), and by checkpointed autograd all equal the
     stored J's transpose times U (float64); auto takes the replay where it applies."""
-    cfg = config.load(QUICK, SMALL + over)
-    ds = data_mod.load(cfg.data)
-    module = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed)
-    prob = train.make_problem(module, ds, cfg.train, cfg.seed, torch.device("cpu"),
-                              torch.float64, cfg.jacobian.kernel)
-    theta0 = train.initial_theta(module, "cpu", torch.float64)
+    prob, theta0 = make(config.load(QUICK, SMALL + over))
     J = jacobian.exact_jacobian(prob, theta0).numpy()
     U = np.random.default_rng(4).standard_normal((J.shape[0], 3))
     want = J.T @ U

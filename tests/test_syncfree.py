@@ -7,15 +7,14 @@ a copy to the host raises."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import pytest
 import torch
 
-from engine import config, data, models, train
+from engine import config, train
 from engine.opcheck import SYNCING, OpLog
 
-from conftest import bits
+from conftest import bits, make
 
 CNN = {"arch": "cnn", "channels": [2, 3], "kernel_size": 3, "hidden": [4],
        "activation": "tanh"}  # 28 -> 26 -> 13 -> 11 -> 5: odd maps under both poolings
@@ -43,23 +42,13 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@functools.cache
-def digits() -> data.Dataset:
-    """The cases' data, loaded once."""
-    return data.load(config.from_dict({"data": DATA}).data)
-
-
 def problem_on(device: str, model: dict, optimizer: str):
     """Three steps of batch 8 on digits28, float32, every tensor on ``device``."""
     cfg = config.from_dict({
         "dtype": "float32", "device": "cpu",
         "data": DATA, "model": model,
         "train": {"lr": 0.1, "batch_size": 8, "epochs": 1, **OPTIMIZERS[optimizer]}})
-    ds = digits()
-    m = models.build(cfg.model, ds.n_features, ds.n_classes, cfg.seed, ds.image_shape)
-    dev = torch.device(device)
-    problem = train.make_problem(m, ds, cfg.train, cfg.seed, dev, torch.float32)
-    return problem, train.initial_theta(m, dev, torch.float32)
+    return make(cfg, device=device)
 
 
 def logged_chunk(problem, theta0, K: int, replay: bool) -> tuple[OpLog, torch.Tensor]:
