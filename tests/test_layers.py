@@ -18,9 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 LAYERS: list[list[str]] = [
     # foundations: no engine imports
-    ["engine", "engine.schema", "engine.files", "engine.regions", "engine.subspace",
-     "engine.interrupt", "engine.asciiplot", "engine.kernels", "engine.kernels.*",
-     "engine.present.markdown"],
+    ["engine", "engine.schema", "engine.files", "engine.units", "engine.regions",
+     "engine.subspace", "engine.interrupt", "engine.asciiplot", "engine.kernels",
+     "engine.kernels.*", "engine.present.markdown"],
     # the registry of optional sections (analyses, sweep): the plug-in contract, torch-free
     ["engine.sections", "engine.device"],
     ["engine.config"],
@@ -34,6 +34,8 @@ LAYERS: list[list[str]] = [
     ["engine.svdjob"],
     ["engine.runner"],
     ["engine.sweep", "engine.distributed"],
+    # run control: plan, create, resume, start (the CLI and the workbench)
+    ["engine.control"],
     ["engine.present", "engine.present.views"],
     ["engine.present.findings", "engine.present.figures"],
     ["engine.present.report"],
