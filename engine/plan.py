@@ -21,6 +21,7 @@ from .config import ConfigError, JacobianConfig, RunConfig
 from .device import cuda_missing
 from .schema import PlanError
 from .data import load as load_data
+from .units import fmt_bytes
 
 # Which SVD runs (svd_route) and what it holds. Four routes: the Gram route in float64 on the CPU
 # (engine/svdjob.py, numpy/scipy in a child process) or on a GPU (spectrum.svd_gram_device, torch),
@@ -103,14 +104,6 @@ def svd_bytes(route: str, P: int, vectors: bool = True, itemsize: int = 8,
     workspace)."""
     return max(sum(b for k, b in by.items() if k in parts)
                for _, by in svd_phases(route, P, vectors, itemsize, block))
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 @dataclass
