@@ -395,3 +395,69 @@ def run_ranks(path: str | Path, nproc: int, listeners: list[Listener]) -> int:
     if status == "running":  # the ranks were killed before rank 0 could mark it
         return EXIT_FAILED
     return {"done": EXIT_OK, "interrupted": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------------------------
+# files a user names for output (reports, comparisons, the schema)
+
+
+class OutputRefused(ValueError):
+    """An output path tjac will not write: ``str()`` is the one-line reason."""
+
+
+# the records of a session or a sweep: a folder holding one of these is one
+RECORD_FILES = (CONFIG, "manifest.json", "sweep.json", "sweep.toml")
+
+
+def check_output(path: str | Path, suffixes: tuple[str, ...] = (".md",)) -> Path:
+    """``path`` checked before a report, a comparison or the schema is written to it: its
+    folder must exist (tjac creates no folders where it was not asked to), the path itself must
+    be a regular file or not exist (a device node such as /dev/null, a FIFO, a socket or a
+    symbolic link would be replaced by a regular file, as root too), and inside a session or a
+    sweep (a folder holding ``manifest.json`` or ``sweep.json``, at any depth) only a file
+    ending in one of ``suffixes`` that no record names may be written: ``-o S/config.toml``
+    or ``-o S/manifest.json`` would overwrite what the session is checked against. Returns
+    the path; raises :class:`OutputRefused`."""
+    import os
+    import stat
+
+    p = Path(path)
+    where = f"-o {path}"
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputRefused(f"{where}: no such folder {parent} (tjac does not create it: make "
+                            "it first, or name a file in a folder that exists)")
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise OutputRefused(f"{where}: {e.strerror or e}") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a folder"
+                if stat.S_ISDIR(st.st_mode) else "a device, FIFO or socket, not a regular file")
+        raise OutputRefused(f"{where}: {kind}; tjac writes its output to a regular file "
+                            "(omit -o to print to the terminal)")
+    for d in [parent.resolve(), *parent.resolve().parents]:
+        if any((d / name).is_file() for name in ("manifest.json", "sweep.json")):
+            recorded = _recorded_files(d)
+            rel = p.resolve().relative_to(d).as_posix()
+            if p.suffix not in suffixes or p.name in RECORD_FILES or rel in recorded:
+                raise OutputRefused(f"{where}: {rel} is inside the session or sweep {d}, and "
+                                    f"only a new {' or '.join(suffixes)} file may be written "
+                                    "there (its records and outputs are checked against "
+                                    "what it wrote)")
+            break
+    return p
+
+
+def _recorded_files(d: Path) -> set[str]:
+    """The files the manifest of the session (or sweep) at ``d`` records (none if unreadable)."""
+    import json
+
+    try:
+        m = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    files = m.get("files") if isinstance(m, dict) else None
+    return set(files) if isinstance(files, dict) else set()

@@ -134,3 +134,70 @@ def test_a_bad_init_file_is_one_line(case, tmp_path, capsys):
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"model.init: {bad}: ") and expected in err[0], err
     assert not (tmp_path / "s").exists()
+
+
+# ---- writes outside the session, or over a session's own records ------------------------------
+
+
+@pytest.fixture
+def two_sessions(quick_session, tmp_path):
+    import shutil
+
+    a = tmp_path / "sessions" / "a"
+    shutil.copytree(quick_session, a)
+    b = tmp_path / "sessions" / "b"
+    shutil.copytree(quick_session, b)
+    return a, b
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("target", ["fifo", "symlink", "missing folder", "config.toml",
+                                    "manifest.json", "a recorded output", "inside svd/"])
+def test_report_and_compare_never_write_over_what_is_not_theirs(target, two_sessions, tmp_path,
+                                                                capsys):
+    import os
+
+    a, b = two_sessions
+    victim = tmp_path / "victim.md"
+    victim.write_text("a user's file\n")
+    out = {"fifo": tmp_path / "pipe", "symlink": tmp_path / "link.md",
+           "missing folder": tmp_path / "no" / "such" / "dir" / "r.md",
+           "config.toml": a / "config.toml", "manifest.json": a / "manifest.json",
+           "a recorded output": a / "spectrum.json", "inside svd/": a / "svd" / "S.md"}[target]
+    if target == "fifo":
+        os.mkfifo(out)
+    elif target == "symlink":
+        out.symlink_to(victim)
+    before_a, before_b = snapshot(a), snapshot(b)
+    for argv in (["report", str(a), "-o", str(out)],
+                 ["compare", str(a), str(b), "-o", str(out)],
+                 ["schema", "-o", str(out)]):
+        code = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        if target == "inside svd/" and argv[0] != "schema":
+            assert code == 0, err  # a new .md file inside a session is fine
+            out.unlink()
+            continue
+        assert code == 2 and len(err) == 1 and err[0].startswith(f"-o {out}: "), (argv, err)
+    assert snapshot(a) == before_a and snapshot(b) == before_b
+    assert victim.read_text() == "a user's file\n"
+    if target == "fifo":
+        import stat
+
+        assert stat.S_ISFIFO(os.lstat(out).st_mode)
+    if target == "symlink":
+        assert out.is_symlink()
+    if target == "missing folder":
+        assert not (tmp_path / "no").exists()
+
+
+def test_report_into_a_folder_or_a_new_file_is_written(two_sessions, tmp_path, capsys):
+    a, _ = two_sessions
+    (tmp_path / "out").mkdir()
+    assert main(["report", str(a), "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "a.md").read_text().startswith("# ")
+    assert main(["report", str(a), "-o", str(a / "notes.md")]) == 0
+    assert "regions" in (a / "notes.md").read_text().lower()

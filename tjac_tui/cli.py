@@ -194,8 +194,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     s = find_session(args.session, args.sessions)
     s.check_intact()  # a report of damaged files would state wrong numbers
     output = args.output
-    if output and Path(output).is_dir():  # a folder: the report goes into it
-        output = str(Path(output) / f"{s.name}.md")
+    if output and Path(output).is_dir() and not Path(output).is_symlink():  # a folder: the
+        output = str(Path(output) / f"{s.name}.md")  # report goes into it
+    if output:
+        control.check_output(output)
     out = write_report(s, output, ascii_only=not args.unicode, figures=args.figures)
     print(out)
     if args.figures:
@@ -222,10 +224,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return _write_or_print(render_compare(found, ascii_only=not args.unicode), args.output)
 
 
-def _write_or_print(text: str, output: str | None) -> int:
-    """``text`` into the file ``output`` (its path printed), or to stdout."""
+def _write_or_print(text: str, output: str | None, suffixes: tuple[str, ...] = (".md",)
+                    ) -> int:
+    """``text`` into the file ``output`` (its path printed; checked first by
+    :func:`engine.control.check_output`, ``suffixes`` the names allowed inside a session), or
+    to stdout."""
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        from engine.files import atomic_write
+
+        control.check_output(output, suffixes)
+        atomic_write(output, text.encode("utf-8"))
         print(output)
     else:
         sys.stdout.write(text)
@@ -294,7 +302,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     if args.markdown:
         return _write_or_print(keys_markdown(all_sections=True) + "\n", args.output)
-    return _write_or_print(json.dumps(config_mod.json_schema(), indent=2) + "\n", args.output)
+    return _write_or_print(json.dumps(config_mod.json_schema(), indent=2) + "\n", args.output,
+                           (".json",))
 
 
 def keys_markdown(all_sections: bool = False) -> str:
@@ -438,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return cmd_tui(args) if args.cmd is None else args.func(args)
-    except (ConfigError, NotFound, PlanError, DataError, device_mod.DeviceError) as e:
+    except (ConfigError, NotFound, PlanError, DataError, device_mod.DeviceError,
+            control.OutputRefused) as e:
         return _fail(str(e))
     except SessionDamaged as e:
         return _fail(str(e), EXIT_FAILED)
