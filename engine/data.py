@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DataConfig
+from .files import ArchiveError, read_npz
 from .schema import DataError
 
 
@@ -150,31 +151,46 @@ def digits28(x: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)[:, None, :, :]
 
 
+# the largest class label a dataset may use (the model gets one output per class up to it)
+MAX_CLASSES = 100_000
+
+
 def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of a user's ``.npz`` (arrays ``x``: (N, D), (N, H, W) or (N, C, H, W) of real
+    numbers, ``y``: (N,) integer class labels 0 .. C-1), each checked before use
+    (:func:`engine.files.read_npz`); :class:`DataError` naming the file and what is wrong."""
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise DataError(f"{path}: expected a .npz archive with arrays x and y")
-            if "x" not in f or "y" not in f:
-                raise DataError(f"{path}: expected arrays 'x' and 'y', found {sorted(f.files)}")
-            x = np.asarray(f["x"], dtype=np.float64)
-            y = np.asarray(f["y"])
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e.__class__.__name__})") from None
+        arrays = read_npz(path, ["x", "y"], kinds="biuf")
+    except ArchiveError as e:
+        raise DataError(f"{path}: {e}") from None
+    x, y = arrays["x"].astype(np.float64), arrays["y"]
     if x.ndim < 2 or len(x) == 0:
         raise DataError(f"{path}: x must have shape (N, ...) with N > 0, got {x.shape}")
     if x.ndim == 3:  # (N, H, W): one channel
         x = x[:, None]
     elif x.ndim != 4:  # images stay (N, C, H, W) for convolutional models; the rest is flat
         x = x.reshape(len(x), -1)
+    if x.shape[1] == 0 or x[0].size == 0:
+        raise DataError(f"{path}: x has no features (shape {arrays['x'].shape})")
     bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
     if bad:
         raise DataError(f"{path}: x has {bad} non-finite value(s) (NaN or infinity)")
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{path}: y must have shape ({len(x)},), got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
-        raise DataError(f"{path}: y must hold non-negative integer class labels")
-    return x, y.astype(np.int64)
+    if not np.issubdtype(y.dtype, np.integer) and y.dtype != np.bool_:
+        raise DataError(f"{path}: y must hold integer class labels 0 .. C-1, got {y.dtype}")
+    # compared in the file's own type: a uint64 label past int64's range must not wrap
+    if y.min() < 0 or y.max() >= MAX_CLASSES:
+        raise DataError(f"{path}: y's labels must be class numbers 0 .. C-1 (C at most "
+                        f"{MAX_CLASSES:,}), got labels from {y.min()} to {y.max()}")
+    y = y.astype(np.int64)
+    absent = np.setdiff1d(np.arange(int(y.max()) + 1), y)
+    if absent.size:
+        shown = ", ".join(map(str, absent[:5])) + (", ..." if absent.size > 5 else "")
+        raise DataError(f"{path}: y's labels must be 0 .. C-1 with every class present; "
+                        f"{absent.size} of 0 .. {int(y.max())} never occur ({shown}): number "
+                        "the classes consecutively")
+    return x, y
 
 
 def load(cfg: DataConfig) -> Dataset:

@@ -12,6 +12,10 @@
 * :func:`publish_dir` -- a directory built under a hidden temporary name and renamed into place
   whole, so a process killed while creating it leaves no half-made session behind.
 * :func:`fsync_dir` -- make a rename durable.
+* :func:`read_npz` -- a user's ``.npz`` read defensively: every array's header is checked (no
+  objects or pickles, the kinds of numbers asked for, the size it declares against the zip's
+  record and a memory limit) before a byte of data is read, so a damaged, hostile or merely
+  wrong file is one :class:`ArchiveError` naming what is wrong, never a traceback or a zip bomb.
 """
 
 from __future__ import annotations
@@ -260,3 +264,116 @@ def read_jsonl(path: str | Path, start: int = 0) -> tuple[list[dict], int]:
         if isinstance(rec, dict):
             out.append(rec)
     return out, start + end
+
+
+class ArchiveError(ValueError):
+    """A ``.npz`` that cannot be read as asked; ``str()`` is the one-line reason (without the
+    path: the caller names the file and what it was for)."""
+
+
+NPY_MAGIC = b"\x93NUMPY"
+# the dtype kinds of numbers :func:`read_npz` takes: bool, signed and unsigned integers, floats
+REAL_KINDS = "biuf"
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation here (MemAvailable, else free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def read_npz(path: str | Path, names: list[str] | None = None, kinds: str = REAL_KINDS,
+             max_bytes: int | None = None, headers_only: bool = False) -> dict:
+    """The arrays ``names`` (default: every one) of the ``.npz`` at ``path``, each checked
+    before its data is read: the archive is a zip of ``.npy`` members (not a lone ``.npy``, a
+    truncated or damaged zip), each asked member exists, its header parses and declares an
+    array of numbers of ``kinds`` (no object arrays, whose pickles are never loaded; no
+    strings; no complex numbers unless ``kinds`` has ``c``), the member's size in the zip's
+    record is that header's (a header that lies about its data), and all of them together
+    declare at most ``max_bytes`` (default: half the memory available here; a zip bomb
+    declaring 89 GiB is refused from its 100-byte header). Then the data are read
+    (``allow_pickle=False``), the zip's CRC checked. Raises :class:`ArchiveError`. Returns
+    {name: array}, or with ``headers_only`` {name: (shape, dtype)} without reading any data
+    (a check cheap enough to run before a session is created)."""
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+    except IsADirectoryError:
+        raise ArchiveError("a folder, not a .npz file") from None
+    except OSError as e:
+        raise ArchiveError(f"cannot read: {e.strerror or e}") from None
+    if magic == NPY_MAGIC:
+        raise ArchiveError("a single .npy array, not a .npz archive (save one with "
+                           "numpy.savez(path, x=..., y=...))")
+    limit = available_memory() // 2 if max_bytes is None else int(max_bytes)
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = {i.filename[:-4]: i for i in z.infolist() if i.filename.endswith(".npy")}
+            want = list(members) if names is None else list(names)
+            missing = [n for n in want if n not in members]
+            if missing:
+                raise ArchiveError(f"expected arrays {', '.join(map(repr, want))}, found "
+                                   f"{sorted(members) or 'none'}")
+            total, out = 0, {}
+            for n in want:
+                info = members[n]
+                with z.open(info) as m:
+                    try:
+                        major, _ = np.lib.format.read_magic(m)
+                        read = (np.lib.format.read_array_header_1_0 if major == 1 else
+                                np.lib.format.read_array_header_2_0)
+                        shape, _, dtype = read(m)
+                    except (ValueError, SyntaxError, EOFError) as e:
+                        raise ArchiveError(f"{n}: not a numpy array ({one_reason(e)})") \
+                            from None
+                    head = m.tell() if hasattr(m, "tell") else None
+                if dtype.hasobject:
+                    raise ArchiveError(f"{n}: holds Python objects (a pickle), which are never "
+                                       "loaded; save arrays of numbers")
+                if dtype.kind not in kinds:
+                    what = {"c": "complex numbers", "U": "strings", "S": "bytes",
+                            "M": "dates", "m": "time spans", "V": "records"}.get(
+                                dtype.kind, f"{dtype}")
+                    raise ArchiveError(f"{n}: holds {what} ({dtype}); expected real numbers")
+                nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                total += nbytes
+                out[n] = (tuple(shape), dtype)
+                if total > limit:
+                    raise ArchiveError(f"{n}: declares {shape} {dtype}, {nbytes / 2**30:.1f} "
+                                       f"GiB, more than the {limit / 2**30:.1f} GiB this machine "
+                                       "can load")
+                if head is not None and info.file_size != head + nbytes:
+                    raise ArchiveError(f"{n}: its header declares {shape} {dtype} "
+                                       f"({nbytes:,} bytes) but the archive holds "
+                                       f"{max(0, info.file_size - head):,} bytes of data")
+            if headers_only:
+                return out
+            for n in want:
+                with z.open(members[n]) as m:
+                    out[n] = np.lib.format.read_array(m, allow_pickle=False)
+            return out
+    except ArchiveError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise ArchiveError(f"not a readable .npz archive (a damaged or truncated zip: "
+                           f"{one_reason(e)})") from None
+    except (ValueError, OSError) as e:
+        raise ArchiveError(f"damaged: {one_reason(e)}") from None
+
+
+def one_reason(e: BaseException) -> str:
+    """An exception's message on one line, cut to 200 characters (its type when empty)."""
+    text = " ".join(str(e).split()) or e.__class__.__name__
+    return text if len(text) <= 200 else text[:199] + "…"

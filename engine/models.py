@@ -23,6 +23,7 @@ from torch import nn
 
 from .archs import LENET5, LENET5_HIDDEN, ConvSpec, conv_output, conv_specs
 from .config import ModelConfig
+from .files import ArchiveError, read_npz
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -230,8 +231,10 @@ def build(cfg: ModelConfig, n_features: int, n_classes: int, seed: int,
 def load_init(module: nn.Module, path: Path) -> None:
     """Set a module's parameters from a .npz holding one array per parameter, named and shaped
     like ``named_parameters()`` (the layout of a session's ``theta0.npz``)."""
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+    try:
+        arrays = read_npz(path)
+    except ArchiveError as e:
+        raise ValueError(f"model.init: {path}: {e}") from None
     named = dict(module.named_parameters())
     missing = sorted(set(named) - set(arrays))
     extra = sorted(set(arrays) - set(named))

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .archs import parameter_count
+from .files import ArchiveError, available_memory, read_npz
 from .config import ConfigError, JacobianConfig, RunConfig
 from .device import cuda_missing
 from .schema import PlanError
 from .data import load as load_data
+from .units import fmt_bytes
 
 # Which SVD runs (svd_route) and what it holds. Four routes: the Gram route in float64 on the CPU
 # (engine/svdjob.py, numpy/scipy in a child process) or on a GPU (spectrum.svd_gram_device, torch),
@@ -103,14 +105,6 @@ def svd_bytes(route: str, P: int, vectors: bool = True, itemsize: int = 8,
     workspace)."""
     return max(sum(b for k, b in by.items() if k in parts)
                for _, by in svd_phases(route, P, vectors, itemsize, block))
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 @dataclass
@@ -246,7 +240,14 @@ def snapshot_dir(step: int) -> str:
 
 def make_plan(cfg: RunConfig, ds=None, P: int | None = None) -> Plan:
     """The sizes of a run. The data (``ds``, an :class:`engine.data.Dataset`) is loaded when
-    not given, to know its shape; P is counted when not given (a user model is built)."""
+    not given, to know its shape; P is counted when not given (a user model is built). An
+    initialisation file (``model.init``) is checked here, from its headers, so a bad one is
+    refused before a session exists."""
+    if cfg.model.init.endswith(".npz"):
+        try:
+            read_npz(cfg.model.init, headers_only=True)
+        except ArchiveError as e:
+            raise ConfigError(f"model.init: {cfg.model.init}: {e}") from None
     ds = load_data(cfg.data) if ds is None else ds
     P = count_parameters(cfg, ds.n_features, ds.n_classes, ds.image_shape) if P is None else P
     t = cfg.train
@@ -294,17 +295,6 @@ def make_plan(cfg: RunConfig, ds=None, P: int | None = None) -> Plan:
                 plan.disk.update({d + "svd/alignment.npy": 8 * P, d + "svd/U.npy": P * P * item,
                                   d + "svd/Vh.npy": P * P * item})
     return plan
-
-
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation here (MemAvailable, else free pages)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def free_disk(path: Path) -> int:

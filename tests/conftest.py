@@ -103,10 +103,11 @@ def screen_lines(app) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def running(app, size: tuple[int, int]):
-    """``app.run_test(size=...)`` that lets the startup building finish before the app is
-    torn down, as quitting with ``q`` does (a test can end within the first frames)."""
-    async with app.run_test(size=size) as pilot:
+async def running(app, size: tuple[int, int], **options):
+    """``app.run_test(size=..., **options)`` that lets the startup building finish before the
+    app is torn down, as quitting with ``q`` does (a test can end within the first frames).
+    ``notifications=True`` shows the toasts (run_test hides them)."""
+    async with app.run_test(size=size, **options) as pilot:
         yield pilot
         if hasattr(app, "settled"):  # the workbench (tests also host single panes)
             await app.settled()

@@ -20,9 +20,9 @@ LAYERS: list[list[str]] = [
     # the kernels' shared workspace (no engine imports)
     ["engine.kernels.workspace"],
     # foundations: no engine imports
-    ["engine", "engine.schema", "engine.files", "engine.regions", "engine.subspace",
-     "engine.interrupt", "engine.asciiplot", "engine.kernels", "engine.kernels.*",
-     "engine.opcheck", "engine.present.markdown"],
+    ["engine", "engine.schema", "engine.files", "engine.units", "engine.regions",
+     "engine.subspace", "engine.interrupt", "engine.asciiplot", "engine.kernels",
+     "engine.kernels.*", "engine.opcheck", "engine.present.markdown"],
     # the registry of optional sections (analyses, sweep): the plug-in contract, torch-free
     ["engine.sections", "engine.device"],
     ["engine.config"],
@@ -38,6 +38,8 @@ LAYERS: list[list[str]] = [
     ["engine.svdjob"],
     ["engine.runner"],
     ["engine.sweep", "engine.distributed"],
+    # run control: plan, create, resume, start (the CLI and the workbench)
+    ["engine.control"],
     ["engine.present", "engine.present.views"],
     ["engine.present.findings", "engine.present.figures"],
     ["engine.present.report"],

@@ -351,23 +351,23 @@ def test_the_setup_panes_time_estimate_says_what_the_run_computes(tmp_path):
         app = TjacApp(sessions_dir=tmp_path / "s", preset=str(QUICK))
         async with running(app, (120, 34)) as pilot:
             setup = app.query_one(SetupPane)
-            await until(pilot, lambda: setup.plan_text.startswith("plan: P = 1,210"),
+            await until(pilot, lambda: setup.plan_text.startswith("P = 1,210 parameters"),
                         what="the preset's plan")
             await pilot.press("ctrl+t")
             setup._refresh_status()  # the same config validated again (as when fields
             await pilot.pause(0.5)  # settle after a load): the estimate under way is kept
-            await until(pilot, lambda: "J about" in setup.estimate_text, timeout=120,
+            await until(pilot, lambda: "J in about" in setup.estimate_text, timeout=120,
                         what="the exact run's estimate")
             assert "column-steps/s" in "\n".join(screen_lines(app))
             assert setup.load_preset(mf), setup.status_text
-            await until(pilot, lambda: setup.plan_text.startswith("plan: P = 610"),
+            await until(pilot, lambda: setup.plan_text.startswith("P = 610 parameters"),
                         what="mf.toml's plan")
             assert setup.estimate_text == ""  # another config: the old estimate is gone
             await pilot.press("ctrl+t")
             await until(pilot, lambda: "matrix-free" in setup.estimate_text, timeout=120,
                         what="the matrix-free run's estimate")
             screen = "\n".join(screen_lines(app))
-            assert "matrix-free spectrum about" in screen and "J about" not in screen
+            assert "matrix-free spectrum about" in screen and "J in about" not in screen
             assert "bulk: 7 Lanczos steps of 3 vectors" in setup.estimate_text
     asyncio.run(go())
 

@@ -63,7 +63,7 @@ def test_the_first_screen_is_setup_with_the_quick_preset(tmp_path):
             text = screen(app)
             assert "preset: quick" in text and "quick.toml: valid" in text
             await until(pilot, lambda: app.panes_ready, what="the other panes")
-            await until(pilot, lambda: "plan: P = 1,210" in screen(app), what="the plan line")
+            await until(pilot, lambda: "P = 1,210 parameters" in screen(app), what="the plan")
     run(go())
 
 
@@ -374,16 +374,26 @@ def test_added_sessions_file_is_plain_text(tmp_path, quick_session):
     assert added_sessions(root) == [tmp_path / "moved-away", quick_session.resolve()]
 
 
-@pytest.mark.parametrize("case", ["no data", "no memory"])
+@pytest.mark.parametrize("case", ["no data", "no memory", "no cuda", "sessions a file"])
 def test_start_refuses_what_tjac_run_refuses(tmp_path, monkeypatch, case):
-    """ctrl+r on a preset whose data is missing, or whose SVD cannot fit in memory, says why
-    in the status line and creates no session (it created one that failed at once)."""
-    from engine import plan as plan_mod
+    """ctrl+r on a preset whose data is missing, whose SVD cannot fit in memory, or that names
+    CUDA where there is none, or with a sessions folder that is a file, says why in the status
+    line and creates no session (it created one that failed at once; the CUDA one too, and a
+    file in the way stopped the app with a traceback)."""
+    from engine import device, plan as plan_mod
 
     preset = REPO / "presets" / ("lenet5-mnist.toml" if case == "no data" else "quick.toml")
     if case == "no memory":
         monkeypatch.setattr(plan_mod, "available_memory", lambda: 1000)
     sessions = tmp_path / "sessions"
+    if case == "no cuda":  # (as test_faults: no driver, no GPU node)
+        monkeypatch.setattr(device, "NVIDIA_DRIVER", str(tmp_path / "no-driver"))
+        monkeypatch.setattr(device, "DEVICE_DIR", str(tmp_path / "no-dev"))
+        preset = tmp_path / "cuda.toml"
+        preset.write_text((REPO / "presets" / "quick.toml").read_text()
+                          .replace('device = "auto"', 'device = "cuda"'))
+    if case == "sessions a file":
+        sessions.write_text("")
 
     async def go():
         app = TjacApp(sessions_dir=sessions, preset=str(preset))
@@ -393,9 +403,11 @@ def test_start_refuses_what_tjac_run_refuses(tmp_path, monkeypatch, case):
                         what="the preset")
             await pilot.press("ctrl+r")
             await pilot.pause(0.3)
-            want = "data.path" if case == "no data" else "of memory"
+            want = {"no data": "data.path", "no memory": "of memory",
+                    "no cuda": "CUDA is not available on this machine",
+                    "sessions a file": "is a file, not a directory"}[case]
             assert want in setup.status_text, setup.status_text
-            assert not sessions.exists() or not any(sessions.iterdir())
+            assert not sessions.is_dir() or not any(sessions.iterdir())
             assert app.current is None
     run(go())
 

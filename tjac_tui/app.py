@@ -1,9 +1,10 @@
 """The Textual app: seven panes over one "current" session, fed by tailing its event log.
 
-The TUI never runs the engine (nor imports torch, until a run is started from it): a run is a
-worker process (:func:`engine.runner.start_worker`) that goes on when the TUI quits; the TUI
-reads the session directory. File reads (events,
-manifest, arrays) and plotting happen in thread workers; the event loop only updates widgets.
+The TUI never runs the engine (nor imports torch): a run is a worker process
+(:func:`engine.control.start`) that goes on when the TUI quits, created, planned and resumed
+by the rules ``tjac run`` and ``tjac resume`` follow (:mod:`engine.control`); the TUI reads
+the session directory. File reads (events, manifest, arrays) and plotting happen in thread
+workers; the event loop only updates widgets.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from textual.widget import Widget
 from textual.scrollbar import ScrollBar, ScrollBarRender
 from textual.widgets import DataTable, Footer, Header, TabbedContent, TabPane
 
-from engine import config as config_mod
-from engine.session import Session, describe
+from engine import config as config_mod, control
+from engine.session import Session, SessionError
 
 from .locations import NotFound, find_preset, find_session, shipped_presets
 from .screens.setup import SetupPane
@@ -125,6 +126,7 @@ class TjacApp(App):
         self._spectrum_seen = False
         self._status = None
         self._locked = False
+        self._checking: set[Path] = set()  # sessions whose resume is being checked
 
     # ---- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -364,21 +366,16 @@ class TjacApp(App):
     # ---- runs ------------------------------------------------------------------------------
     def start_run(self, cfg: config_mod.RunConfig, preset: Path | None) -> Path:
         """Create a session for ``cfg`` and start its worker process; follow it. A config with
-        a ``[sweep]`` starts the sweep instead (:meth:`start_sweep`)."""
-        from engine.worker import start_worker
-
+        a ``[sweep]`` starts the sweep instead (:meth:`start_sweep`). What ``tjac run`` refuses
+        before a session exists (:func:`engine.control.create`) raises ConfigError with its
+        message."""
         if cfg.sweep is not None:
             return self.start_sweep(cfg, preset)
-        from engine import plan as plan_mod
-
-        try:  # what `tjac run` refuses, refused here too, before a session exists
-            self.sessions_dir.mkdir(parents=True, exist_ok=True)
-            plan_mod.check(plan_mod.make_plan(cfg), self.sessions_dir,
-                           device=plan_mod.where_svd_runs(cfg.device))
-        except (plan_mod.PlanError, ValueError) as e:  # (DataError: data.path names nothing)
+        try:
+            s = control.create(cfg, self.sessions_dir, preset)
+        except (ValueError, SessionError) as e:  # (PlanError, DataError, DeviceError...)
             raise config_mod.ConfigError(str(e)) from None
-        s = Session.create(self.sessions_dir, cfg.name, cfg, str(preset) if preset else None)
-        self.procs[s.path] = start_worker(s.path)
+        self.procs[s.path] = control.start(s.path)
         self.notify(f"started {s.name} (worker process; quitting the TUI leaves it running)")
         self.open_session(s.path, pane="live", note="starting the worker...")
         if self.panes_ready:
@@ -394,7 +391,10 @@ class TjacApp(App):
         from engine import plan as plan_mod, sweep as sweep_mod
         from engine.worker import boot, spawn
 
-        self.sessions_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            control.check_sessions_dir(self.sessions_dir)
+        except SessionError as e:
+            raise config_mod.ConfigError(str(e)) from None
         with tempfile.TemporaryDirectory() as tmp:  # the edited config as the sweep's preset
             src = Path(tmp) / f"{cfg.name}.toml"  # (its paths are absolute already)
             src.write_text(config_mod.dumps(cfg), encoding="utf-8")
@@ -415,23 +415,43 @@ class TjacApp(App):
             self.pane("sessions").refresh_rows()
         return sw.path
 
-    def resume_session(self, path: Path) -> bool:
+    def resume_session(self, path: Path) -> None:
+        """Resume the session at ``path`` in a worker process, refusing (a notification with
+        the one line ``tjac resume`` prints) what ``tjac resume`` refuses
+        (:func:`engine.control.check_resumable`, in a thread: a finished session's check reads
+        every file). A sweep's point resumes the sweep (:meth:`resume_sweep`)."""
         from engine.sweep import sweep_of
-        from engine.worker import start_worker
 
+        path = Path(path)
         sweep = sweep_of(path)
         if sweep is not None:  # a sweep's point: the sweep resumes (its points, then the
-            return self.resume_sweep(sweep, path)  # comparison), not the point alone
-        s = Session(path)
-        if s.is_locked() or self._starting(path):
+            self.resume_sweep(sweep, path)  # comparison), not the point alone
+            return
+        if self._starting(path) or path in self._checking:
             self.notify(f"{path.name} is already running", severity="warning")
-            return False
-        # a damaged one resumes (resume repairs it), and so does one whose config.toml has an
-        # analysis added
-        if describe(s)["status"] == "done" and not s.unrun_analyses():
-            self.notify(f"{path.name} is done; nothing to resume")
-            return False
-        self.procs[path] = start_worker(path)
+            return
+        self._checking.add(path)
+        self.refresh_bindings()
+        self._check_resume(path)
+
+    @work(thread=True, group="resume", exit_on_error=False)
+    def _check_resume(self, path: Path) -> None:
+        """(message, severity) of the refusal, or None: resume."""
+        try:
+            r = control.check_resumable(path)
+            why = None if r is None else (r.message, {"done": "information",
+                                                      "locked": "warning"}.get(r.kind, "error"))
+        except (OSError, SessionError) as e:  # e.g. deleted meanwhile
+            why = (str(e), "error")
+        self.call_from_thread(self._resume_checked, path, why)
+
+    def _resume_checked(self, path: Path, why: tuple[str, str] | None) -> None:
+        self._checking.discard(path)
+        if why is not None:
+            self.notify(why[0], severity=why[1], timeout=15, markup=False)
+            self.refresh_bindings()
+            return
+        self.procs[path] = control.start(path)
         self.notify(f"resuming {path.name}")
         if path != self.current:
             self.open_session(path, note="resuming: starting the worker...")
@@ -440,7 +460,8 @@ class TjacApp(App):
         self._locked = True
         self._status = "running"
         self.refresh_bindings()
-        return True
+        if self.panes_ready:
+            self.pane("sessions").refresh_rows()
 
     def resume_sweep(self, sweep: Path, point: Path) -> bool:
         """Resume the sweep ``sweep`` in a background process (``tjac sweep DIR``: every point
@@ -477,10 +498,9 @@ class TjacApp(App):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel_run":
             return self.current is not None and self._locked
-        if action == "resume_run":
+        if action == "resume_run":  # (what it refuses, it says: engine.control)
             return (self.current is not None and not self._locked
-                    and not self._starting(self.current)
-                    and self._status in ("interrupted", "failed", "stale", "created"))
+                    and not self._starting(self.current) and self.current not in self._checking)
         if action == "export":
             return self.current is not None
         if action in ("start_run", "save_preset", "estimate", "open_preset"):
@@ -601,7 +621,8 @@ class TjacApp(App):
             ("Compare", [("space", "select / deselect a session"),
                          ("l", "log / linear y axis of the loss curves (here and in Live)")]),
             ("Live", [("x", "cancel: the worker finishes its chunk and saves (resumable)"),
-                      ("r", "resume an interrupted or failed session")]),
+                      ("r", "resume as `tjac resume` does (a finished session: every file "
+                            "checked)")]),
         ]
 
     def action_help(self) -> None:

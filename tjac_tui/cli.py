@@ -28,10 +28,10 @@ import json
 import sys
 from pathlib import Path
 
-from engine import config as config_mod, device as device_mod
+from engine import config as config_mod, control, device as device_mod
 from engine.config import ConfigError
 from engine.schema import DataError, PlanError, one_line
-from engine.session import CONFIG, SessionDamaged, SessionError
+from engine.session import SessionDamaged, SessionError
 
 from .locations import (NotFound, default_sessions_dir, find_preset, find_session,
                         shipped_presets)
@@ -65,41 +65,20 @@ def _nproc(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from engine.session import Session
-
     if args.json and not args.plan:
         raise NotFound("--json goes with --plan (a run prints its progress and its session's "
                        "path)")
     preset = find_preset(args.preset)
-    overrides = list(args.set or [])
-    if args.device:
-        overrides.append(f"device={args.device}")
-    if args.name is not None:
-        overrides.append(f"name={json.dumps(args.name)}")  # checked like the preset's name
-    cfg = config_mod.load(preset, overrides)
-    if args.skip_analyses:
-        for a in cfg.analysis.values():
-            a.enabled = False
-    device_mod.check_here(cfg.device)  # before a session exists (the worker would fail it)
-    if args.nproc > 1:  # on CUDA rank r computes on cuda:r: there must be a GPU for each
-        device_mod.check_ranks(cfg.device, args.nproc)
+    cfg = control.prepare(preset, args.set, device=args.device, name=args.name,
+                          skip_analyses=args.skip_analyses, nproc=args.nproc)
     if cfg.sweep is not None and not args.plan:
         raise NotFound(f"{preset}: this preset has a [sweep]: `tjac sweep {args.preset}` runs "
                        "every point (`tjac run` would run only its base config)")
     if args.plan:
         return print_plan(cfg, args.sessions, as_json=args.json)
-    check_sessions_dir(args.sessions)
-    check_fits(cfg, args.sessions)
-    session = Session.create(args.sessions, cfg.name, cfg, str(preset))
+    session = control.create(cfg, args.sessions, preset)
     if args.detach:
-        if args.nproc > 1:
-            from engine.distributed import launch
-
-            launch(session.path, args.nproc)
-        else:
-            from engine.worker import start_worker
-
-            start_worker(session.path)
+        control.start(session.path, nproc=args.nproc)
         print(session.path)
         return 0
     return _run_foreground(session, quiet=args.quiet, nproc=args.nproc)
@@ -107,95 +86,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
     """``tjac run PRESET --plan``: the sizes, whether they fit here, and times estimated from a
-    short timed probe on this device; nothing is written. ``as_json``: one JSON object (the
-    Setup pane's time estimate reads it)."""
-    from engine import plan as plan_mod
-    from engine.runner import probe
-
-    from .state import fmt_seconds, matfree_time_text
-
-    pl = plan_mod.make_plan(cfg)
-    where = plan_mod.where_svd_runs(cfg.device)
-    try:
-        plan_mod.check(pl, sessions, device=where)
-        fits = (f"fits in {sessions}: yes ({plan_mod.fmt_bytes(plan_mod.free_disk(sessions))} "
-                "free)")
-        probing = cfg.jacobian.enabled
-    except plan_mod.PlanError as e:
-        fits = f"does not fit: {e}"
-        # no time probe: it would run chunks of a training that cannot happen here, and for
-        # a run far too large it would itself run out of memory
-        probing = False
+    short timed probe on this device (:class:`engine.control.PlanReport`); nothing is written.
+    ``as_json``: the report as one JSON object (what the Setup pane's time estimate reads)."""
+    report = control.plan_report(cfg, sessions)
     if as_json:
-        out = {"P": pl.P, "steps": pl.steps, "lines": pl.lines(where), "fits": fits}
-        if probing:
-            r = probe(cfg)
-            out.update({k: r.get(k) for k in ("device", "chunk", "column_steps_per_s",
-                                                "jacobian_s", "svd_s", "svd_s_note",
-                                                "chunk_probe", "matfree")})
-            out["snapshots"] = pl.snapshots
-            if r.get("svd_s") is not None:
-                out["snapshots_svd_s"] = len(pl.snapshots) * r["svd_s"]
-        print(json.dumps(out))
+        print(json.dumps(control.with_probe(report, cfg).to_json()))
         return 0
-    for line in pl.lines(where):
-        print(line)
-    print(fits)
-    if not probing:
-        if cfg.jacobian.enabled:
-            print("no time probe: the run does not fit here")
-        return 0
-    if cfg.spectrum.method == "matfree":
-        print("probing (a few training steps of each product)...", file=sys.stderr)
-        r = probe(cfg)
-        print(matfree_time_text(r["device"], r["matfree"]))
-        return 0
-    print("probing (a few training steps of one chunk)...", file=sys.stderr)
-    r = probe(cfg)
-    line = f"device {r['device']}: chunks of {r['chunk']} columns"
-    if r.get("chunk_bytes"):
-        line += f" ({plan_mod.fmt_bytes(r['chunk_bytes'])} each)"
-    print(line)
-    print(f"probe: {r['column_steps_per_s']:.1f} column-steps/s -> J in about "
-          f"{fmt_seconds(r['jacobian_s'])}")
-    if r.get("chunk_probe"):
-        cp = r["chunk_probe"]
-        rates = ", ".join(f"{k}: {v:,.0f}" for k, v in cp["column_steps_per_s"].items())
-        print(f"chunk probe (column-steps/s): {rates}; fastest here {cp['best']} "
-              "(jacobian.chunk; runs keep their default so that J's bits do not move)")
-    if "svd_s" in r:
-        note = f" ({r['svd_s_note']})" if r.get("svd_s_note") else ""
-        print(f"{cfg.spectrum.svd_dtype} SVD: about {fmt_seconds(r['svd_s'])}{note}")
-        if pl.snapshots:
-            print(f"snapshots: {len(pl.snapshots)} more SVDs, about "
-                  f"{fmt_seconds(len(pl.snapshots) * r['svd_s'])}; the Jacobian stage writes "
-                  f"{len(pl.snapshots)} more P x P blocks as it goes")
+    for line in report.lines():  # the sizes at once; the probe takes seconds
+        print(line, flush=True)
+    if report.probes:
+        print(control.probing_text(report.method), file=sys.stderr, flush=True)
+        for line in control.with_probe(report, cfg).probe_lines():
+            print(line)
     return 0
-
-
-def check_sessions_dir(path: Path) -> None:
-    """The sessions folder is a directory, or can be made one (no file in the way)."""
-    p = Path(path).absolute()
-    while not p.exists():
-        p = p.parent
-    if not p.is_dir():
-        where = "is a file" if p == Path(path).absolute() else f"is below the file {p}"
-        raise NotFound(f"--sessions {path}: {where}, not a directory")
-
-
-def check_fits(cfg, sessions: Path) -> None:
-    """Refuse, before any session directory exists, a run whose files cannot fit on the
-    sessions disk (or whose CPU SVD cannot fit in memory); the worker checks again where it
-    runs."""
-    from engine import plan as plan_mod
-
-    plan_mod.check(plan_mod.make_plan(cfg), sessions,
-                   device=plan_mod.where_svd_runs(cfg.device))
 
 
 def _run_foreground(session, quiet: bool = False, device: str | None = None,
                     nproc: int = 1) -> int:
-    from engine.runner import EXIT_OK, run_session
+    from engine.runner import EXIT_OK
 
     from .progress import RichProgress, regions_table, view_table
 
@@ -207,11 +115,8 @@ def _run_foreground(session, quiet: bool = False, device: str | None = None,
             errors.append(ev.get("message") or "")
 
     with RichProgress(err) as bars:
-        if nproc > 1:
-            code = _run_ranks(session, nproc, [bars, on_error])
-        else:
-            code = run_session(session.path, [bars, on_error], device=device,
-                               handle_signals=True)
+        code = control.run_foreground(session.path, [bars, on_error], device=device,
+                                      nproc=nproc)
     summary = session.spectrum() if code == EXIT_OK else None
     if code == EXIT_OK and not quiet:
         from rich.console import Console
@@ -230,84 +135,18 @@ def _run_foreground(session, quiet: bool = False, device: str | None = None,
     return code
 
 
-def _run_ranks(session, nproc: int, listeners: list) -> int:
-    """``nproc`` ranks on this machine (torchrun, :mod:`engine.distributed`), their events fed
-    to ``listeners`` from events.jsonl as they come; ctrl+c asks them to stop (resumable).
-    Returns the run's exit code (from the session: 0 done, 3 interrupted, 1 otherwise)."""
-    import signal
-    import time
-
-    from engine.distributed import launch
-    from engine.files import read_jsonl
-    from engine.runner import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-
-    offset = (session.path / "events.jsonl").stat().st_size \
-        if (session.path / "events.jsonl").is_file() else 0
-    proc = launch(session.path, nproc)
-
-    def feed() -> None:
-        nonlocal offset
-        records, offset = read_jsonl(session.path / "events.jsonl", offset)
-        for ev in records:
-            for fn in listeners:
-                fn(ev)
-
-    def on_term(signum, frame):  # SIGTERM as ctrl+c: torchrun (its own process session)
-        raise KeyboardInterrupt  # would otherwise run on without this process
-
-    stopping = False
-    before = signal.signal(signal.SIGTERM, on_term)
-    try:
-        while proc.poll() is None:
-            try:
-                feed()
-                time.sleep(0.2)
-            except KeyboardInterrupt:
-                if not stopping:  # torchrun passes the stop on to every rank
-                    stopping = True
-                    proc.send_signal(signal.SIGTERM)
-    finally:
-        signal.signal(signal.SIGTERM, before)
-    feed()
-    status = session.manifest().get("status")
-    if status == "running":  # the ranks were killed before rank 0 could mark it
-        return EXIT_FAILED
-    return {"done": EXIT_OK, "interrupted": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)
-
-
 def cmd_resume(args: argparse.Namespace) -> int:
     """Finish an interrupted session; a finished one is checked file by file first, and what
-    is damaged is computed again (a damaged manifest: everything)."""
-    from engine.session import SessionDamaged
-
+    is damaged is computed again (a damaged manifest: everything). What is refused, and why:
+    :func:`engine.control.check_resumable`."""
     s = find_session(args.session, args.sessions)
-    if args.device:  # before the session is touched (the worker would mark it failed)
-        device_mod.check_here(args.device)
-    try:  # an edited config.toml is not what ran: refused before the session is touched
-        s.check_intact(deep=False, only={CONFIG})
-    except SessionDamaged as e:
-        if CONFIG in e.problems:
-            raise
-    if args.nproc > 1:  # as for run: a GPU for each rank on CUDA, checked before the lock
-        device_mod.check_ranks(s.config().device, args.nproc)
-    try:
-        # (an analysis added to a finished session's config.toml is still to run)
-        done = s.manifest().get("status") == "done" and not s.unrun_analyses()
-        if done:  # under the lock: times of files a copy changed are recorded anew
-            s.acquire()
-            try:
-                done = not s.verify(deep=True, refresh=True)
-            finally:
-                s.release()
-    except SessionDamaged:
-        done = False
-    if done:
-        print(f"{s.path}: already done (every file checked)", file=sys.stderr)
+    refusal = control.check_resumable(s.path, device=args.device, nproc=args.nproc)
+    if refusal is not None and refusal.kind == "done":
+        print(refusal.message, file=sys.stderr)
         print(s.path)
         return 0
-    if args.nproc > 1 and args.device:
-        raise NotFound("--device and --nproc: each rank uses its own device (cuda:LOCAL_RANK, "
-                       "or the CPU); leave out --device")
+    if refusal is not None:
+        return _fail(refusal.message, refusal.exit_code)
     return _run_foreground(s, quiet=args.quiet, device=args.device, nproc=args.nproc)
 
 
@@ -316,8 +155,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from engine.session import describe, list_sessions
-
-    from .state import fmt_seconds
+    from engine.units import fmt_seconds
 
     rows = [describe(s) for s in list_sessions(args.sessions)]
     if not rows:
@@ -356,8 +194,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     s = find_session(args.session, args.sessions)
     s.check_intact()  # a report of damaged files would state wrong numbers
     output = args.output
-    if output and Path(output).is_dir():  # a folder: the report goes into it
-        output = str(Path(output) / f"{s.name}.md")
+    if output and Path(output).is_dir() and not Path(output).is_symlink():  # a folder: the
+        output = str(Path(output) / f"{s.name}.md")  # report goes into it
+    if output:
+        control.check_output(output)
     out = write_report(s, output, ascii_only=not args.unicode, figures=args.figures)
     print(out)
     if args.figures:
@@ -384,10 +224,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return _write_or_print(render_compare(found, ascii_only=not args.unicode), args.output)
 
 
-def _write_or_print(text: str, output: str | None) -> int:
-    """``text`` into the file ``output`` (its path printed), or to stdout."""
+def _write_or_print(text: str, output: str | None, suffixes: tuple[str, ...] = (".md",)
+                    ) -> int:
+    """``text`` into the file ``output`` (its path printed; checked first by
+    :func:`engine.control.check_output`, ``suffixes`` the names allowed inside a session), or
+    to stdout."""
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        from engine.files import atomic_write
+
+        control.check_output(output, suffixes)
+        atomic_write(output, text.encode("utf-8"))
         print(output)
     else:
         sys.stdout.write(text)
@@ -411,7 +257,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                          "created; start a new one to change its keys")
     else:
         preset = find_preset(args.target)
-        check_sessions_dir(args.sessions)
+        control.check_sessions_dir(args.sessions)
         sw = sweep_mod.create(args.sessions, preset, args.set, args.name, args.parallel)
         err.print(f"[dim]sweep {escape(str(sw.path))}: {len(sw.manifest()['points'])} points[/]")
 
@@ -456,7 +302,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     if args.markdown:
         return _write_or_print(keys_markdown(all_sections=True) + "\n", args.output)
-    return _write_or_print(json.dumps(config_mod.json_schema(), indent=2) + "\n", args.output)
+    return _write_or_print(json.dumps(config_mod.json_schema(), indent=2) + "\n", args.output,
+                           (".json",))
 
 
 def keys_markdown(all_sections: bool = False) -> str:
@@ -600,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return cmd_tui(args) if args.cmd is None else args.func(args)
-    except (ConfigError, NotFound, PlanError, DataError, device_mod.DeviceError) as e:
+    except (ConfigError, NotFound, PlanError, DataError, device_mod.DeviceError,
+            control.OutputRefused) as e:
         return _fail(str(e))
     except SessionDamaged as e:
         return _fail(str(e), EXIT_FAILED)

@@ -17,6 +17,8 @@ from typing import Any
 
 from engine import config as config_mod
 from engine.session import Session, SessionError
+from engine.units import fmt_bytes, fmt_seconds  # noqa: F401 - the project's formatters, here
+# for the widgets that import them from this module
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -427,33 +429,3 @@ def unreadable_text(path: Path, e: BaseException) -> str:
         return str(e)
     return (f"{path}: cannot read it ({type(e).__name__}: {e}); `tjac resume` checks every "
             "file and recomputes what is damaged")
-
-
-def matfree_time_text(device: str, m: dict) -> str:
-    """The probe's estimate of a matrix-free run (engine.matfree.estimate_seconds), one line:
-    what the --plan output and the Setup pane say instead of a time for J."""
-    return (f"time on {device}: matrix-free spectrum about {fmt_seconds(m['seconds'])} "
-            f"(top {m['k']}: about {m['top_pairs']} J v + J^T u pairs of "
-            f"{fmt_seconds(m['pair_s'])}; bulk: {m['lanczos_steps']} Lanczos steps of "
-            f"{m['probes']} vectors, {fmt_seconds(m['block_pair_s'])} each)")
-
-
-def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = float(s)
-    if s < 60:
-        return f"{s:.1f} s"
-    m, sec = divmod(int(round(s)), 60)
-    if m < 60:
-        return f"{m}m{sec:02d}s"
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m"
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"

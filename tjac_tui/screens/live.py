@@ -10,8 +10,10 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, RichLog, Static
 
+from engine.units import fmt_bytes, fmt_seconds
+
 from ..plots import accuracy_plot, loss_plot
-from ..state import LiveState, Snapshot, fmt_bytes, fmt_seconds
+from ..state import LiveState, Snapshot
 from ..widgets import JacobianBar, PlotView
 from ..widgets.spark import Spark
 

@@ -15,9 +15,9 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
 from engine.session import Session, describe, list_sessions
+from engine.units import fmt_seconds
 
 from ..locations import NotFound, add_session, added_sessions
-from ..state import fmt_seconds
 from ..widgets.inputs import OrderedInput
 from ..widgets.tables import table_text
 from .confirm import ConfirmScreen

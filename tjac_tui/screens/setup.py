@@ -7,9 +7,10 @@ the analyses are switched on and off in a list, and each one that is on has its 
 Every field is checked as you type with the CLI's rules, and the whole config as it changes.
 A ``*`` marks a field that differs from the loaded preset, ``>`` the field with the focus.
 
-The plan line (P, steps, J's size, the SVD's memory, whether it fits) is computed off the event
-loop as the config changes (no torch: :mod:`engine.plan`); ctrl+t adds a time estimate from
-``tjac run --plan --json`` in a separate process (a few timed training steps).
+The plan (P, steps, J's size, the SVD's memory, whether it fits: the lines ``tjac run --plan``
+prints, :class:`engine.control.PlanReport`) is computed off the event loop as the config changes
+(no torch); ctrl+t adds the probe's times from ``tjac run --plan --json`` in a separate process
+(a few timed training steps), read back into the same report.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from rich.console import Group as Rows
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -30,12 +32,12 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from engine import config as config_mod
+from engine import config as config_mod, control
 from engine.schema import one_line
 from engine.sections import ANALYSES
 
 from ..locations import NotFound, find_preset
-from ..state import field_help, flatten, fmt_seconds, matfree_time_text, unflatten
+from ..state import field_help, flatten, unflatten
 from ..widgets.fields import ConfigField
 from ..widgets.groups import ActionLink, Group
 from ..widgets.inputs import OrderedInput
@@ -176,8 +178,12 @@ class SetupPane(Vertical):
         self.status_text = ""
         self._help_key: str | None = None  # the field the help line is about
         self._bad: set[str] = set()  # fields whose text is not a valid value
-        self.plan_text = ""
-        self.estimate_text = ""
+        self.plan_text = ""  # the plan's lines: sizes, whether they fit (tjac run --plan's)
+        self.estimate_text = ""  # the probe's lines (or why none), or what the probe is doing
+        self.report: control.PlanReport | None = None  # the plan of the config (no probe)
+        self.plan_error: str | None = None  # why the config has no plan (data not found...)
+        self.probed: control.PlanReport | None = None  # the report ctrl+t's probe made
+        self.estimate_note = ""  # the probe under way, or why it failed
         self.values: dict = {}  # every key of the edited config -> its last valid value
         self.loaded: dict = {}  # the preset's values (the "modified" markers compare to it)
         self._fields: dict[str, ConfigField] = {}  # the fields built so far (open groups)
@@ -428,7 +434,7 @@ class SetupPane(Vertical):
         self._plan_gen += 1
         # an estimate stays while the config it was made for is the one validated again
         if self._estimate_for is not None and config_mod.dumps(cfg) != self._estimate_for:
-            self.estimate_text, self._estimate_for = "", None
+            self._estimate_for, self.probed, self.estimate_note = None, None, ""
         if self._plan_timer is not None:
             self._plan_timer.stop()
         gen = self._plan_gen
@@ -436,44 +442,38 @@ class SetupPane(Vertical):
 
     @work(thread=True, exclusive=True, group="setup-plan", exit_on_error=False)
     def _plan(self, cfg: config_mod.RunConfig, gen: int) -> None:
-        from engine import plan as plan_mod
-
         try:
-            pl = plan_mod.make_plan(cfg)
-            dot = " - " if self.ascii else " · "
-            text = f"plan: P = {pl.P:,}{dot}{pl.steps:,} steps{dot}"
-            if pl.matfree:
-                text += (f"matrix-free (J never formed), about "
-                         f"{plan_mod.fmt_bytes(sum(pl.matfree.values()))} of memory")
-            else:
-                text += f"J {plan_mod.fmt_bytes(pl.disk.get('jacobian.npy', 0))} on disk"
-            if pl.svd:
-                text += (f"{dot}SVD memory {plan_mod.fmt_bytes(pl.svd_memory('cpu'))} (CPU), "
-                         f"{plan_mod.fmt_bytes(pl.svd_memory('cuda'))} (GPU)")
-            try:
-                plan_mod.check(pl, Path(self.app.sessions_dir),
-                               device=plan_mod.where_svd_runs(cfg.device))
-                text += f"{dot}fits here"
-            except plan_mod.PlanError as e:
-                text += f"\ndoes not fit here: {e}"
+            report, error = control.plan_report(cfg, self.app.sessions_dir), None
         except Exception as e:  # noqa: BLE001 - e.g. data.path names nothing yet
-            text = f"plan: {one_line(str(e))}"
-        self.app.call_from_thread(self._show_plan, gen, text)
+            report, error = None, f"plan: {one_line(str(e))}"
+        self.app.call_from_thread(self._show_plan, gen, report, error)
 
-    def _show_plan(self, gen: int, text: str) -> None:
+    def _show_plan(self, gen: int, report: control.PlanReport | None,
+                   error: str | None) -> None:
         if gen != self._plan_gen:
             return
-        self.plan_text = text
+        self.report, self.plan_error = report, error
         self._draw_plan()
 
     def _draw_plan(self) -> None:
-        first, _, rest = self.plan_text.partition("\n")
-        t = Text(first, style="" if first.startswith("plan: P") else "yellow")
-        if rest:
-            t.append("\n" + rest, style="yellow")
-        if self.estimate_text:
-            t.append("\n" + self.estimate_text, style="cyan")
-        self.query_one("#setup-plan", Static).update(t)
+        """The plan as ``tjac run --plan`` prints it (the same :class:`PlanReport` lines, the
+        probe's too once ctrl+t has timed this config), a row a line (cut at the pane's edge,
+        with an ellipsis but under --ascii); why not (no fit, no probe) wraps whole."""
+        report = self.probed or self.report
+        if self.plan_error or report is None:
+            head, probe = [self.plan_error] if self.plan_error else [], []
+        else:
+            head, probe = [*report.plan_lines, report.fits], report.probe_lines()
+        tail = probe + ([self.estimate_note] if self.estimate_note else [])
+        self.plan_text, self.estimate_text = "\n".join(head), "\n".join(tail)
+        rows = []
+        for i, line in enumerate(head + tail):
+            if line.startswith(("plan: ", "does not fit", "no time probe", "time: ")):
+                rows.append(Text(line, style="yellow"))  # why not: whole
+            else:
+                rows.append(Text(line, style="cyan" if i >= len(head) else "", no_wrap=True,
+                                 overflow="crop" if self.ascii else "ellipsis"))
+        self.query_one("#setup-plan", Static).update(Rows(*rows))
 
     def action_estimate(self) -> None:
         try:
@@ -481,54 +481,47 @@ class SetupPane(Vertical):
         except config_mod.ConfigError as e:
             self.set_status(str(e), "bold red")
             return
-        if not cfg.jacobian.enabled:
-            self.estimate_text = "time: no Jacobian in this run"
-            self._estimate_for = config_mod.dumps(cfg)
-            self._draw_plan()
+        if not cfg.jacobian.enabled:  # (the plan says it: no time probe)
             return
-        what = "each product" if cfg.spectrum.method == "matfree" else "one chunk"
-        self.estimate_text = f"time: probing (a few training steps of {what}, in a " \
-                             "separate process)..."
-        self._draw_plan()
+        self.probed = None
+        self.estimate_note = (f"{control.probing_text(cfg.spectrum.method)} (in a separate "
+                              "process)")
         self._estimate_for = config_mod.dumps(cfg)
+        self._draw_plan()
         self._estimate(self._estimate_for)
 
     @work(thread=True, exclusive=True, group="setup-estimate", exit_on_error=False)
     def _estimate(self, toml_text: str) -> None:
+        """``tjac run --plan --json`` on the config in a child process (the probe imports
+        torch), with a worker's environment and this checkout's code; its PlanReport comes
+        back as JSON."""
+        from engine.worker import boot, child_environment
+
+        report, r = None, None
         with tempfile.TemporaryDirectory(prefix="tjac-probe-") as tmp:
             path = Path(tmp) / "probe.toml"
             path.write_text(toml_text, encoding="utf-8")
             try:
-                r = subprocess.run([sys.executable, "-m", "tjac_tui.cli", "run", str(path),
-                                    "--plan", "--json", "--sessions",
+                r = subprocess.run([sys.executable, "-c", boot("tjac_tui.cli"), "run",
+                                    str(path), "--plan", "--json", "--sessions",
                                     str(Path(self.app.sessions_dir).absolute())],
-                                   capture_output=True, text=True, timeout=600, cwd=tmp)
-                out = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 \
-                    else None
-            except (subprocess.TimeoutExpired, ValueError, IndexError, OSError):
-                out, r = None, None
-        if out is None:
+                                   capture_output=True, text=True, timeout=600, cwd=tmp,
+                                   env=child_environment())
+                if r.returncode == 0:
+                    report = control.PlanReport.from_json(
+                        json.loads(r.stdout.strip().splitlines()[-1]))
+            except (subprocess.TimeoutExpired, ValueError, IndexError, KeyError, OSError):
+                pass
+        note = ""
+        if report is None:
             err = (r.stderr.strip().splitlines() or ["?"])[-1] if r is not None else "timed out"
-            text = f"time: the probe failed: {err}"
-        elif out.get("matfree"):
-            text = matfree_time_text(out["device"], out["matfree"])
-        elif "jacobian_s" not in out:
-            text = ("time: no probe, the run does not fit here"
-                    if str(out.get("fits", "")).startswith("does not fit")
-                    else "time: no probe (this run computes no Jacobian)")
-        else:
-            text = (f"time on {out['device']}: J about {fmt_seconds(out['jacobian_s'])} "
-                    f"({out['column_steps_per_s']:,.0f} column-steps/s, chunks of "
-                    f"{out['chunk']})")
-            if out.get("svd_s") is not None:
-                text += f", SVD about {fmt_seconds(out['svd_s'])}"
-                if out.get("svd_s_note"):
-                    text += f" ({out['svd_s_note']})"
-        self.app.call_from_thread(self._show_estimate, toml_text, text)
+            note = f"time: the probe failed: {err}"
+        self.app.call_from_thread(self._show_estimate, toml_text, report, note)
 
-    def _show_estimate(self, toml_text: str, text: str) -> None:
+    def _show_estimate(self, toml_text: str, report: control.PlanReport | None,
+                       note: str) -> None:
         if toml_text == self._estimate_for:  # the config has not changed since
-            self.estimate_text = text
+            self.probed, self.estimate_note = report, note
             self._draw_plan()
 
     # ---- loading ---------------------------------------------------------------------------
