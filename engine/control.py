@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 from . import config as config_mod, device as device_mod
 from .config import ConfigError, RunConfig
 from .schema import PlanError
-from .session import CONFIG, Session, SessionDamaged, SessionError, SessionLocked
+from .session import CONFIG, InputChanged, Session, SessionDamaged, SessionError, SessionLocked
 from .units import fmt_bytes, fmt_seconds
 
 if TYPE_CHECKING:  # engine.plan reads data with numpy: imported where a plan is made, so
@@ -258,18 +258,20 @@ class Refusal:
 
 
 # kind -> exit status. done: finished, every file checked; config: config.toml edited since
-# the session was created (or missing); device: --device not here; ranks: more ranks than
-# GPUs; invalid: a config.toml that cannot be read, where the ranks need its device; usage:
-# --device with --nproc; locked: another process holds the session (a worker runs it)
-REFUSALS = {"done": 0, "config": 1, "device": 2, "ranks": 2, "invalid": 2, "usage": 2,
-            "locked": 2}
+# the session was created (or missing); inputs: a data or model file the config names changed
+# since then; device: --device not here; ranks: more ranks than GPUs; invalid: a config.toml
+# that cannot be read, where the ranks need its device; usage: --device with --nproc; locked:
+# another process holds the session (a worker runs it)
+REFUSALS = {"done": 0, "config": 1, "inputs": 2, "device": 2, "ranks": 2, "invalid": 2,
+            "usage": 2, "locked": 2}
 
 
 def check_resumable(path: str | Path, device: str | None = None, nproc: int = 1
                     ) -> Refusal | None:
     """What ``tjac resume PATH [--device D] [--nproc N]`` refuses, in this order, before the
     session is touched: a ``device`` that is not here; a config.toml edited since the session
-    was created (a session runs the config it was created with); ``nproc`` ranks on CUDA with
+    was created (a session runs the config it was created with); a data or model file it
+    names that changed since then (by sha256: a resume would mix two); ``nproc`` ranks on CUDA with
     fewer GPUs (a config.toml that cannot be read then); a finished session whose files all
     match their records ("done": the check reads every file, under the session's lock, and
     records new time stamps of files a copy changed); ``--device`` with ``--nproc``; a session
@@ -288,6 +290,12 @@ def check_resumable(path: str | Path, device: str | None = None, nproc: int = 1
     except SessionDamaged as e:
         if CONFIG in e.problems:
             return Refusal("config", str(e))
+    try:
+        s.check_inputs()
+    except InputChanged as e:
+        return Refusal("inputs", str(e))
+    except SessionDamaged:  # (a damaged manifest: resume starts over from config.toml)
+        pass
     if nproc > 1:  # as for run: a GPU for each rank on CUDA
         try:
             device_mod.check_ranks(s.config().device, nproc)

@@ -139,15 +139,27 @@ class Runner:
         m = self.session.manifest()
         self.session.update_manifest(numerics=self.numerics,
                                      device_info=device_mod.describe(self.device))
+        derived = dict(P=self.layout.size, layout=self.layout.to_json(), dtype=cfg.dtype,
+                       data={"name": self.data.name, "n_train": len(self.data.x_train),
+                             "n_test": len(self.data.x_test),
+                             "n_features": self.data.n_features,
+                             "n_classes": self.data.n_classes},
+                       steps=self.problem.steps)
         if "P" not in m:
             self.session.update_manifest(
-                P=self.layout.size, layout=self.layout.to_json(), device=str(self.device),
-                dtype=cfg.dtype, environment=device_mod.environment(self.device, __version__),
-                data={"name": self.data.name, "n_train": len(self.data.x_train),
-                      "n_test": len(self.data.x_test), "n_features": self.data.n_features,
-                      "n_classes": self.data.n_classes},
-                steps=self.problem.steps)
-        elif m.get("device") != str(self.device):
+                **derived, device=str(self.device),
+                environment=device_mod.environment(self.device, __version__))
+            return
+        for message in self.session.correct_claims(derived):  # (a manifest edited by hand)
+            self.emit("warning", message=message)
+        threads = (self.session.manifest().get("environment") or {}).get("threads")
+        if self.device.type == "cpu" and threads and threads != torch.get_num_threads():
+            # J's bits depend on the thread count: a resume computes as the session started
+            self.emit("warning", message=f"computing with {threads} CPU threads as the session "
+                                         f"started (not {torch.get_num_threads()}), so that "
+                                         "its results do not depend on the resume")
+            torch.set_num_threads(int(threads))
+        if m.get("device") != str(self.device):
             self.emit("warning", message=f"resuming on {self.device}; the session started on "
                                          f"{m.get('device')}: results may differ in the last bits")
 
@@ -190,6 +202,7 @@ class Runner:
         s.write_npz("thetaT.npz", self.layout.to_npz_dict(self.layout.unflatten(theta_T)),
                     stage="train")
         last = s.metrics()[-1]
+        s.record_file("metrics.jsonl", "train")  # (the report plots it: checked like the rest)
         s.update_manifest(final_metrics=last)
 
     def primal_bound(self, thetaT: torch.Tensor) -> float:
@@ -588,8 +601,8 @@ class Runner:
         for rel, why in s.verify(deep=True, refresh=True).items():
             if rel == CONFIG:  # (checked before setup; edited while it ran)
                 raise SessionDamaged(s.path, {rel: why})
-            if rel == MANIFEST:  # "done" with stages not done: they run now
-                continue
+            if rel == MANIFEST:  # "done" with stages not done: they run now; claims edited
+                continue  # by hand: setup corrects them
             stage = s.manifest()["files"][rel].get("stage")
             self.emit("warning", message=f"{rel}: {why}; stage {stage} runs again")
             if stage in stages and s.stage_status(stage) == "done":
@@ -644,6 +657,7 @@ class Runner:
         try:
             m = self.open_manifest()
             s.check_intact(only={CONFIG})  # an edited config.toml is not what ran
+            s.check_inputs()  # nor a data or model file changed since the session started
             s.update_manifest(status="running", pid=os.getpid(), error=None,
                               started=m.get("started") or now_iso())
             self.setup()

@@ -36,16 +36,14 @@ if TYPE_CHECKING:  # numpy is imported where arrays are read: the UI starts with
 
 from . import config as config_mod
 from .files import (append_jsonl, atomic_save_npy, atomic_save_npz, atomic_write,
-                    atomic_write_json, block_digests, publish_dir, read_jsonl,
-                    remove_temp_files, sha256)
+                    atomic_write_json, publish_dir, read_jsonl, remove_temp_files, sha256)
+from .manifest import (CLAIMS, FORMAT_VERSION, RECHECK_MAX, FileRecord, Manifest,  # noqa: F401
+                       ManifestError, check_file, edited_claims, sign)
 
 STATUSES = ("created", "running", "done", "failed", "interrupted")
 CONFIG = "config.toml"  # checked against the manifest's digest of it (run_digest, config_digest)
 MANIFEST = "manifest.json"
 DEEP_VERIFY_MAX = 1 << 30  # files larger than this: size and mtime only, unless asked
-# a file whose modification time changed (a copy that did not keep it: ``cp -r``) but not its
-# size is checked by its contents in a quick check when it is at most this large
-RECHECK_MAX = 64 << 20
 WRITER_PID = ".writer.pid"  # who holds the lock, for messages (deleting it unlocks nothing)
 
 
@@ -71,6 +69,42 @@ class SessionDamaged(SessionError):
                 f"a new session from the edited file (`tjac run {Path(path) / CONFIG}`)"
                 if rel == CONFIG else "`tjac resume` recomputes it")
         super().__init__(f"{path}: damaged: {self.detail}; {hint}")
+
+
+class InputChanged(SessionError):
+    """An input file the config names (data, model.init, a model's .py file) changed since the
+    session was created: ``changes`` maps each path to the reason."""
+
+    def __init__(self, path: Path, changes: dict[str, str]):
+        self.changes = changes
+        (file, why), more = next(iter(changes.items())), len(changes) - 1
+        also = f" (and {more} more)" if more else ""
+        super().__init__(
+            f"{path}: {file} {why}{also}; a session runs the inputs it was created with: put "
+            f"the file back, or start a new session (`tjac run {Path(path) / CONFIG}`)")
+
+
+def input_files(cfg: config_mod.RunConfig) -> dict[str, str]:
+    """{path: config key} of the files ``cfg`` reads besides config.toml: data.path (a .npz,
+    or the four IDX files in its folder), model.init (a .npz) and model.build's file (a .py).
+    Files that are not there are left out (the run says so when it reads them)."""
+    out = {}
+    if cfg.data.dataset == "npz" and cfg.data.path:
+        out[cfg.data.path] = "data.path"
+    elif cfg.data.path and cfg.data.dataset in ("mnist", "fashion_mnist"):
+        from .data import find_idx  # (numpy: not imported with the session)
+        from .schema import DataError
+
+        try:
+            out.update({str(p): "data.path" for p in find_idx(Path(cfg.data.path),
+                                                              cfg.data.dataset).values()})
+        except DataError:
+            pass
+    if cfg.model.init.endswith(".npz"):
+        out[cfg.model.init] = "model.init"
+    if cfg.model.build and cfg.model.build.split(":", 1)[0].endswith(".py"):
+        out[cfg.model.build.split(":", 1)[0]] = "model.build"
+    return {p: k for p, k in out.items() if Path(p).is_file()}
 
 
 def run_digest(config_text: str) -> str | None:
@@ -111,8 +145,10 @@ class Session:
         """A new session directory ``root/name`` (``name-2``, ``name-3``... if taken), created
         whole: a process killed while creating it leaves no directory behind."""
         text = config_mod.dumps(cfg).encode()
-        manifest = {"status": "created", "created": now_iso(), "preset": preset, "stages": {},
-                    "files": {}, "config_digest": run_digest(text.decode())}
+        inputs = {p: FileRecord.of(p, key).to_json() for p, key in input_files(cfg).items()}
+        manifest = sign({"format_version": FORMAT_VERSION, "status": "created",
+                         "created": now_iso(), "preset": preset, "stages": {}, "files": {},
+                         "config_digest": run_digest(text.decode()), "inputs": inputs})
 
         def fill(tmp: Path) -> None:
             atomic_write(tmp / "config.toml", text)
@@ -209,26 +245,52 @@ class Session:
 
     # ---- manifest --------------------------------------------------------------------------
     def manifest(self) -> dict:
-        """The manifest; :class:`SessionDamaged` when it is missing, not JSON or not an
-        object."""
-        p = self.path / "manifest.json"
+        """The manifest as JSON, checked to be one (:meth:`record`: the same, typed);
+        :class:`SessionDamaged` when it is missing, not JSON, not an object or holds a value
+        of the wrong type (named)."""
+        m = self._read_manifest()
         try:
-            m = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SessionDamaged(self.path, {"manifest.json": "missing"}) from None
-        except (ValueError, UnicodeDecodeError):
-            raise SessionDamaged(self.path, {"manifest.json": "not valid JSON"}) from None
-        if not isinstance(m, dict) or not isinstance(m.get("stages", {}), dict) \
-                or not isinstance(m.get("files", {}), dict):
-            raise SessionDamaged(self.path, {"manifest.json": "not a session manifest"})
+            Manifest.from_json(m)
+        except ManifestError as e:
+            raise SessionDamaged(self.path, {MANIFEST: f"not a session manifest ({e})"}
+                                 ) from None
         return m
 
-    def write_manifest(self, m: dict) -> None:
-        atomic_write_json(self.path / "manifest.json", m)
+    def record(self) -> Manifest:
+        """The manifest, typed (:class:`engine.manifest.Manifest`); raises as
+        :meth:`manifest`."""
+        m = self._read_manifest()
+        try:
+            return Manifest.from_json(m)
+        except ManifestError as e:
+            raise SessionDamaged(self.path, {MANIFEST: f"not a session manifest ({e})"}
+                                 ) from None
+
+    def _read_manifest(self) -> Any:
+        p = self.path / MANIFEST
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SessionDamaged(self.path, {MANIFEST: "missing"}) from None
+        except (ValueError, UnicodeDecodeError):
+            raise SessionDamaged(self.path, {MANIFEST: "not valid JSON"}) from None
+        except OSError as e:
+            raise SessionDamaged(self.path, {MANIFEST: f"cannot be read ({e.strerror or e})"}
+                                 ) from None
+
+    def write_manifest(self, m: dict | Manifest) -> None:
+        """Write the manifest (as it is: the claims' digests are :meth:`update_manifest`'s),
+        in the current format."""
+        m = m.to_json() if isinstance(m, Manifest) else m
+        atomic_write_json(self.path / MANIFEST, {"format_version": FORMAT_VERSION, **m})
 
     def update_manifest(self, **changes: Any) -> dict:
+        """Set top-level keys of the manifest; the claims among them (:data:`engine.manifest.
+        CLAIMS`) get their digests recorded anew."""
         m = self.manifest()
         m.update(changes)
+        if m.get("claims") is not None or m.get("format_version"):
+            sign(m, [k for k in changes if k in CLAIMS])
         self.write_manifest(m)
         return m
 
@@ -246,13 +308,7 @@ class Session:
         """Record a file a stage produced: size, mtime and sha256, or, for a file written in
         blocks (the Jacobian), the digest of each block: ``blocks = {"offset", "block",
         "digests"}``. Returns the record."""
-        p = self.path / rel
-        st = p.stat()
-        rec: dict[str, Any] = {"stage": stage, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-        if blocks is not None:
-            rec["blocks"] = blocks
-        else:
-            rec["sha256"] = sha256(p)
+        rec = FileRecord.of(self.path / rel, stage, blocks).to_json()
         m = self.manifest()
         m.setdefault("files", {})[rel] = rec
         self.write_manifest(m)
@@ -315,6 +371,10 @@ class Session:
         problems, moved = {}, {}
         m = self.manifest()
         files = m.get("files", {})
+        edited = edited_claims(m) if only is None else []
+        if edited:
+            problems[MANIFEST] = (f"{', '.join(edited)}: edited since the run recorded it (it "
+                                  f"says {edited[0]} = {json.dumps(m.get(edited[0]))[:40]})")
         if m.get("config_digest") and (only is None or CONFIG in only):
             try:
                 text = (self.path / CONFIG).read_text(encoding="utf-8")
@@ -328,7 +388,7 @@ class Session:
         if m.get("status") == "done" and only is None:  # (an edited status, or a bug)
             unfinished = [(k, v.get("status")) for k, v in m.get("stages", {}).items()
                           if v.get("status") != "done"]
-            if unfinished or not m.get("stages"):
+            if (unfinished or not m.get("stages")) and MANIFEST not in problems:
                 k, st = unfinished[0] if unfinished else ("train", "not recorded")
                 problems[MANIFEST] = f"says done, but stage {k} is {st}"
         for rel, rec in files.items():
@@ -353,29 +413,48 @@ class Session:
         return problems
 
     def _check(self, rel: str, rec: dict, deep: bool | int) -> str | None:
-        p = self.path / rel
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            return "missing"
-        if st.st_size != rec.get("bytes"):
-            return f"{st.st_size} bytes, {rec.get('bytes')} were written"
-        thorough = deep is True or (deep and st.st_size <= deep)
-        if not thorough and st.st_mtime_ns != rec.get("mtime_ns"):
-            if st.st_size > RECHECK_MAX:
-                return ("modified since it was written (its time stamp; `tjac resume` checks "
-                        "its contents)")
-            thorough = True  # small: its contents decide
-        if not thorough:
-            return None
-        if "blocks" in rec:
-            b = rec["blocks"]
-            got = block_digests(p, b["offset"], b["block"], len(b["digests"]))
-            bad = [i for i, (g, d) in enumerate(zip(got, b["digests"])) if g != d]
-            return f"{len(bad)} damaged block(s) (first: {bad[0]})" if bad else None
-        if sha256(p) != rec.get("sha256"):
-            return "contents differ from what was written (checksum)"
-        return None
+        return check_file(self.path / rel, FileRecord.from_json(rec), deep)
+
+    def correct_claims(self, derived: dict[str, Any]) -> list[str]:
+        """Set the claims ``derived`` (what the run derives from config.toml and the inputs:
+        P, layout, data, steps, dtype) where the manifest says otherwise, and drop every other
+        claim edited since it was recorded (its true value is not known); the caller holds
+        the lock. Returns a message for each."""
+        m, out, changes = self.manifest(), [], {}
+        for k, v in derived.items():
+            v = json.loads(json.dumps(v))
+            if m.get(k) != v:
+                changes[k] = v
+                out.append(f"manifest.json: {k} said {json.dumps(m.get(k))[:40]}, the config "
+                           f"gives {json.dumps(v)[:40]}: corrected")
+        for k in edited_claims(m):
+            if k not in changes and k not in derived:
+                changes[k] = None
+                out.append(f"manifest.json: {k} was edited since it was recorded: dropped")
+        if changes:
+            self.update_manifest(**changes)
+        return out
+
+    def changed_inputs(self) -> dict[str, str]:
+        """The input files the session was created with (:func:`input_files`, recorded in the
+        manifest's ``inputs``) that differ now: {path: why}, checked by contents (none for a
+        session created before inputs were recorded)."""
+        out = {}
+        for path, rec in (self.manifest().get("inputs") or {}).items():
+            r = FileRecord.from_json(rec)
+            why = check_file(Path(path), r, deep=True)
+            if why is None:
+                continue
+            if why.startswith("contents differ"):
+                why = f"sha256 {r.sha256[:12]}..., now {sha256(path)[:12]}..."
+            out[path] = f"({r.stage}) changed since the session started ({why})"
+        return out
+
+    def check_inputs(self) -> None:
+        """Raise :class:`InputChanged` naming the first input file that changed, if any."""
+        changes = self.changed_inputs()
+        if changes:
+            raise InputChanged(self.path, changes)
 
     def check_intact(self, deep: bool | int = DEEP_VERIFY_MAX, only: set[str] | None = None
                      ) -> None:
@@ -496,7 +575,8 @@ def describe(s: Session) -> dict:
     if problems:
         rel, why = next(iter(problems.items()))
         status, row["problem"] = "damaged", f"{rel}: {why}"
-    row.update(status=status, preset=m.get("preset"), P=m.get("P"),
-               created=str(m.get("created", "")),
-               seconds=run_seconds(m, live and status == "running"), device=m.get("device"))
+    edited = set(edited_claims(m))  # (named in problem: not shown as facts)
+    shown = {k: None if k in edited else m.get(k) for k in ("preset", "P", "device")}
+    row.update(status=status, created=str(m.get("created", "")),
+               seconds=run_seconds(m, live and status == "running"), **shown)
     return row

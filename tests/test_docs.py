@@ -331,6 +331,14 @@ def test_config_reference_is_the_generated_one():
     assert block.strip() == keys_markdown(all_sections=True).strip()
 
 
+def test_manifest_reference_is_the_generated_one():
+    from engine.manifest import reference_markdown
+
+    text = (REPO / "docs" / "session-format.md").read_text()
+    block = text.split("<!-- manifest: ")[1].split("-->", 1)[1].split("<!-- /manifest -->")[0]
+    assert block.strip() == reference_markdown().strip()
+
+
 def test_design_layout_names_every_engine_module():
     text = (REPO / "docs" / "design.md").read_text()
     layout = text.split("## Layers")[1].split("\n## ")[0]

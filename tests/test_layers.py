@@ -24,7 +24,7 @@ LAYERS: list[list[str]] = [
      "engine.subspace", "engine.interrupt", "engine.asciiplot", "engine.kernels",
      "engine.kernels.*", "engine.opcheck", "engine.present.markdown"],
     # the registry of optional sections (analyses, sweep): the plug-in contract, torch-free
-    ["engine.sections", "engine.device"],
+    ["engine.sections", "engine.device", "engine.manifest"],
     ["engine.config"],
     ["engine.archs"],
     ["engine.data", "engine.models"],
