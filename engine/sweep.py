@@ -36,7 +36,9 @@ write_sweep_report`.
 Directory::
 
     <sweep>/sweep.json        manifest: preset, points (name, overrides, values), axes,
-                              reference, status
+                              reference, status, and the records (engine.manifest.FileRecord)
+                              of sweep.toml and the comparison's files, checked when read: a
+                              damaged one is named (:class:`SweepDamaged`), never a traceback
     <sweep>/sweep.toml        the resolved preset, [sweep] included
     <sweep>/events.jsonl      sweep events (sweep_start, sweep_point, sweep_point_end,
                               compare_start, compare_end, sweep_end); each session keeps its own
@@ -64,7 +66,8 @@ from .files import (append_jsonl, atomic_save_npy, atomic_write, atomic_write_js
                     publish_dir, read_jsonl)
 from .schema import Invalid
 from .schema import name as name_check
-from .session import Session, now_iso
+from .manifest import FORMAT_VERSION, FileRecord, check_file
+from .session import Session, SessionDamaged, now_iso
 from .subspace import k_grid, mean_cos_block, random_mean_cos
 
 
@@ -107,25 +110,110 @@ def plan(preset: str | Path, overrides: list[str] | None = None, parallel: int |
 # the sweep directory
 
 
+SWEEP_JSON, SWEEP_TOML = "sweep.json", "sweep.toml"
+COMPARISON, OVERLAP = "analyses/sweep.json", "analyses/sweep_overlap.npy"
+
+
+class SweepDamaged(SessionDamaged):
+    """A file of a sweep does not match its record or is not what it should be: ``str()`` is
+    one line naming it and saying what to do."""
+
+    def __init__(self, path: Path, rel: str, why: str):
+        self.problems, self.detail = {rel: why}, f"{rel}: {why}"
+        hint = ("`tjac sweep` compares the points again" if rel in (COMPARISON, OVERLAP) else
+                "its points are sessions that `tjac resume` and `tjac report` still read; "
+                "start a new sweep from its preset to run it again")
+        Exception.__init__(self, f"{path}: damaged sweep: {self.detail}; {hint}")
+
+
+def check_points(m) -> str | None:
+    """Why ``m`` (sweep.json's contents) is not a sweep manifest, or None."""
+    if not isinstance(m, dict):
+        return "not a sweep manifest (not an object)"
+    points = m.get("points")
+    if not (isinstance(points, list) and points and all(
+            isinstance(p, dict) and isinstance(p.get("name"), str) and p["name"]
+            and "/" not in p["name"] and p["name"] not in (".", "..")
+            and isinstance(p.get("set", []), list) for p in points)):
+        return "not a sweep manifest (points: expected a list of {name, set, values})"
+    if not isinstance(m.get("files", {}), dict) or not isinstance(m.get("reference"), str):
+        return "not a sweep manifest (files, reference)"
+    return None
+
+
 class Sweep:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     def exists(self) -> bool:
-        return (self.path / "sweep.json").is_file()
+        return (self.path / SWEEP_JSON).is_file()
 
     def manifest(self) -> dict:
-        return json.loads((self.path / "sweep.json").read_text())
+        """sweep.json; :class:`SweepDamaged` when it is missing, not JSON or not a sweep's."""
+        try:
+            m = json.loads((self.path / SWEEP_JSON).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SweepDamaged(self.path, SWEEP_JSON, "missing") from None
+        except (ValueError, UnicodeDecodeError):
+            raise SweepDamaged(self.path, SWEEP_JSON, "not valid JSON") from None
+        why = check_points(m)
+        if why:
+            raise SweepDamaged(self.path, SWEEP_JSON, why)
+        return m
 
     def update(self, **changes) -> dict:
         m = self.manifest()
         m.update(changes)
-        atomic_write_json(self.path / "sweep.json", m)
+        atomic_write_json(self.path / SWEEP_JSON, m)
         return m
 
+    def record_file(self, rel: str) -> None:
+        """Record a file of the sweep as it is now (its sha256), in sweep.json."""
+        rec = FileRecord.of(self.path / rel, "sweep").to_json()
+        m = self.manifest()
+        self.update(files={**m.get("files", {}), rel: rec})
+
+    def check(self, rel: str) -> None:
+        """:class:`SweepDamaged` unless ``rel`` matches its record (by contents; a file
+        recorded by no record, as in a sweep made before they were kept, passes)."""
+        rec = self.manifest().get("files", {}).get(rel)
+        if rec is None:
+            return
+        try:
+            why = check_file(self.path / rel, FileRecord.from_json(rec, f"files.{rel}."))
+        except (ValueError, KeyError, TypeError) as e:  # (a record that is not one)
+            why = f"its record in sweep.json is not one ({e})"
+        if why:
+            raise SweepDamaged(self.path, rel, why)
+
+    def verify(self) -> dict[str, str]:
+        """Every damaged file of the sweep's own (not its points'): {rel: why}."""
+        try:
+            files = self.manifest().get("files", {})
+        except SweepDamaged as e:
+            return dict(e.problems)
+        out = {}
+        for rel in files:
+            try:
+                self.check(rel)
+            except SweepDamaged as e:
+                out.update(e.problems)
+        return out
+
     def config(self) -> config_mod.RunConfig:
-        return config_mod.loads((self.path / "sweep.toml").read_text(),
-                                str(self.path / "sweep.toml"))
+        self.check(SWEEP_TOML)
+        p = self.path / SWEEP_TOML
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SweepDamaged(self.path, SWEEP_TOML, "missing") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise SweepDamaged(self.path, SWEEP_TOML, f"cannot be read "
+                               f"({getattr(e, 'strerror', None) or e})") from None
+        cfg = config_mod.loads(text, str(p))
+        if cfg.sweep is None:
+            raise SweepDamaged(self.path, SWEEP_TOML, "has no [sweep] section")
+        return cfg
 
     def session(self, name: str) -> Session:
         return Session(self.path / "runs" / name)
@@ -134,8 +222,20 @@ class Sweep:
         return [(p["name"], self.session(p["name"])) for p in self.manifest()["points"]]
 
     def comparison(self) -> dict | None:
-        p = self.path / "analyses" / "sweep.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+        """The comparison (analyses/sweep.json), None before it is made; :class:`SweepDamaged`
+        when it does not match its record or is not one."""
+        p = self.path / COMPARISON
+        if not p.is_file():
+            return None
+        self.check(COMPARISON)
+        try:
+            out = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise SweepDamaged(self.path, COMPARISON, "not valid JSON") from None
+        if not (isinstance(out, dict) and isinstance(out.get("points"), list)
+                and all(isinstance(r, dict) for r in out["points"])):
+            raise SweepDamaged(self.path, COMPARISON, "not a sweep comparison")
+        return out
 
     def events(self, start: int = 0) -> tuple[list[dict], int]:
         return read_jsonl(self.path / "events.jsonl", start)
@@ -145,6 +245,14 @@ class Sweep:
         append_jsonl(self.path / "events.jsonl", rec)
         for fn in listeners or []:
             fn(rec)
+
+
+def point_status(s: Session) -> str:
+    """A point's status; "damaged" for a manifest that cannot be read (its run starts over)."""
+    try:
+        return s.manifest().get("status")
+    except SessionDamaged:
+        return "damaged"
 
 
 def is_sweep(path: str | Path) -> bool:
@@ -196,8 +304,10 @@ def create(root: str | Path, preset: str | Path, overrides: list[str] | None = N
             raise ConfigError(f"--name {name!r}: expected {e}") from None
 
     def fill(tmp: Path) -> None:
-        atomic_write(tmp / "sweep.toml", config_mod.dumps(base).encode())
-        atomic_write_json(tmp / "sweep.json", {
+        atomic_write(tmp / SWEEP_TOML, config_mod.dumps(base).encode())
+        atomic_write_json(tmp / SWEEP_JSON, {
+            "format_version": FORMAT_VERSION,
+            "files": {SWEEP_TOML: FileRecord.of(tmp / SWEEP_TOML, "sweep").to_json()},
             "kind": "sweep", "preset": label or str(preset), "overrides": list(overrides or []),
             "created": now_iso(), "status": "created",
             "reference": base.sweep.reference_name(), "axes": list(base.sweep.values),
@@ -225,14 +335,15 @@ def run(sweep_dir: str | Path, listeners: list[Callable[[dict], None]] | None = 
     from . import runner
 
     sw = Sweep(sweep_dir)
-    parallel = parallel or sw.manifest().get("parallel") or sw.config().sweep.parallel
+    base = sw.config()  # (damaged records are named before anything runs)
+    parallel = parallel or sw.manifest().get("parallel") or base.sweep.parallel
     m = sw.update(status="running", started=sw.manifest().get("started") or now_iso())
     names = [p["name"] for p in m["points"]]
     sw.emit(listeners, "sweep_start", sweep=str(sw.path), points=names, parallel=parallel)
     t0 = time.perf_counter()
     todo = []
     for i, n in enumerate(names):
-        status = sw.session(n).manifest().get("status")
+        status = point_status(sw.session(n))
         if status == "done":
             sw.emit(listeners, "sweep_point", name=n, index=i, total=len(names), status=status)
         else:
@@ -244,11 +355,11 @@ def run(sweep_dir: str | Path, listeners: list[Callable[[dict], None]] | None = 
         code, failed = runner.EXIT_OK, []
         for i, n in todo:
             sw.emit(listeners, "sweep_point", name=n, index=i, total=len(names),
-                    status=sw.session(n).manifest().get("status"))
+                    status=point_status(sw.session(n)))
             c = (run_session or runner.run_session)(sw.session(n).path, listeners,
                                                     handle_signals=handle_signals)
             sw.emit(listeners, "sweep_point_end", name=n, index=i, total=len(names),
-                    status=sw.session(n).manifest().get("status"))
+                    status=point_status(sw.session(n)))
             if c == runner.EXIT_INTERRUPTED:
                 code = c
                 break
@@ -258,7 +369,11 @@ def run(sweep_dir: str | Path, listeners: list[Callable[[dict], None]] | None = 
         sw.update(status="interrupted", error=None)
         sw.emit(listeners, "sweep_end", status="interrupted")
         return code
-    result = sw.comparison()
+    try:
+        result = sw.comparison()
+    except SweepDamaged as e:  # made again from the points
+        sw.emit(listeners, "warning", message=f"{e.detail}; comparing the points again")
+        result = None
     if result is None or result.get("fingerprint") != _fingerprint(sw):
         sw.emit(listeners, "compare_start")
         t = time.perf_counter()
@@ -296,7 +411,7 @@ def _run_workers(sw: Sweep, todo: list[tuple[int, str]], total: int, parallel: i
             while queue and len(running) < parallel and not stop["now"]:
                 i, n = queue.pop(0)
                 sw.emit(listeners, "sweep_point", name=n, index=i, total=total,
-                        status=sw.session(n).manifest().get("status"))
+                        status=point_status(sw.session(n)))
                 running[n] = (i, start_worker(sw.session(n).path))
             if stop["now"] and not asked:
                 asked = True
@@ -307,7 +422,7 @@ def _run_workers(sw: Sweep, todo: list[tuple[int, str]], total: int, parallel: i
                 if proc.poll() is None:
                     continue
                 del running[n]
-                status = sw.session(n).manifest().get("status")
+                status = point_status(sw.session(n))
                 sw.emit(listeners, "sweep_point_end", name=n, index=i, total=total,
                         status=status)
                 if status == "failed":
@@ -317,7 +432,7 @@ def _run_workers(sw: Sweep, todo: list[tuple[int, str]], total: int, parallel: i
         if handle_signals:
             for s, h in old.items():
                 signal.signal(s, h)
-    unfinished = [n for _, n in todo if sw.session(n).manifest().get("status") not in
+    unfinished = [n for _, n in todo if point_status(sw.session(n)) not in
                   ("done", "failed")]
     return (runner.EXIT_INTERRUPTED if unfinished else runner.EXIT_OK), failed
 
@@ -417,8 +532,10 @@ def compare(sw: Sweep, progress: Callable[..., None] | None = None) -> dict:
         out["overlap"] = {"reference": m["reference"], "ks": ks, "runs": curves,
                           "random": rand, "variants": variants, "skipped": skipped}
         arr = np.array([ks] + list(curves.values()) + [rand], dtype=np.float64)
-        atomic_save_npy(sw.path / "analyses" / "sweep_overlap.npy", arr)
+        atomic_save_npy(sw.path / OVERLAP, arr)
+        sw.record_file(OVERLAP)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     out["fingerprint"] = _fingerprint(sw)
-    atomic_write_json(sw.path / "analyses" / "sweep.json", out)
+    atomic_write_json(sw.path / COMPARISON, out)
+    sw.record_file(COMPARISON)
     return out

@@ -488,3 +488,61 @@ def test_a_categorical_key_gets_its_own_trend_plot():
     num = against_key(pts, "train.lr", "bulk_fraction", "bulk fraction")
     assert num.xcategories == [] and set(n for n, _, _ in num.series) == {
         "optimizer=sgd", "optimizer=adam"}
+
+
+SWEEP_DAMAGE = {  # the file, what is done to it -> the one line's words
+    ("sweep.json", "garbage"): "sweep.json: not valid JSON",
+    ("sweep.json", "no points"): "sweep.json: not a sweep manifest (points",
+    ("sweep.json", "missing"): "sweep.json: missing",
+    ("sweep.toml", "edited"): "sweep.toml: contents differ from what was written",
+    ("sweep.toml", "missing"): "sweep.toml: missing",
+    ("analyses/sweep.json", "edited"): "analyses/sweep.json: contents differ",
+    ("analyses/sweep.json", "garbage"): "analyses/sweep.json: ",
+}
+
+
+@pytest.mark.parametrize("rel, how", sorted(SWEEP_DAMAGE))
+def test_a_damaged_sweep_file_is_named_in_one_line(finished_study, tmp_path, capsys, rel, how):
+    """Each was a traceback (JSONDecodeError, KeyError) in `tjac sweep DIR`, its report and
+    the Compare pane, or, edited, believed."""
+    import shutil
+
+    from engine.present.views import sweep_views
+    from tjac_tui.state import unreadable_text
+
+    d = tmp_path / "sw"
+    shutil.copytree(finished_study.path, d)
+    p = d / rel
+    if how == "missing":
+        p.unlink()
+    elif how == "garbage":
+        p.write_text("{garbage")
+    elif how == "no points":
+        m = json.loads(p.read_text())
+        m["points"] = {"seed1": 1}
+        p.write_text(json.dumps(m))
+    else:  # edited: still valid, says something else
+        p.write_text(p.read_text().replace("0.1", "0.2") if rel.endswith(".toml") else
+                     p.read_text().replace('"tol": 0.001', '"tol": 0.002'))
+    want = SWEEP_DAMAGE[(rel, how)]
+    if rel.startswith("analyses/"):  # the comparison is made again from the points
+        with pytest.raises(sweep.SweepDamaged, match=re.escape(want)):
+            sweep_views(d)
+        assert main(["sweep", str(d), "-q"]) == 0
+        assert any(e["event"] == "warning" and e["message"].startswith(want)
+                   and e["message"].endswith("; comparing the points again")
+                   for e in sweep.Sweep(d).events()[0])
+        assert sweep.Sweep(d).verify() == {}
+        assert sweep.Sweep(d).comparison()["points"] == finished_study.comparison()["points"]
+        return
+    code = main(["sweep", str(d), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    if rel == "sweep.json" and how == "missing":  # no longer a sweep: not a preset either
+        assert code == 2 and len(err) == 1 and str(d) in err[0]
+        return
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"{d}: damaged sweep: {want}") and "new sweep" in err[0]
+    if rel == "sweep.json":  # (the Compare pane reads sweep.json and the comparison)
+        with pytest.raises(sweep.SweepDamaged) as e:
+            sweep_views(d)
+        assert unreadable_text(d, e.value) == err[0]

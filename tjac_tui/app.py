@@ -470,11 +470,16 @@ class TjacApp(App):
         from engine.worker import boot, spawn
 
         sw = Sweep(sweep)
-        names = [p["name"] for p in sw.manifest()["points"]]
+        try:
+            m = sw.manifest()
+        except SessionError as e:  # a damaged sweep.json: named, the app goes on
+            self.notify(str(e), severity="error", timeout=15, markup=False)
+            return False
+        names = [p["name"] for p in m["points"]]
         if any(sw.session(n).is_locked() for n in names) or self._starting(point):
             self.notify(f"sweep {sweep.name} is already running", severity="warning")
             return False
-        if sw.manifest().get("status") == "done":
+        if m.get("status") == "done":
             self.notify(f"sweep {sweep.name} is done; nothing to resume")
             return False
         self.procs[point] = spawn([sys.executable, "-c", boot("tjac_tui.cli"), "sweep",
