@@ -122,7 +122,7 @@ def test_a_copy_that_changed_only_time_stamps_is_not_damaged(quick_session, tmp_
                                                               monkeypatch, capsys):
     """``cp -r`` keeps no modification times: small files are then judged by their contents;
     a large one is "modified" until ``tjac resume`` checks it and records its new time."""
-    from engine import session as session_mod
+    from engine import manifest as manifest_mod
 
     path = tmp_path / "copy"
     shutil.copytree(quick_session, path, copy_function=shutil.copy)  # cp -r: new times
@@ -132,7 +132,7 @@ def test_a_copy_that_changed_only_time_stamps_is_not_damaged(quick_session, tmp_
             os.utime(p, (later, later))
     assert describe(Session(path))["status"] == "done"
     # the same copy where J counts as large: its time stamp cannot be trusted without a read
-    monkeypatch.setattr(session_mod, "RECHECK_MAX", 10_000)
+    monkeypatch.setattr(manifest_mod, "RECHECK_MAX", 10_000)  # (check_file's)
     row = describe(Session(path))
     assert row["status"] == "damaged"
     assert row["problem"].startswith("jacobian.npy: modified since it was written")
