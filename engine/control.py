@@ -304,7 +304,7 @@ def check_resumable(path: str | Path, device: str | None = None, nproc: int = 1
         except ConfigError as e:
             return Refusal("invalid", str(e))
     try:
-        done = s.manifest().get("status") == "done" and not s.unrun_analyses()
+        done = s.record().status == "done" and not s.unrun_analyses()
         if done:  # under the lock: times of files a copy changed are recorded anew
             try:
                 s.acquire()
@@ -399,7 +399,7 @@ def run_ranks(path: str | Path, nproc: int, listeners: list[Listener]) -> int:
     finally:
         signal.signal(signal.SIGTERM, before)
     feed()
-    status = session.manifest().get("status")
+    status = session.record().status
     if status == "running":  # the ranks were killed before rank 0 could mark it
         return EXIT_FAILED
     return {"done": EXIT_OK, "interrupted": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)

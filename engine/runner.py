@@ -152,25 +152,27 @@ class Runner:
             return
         for message in self.session.correct_claims(derived):  # (a manifest edited by hand)
             self.emit("warning", message=message)
-        threads = (self.session.manifest().get("environment") or {}).get("threads")
-        if self.device.type == "cpu" and threads and threads != torch.get_num_threads():
-            # J's bits depend on the thread count: a resume computes as the session started
-            self.emit("warning", message=f"computing with {threads} CPU threads as the session "
-                                         f"started (not {torch.get_num_threads()}), so that "
-                                         "its results do not depend on the resume")
-            torch.set_num_threads(int(threads))
         if m.get("device") != str(self.device):
             self.emit("warning", message=f"resuming on {self.device}; the session started on "
                                          f"{m.get('device')}: results may differ in the last bits")
 
     def build(self) -> None:
         """Read the config, pick the device, build the data, model and training problem (the
-        stored initialisation when there is one: :func:`stored_init`); writes nothing."""
+        stored initialisation when there is one: :func:`stored_init`), with the CPU threads the
+        session started with; writes nothing but the warning that says so."""
         b = self.built = build(self.session.config(), self.device_override,
                                stored_init(self.session))
         self.cfg, self.device, self.numerics, self.dtype = b.cfg, b.device, b.numerics, b.dtype
         self.data, self.module, self.layout, self.plan = b.data, b.module, b.layout, b.plan
         self.problem, self.theta0 = b.problem, b.theta0
+        threads = self.session.started_threads()
+        if self.device.type == "cpu" and threads and threads != torch.get_num_threads():
+            # J's bits depend on the thread count: a resume (every rank of one) computes with
+            # the count the session started with
+            self.emit("warning", message=f"computing with {threads} CPU threads as the session "
+                                         f"started (not {torch.get_num_threads()}), so that "
+                                         "its results do not depend on the resume")
+            torch.set_num_threads(threads)
 
     def check_fits(self) -> None:
         """Refuse (PlanError) a run whose files or SVD do not fit here; a Jacobian file already

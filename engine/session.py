@@ -415,6 +415,17 @@ class Session:
     def _check(self, rel: str, rec: dict, deep: bool | int) -> str | None:
         return check_file(self.path / rel, FileRecord.from_json(rec), deep)
 
+    def started_threads(self) -> int | None:
+        """The CPU threads the run started with (``environment.threads``); None before it
+        started, or when the manifest cannot be read or that claim was edited."""
+        try:
+            m = self.manifest()
+        except SessionError:
+            return None
+        threads = (m.get("environment") or {}).get("threads")
+        ok = isinstance(threads, int) and threads > 0 and "environment" not in edited_claims(m)
+        return threads if ok else None
+
     def correct_claims(self, derived: dict[str, Any]) -> list[str]:
         """Set the claims ``derived`` (what the run derives from config.toml and the inputs:
         P, layout, data, steps, dtype) where the manifest says otherwise, and drop every other
