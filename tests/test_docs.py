@@ -34,6 +34,7 @@ else:  # pragma: no cover
 import pytest
 
 from engine.config import field_info
+from engine.events import reference_markdown
 from tjac_tui.cli import build_parser, keys_markdown
 from tjac_tui.locations import NotFound, find_preset
 
@@ -329,6 +330,12 @@ def test_config_reference_is_the_generated_one():
     text = (REPO / "docs" / "config.md").read_text()
     block = text.split("<!-- keys: ")[1].split("-->", 1)[1].split("<!-- /keys -->")[0]
     assert block.strip() == keys_markdown(all_sections=True).strip()
+
+
+def test_events_reference_is_the_generated_one():
+    text = (REPO / "docs" / "events.md").read_text()
+    block = text.split("<!-- events: ")[1].split("-->", 1)[1].split("<!-- /events -->")[0]
+    assert block.strip() == reference_markdown().strip()
 
 
 def test_design_layout_names_every_engine_module():
