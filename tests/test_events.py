@@ -5,6 +5,7 @@ older and newer sessions without raising."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,35 @@ def test_every_emitter_names_a_declared_kind_with_declared_fields():
         names = {f.name for f in cls.__dataclass_fields__.values()}
         assert kws <= names, f"{rel}:{line}: {kind} has no field {sorted(kws - names)}"
     assert kinds == set(events.KINDS)  # and every declared kind is emitted somewhere
+
+
+def test_the_live_pane_tells_an_analysis_units_and_time_left():
+    live = LiveState()
+    live.apply({**OLD_SESSION[0], "stages": ["train", "analysis.ood"]})
+    live.apply({"event": "stage_start", "time": 10.0, "stage": "analysis.ood"})
+    live.apply({"event": "analysis_progress", "time": 10.0, "name": "ood", "done": 0,
+                "total": 39, "unit": "dirs"})
+    assert live.progress_text("analysis.ood") == "0/39 dirs"
+    live.apply({"event": "analysis_progress", "time": 12.0, "name": "ood", "done": 8,
+                "total": 39, "unit": "dirs"})
+    assert live.progress_text("analysis.ood") == "8/39 dirs, 7.8 s left"  # 4 a second
+    live.apply({"event": "snapshot_start", "time": 13.0, "step": 4, "index": 0, "total": 2})
+    assert live.progress_text("snapshots") == "0/2 SVDs"
+
+
+def test_bars_of_a_session_that_did_not_name_its_stages_come_as_they_start():
+    import io
+
+    from rich.console import Console
+
+    from tjac_tui.progress import RichProgress
+
+    buf = io.StringIO()
+    with RichProgress(Console(file=buf, width=80, color_system=None)) as bars:
+        for line in OLD_SESSION:
+            bars(line)
+    final = buf.getvalue().splitlines()[-3:]  # (the last frame: the bars so far)
+    assert [re.search(r"[a-z_]+", ln).group() for ln in final] == ["train", "jacobian", "ood"]
+    assert "16/16 steps" in final[0] and "1210/1210 cols" in final[1]
+    assert " 8/16 " in final[2]
+    assert "svd: already done" in buf.getvalue()
