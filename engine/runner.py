@@ -4,20 +4,9 @@ A run is the stages ``train -> jacobian -> svd -> spectrum``. Each records its r
 session directory as it finishes, so :func:`run_session` on a half-finished session skips what
 is done and resumes the rest (the Jacobian at its first unfinished chunk).
 
-Progress goes to ``events.jsonl`` (one JSON object per line, each with ``event`` and ``time``)
-and to in-process listeners; the TUI tails the file, ``tjac run`` listens in-process. Events:
-
-* ``run_start`` {session, device, dtype, threads, P}       * ``run_end`` {status, seconds}
-* ``stage_start`` / ``stage_end`` {stage, seconds}         * ``stage_skip`` {stage}
-* ``train_step`` {step, steps, lr, train_loss, train_acc, test_loss, test_acc}
-* ``jacobian_start`` {total, chunk, chunks, done}
-* ``jacobian_chunk`` {chunk, done, total, rate, eta, primal_dev; on CUDA gpu_mem,
-  gpu_mem_peak: bytes allocated by the worker's torch.cuda caching allocator; distributed
-  (engine.distributed): rank, rank_done (that rank's columns), and rate is that rank's}
-* ``jacobian_ranks`` {ranks, shares}: a distributed run's ranks and their chunk counts
-* ``matfree_progress`` {phase, jvp, vjp}: products so far (at most one a second)
-* ``matfree_done`` {s_max, k, bulk}: spectrum.method = "matfree"
-* ``interrupted`` {stage}    * ``error`` {stage, message}
+Progress goes to ``events.jsonl`` (one JSON object per line) and to in-process listeners; the
+TUI tails the file, ``tjac run`` listens in-process. The events and their fields are declared
+in :mod:`engine.events` (docs/events.md).
 
 ``python -m engine.runner SESSION`` is the worker: it runs in its own process session, ignores
 SIGHUP, and answers SIGTERM / SIGINT by finishing the current chunk, saving, and marking the
@@ -113,7 +102,11 @@ class Runner:
 
     # ---- events ----------------------------------------------------------------------------
     def emit(self, event: str, **fields) -> None:
-        rec = {"event": event, "time": round(time.time(), 3), **fields}
+        """Record the event ``event`` (declared in :mod:`engine.events`, which checks its
+        fields) in events.jsonl and hand its line to the listeners."""
+        from . import events
+
+        rec = events.encode(events.make(event, time=round(time.time(), 3), **fields))
         self.session.append_jsonl("events.jsonl", rec)
         for fn in self.listeners:
             fn(rec)
@@ -715,8 +708,11 @@ class Runner:
         try:
             self.emit(event, **fields)
         except OSError:
+            from . import events
+
+            rec = events.encode(events.make(event, time=round(time.time(), 3), **fields))
             for fn in self.listeners:
-                fn({"event": event, "time": round(time.time(), 3), **fields})
+                fn(rec)
 
 
 def release_memory() -> None:

@@ -241,7 +241,11 @@ class Sweep:
         return read_jsonl(self.path / "events.jsonl", start)
 
     def emit(self, listeners, event: str, **fields) -> None:
-        rec = {"event": event, "time": round(time.time(), 3), **fields}
+        """Record the sweep event ``event`` (declared in :mod:`engine.events`) and hand its
+        line to ``listeners``."""
+        from . import events
+
+        rec = events.encode(events.make(event, time=round(time.time(), 3), **fields))
         append_jsonl(self.path / "events.jsonl", rec)
         for fn in listeners or []:
             fn(rec)

@@ -339,6 +339,14 @@ def test_manifest_reference_is_the_generated_one():
     assert block.strip() == reference_markdown().strip()
 
 
+def test_events_reference_is_the_generated_one():
+    from engine.events import reference_markdown
+
+    text = (REPO / "docs" / "events.md").read_text()
+    block = text.split("<!-- events: ")[1].split("-->", 1)[1].split("<!-- /events -->")[0]
+    assert block.strip() == reference_markdown().strip()
+
+
 def test_design_layout_names_every_engine_module():
     text = (REPO / "docs" / "design.md").read_text()
     layout = text.split("## Layers")[1].split("\n## ")[0]

@@ -22,7 +22,7 @@ LAYERS: list[list[str]] = [
     # foundations: no engine imports
     ["engine", "engine.schema", "engine.files", "engine.units", "engine.regions",
      "engine.subspace", "engine.interrupt", "engine.asciiplot", "engine.kernels",
-     "engine.kernels.*", "engine.opcheck", "engine.present.markdown"],
+     "engine.kernels.*", "engine.opcheck", "engine.present.markdown", "engine.events"],
     # the registry of optional sections (analyses, sweep): the plug-in contract, torch-free
     ["engine.sections", "engine.device", "engine.manifest"],
     ["engine.config"],

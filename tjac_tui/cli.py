@@ -103,6 +103,7 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
 
 def _run_foreground(session, quiet: bool = False, device: str | None = None,
                     nproc: int = 1) -> int:
+    from engine import events
     from engine.runner import EXIT_OK
 
     from .progress import RichProgress, regions_table, view_table
@@ -110,9 +111,9 @@ def _run_foreground(session, quiet: bool = False, device: str | None = None,
     err = _console(stderr=True, quiet=quiet)
     errors: list[str] = []  # the run's failure, also when the disk refused to record it
 
-    def on_error(ev: dict) -> None:
-        if ev["event"] == "error":
-            errors.append(ev.get("message") or "")
+    def on_error(rec: dict) -> None:
+        if isinstance(ev := events.decode(rec), events.RunError):
+            errors.append(ev.message)
 
     with RichProgress(err) as bars:
         code = control.run_foreground(session.path, [bars, on_error], device=device,
@@ -241,7 +242,7 @@ def _write_or_print(text: str, output: str | None, suffixes: tuple[str, ...] = (
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from engine import sweep as sweep_mod
+    from engine import events, sweep as sweep_mod
     from engine.present.findings import write_sweep_report
     from engine.runner import EXIT_INTERRUPTED, EXIT_OK, run_session
     from rich.markup import escape
@@ -265,16 +266,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         with RichProgress(err) as bars:
             return run_session(path, listeners + [bars], handle_signals=handle_signals)
 
-    def on_event(ev: dict) -> None:
-        kind = ev["event"]
-        if kind == "sweep_point" and ev.get("status") == "done":
-            err.print(f"[dim]point {escape(ev['name'])} ({ev['index'] + 1}/{ev['total']}): done[/]")
-        elif kind == "sweep_point":
-            err.print(f"[bold]point {escape(ev['name'])}[/] ({ev['index'] + 1}/{ev['total']})")
-        elif kind == "sweep_point_end" and args.parallel and args.parallel > 1:
-            err.print(f"point {ev['name']}: {ev['status']}")
-        elif kind == "compare_start":
-            err.print("[bold]comparing the points[/]")
+    def on_event(rec: dict) -> None:
+        match ev := events.decode(rec):
+            case events.SweepPoint(status="done"):
+                err.print(f"[dim]point {escape(ev.name)} ({ev.index + 1}/{ev.total}): done[/]")
+            case events.SweepPoint():
+                err.print(f"[bold]point {escape(ev.name)}[/] ({ev.index + 1}/{ev.total})")
+            case events.SweepPointEnd() if args.parallel and args.parallel > 1:
+                err.print(f"point {escape(ev.name)}: {ev.status}")
+            case events.CompareStart():
+                err.print("[bold]comparing the points[/]")
 
     code = sweep_mod.run(sw.path, [on_event], handle_signals=True, run_session=one_run,
                          parallel=args.parallel)

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from engine import config as config_mod
+from engine.events import (AnalysisProgress, Event, Interrupted, JacobianChunk, JacobianRanks,
+                           JacobianStart, MatfreeDone, MatfreeProgress, RunEnd, RunError,
+                           RunStart, RunWarning, SnapshotDone, SnapshotStart, StageEnd,
+                           StageSkip, StageStart, TrainStep, as_event)
 from engine.session import Session, SessionError
 from engine.units import fmt_bytes, fmt_seconds  # noqa: F401 - the project's formatters, here
 # for the widgets that import them from this module
@@ -25,7 +29,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-STAGE_ORDER = ("train", "jacobian", "svd", "spectrum")
+# the stages of a session whose run_start did not name them (written before it did)
+LEGACY_STAGES = ("train", "jacobian", "svd", "spectrum")
 
 
 # --------------------------------------------------------------------------------------------
@@ -44,7 +49,7 @@ class LiveState:
     """What the Live pane shows, built by :meth:`apply` from the session's events (in order)."""
 
     stages: dict[str, dict] = field(default_factory=dict)  # name -> {status, seconds}
-    stage_order: list[str] = field(default_factory=lambda: list(STAGE_ORDER))
+    stage_order: list[str] = field(default_factory=list)  # run_start's stages
     steps: list[int] = field(default_factory=list)
     total_steps: int | None = None
     curves: dict[str, list[float | None]] = field(default_factory=lambda: {
@@ -72,12 +77,13 @@ class LiveState:
         n = min(self.log_total - before, len(self.log))
         return list(self.log)[len(self.log) - n:] if n > 0 else []
 
-    def apply(self, ev: dict) -> set[str]:
-        """Fold one event; returns the parts that changed (stages, curves, jac, log, status,
-        run)."""
+    def apply(self, ev: Event | dict) -> set[str]:
+        """Fold one event (a line of events.jsonl, decoded by :func:`engine.events.decode`, or
+        the decoded event); returns the parts that changed (stages, curves, jac, log, status,
+        run). Lines this version does not read are counted and ignored."""
+        ev = as_event(ev)
         self.events_seen += 1
-        kind = ev.get("event")
-        t = float(ev.get("time", time.time()))
+        t = ev.time if ev.time is not None else time.time()
         changed: set[str] = set()
 
         def log(text: str, level: str = "info") -> None:
@@ -85,130 +91,151 @@ class LiveState:
             self.log_total += 1
             changed.add("log")
 
-        if kind == "train_step":
-            self.steps.append(int(ev["step"]))
-            self.total_steps = ev.get("steps", self.total_steps)
-            for k in self.curves:
-                self.curves[k].append(ev.get(k))
-            changed.add("curves")
-        elif kind == "run_start":
-            self.run = {k: ev.get(k) for k in ("device", "dtype", "threads", "P")}
-            if ev.get("stages"):
-                self.stage_order = list(ev["stages"])
-            self.status = "running"
-            changed |= {"run", "status", "stages"}
-            log(f"run started on {ev.get('device')} ({ev.get('dtype')}, {ev.get('threads')} "
-                f"threads), P = {ev.get('P')}")
-        elif kind == "stage_start":
-            st = self.stages.setdefault(ev["stage"], {})
-            st["status"] = "running"
-            st["started_at"] = t
-            if ev["stage"] == "train":  # a restarted training replaces the curves
-                self.steps.clear()
-                for v in self.curves.values():
-                    v.clear()
+        match ev:
+            case TrainStep():
+                self.steps.append(ev.step)
+                self.total_steps = ev.steps
+                for k in self.curves:
+                    self.curves[k].append(getattr(ev, k))
                 changed.add("curves")
-            changed.add("stages")
-            log(f"{ev['stage']}: started")
-        elif kind == "stage_end":
-            st = self.stages.setdefault(ev["stage"], {})
-            st.update(status="done", seconds=ev.get("seconds"))
-            changed.add("stages")
-            log(f"{ev['stage']}: done in {ev.get('seconds', 0):.2f} s")
-        elif kind == "stage_skip":
-            self.stages.setdefault(ev["stage"], {})["status"] = "done"
-            changed.add("stages")
-            log(f"{ev['stage']}: already done")
-        elif kind == "jacobian_start":
-            self.jac = {"done": ev.get("done", 0), "total": ev.get("total"),
-                        "chunk": ev.get("chunk"), "chunks": ev.get("chunks"),
-                        "rate": None, "eta": None}
-            self.rates.clear()
-            self.ranks.clear()
-            changed.add("jac")
-            log(f"jacobian: {ev.get('total')} columns in {ev.get('chunks')} chunks of "
-                f"{ev.get('chunk')}" + (f", {ev.get('done')} already done" if ev.get("done")
-                                        else ""))
-        elif kind == "jacobian_ranks":
-            self.ranks = {r: {"done": 0, "rate": None, "chunks": n}
-                          for r, n in enumerate(ev.get("shares") or [])}
-            changed.add("jac")
-            log(f"jacobian: {ev.get('ranks')} ranks, "
-                + ", ".join(f"rank {r}: {n} chunks" for r, n in enumerate(ev.get("shares") or [])))
-        elif kind == "jacobian_chunk" and ev.get("rank") is not None:
-            r = int(ev["rank"])  # one rank of several: the totals are the sums over ranks
-            st = self.ranks.setdefault(r, {"done": 0, "rate": None, "chunks": None})
-            st.update(done=ev.get("rank_done", st["done"]), rate=ev.get("rate"))
-            total_rate = sum(x["rate"] or 0 for x in self.ranks.values())
-            done = max(self.jac.get("done") or 0, ev.get("done") or 0)
-            total = ev.get("total") or self.jac.get("total")
-            self.jac.update(done=done, total=total, rate=total_rate,
-                            eta=(total - done) / total_rate if total_rate and total else None)
-            self.jac["last_chunk"] = ev.get("chunk")
-            if total_rate:
-                self.rates.append(total_rate)
-            changed.add("jac")
-            rate = ev.get("rate")
-            log(f"jacobian chunk {ev.get('chunk')} (rank {r}): {done}/{total} columns"
-                + (f", {rate:.1f} col/s on this rank" if rate else ""))
-        elif kind == "jacobian_chunk":
-            self.jac.update({k: ev.get(k) for k in ("done", "total", "rate", "eta")})
-            self.jac["last_chunk"] = ev.get("chunk")
-            if ev.get("rate"):
-                self.rates.append(float(ev["rate"]))
-            for k in ("gpu_mem", "gpu_mem_peak"):
-                if k in ev:
-                    self.jac[k] = ev[k]
-            changed.add("jac")
-            rate = ev.get("rate")
-            log(f"jacobian chunk {ev.get('chunk')}: {ev.get('done')}/{ev.get('total')} columns"
-                + (f", {rate:.1f} col/s" if rate else ""))
-        elif kind == "matfree_progress":
-            st = self.stages.setdefault("matfree", {})
-            st["note"] = f"{ev.get('phase')} {ev.get('jvp', 0) + ev.get('vjp', 0)}"
-            changed.add("stages")
-        elif kind == "matfree_done":
-            self.stages.setdefault("matfree", {}).pop("note", None)
-            log(f"matfree: s_1 = {ev.get('s_max', 0):.6g} (top {ev.get('k')}); bulk "
-                + "; ".join(f"tau {b['tol']:g}: ~{b['count']:.0f} in [{b['lower']:.0f}, "
-                            f"{b['upper']:.0f}]" for b in ev.get("bulk") or []))
-            changed.add("stages")
-        elif kind == "snapshot_start":
-            st = self.stages.setdefault("snapshots", {})
-            st["progress"] = (ev.get("index"), ev.get("total"))
-            changed.add("stages")
-        elif kind == "snapshot_done":
-            st = self.stages.setdefault("snapshots", {})
-            st["progress"] = (ev.get("index", 0) + 1, ev.get("total"))
-            c = ev.get("counts") or {}
-            changed.add("stages")
-            log(f"snapshot after step {ev.get('step')}: s_1 = {ev.get('s_max', 0):.6g}, chaotic "
-                f"{c.get('chaotic')} / bulk {c.get('bulk')} / stable {c.get('stable')} "
-                f"({ev.get('seconds', 0):.1f} s)")
-        elif kind == "analysis_progress":
-            st = self.stages.setdefault(f"analysis.{ev.get('name')}", {})
-            st["progress"] = (ev.get("done"), ev.get("total"))
-            changed.add("stages")
-        elif kind == "warning":
-            log(f"warning: {ev.get('message')}", "warning")
-        elif kind == "error":
-            msg = f"{ev.get('stage')}: {ev.get('message')}"
-            self.errors.append(msg)
-            if ev.get("stage") in self.stages:
-                self.stages[ev["stage"]]["status"] = "failed"
-            changed.add("stages")
-            log(f"error in {msg}", "error")
-        elif kind == "interrupted":
-            if ev.get("stage") in self.stages:
-                self.stages[ev["stage"]]["status"] = "interrupted"
-            changed.add("stages")
-            log(f"interrupted during {ev.get('stage')} (resumable)", "warning")
-        elif kind == "run_end":
-            self.status = ev.get("status", self.status)
-            changed.add("status")
-            log(f"run ended: {ev.get('status')} after {ev.get('seconds', 0):.1f} s",
-                "error" if ev.get("status") == "failed" else "info")
+            case RunStart():
+                self.run = {"device": ev.device, "dtype": ev.dtype, "threads": ev.threads,
+                            "P": ev.P}
+                # the run names its stages; sessions written before it did: the four of then
+                self.stage_order = list(ev.stages or LEGACY_STAGES)
+                self.status = "running"
+                changed |= {"run", "status", "stages"}
+                log(f"run started on {ev.device} ({ev.dtype}, {ev.threads} threads), "
+                    f"P = {ev.P}")
+            case StageStart():
+                st = self.stages.setdefault(ev.stage, {})
+                st["status"] = "running"
+                st["started_at"] = t
+                if ev.stage == "train":  # a restarted training replaces the curves
+                    self.steps.clear()
+                    for v in self.curves.values():
+                        v.clear()
+                    changed.add("curves")
+                changed.add("stages")
+                log(f"{ev.stage}: started")
+            case StageEnd():
+                st = self.stages.setdefault(ev.stage, {})
+                st.update(status="done", seconds=ev.seconds)
+                changed.add("stages")
+                log(f"{ev.stage}: done in {ev.seconds:.2f} s")
+            case StageSkip():
+                self.stages.setdefault(ev.stage, {})["status"] = "done"
+                changed.add("stages")
+                log(f"{ev.stage}: already done")
+            case JacobianStart():
+                self.jac = {"done": ev.done, "total": ev.total, "chunk": ev.chunk,
+                            "chunks": ev.chunks, "rate": None, "eta": None}
+                self.rates.clear()
+                self.ranks.clear()
+                changed.add("jac")
+                log(f"jacobian: {ev.total} columns in {ev.chunks} chunks of {ev.chunk}"
+                    + (f", {ev.done} already done" if ev.done else ""))
+            case JacobianRanks():
+                self.ranks = {r: {"done": 0, "rate": None, "chunks": n}
+                              for r, n in enumerate(ev.shares)}
+                changed.add("jac")
+                log(f"jacobian: {ev.ranks} ranks, "
+                    + ", ".join(f"rank {r}: {n} chunks" for r, n in enumerate(ev.shares)))
+            case JacobianChunk(rank=int(r)):
+                # one rank of several: the totals are the sums over ranks
+                st = self.ranks.setdefault(r, {"done": 0, "rate": None, "chunks": None})
+                st.update(done=ev.rank_done if ev.rank_done is not None else st["done"],
+                          rate=ev.rate)
+                total_rate = sum(x["rate"] or 0 for x in self.ranks.values())
+                done = max(self.jac.get("done") or 0, ev.done)
+                total = ev.total or self.jac.get("total")
+                self.jac.update(done=done, total=total, rate=total_rate,
+                                eta=(total - done) / total_rate if total_rate and total
+                                else None)
+                self.jac["last_chunk"] = ev.chunk
+                if total_rate:
+                    self.rates.append(total_rate)
+                changed.add("jac")
+                log(f"jacobian chunk {ev.chunk} (rank {r}): {done}/{total} columns"
+                    + (f", {ev.rate:.1f} col/s on this rank" if ev.rate else ""))
+            case JacobianChunk():
+                self.jac.update(done=ev.done, total=ev.total, rate=ev.rate, eta=ev.eta)
+                self.jac["last_chunk"] = ev.chunk
+                if ev.rate:
+                    self.rates.append(float(ev.rate))
+                for k in ("gpu_mem", "gpu_mem_peak"):
+                    if getattr(ev, k) is not None:
+                        self.jac[k] = getattr(ev, k)
+                changed.add("jac")
+                log(f"jacobian chunk {ev.chunk}: {ev.done}/{ev.total} columns"
+                    + (f", {ev.rate:.1f} col/s" if ev.rate else ""))
+            case MatfreeProgress():
+                st = self.stages.setdefault("matfree", {})
+                st["note"] = f"{ev.phase} {ev.jvp + ev.vjp}"
+                changed.add("stages")
+            case MatfreeDone():
+                self.stages.setdefault("matfree", {}).pop("note", None)
+                log(f"matfree: s_1 = {ev.s_max:.6g} (top {ev.k}); bulk "
+                    + "; ".join(f"tau {b['tol']:g}: ~{b['count']:.0f} in [{b['lower']:.0f}, "
+                                f"{b['upper']:.0f}]" for b in ev.bulk))
+                changed.add("stages")
+            case SnapshotStart():
+                self._progress("snapshots", ev.index, ev.total, t, "SVDs")
+                changed.add("stages")
+            case SnapshotDone():
+                self._progress("snapshots", ev.index + 1, ev.total, t, "SVDs")
+                c = ev.counts
+                changed.add("stages")
+                log(f"snapshot after step {ev.step}: s_1 = {ev.s_max:.6g}, chaotic "
+                    f"{c.get('chaotic')} / bulk {c.get('bulk')} / stable {c.get('stable')} "
+                    f"({ev.seconds:.1f} s)")
+            case AnalysisProgress():
+                self._progress(f"analysis.{ev.name}", ev.done, ev.total, t, ev.unit)
+                changed.add("stages")
+            case RunWarning():
+                log(f"warning: {ev.message}", "warning")
+            case RunError():
+                msg = f"{ev.stage}: {ev.message}"
+                self.errors.append(msg)
+                if ev.stage in self.stages:
+                    self.stages[ev.stage]["status"] = "failed"
+                changed.add("stages")
+                log(f"error in {msg}", "error")
+            case Interrupted():
+                if ev.stage in self.stages:
+                    self.stages[ev.stage]["status"] = "interrupted"
+                changed.add("stages")
+                log(f"interrupted during {ev.stage} (resumable)", "warning")
+            case RunEnd():
+                self.status = ev.status
+                changed.add("status")
+                log(f"run ended: {ev.status} after {ev.seconds:.1f} s",
+                    "error" if ev.status == "failed" else "info")
         return changed
+
+    def _progress(self, stage: str, done: int, total: int, t: float, unit: str | None) -> None:
+        """A stage's units done of ``total`` at time ``t``: ``progress`` (done, total), and
+        ``unit``; ``eta`` (seconds left at the rate since its first unit of this attempt)."""
+        st = self.stages.setdefault(stage, {})
+        first = st.get("first_unit")
+        if first is None or done < first[1]:  # (a new attempt starts lower)
+            first = st["first_unit"] = (t, done)
+        st["progress"] = (done, total)
+        st["unit"] = unit
+        rate = (done - first[1]) / (t - first[0]) if t > first[0] and done > first[1] else None
+        st["rate"] = rate
+        st["eta"] = (total - done) / rate if rate else None
+
+    def progress_text(self, name: str) -> str:
+        """A running stage's progress for the stages table: "31/42 dirs, 40 s left"."""
+        st = self.stages.get(name, {})
+        if not st.get("progress"):
+            return ""
+        done, total = st["progress"]
+        text = f"{done}/{total}" + (f" {st['unit']}" if st.get("unit") else "")
+        if st.get("eta") is not None and done < total:
+            text += f", {fmt_seconds(st['eta'])} left"
+        return text
 
     def stage_seconds(self, name: str, now: float | None = None) -> float | None:
         """Seconds a stage has run: its recorded time, plus, while it runs, the time since it

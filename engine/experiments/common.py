@@ -35,7 +35,7 @@ class Context:
     theta0: torch.Tensor
     thetaT: torch.Tensor
     data: Dataset
-    emit: Callable[..., None]  # emit("analysis_progress", name=..., done=..., total=...)
+    emit: Callable[..., None]  # emit(kind, **fields): an event of engine.events
     should_stop: Callable[[], bool]
     tol: float = regions.DEFAULT_TOL  # the region rule's tolerance (spectrum.bulk_tol)
     stage: str | None = None  # "analysis.NAME": the files written are recorded under it
@@ -90,8 +90,11 @@ def evaluate(problem, theta: torch.Tensor, split: str = "test") -> dict:
     return {"loss": loss, "acc": acc}
 
 
-def progress(ctx: "Context", name: str, done: int, total: int, **extra) -> None:
-    ctx.emit("analysis_progress", name=name, done=int(done), total=int(total), **extra)
+def progress(ctx: "Context", name: str, done: int, total: int, unit: str | None = None) -> None:
+    """``done`` of the analysis's ``total`` units (``unit``: what one is) are finished: an
+    analysis_progress event (engine.events.AnalysisProgress), also with ``done = 0`` at the
+    start."""
+    ctx.emit("analysis_progress", name=name, done=int(done), total=int(total), unit=unit)
 
 
 def check_stop(ctx: "Context") -> None:

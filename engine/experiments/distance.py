@@ -17,7 +17,7 @@ from .. import regions
 from ..sections import DistanceConfig
 from ..spectrum import alignment as alignment_of
 from ..subspace import cosines
-from .common import Context
+from .common import Context, progress
 
 
 THRESHOLDS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
@@ -36,6 +36,7 @@ def run(ctx: Context, cfg: DistanceConfig) -> dict:
 
     sl = regions.slices(S, ctx.tol)
     per_region = {}
+    progress(ctx, "distance", 0, len(regions.REGIONS), "regions")
     for name in regions.REGIONS:
         r = sl[name]
         n = r.stop - r.start
@@ -46,11 +47,11 @@ def run(ctx: Context, cfg: DistanceConfig) -> dict:
                "align_median": float(np.median(a[r])) if n else None,
                "align_min": float(a[r].min()) if n else None}
         if cfg.subspaces and n:
-            ctx.emit("analysis_progress", name="distance", done=len(per_region), total=3)
             cos = cosines(ctx.U[:, r].T @ ctx.Vh[r].T)
             row["subspace_cos_mean"] = float(cos.mean())
             row["subspace_cos_min"] = float(cos.min())
         per_region[name] = row
+        progress(ctx, "distance", len(per_region), len(regions.REGIONS), "regions")
 
     deciles = []
     edges = np.linspace(0, P, 11).round().astype(int)

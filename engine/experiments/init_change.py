@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import regions
 from ..sections import InitChangeConfig
-from .common import Context, region_summary
+from .common import Context, progress, region_summary
 
 
 def projections(Vh: np.ndarray, theta0, thetaT) -> np.ndarray:
@@ -28,6 +28,7 @@ def _np(t):
 
 def run(ctx: Context, cfg: InitChangeConfig) -> dict:
     S = ctx.S
+    progress(ctx, "init_change", 0, 1)
     c = projections(ctx.Vh, ctx.theta0, ctx.thetaT)
     ctx.write_npy("analyses/init_change.npy", c)
     total = float(np.linalg.norm(_np(ctx.thetaT).astype(np.float64) -
@@ -35,6 +36,7 @@ def run(ctx: Context, cfg: InitChangeConfig) -> dict:
     per = region_summary(c, S, ctx.tol)
     m = regions.masks(S, ctx.tol)
     share = {k: float(np.sum(c[v] ** 2) / max(total ** 2, 1e-300)) for k, v in m.items()}
+    progress(ctx, "init_change", 1, 1)
     return {"tol": ctx.tol, "norm_total": total, "regions": per,
             "energy_share": share,  # fraction of ||theta_T - theta_0||^2 in each region
             "min": float(c.min()), "argmin": int(c.argmin()),

@@ -70,6 +70,7 @@ def run(ctx: Context, cfg: OodConfig) -> dict:
     part = Partial(ctx, "ood", cfg)
     kl = np.zeros((len(cfg.sets), len(idx)))
     starts = list(range(0, len(idx), cfg.chunk))
+    progress(ctx, "ood", 0, len(idx), "dirs")
     for c, a in enumerate(starts):
         sel = idx[a: a + cfg.chunk]
         stored = part.get(str(a))
@@ -83,7 +84,7 @@ def run(ctx: Context, cfg: OodConfig) -> dict:
                     kl[j, a: a + len(sel)] = max_kl(module, layout, theta, d, xs[name]
                                                     ).cpu().numpy()
             part.put(str(a), kl[:, a: a + len(sel)].tolist())
-        progress(ctx, "ood", min(a + cfg.chunk, len(idx)), len(idx))
+        progress(ctx, "ood", min(a + cfg.chunk, len(idx)), len(idx), "dirs")
     ctx.write_npy("analyses/ood_kl.npy", kl)
     ctx.write_npy("analyses/ood_index.npy", idx.astype(np.int64))
     part.done()

@@ -87,6 +87,7 @@ def run(ctx: Context, cfg: ParamFunctionConfig) -> dict:
     part = Partial(ctx, "param_function", cfg)
     total = len(cfg.inputs) * (1 + len(ks))
     done = 0
+    progress(ctx, "param_function", 0, total, "parts")
     out = {}
     overlap = np.zeros((len(cfg.inputs), len(ks), 3))
     random_cache: dict[tuple[int, int], float] = {}
@@ -102,7 +103,7 @@ def run(ctx: Context, cfg: ParamFunctionConfig) -> dict:
         M = Vh[order] @ Bfull.T  # rows: J's directions closest to s = 1 first; cols: null first
         del Bfull
         done += 1
-        progress(ctx, "param_function", done, total)
+        progress(ctx, "param_function", done, total, "parts")
         rows = []
         for i, k in enumerate(ks):
             key = f"{name}:{k}"
@@ -119,7 +120,7 @@ def run(ctx: Context, cfg: ParamFunctionConfig) -> dict:
             rows.append(row)
             overlap[j, i] = [k, row["bulk"], row["random"]]
             done += 1
-            progress(ctx, "param_function", done, total)
+            progress(ctx, "param_function", done, total, "parts")
         out[name] = {"n_inputs": int(x.shape[0]), "outputs": int(x.shape[0]) *
                      int(ctx.data.n_classes), "rank": rank, "null_dim": nd,
                      "sigma_max": float(sv[0]) if sv.size else None,

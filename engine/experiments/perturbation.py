@@ -78,6 +78,7 @@ def run(ctx: Context, cfg: PerturbationConfig) -> dict:
     part = Partial(ctx, "perturbation", cfg)
     out, table = [], []
     total, done = len(dirs) * len(grid), 0
+    progress(ctx, "perturbation", 0, total, "runs")
     for name, i in zip(cfg.directions, dirs):
         rows = []
         for eps in grid:
@@ -90,7 +91,7 @@ def run(ctx: Context, cfg: PerturbationConfig) -> dict:
                 part.put(key, row)
             rows.append(row)
             done += 1
-            progress(ctx, "perturbation", done, total)
+            progress(ctx, "perturbation", done, total, "runs")
         out.append({"direction": name, "index": i, "s": float(S[i]),
                     "exact_unity": bool(abs(S[i] - 1.0) <= regions.EXACT),
                     "align": float(U[:, i] @ Vh[i]), "rows": rows,

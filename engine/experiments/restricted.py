@@ -103,6 +103,7 @@ def run(ctx: Context, cfg: RestrictedConfig) -> dict:
     runs = [(f, k) for f in cfg.families for k in ks]
     part = Partial(ctx, "restricted", cfg)
     results: dict[str, dict] = {}
+    progress(ctx, "restricted", 0, len(runs), "runs")
     for a in range(0, len(runs), cfg.batch_runs):
         batch = runs[a: a + cfg.batch_runs]
         keys = [f"{f}:{k}" for f, k in batch]
@@ -124,7 +125,7 @@ def run(ctx: Context, cfg: RestrictedConfig) -> dict:
                        "train_acc": tr[1]}
                 part.put(key, row)
                 results[key] = row
-        progress(ctx, "restricted", min(a + cfg.batch_runs, len(runs)), len(runs))
+        progress(ctx, "restricted", min(a + cfg.batch_runs, len(runs)), len(runs), "runs")
     arr = np.array([[[k, results[f"{f}:{k}"]["test_loss"], results[f"{f}:{k}"]["test_acc"],
                       results[f"{f}:{k}"]["train_loss"]] for k in ks] for f in cfg.families])
     ctx.write_npy("analyses/restricted.npy", arr)

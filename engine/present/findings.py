@@ -5,6 +5,7 @@
     findings_table(session) -> list[dict]        findings 1-10 of the paper: what it says, what
                                                  this run measured, agrees yes / no / partly
     render_findings_markdown(session) -> str     that table as markdown
+    analysis_headline(session, name) -> str      one analysis's finding in a line (tjac run)
     render_sweep_markdown(sweep_dir) -> str      the report of a sweep (several points)
     write_sweep_report(sweep_dir) -> Path        writes it as <sweep>/report.md
 
@@ -152,6 +153,25 @@ def findings_table(session) -> list[dict]:
     return findings_rows(S, session_tol(s), {n: _read(s, n) for n in (
         "distance", "perturbation", "ood", "init_change", "param_function", "restricted")},
         _sweep_comparison(s))
+
+
+# the finding each analysis's result gives (finding 9 also needs P)
+_FINDING_OF = {"distance": lambda r, P: _f3(r), "perturbation": lambda r, P: _f4(r),
+               "ood": lambda r, P: _f5(r), "init_change": lambda r, P: _f6(r),
+               "param_function": lambda r, P: _f9(r, P), "restricted": lambda r, P: _f10(r)}
+
+
+def analysis_headline(session, name: str) -> str | None:
+    """What an analysis measured, in one line: the "measured" text of the paper's finding its
+    result gives (``tjac run`` ends with it), with the finding's verdict; None for an analysis
+    without a finding (a plug-in) or without a result."""
+    s = as_session(session)
+    result = _read(s, name) if name in _FINDING_OF else None
+    if result is None:
+        return None
+    P = len(s.load_npy("svd/S.npy")) if s.has("svd/S.npy") else 0
+    row = _FINDING_OF[name](result, P)
+    return f"{row['measured']} (finding {row['n']}: {row['agrees']})"
 
 
 def _sweep_comparison(s: Session) -> dict | None:

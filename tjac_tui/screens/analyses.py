@@ -14,7 +14,6 @@ redraws only when something changed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from textual import work
@@ -24,6 +23,9 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
+
+from engine import events
+from engine.files import read_jsonl
 
 from ..widgets import PlotView
 from ..widgets.tables import table_text
@@ -74,41 +76,29 @@ def findings_content(path: Path) -> dict | None:
             "sensitivity": sens}
 
 
-def last_progress(path: Path, offset: int) -> tuple[dict | None, int]:
+def last_progress(path: Path, offset: int) -> tuple[events.Event | None, int]:
     """The last ``analysis_progress`` (or analysis stage start/end) event after ``offset``."""
-    events = path / "events.jsonl"
-    try:
-        with open(events, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return None, offset
-    end = data.rfind(b"\n") + 1
+    lines, end = read_jsonl(path / "events.jsonl", offset)
     last = None
-    for line in data[:end].splitlines():
-        if b"analysis" not in line:
-            continue
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if ev.get("event") == "analysis_progress" or str(ev.get("stage", "")).startswith(
-                "analysis."):
-            last = ev
-    return last, offset + end
+    for ev in map(events.decode, lines):
+        match ev:
+            case events.AnalysisProgress():
+                last = ev
+            case events.StageStart() | events.StageEnd() if ev.stage.startswith("analysis."):
+                last = ev
+    return last, end
 
 
-def progress_text(ev: dict | None) -> str:
-    if ev is None:
-        return ""
-    if ev["event"] == "analysis_progress":
-        return f"running {ev['name']}: {ev['done']} / {ev['total']}"
-    name = ev["stage"].split(".", 1)[1]
-    if ev["event"] == "stage_start":
-        return f"running {name}..."
-    if ev["event"] == "stage_end":
-        return f"{name} done in {ev.get('seconds', 0):.1f} s"
-    return f"{name}: {ev['event']}"
+def progress_text(ev: events.Event | None) -> str:
+    match ev:
+        case events.AnalysisProgress():
+            return f"running {ev.name}: {ev.done} / {ev.total}" + (f" {ev.unit}" if ev.unit
+                                                                  else "")
+        case events.StageStart():
+            return f"running {ev.stage.split('.', 1)[1]}..."
+        case events.StageEnd():
+            return f"{ev.stage.split('.', 1)[1]} done in {ev.seconds:.1f} s"
+    return ""
 
 
 class AnalysesPane(VerticalScroll):
@@ -191,7 +181,7 @@ class AnalysesPane(VerticalScroll):
         if path == self.path:
             self.query_one("#analyses-progress", Static).update(f"cannot read: {err}")
 
-    def _apply(self, path: Path, sig: tuple, offset: int, ev: dict | None,
+    def _apply(self, path: Path, sig: tuple, offset: int, ev: events.Event | None,
                data: list[dict] | None, findings: dict | None = None) -> None:
         self._busy = False
         if path != self.path:

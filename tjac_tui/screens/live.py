@@ -151,7 +151,7 @@ class LivePane(VerticalScroll):
             state = st.get("status", "pending")
             shown = state
             if state == "running" and st.get("progress"):
-                shown = f"running {st['progress'][0]}/{st['progress'][1]}"
+                shown = f"running {live.progress_text(n)}"
             elif state == "running" and st.get("note"):  # matfree: phase and products
                 shown = st["note"]
             t.update_cell(n, "state", Text(shown, style=STATUS_STYLE.get(state, "")))
