@@ -541,6 +541,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
 
 
 def loads(text: str, where: str = "<string>", base: Path | None = None) -> RunConfig:
+    """Load and validate a preset given as TOML text (``where`` names it in messages; relative
+    paths are taken relative to ``base``, default the current directory)."""
     return from_dict(_parse_toml(text, where), where, base)
 
 

@@ -223,3 +223,51 @@ def test_the_package_names_its_api():
         assert getattr(engine, name) is not None
         if callable(getattr(engine, name)):
             assert getattr(engine, name).__doc__
+
+
+BAD = [  # (section class, keyword, value, the same value in TOML)
+    ("train", "optimizer", "rmsprop", '"rmsprop"'),
+    ("train", "lr", -1.0, "-1.0"),
+    ("train", "lr", "fast", '"fast"'),
+    ("train", "momentum", 1.0, "1.0"),
+    ("train", "batch_size", True, "true"),
+    ("train", "final_lr", 0.5, "0.5"),  # a rule across keys (lr = 0.1)
+    ("model", "hidden", [0], "[0]"),
+    ("jacobian", "kernel", "fast", '"fast"'),
+    ("spectrum", "bulk_tol", 2.0, "2.0"),
+    ("data", "dataset", "cifar", '"cifar"'),
+]
+
+
+@pytest.mark.parametrize("section,key,value,toml", BAD)
+def test_constructors_refuse_what_a_preset_refuses_with_the_same_message(section, key, value,
+                                                                         toml):
+    cls = {"train": engine.TrainConfig, "model": engine.ModelConfig,
+           "jacobian": engine.JacobianConfig, "spectrum": engine.SpectrumConfig,
+           "data": engine.DataConfig}[section]
+    with pytest.raises(engine.ConfigError) as made:
+        cls(**{key: value})
+    with pytest.raises(engine.ConfigError) as loaded:
+        engine.loads(f"[{section}]\n{key} = {toml}\n", where="x.toml")
+    with pytest.raises(engine.ConfigError) as nested:  # a section given to RunConfig as a dict
+        engine.RunConfig(**{section: {key: value}})
+    assert str(loaded.value) == "x.toml: " + str(made.value)
+    assert str(nested.value) == str(made.value)
+    assert str(made.value).startswith(f"{section}.{key}: expected ")
+
+
+def test_the_issue_example_and_run_level_rules():
+    with pytest.raises(engine.ConfigError, match=r'^train.optimizer: expected one of "sgd", '
+                                                 r'"adam", got "rmsprop"$'):
+        engine.TrainConfig(optimizer="rmsprop", lr=-1.0)
+    adam = engine.TrainConfig(optimizer="adam", eps_root=0.0)  # fine alone; not for a J
+    with pytest.raises(engine.ConfigError) as made:
+        engine.RunConfig(train=adam)
+    with pytest.raises(engine.ConfigError) as loaded:
+        engine.loads('[train]\noptimizer = "adam"\neps_root = 0.0\n', where="x.toml")
+    assert str(loaded.value) == "x.toml: " + str(made.value)
+    with pytest.raises(engine.ConfigError, match="^seed: expected an integer"):
+        engine.RunConfig(seed=-1)
+    # valid values are normalised as a preset's are (an integer lr becomes a float)
+    assert engine.TrainConfig(lr=1).lr == 1.0 and type(engine.TrainConfig(lr=1).lr) is float
+    assert engine.RunConfig(train={"lr": 0.05}).train == engine.TrainConfig(lr=0.05)
