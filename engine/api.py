@@ -99,6 +99,23 @@ def read_batches(data: Data, epochs: int) -> tuple[torch.Tensor, torch.Tensor,
     return torch.cat(xs), torch.cat(ys), order
 
 
+def check_module(module: nn.Module) -> None:
+    """Refuse, in one line naming the layer, what the generic path cannot differentiate yet:
+    a layer that updates buffers in its forward (BatchNorm's running statistics in training
+    mode) and random layers in training mode (dropout), which torch.func reports as a long
+    traceback about in-place mutation or randomness."""
+    for name, sub in module.named_modules():
+        what = f"{name or 'the module'} ({type(sub).__name__})"
+        if sub.training and getattr(sub, "track_running_stats", False):
+            raise ValueError(f"{what} updates its running statistics in training mode, which "
+                             "training_jacobian does not carry: call module.eval() first (the "
+                             "statistics then stay as they are) or leave the layer out")
+        if sub.training and isinstance(sub, nn.modules.dropout._DropoutNd) and sub.p > 0:
+            raise ValueError(f"{what} draws random masks in training mode, which "
+                             "training_jacobian does not support: call module.eval() first "
+                             "or set p = 0")
+
+
 def training_jacobian(module: nn.Module, data: Data, *, loss: Loss | None = None,
                       train: TrainConfig | None = None, steps: int | None = None,
                       seed: int = 0, chunk: int | None = None,
@@ -134,6 +151,7 @@ def training_jacobian(module: nn.Module, data: Data, *, loss: Loss | None = None
     if train is not None and options:
         raise TypeError("give the optimizer either as train=TrainConfig(...) or as keywords, "
                         "not both")
+    check_module(module)
     cfg = train if train is not None else TrainConfig(**options)
     RunConfig(train=cfg)  # the preset's rules across keys (Adam's J needs eps_root > 0)
     if device is None:

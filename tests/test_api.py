@@ -193,6 +193,7 @@ def test_the_optimizer_keywords_are_checked_like_a_preset():
     assert str(e.value) == "train.lr: expected a positive number, got -1.0"
 
 
+@pytest.mark.slow
 def test_the_api_imports_no_ui_library():
     """``import engine`` and a J with textual, rich and plotext refused by the importer."""
     code = textwrap.dedent("""
@@ -271,3 +272,19 @@ def test_the_issue_example_and_run_level_rules():
     # valid values are normalised as a preset's are (an integer lr becomes a float)
     assert engine.TrainConfig(lr=1).lr == 1.0 and type(engine.TrainConfig(lr=1).lr) is float
     assert engine.RunConfig(train={"lr": 0.05}).train == engine.TrainConfig(lr=0.05)
+
+
+@pytest.mark.parametrize("layer,needle", [(nn.BatchNorm1d(4), "running statistics"),
+                                          (nn.Dropout(0.5), "random masks")])
+def test_stateful_and_random_layers_are_one_line_refusals(layer, needle):
+    model = nn.Sequential(nn.Linear(3, 4), layer, nn.Tanh(), nn.Linear(4, 2))
+    X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    with pytest.raises(ValueError) as e:
+        engine.training_jacobian(model, (X, y), lr=0.1, batch_size=8)
+    assert str(e.value).startswith(f"1 ({type(layer).__name__}) ") and needle in str(e.value)
+    assert "\n" not in str(e.value)
+    model.eval()  # fixed statistics / no dropout: a plain function of the parameters
+    J = engine.training_jacobian(model, (X, y), lr=0.1, batch_size=8)
+    P = sum(p.numel() for p in model.parameters())
+    assert J.shape == (P, P) and bool(torch.isfinite(J).all())
+    assert not model.training
