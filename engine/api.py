@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import schema
 from .build import Built, build
 from .config import (ConfigError, DataConfig, JacobianConfig, ModelConfig, RunConfig,
                      SpectrumConfig, TrainConfig, load, loads)
@@ -152,7 +153,9 @@ def training_jacobian(module: nn.Module, data: Data, *, loss: Loss | None = None
         raise TypeError("give the optimizer either as train=TrainConfig(...) or as keywords, "
                         "not both")
     check_module(module)
-    cfg = train if train is not None else TrainConfig(**options)
+    # the keywords as a preset's [train] table: an unknown one is refused like an unknown key
+    cfg = train if train is not None else schema.build(TrainConfig, dict(options), "",
+                                                       TrainConfig.PREFIX)
     RunConfig(train=cfg)  # the preset's rules across keys (Adam's J needs eps_root > 0)
     if device is None:
         first = next(module.parameters(), None)

@@ -191,6 +191,12 @@ def test_the_optimizer_keywords_are_checked_like_a_preset():
     with pytest.raises(engine.ConfigError) as e:
         engine.training_jacobian(model, (X, y), loss=F.mse_loss, lr=-1.0)
     assert str(e.value) == "train.lr: expected a positive number, got -1.0"
+    with pytest.raises(engine.ConfigError) as e:  # a misspelt keyword: a preset's unknown key
+        engine.training_jacobian(model, (X, y), loss=F.mse_loss, learning_rate=0.1)
+    with pytest.raises(engine.ConfigError) as loaded:
+        engine.loads("[train]\nlearning_rate = 0.1\n", where="x.toml")
+    assert str(e.value).startswith("train.learning_rate: unknown key")
+    assert str(loaded.value) == "x.toml: " + str(e.value)
 
 
 @pytest.mark.slow
