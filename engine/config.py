@@ -43,7 +43,7 @@ else:  # pragma: no cover
 
 from . import schema
 from .device import DEVICE_NAME, DEVICE_NAMES
-from .schema import (Check, ConfigError, Invalid, boolean, choice, integer, list_of, number,
+from .schema import (Check, Checked, ConfigError, Invalid, at, boolean, choice, integer, list_of, number,
                      option, optional, plugins, section, show, string)
 from .schema import name as name_check
 from .sections import ANALYSES, SweepConfig
@@ -114,7 +114,9 @@ IDX_DATASETS = ("mnist", "fashion_mnist")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
+    PREFIX = "data."
+
     dataset: str = option("digits", choice(*DATASETS),
                           "digits: UCI digits bundled with scikit-learn (8x8); digits28: the "
                           "same resized to 28x28, one channel; mnist / fashion_mnist: the four "
@@ -137,7 +139,9 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
+    PREFIX = "model."
+
     arch: str = option("mlp", choice("mlp", "lenet5", "cnn"),
                        "mlp; lenet5 (conv 6@5x5 pad 2, pool, conv 16@5x5, pool, fc 120-84: "
                        "P = 61,706 on 28x28 images); cnn (model.channels convs of "
@@ -162,7 +166,9 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
+    PREFIX = "train."
+
     optimizer: str = option("sgd", choice("sgd", "adam"), "sgd (with optional momentum) or adam")
     lr: float = option(0.1, number(0, lo_open=True), "peak learning rate")
     momentum: float = option(0.0, number(0, 1, hi_open=True),
@@ -191,9 +197,16 @@ class TrainConfig:
     drop_last: bool = option(False, boolean(), "drop a last incomplete batch")
     eval_every: int = option(1, integer(1), "evaluate full train/test loss every n steps")
 
+    def validate(self, where: str, prefix: str) -> None:
+        if self.final_lr > self.lr:
+            raise ConfigError(f"{at(where)}{prefix}final_lr: expected a number <= {prefix}lr "
+                              f"({self.lr}), got {show(self.final_lr)}")
+
 
 @dataclass
-class JacobianConfig:
+class JacobianConfig(Checked):
+    PREFIX = "jacobian."
+
     enabled: bool = option(True, boolean(), "compute the exact training Jacobian")
     chunk: int = option(0, integer(0), "tangent columns per chunk (0 = chosen from free memory)")
     kernel: str = option("auto", choice("auto", "fused", "generic"),
@@ -216,7 +229,9 @@ class JacobianConfig:
 
 
 @dataclass
-class SpectrumConfig:
+class SpectrumConfig(Checked):
+    PREFIX = "spectrum."
+
     bulk_tol: float = option(1e-3, number(0, 1, lo_open=True, hi_open=True),
                              "the region rule's tolerance, used everywhere: bulk |s - 1| <= "
                              "bulk_tol, chaotic s > 1 + bulk_tol, stable s < 1 - bulk_tol")
@@ -271,6 +286,11 @@ class SpectrumConfig:
 
 @dataclass
 class RunConfig:
+    """A run: its keys and sections (each a table of a preset). Made in Python, it is checked
+    like a loaded preset, with the same one-line messages less the file name:
+    ``RunConfig(train=TrainConfig(lr=0.05), seed=1)``, or sections given as dicts
+    (``RunConfig(train={"lr": 0.05})``)."""
+
     name: str = option("run", name_check(), "run name (default session name prefix)")
     description: str = option("", string(), "free text")
     seed: int = option(0, integer(0, SEED_MAX), "seed of the initialisation and batch order")
@@ -288,6 +308,13 @@ class RunConfig:
     analysis: dict = plugins(ANALYSES, "analysis", "the paper's analyses, run after the spectrum")
     sweep: SweepConfig | None = optional(SweepConfig, "several runs of this preset (a grid, "
                                                       "paired lists or named points), compared")
+
+    def __post_init__(self) -> None:
+        if not schema.building():
+            schema.check_instance(self)
+            _cross_checks(self, "")
+            if self.sweep is not None:
+                _sweep_checks(self, "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,47 +359,45 @@ def absolute_paths(table: dict, base: Path | None) -> dict:
 
 def _cross_checks(cfg: RunConfig, where: str) -> None:
     """Rules that involve more than one key, and files that must exist."""
+    w = at(where)
     if cfg.data.dataset == "npz":
         if not cfg.data.path:
-            raise ConfigError(f'{where}: data.path: expected a .npz file when data.dataset = '
+            raise ConfigError(f'{w}data.path: expected a .npz file when data.dataset = '
                               '"npz"')
         if not Path(cfg.data.path).is_file():
-            raise ConfigError(f"{where}: data.path: no such file: {cfg.data.path}")
+            raise ConfigError(f"{w}data.path: no such file: {cfg.data.path}")
     if cfg.model.build and cfg.model.arch != "mlp":
-        raise ConfigError(f'{where}: model.arch: "{cfg.model.arch}" and model.build both name '
+        raise ConfigError(f'{w}model.arch: "{cfg.model.arch}" and model.build both name '
                           "a model; keep one")
     if cfg.model.init.endswith(".npz") and not Path(cfg.model.init).is_file():
-        raise ConfigError(f"{where}: model.init: no such file: {cfg.model.init}")
+        raise ConfigError(f"{w}model.init: no such file: {cfg.model.init}")
     if cfg.model.build and _is_build_file(cfg.model.build):
         file = cfg.model.build.split(":", 1)[0]
         if not Path(file).is_file():
-            raise ConfigError(f"{where}: model.build: no such file: {file}")
+            raise ConfigError(f"{w}model.build: no such file: {file}")
     if cfg.train.optimizer == "adam" and cfg.jacobian.enabled and cfg.train.eps_root <= 0:
-        raise ConfigError(f"{where}: train.eps_root: expected a positive number for the "
+        raise ConfigError(f"{w}train.eps_root: expected a positive number for the "
                           "Jacobian of Adam (sqrt(v) is not differentiable at v = 0), got "
                           f"{show(cfg.train.eps_root)}")
-    if cfg.train.final_lr > cfg.train.lr:
-        raise ConfigError(f"{where}: train.final_lr: expected a number <= train.lr "
-                          f"({cfg.train.lr}), got {show(cfg.train.final_lr)}")
     if cfg.spectrum.method == "matfree":
         needing = [n for n, a in cfg.analysis.items() if a.enabled]
         if needing:
-            raise ConfigError(f'{where}: spectrum.method: analysis.{needing[0]} needs the exact '
+            raise ConfigError(f'{w}spectrum.method: analysis.{needing[0]} needs the exact '
                               'SVD: set spectrum.method = "exact" or switch the analysis off')
     if not cfg.spectrum.vectors:
         needing = [n for n, a in cfg.analysis.items() if a.enabled]
         if needing:
-            raise ConfigError(f"{where}: spectrum.vectors: analysis.{needing[0]} needs the "
+            raise ConfigError(f"{w}spectrum.vectors: analysis.{needing[0]} needs the "
                               "singular vectors: set spectrum.vectors = true or switch it off")
     snap = cfg.jacobian.snapshots or cfg.jacobian.snapshot_every or cfg.jacobian.snapshot_epochs
     if snap and cfg.spectrum.method == "matfree":
-        raise ConfigError(f'{where}: jacobian.snapshots: snapshots need the exact J (spectrum.'
+        raise ConfigError(f'{w}jacobian.snapshots: snapshots need the exact J (spectrum.'
                           'method = "exact")')
     if snap and not cfg.jacobian.svd and cfg.jacobian.snapshot_keep != "jacobian":
-        raise ConfigError(f'{where}: jacobian.snapshot_keep: "{cfg.jacobian.snapshot_keep}" '
+        raise ConfigError(f'{w}jacobian.snapshot_keep: "{cfg.jacobian.snapshot_keep}" '
                           'keeps the SVD of each snapshot, but jacobian.svd = false')
     if cfg.model.build and cfg.jacobian.kernel == "fused":
-        raise ConfigError(f'{where}: jacobian.kernel: "fused" needs a built-in model (mlp, '
+        raise ConfigError(f'{w}jacobian.kernel: "fused" needs a built-in model (mlp, '
                           f"lenet5, cnn), but model.build = {show(cfg.model.build)}")
 
 
@@ -399,19 +424,20 @@ def study_as_sweep(table: dict) -> dict:
 
 def _sweep_checks(cfg: RunConfig, where: str) -> None:
     """Every swept key is a config key and every value passes its check."""
+    w = at(where)
     def checked(key: str, value: Any, label: str) -> None:
         try:
             field_info(key).check(value)
         except Invalid as e:
-            raise ConfigError(f"{where}: {label}: expected {e}, got {show(value)}") from None
+            raise ConfigError(f"{w}{label}: expected {e}, got {show(value)}") from None
 
     for key, values in cfg.sweep.values.items():
         if key.startswith("sweep.") or key == "sweep":
-            raise ConfigError(f"{where}: sweep.values.{key}: a sweep cannot sweep itself")
+            raise ConfigError(f"{w}sweep.values.{key}: a sweep cannot sweep itself")
         try:
             field_info(key)
         except KeyError:
-            raise ConfigError(f"{where}: sweep.values.{key}: not a config key") from None
+            raise ConfigError(f"{w}sweep.values.{key}: not a config key") from None
         for v in values:
             checked(key, v, f"sweep.values.{key}")
     for d in cfg.sweep.devices:
@@ -515,6 +541,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
 
 
 def loads(text: str, where: str = "<string>", base: Path | None = None) -> RunConfig:
+    """Load and validate a preset given as TOML text (``where`` names it in messages; relative
+    paths are taken relative to ``base``, default the current directory)."""
     return from_dict(_parse_toml(text, where), where, base)
 
 

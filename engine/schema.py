@@ -23,15 +23,17 @@ of older versions to a sentence saying what replaced them.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import math
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 __all__ = ["ConfigError", "DataError", "PlanError", "Invalid", "one_line", "Check", "number", "integer", "choice", "string",
            "boolean", "name", "list_of", "any_of", "option", "section", "optional", "plugins", "build",
+           "Checked", "check_instance", "building", "at",
            "to_table", "describe", "lookup", "check_value", "json_schema", "show",
            "suggest", "INT_MAX"]
 
@@ -279,18 +281,82 @@ def suggest(word: str, known) -> str:
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 
+def at(where: str) -> str:
+    """The start of a message about a key: ``"presets/x.toml: "``, or nothing for a config
+    made in Python (a constructor, where no file is involved)."""
+    return f"{where}: " if where else ""
+
+
 def _unknown(where: str, key: str, known) -> ConfigError:
     hint = suggest(key.rsplit(".", 1)[-1], known)
-    return ConfigError(f"{where}: {key}: unknown key{hint} (known keys: "
+    return ConfigError(f"{at(where)}{key}: unknown key{hint} (known keys: "
                        f"{', '.join(sorted(known))})")
+
+
+def _leaf(check: Check, value: Any, where: str, key: str) -> Any:
+    """One key's value checked and normalised, or the one-line ConfigError naming it: the
+    message of a preset's key and of a constructor's argument alike."""
+    try:
+        return check(value)
+    except Invalid as e:
+        raise ConfigError(f"{at(where)}{key}: expected {e}, got {show(value)}") from None
+
+
+# set while build() constructs a section it has checked already (its __post_init__ skips)
+_BUILDING: contextvars.ContextVar[bool] = contextvars.ContextVar("schema_building",
+                                                                 default=False)
+
+
+def building() -> bool:
+    """Whether :func:`build` is constructing a section it has checked (a ``__post_init__``
+    that checks its instance skips then)."""
+    return _BUILDING.get()
+
+
+class Checked:
+    """A section whose constructor checks its fields as :func:`build` checks a preset's
+    table, with the same one-line messages less the file: ``TrainConfig(lr=-1.0)`` raises
+    ``ConfigError("train.lr: expected a positive number, got -1.0")``. ``PREFIX``: the
+    section's dotted place in a preset ("train.")."""
+
+    PREFIX: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        if not building():
+            check_instance(self, self.PREFIX)
+
+
+def check_instance(obj: Any, prefix: str = "", where: str = "") -> None:
+    """Check (and normalise, in place) every field of a constructed section as :func:`build`
+    does a table: leaves by their checks, nested sections given as tables (dicts) built,
+    registered sub-sections likewise, then the class's ``validate``."""
+    for f in fields(obj):
+        meta, v, key = f.metadata, getattr(obj, f.name), f"{prefix}{f.name}"
+        if "section" in meta:
+            if v is None and meta.get("optional"):
+                continue
+            if isinstance(v, dict):
+                v = build(meta["section"], v, where, f"{key}.")
+            elif not isinstance(v, meta["section"]):
+                raise ConfigError(f"{at(where)}{key}: expected a table, got {show(v)}")
+        elif "plugins" in meta:
+            v = _build_plugins(meta, v, where, key)
+        elif "check" in meta:
+            v = _leaf(meta["check"], v, where, key)
+        else:
+            continue
+        setattr(obj, f.name, v)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(where, prefix)
 
 
 def build(cls: type, table: Any, where: str, prefix: str = "") -> Any:
     """Validate ``table`` (a parsed TOML table) into an instance of the section class ``cls``;
     ``prefix`` is the dotted path of the section ("train.")."""
     if not isinstance(table, dict):
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'preset'}: expected a table, got "
-                          f"{show(table)}")
+        raise ConfigError(f"{at(where)}{prefix.rstrip('.') or 'preset'}: expected a table, "
+                          f"got {show(table)}")
     known = {f.name: f for f in fields(cls)}
     values = {}
     for key, value in table.items():
@@ -298,7 +364,7 @@ def build(cls: type, table: Any, where: str, prefix: str = "") -> Any:
         if f is None:
             removed = getattr(cls, "REMOVED_KEYS", {}).get(key)
             if removed:
-                raise ConfigError(f"{where}: {prefix}{key}: no longer a key: {removed}")
+                raise ConfigError(f"{at(where)}{prefix}{key}: no longer a key: {removed}")
             raise _unknown(where, f"{prefix}{key}", known)
         meta = f.metadata
         if "section" in meta:
@@ -306,12 +372,12 @@ def build(cls: type, table: Any, where: str, prefix: str = "") -> Any:
         elif "plugins" in meta:
             values[key] = _build_plugins(meta, value, where, f"{prefix}{key}")
         else:
-            try:
-                values[key] = meta["check"](value)
-            except Invalid as e:
-                raise ConfigError(f"{where}: {prefix}{key}: expected {e}, got {show(value)}"
-                                  ) from None
-    obj = cls(**values)
+            values[key] = _leaf(meta["check"], value, where, f"{prefix}{key}")
+    token = _BUILDING.set(True)
+    try:
+        obj = cls(**values)
+    finally:
+        _BUILDING.reset(token)
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate(where, prefix)
@@ -321,15 +387,17 @@ def build(cls: type, table: Any, where: str, prefix: str = "") -> Any:
 def _build_plugins(meta: Mapping, table: Any, where: str, key: str) -> dict:
     registry = meta["plugins"]
     if not isinstance(table, dict):
-        raise ConfigError(f"{where}: {key}: expected a table, got {show(table)}")
+        raise ConfigError(f"{at(where)}{key}: expected a table, got {show(table)}")
     out = {}
     for name_, sub in table.items():
         spec = registry.get(name_)
         if spec is None:
-            raise ConfigError(f"{where}: {key}.{name_}: unknown {meta['kind']}"
+            raise ConfigError(f"{at(where)}{key}.{name_}: unknown {meta['kind']}"
                               f"{suggest(name_, registry)} (known: "
                               f"{', '.join(registry) or 'none'})")
-        out[name_] = build(spec.config_cls, sub, where, f"{key}.{name_}.")
+        # (a section made in Python is kept as it is)
+        out[name_] = sub if isinstance(sub, spec.config_cls) else build(
+            spec.config_cls, sub, where, f"{key}.{name_}.")
     return out
 
 
@@ -412,10 +480,7 @@ def check_value(cls: type, key: str, value: Any) -> Any:
         info = lookup(cls, key)
     except KeyError:
         raise ConfigError(f"{key}: unknown key") from None
-    try:
-        return info.check(value)
-    except Invalid as e:
-        raise ConfigError(f"{key}: expected {e}, got {show(value)}") from None
+    return _leaf(info.check, value, "", key)
 
 
 def json_schema(cls: type, title: str | None = None) -> dict:

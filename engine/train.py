@@ -63,17 +63,28 @@ class LossKernel(Protocol):
         like ``tangents``, not aliasing them) and return those."""
 
 
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class GenericKernel:
     """torch.func for any module: ``grad`` of the loss, and ``jvp`` of that gradient vmapped
-    over the tangent directions (forward-over-reverse)."""
+    over the tangent directions (forward-over-reverse). ``loss(output, target)`` returns the
+    batch's scalar loss (default: the mean softmax cross-entropy of logits against class
+    indices); the module is called through ``functional_call``, its own parameters unused."""
 
-    def __init__(self, module: nn.Module):
+    # Columns per chunk on the CPU: all P (capped by memory, :func:`engine.jacobian.auto_chunk`).
+    # Each chunk is one vmapped call per step whose overhead does not shrink with the chunk, so
+    # fewer, larger chunks are faster here (the fused kernels' limit is about cache size).
+    cpu_chunk = 2**62
+
+    def __init__(self, module: nn.Module, loss: Loss | None = None):
         self.module = module
         self.names = [n for n, _ in module.named_parameters()]
+        self.loss_fn = F.cross_entropy if loss is None else loss
 
         def loss(params, x, y):
-            logits = functional_call(module, dict(zip(self.names, params)), (x,))
-            return F.cross_entropy(logits, y)
+            out = functional_call(module, dict(zip(self.names, params)), (x,))
+            return self.loss_fn(out, y)
 
         self._grad = torch.func.grad(loss)
 
@@ -82,6 +93,16 @@ class GenericKernel:
 
     def grad_jvp(self, params, tangents, x, y, out=None):
         g = self._grad(params, x, y)
+        if y.dtype.is_floating_point:
+            # a regression target enters with an explicit zero tangent: left implicit, it is a
+            # ZeroTensor that mse_loss's double backward under forward AD tries to write into
+            # ("ZeroTensors are immutable"); the numbers are the same
+            dy = torch.zeros_like(y)
+
+            def one(t):
+                return jvp(lambda p, yy: self._grad(p, x, yy), (params, y), (t, dy))[1]
+
+            return g, vmap(one)(tangents)
 
         def one(t):
             return jvp(lambda p: self._grad(p, x, y), (params,), (t,))[1]
@@ -297,8 +318,8 @@ class Problem:
     batches: list[torch.Tensor]  # T index tensors on the device
     x_train: torch.Tensor
     y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    x_test: torch.Tensor | None = None  # None: no test set (the metrics are the train set's)
+    y_test: torch.Tensor | None = None
     eval_every: int = 1
     _gathered: dict = field(default_factory=dict, repr=False)
 
@@ -326,9 +347,13 @@ class Problem:
         batch cache (a cache shared with the original would hand it batches of the old dtype)."""
         if self.x_train.dtype == dtype:
             return self
-        return dataclasses.replace(self, module=copy.deepcopy(self.module).to(dtype),
-                                   x_train=self.x_train.to(dtype), x_test=self.x_test.to(dtype),
-                                   _gathered={})
+        y = self.y_train.dtype.is_floating_point  # regression targets follow the dtype
+        return dataclasses.replace(
+            self, module=copy.deepcopy(self.module).to(dtype), x_train=self.x_train.to(dtype),
+            y_train=self.y_train.to(dtype) if y else self.y_train,
+            x_test=None if self.x_test is None else self.x_test.to(dtype),
+            y_test=self.y_test.to(dtype) if y and self.y_test is not None else self.y_test,
+            _gathered={})
 
     def truncated(self, steps: int) -> "Problem":
         """The first ``steps`` steps of this training (the same schedule, step by step)."""
@@ -337,11 +362,16 @@ class Problem:
     @torch.no_grad()
     def evaluate(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[float, float]:
-        """(mean cross-entropy, accuracy) of the parameters on (x, y)."""
+        """(loss, accuracy) of the parameters on (x, y): the kernel's loss (the mean
+        cross-entropy unless a generic kernel was given another), and the fraction of argmax
+        predictions equal to y for class labels (NaN for regression targets)."""
         params = dict(zip(self.layout.names, self.layout.unflatten(theta)))
         logits = functional_call(self.module, params, (x,))
-        loss = F.cross_entropy(logits, y)
-        acc = (logits.argmax(-1) == y).to(logits.dtype).mean()
+        loss = getattr(self.kernel, "loss_fn", F.cross_entropy)(logits, y)
+        if y.dtype.is_floating_point or logits.dim() != 2:
+            acc = torch.full((), math.nan, dtype=loss.dtype, device=loss.device)
+        else:
+            acc = (logits.argmax(-1) == y).to(logits.dtype).mean()
         both = torch.stack([loss, acc]).tolist()
         return both[0], both[1]
 
@@ -366,6 +396,32 @@ def make_problem(module: nn.Module, data, cfg: TrainConfig, seed: int, device: t
         x_train=t(data.x_train, dtype), y_train=t(data.y_train, torch.long),
         x_test=t(data.x_test, dtype), y_test=t(data.y_test, torch.long),
         eval_every=cfg.eval_every)
+
+
+def generic_problem(module: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                    device: torch.device, dtype: torch.dtype, *, seed: int = 0,
+                    order: list[np.ndarray] | None = None, loss: Loss | None = None) -> Problem:
+    """The training of any module on tensors, through torch.func (:class:`GenericKernel`),
+    with no test set. ``x`` (N, ...) inputs; ``y`` (N,) class indices or (N, ...) regression
+    targets (floating ``y`` is cast to ``dtype``, integer ``y`` to int64); ``order``: the row
+    indices of every step's batch (default :func:`batch_order` of ``cfg`` and ``seed``);
+    ``loss(output, target)``: the
+    batch's scalar loss (default the mean cross-entropy). The problem trains its own copy of
+    ``module`` in ``dtype`` on ``device``: the caller's module, its parameters and buffers are
+    left as they were."""
+    module = copy.deepcopy(module).to(device=device, dtype=dtype)
+    if order is None:
+        order = batch_order(len(x), cfg, seed)
+    distinct: dict[bytes, torch.Tensor] = {}  # the same rows are one tensor (gathered once)
+    batches = [distinct.setdefault(np.asarray(b).tobytes(),
+                                   torch.as_tensor(b, dtype=torch.long, device=device))
+               for b in order]
+    y_dtype = dtype if y.dtype.is_floating_point else torch.long
+    return Problem(kernel=GenericKernel(module, loss), module=module, layout=Layout.of(module),
+                   optimizer=Optimizer(cfg), lrs=lr_schedule(cfg, len(order)), batches=batches,
+                   x_train=torch.as_tensor(x).to(device=device, dtype=dtype),
+                   y_train=torch.as_tensor(y).to(device=device, dtype=y_dtype),
+                   eval_every=cfg.eval_every)
 
 
 def initial_theta(module: nn.Module, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -405,7 +461,7 @@ def train(problem: Problem, theta0: torch.Tensor, on_step: StepCallback | None =
     m0 = _metrics(p, theta, 0, None)
     if on_step is not None:
         on_step(m0)
-    if not (math.isfinite(m0["train_loss"]) and math.isfinite(m0["test_loss"])):
+    if not (math.isfinite(m0["train_loss"]) and math.isfinite(m0.get("test_loss", 0.0))):
         raise TrainingDiverged(f"the loss is {m0['train_loss']} at initialisation, before any "
                                "step: the initial parameters or the data give non-finite "
                                "outputs")
@@ -415,7 +471,7 @@ def train(problem: Problem, theta0: torch.Tensor, on_step: StepCallback | None =
         m = _metrics(p, theta, t + 1, float(p.lrs[t]))
         if on_step is not None:
             on_step(m)
-        if not (math.isfinite(m["train_loss"]) and math.isfinite(m["test_loss"])):
+        if not (math.isfinite(m["train_loss"]) and math.isfinite(m.get("test_loss", 0.0))):
             raise TrainingDiverged(f"the loss became {m['train_loss']} at step {t + 1} "
                                    f"(learning rate {p.lrs[t]:.3g}); lower train.lr")
     return theta
@@ -423,9 +479,10 @@ def train(problem: Problem, theta0: torch.Tensor, on_step: StepCallback | None =
 
 def _metrics(p: Problem, theta: torch.Tensor, step: int, lr: float | None) -> dict:
     tr_loss, tr_acc = p.evaluate(theta, p.x_train, p.y_train)
-    te_loss, te_acc = p.evaluate(theta, p.x_test, p.y_test)
-    return {"step": step, "lr": lr, "train_loss": tr_loss, "train_acc": tr_acc,
-            "test_loss": te_loss, "test_acc": te_acc}
+    out = {"step": step, "lr": lr, "train_loss": tr_loss, "train_acc": tr_acc}
+    if p.x_test is not None:
+        out["test_loss"], out["test_acc"] = p.evaluate(theta, p.x_test, p.y_test)
+    return out
 
 
 TangentStep = Callable[[int, torch.Tensor, tuple[torch.Tensor, ...]], None]

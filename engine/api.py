@@ -1,0 +1,182 @@
+"""The public API: the exact training Jacobian of any ``nn.Module``, from a notebook or a script.
+
+    import torch
+    import engine
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    X, y = torch.randn(64, 3), torch.randn(64, 1)
+    J = engine.training_jacobian(model, (X, y), loss=torch.nn.functional.mse_loss,
+                                 optimizer="sgd", lr=0.05, momentum=0.9, batch_size=16)
+    J.shape                      # (P, P) float64: J[i, j] = d theta_T[i] / d theta_0[j]
+
+:func:`training_jacobian` trains a copy of the module by the pure, deterministic loop of
+:mod:`engine.train` (the optimizers and schedules of :class:`engine.config.TrainConfig`) while
+pushing the P basis directions of theta_0 through every step (forward-mode autodiff, the
+generic torch.func path). The parameter order is ``torch.nn.utils.parameters_to_vector(
+module.parameters())``'s: ``named_parameters()`` order, each tensor flattened row-major.
+
+A run described by a preset (the built-in models and data, sessions on disk) goes through
+:func:`engine.build.build` and :mod:`engine.runner` instead; this module re-exports the config
+classes, whose constructors validate like the TOML loader.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import schema
+from .build import Built, build
+from .config import (ConfigError, DataConfig, JacobianConfig, ModelConfig, RunConfig,
+                     SpectrumConfig, TrainConfig, load, loads)
+from .jacobian import auto_chunk, exact_jacobian
+from .train import Loss, batch_order, generic_problem, initial_theta
+
+__all__ = ["training_jacobian", "build", "Built", "load", "loads", "ConfigError", "RunConfig",
+           "DataConfig", "ModelConfig", "TrainConfig", "JacobianConfig", "SpectrumConfig"]
+
+Batch = tuple[Any, Any]
+Data = Union[Batch, Iterable[Batch], Callable[[], Iterable[Batch]]]
+
+# TrainConfig's keys that only say how tensors (X, y) are cut into batches
+BATCHING = ("batch_size", "shuffle", "drop_last")
+
+
+def _pair(b: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(b, (tuple, list)) and len(b) == 2):
+        raise ValueError(f"{where}: expected a pair (inputs, targets), got "
+                         f"{type(b).__name__}")
+    x, y = (torch.as_tensor(v) for v in b)
+    if x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
+        raise ValueError(f"{where}: inputs {tuple(x.shape)} and targets {tuple(y.shape)} do "
+                         "not have the same number of rows")
+    return x, y
+
+
+def _is_pair_of_arrays(data: Any) -> bool:
+    return (isinstance(data, tuple) and len(data) == 2 and
+            all(isinstance(v, (torch.Tensor, np.ndarray)) for v in data))
+
+
+def read_batches(data: Data, epochs: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                   list[np.ndarray]]:
+    """The steps' batches of an iterable source, read once: (x, y, order) with the distinct
+    batches' rows concatenated (x (N, ...), y (N, ...)) and ``order[t]`` the rows of step t's
+    batch. ``data`` is an iterable of (inputs, targets) pairs (a list, a DataLoader, a
+    generator) or a callable returning one; each epoch is one pass over it (a callable is
+    called once per epoch), so ``epochs`` > 1 needs a source that can be iterated again (a
+    list, a DataLoader or a callable; a one-shot generator cannot). Reading every batch once
+    and keeping it is what makes each chunk of J train the same trajectory (a DataLoader that
+    reshuffles on every pass would give each chunk another one)."""
+    if epochs > 1 and not callable(data) and iter(data) is data:
+        raise ValueError(f"epochs = {epochs} needs batches that can be read again: a list, a "
+                         "DataLoader or a function returning an iterator, not a one-shot "
+                         "iterator")
+    xs, ys, order, seen, n = [], [], [], {}, 0
+    for epoch in range(epochs):
+        count = 0
+        for b in (data() if callable(data) else data):
+            pair = isinstance(b, (tuple, list)) and len(b) == 2
+            key = (id(b[0]), id(b[1])) if pair else id(b)
+            if key not in seen:  # the same tensors in every epoch (a list): kept once
+                x, y = _pair(b, f"batch {len(order)}")
+                if xs and (x.shape[1:] != xs[0].shape[1:] or y.shape[1:] != ys[0].shape[1:]):
+                    raise ValueError(
+                        f"batch {len(order)}: inputs {tuple(x.shape)} and targets "
+                        f"{tuple(y.shape)} after batches of {tuple(xs[0].shape)} and "
+                        f"{tuple(ys[0].shape)}: every batch needs the same row shape")
+                seen[key] = (b, np.arange(n, n + len(x)))
+                xs.append(x)
+                ys.append(y)
+                n += len(x)
+            order.append(seen[key][1])
+            count += 1
+        if count == 0:
+            raise ValueError(f"the batches gave no batch in epoch {epoch + 1}"
+                             + (": a one-shot iterator cannot be read again" if epoch else ""))
+    return torch.cat(xs), torch.cat(ys), order
+
+
+def check_module(module: nn.Module) -> None:
+    """Refuse, in one line naming the layer, what the generic path cannot differentiate yet:
+    a layer that updates buffers in its forward (BatchNorm's running statistics in training
+    mode) and random layers in training mode (dropout), which torch.func reports as a long
+    traceback about in-place mutation or randomness."""
+    for name, sub in module.named_modules():
+        what = f"{name or 'the module'} ({type(sub).__name__})"
+        if sub.training and getattr(sub, "track_running_stats", False):
+            raise ValueError(f"{what} updates its running statistics in training mode, which "
+                             "training_jacobian does not carry: call module.eval() first (the "
+                             "statistics then stay as they are) or leave the layer out")
+        if sub.training and isinstance(sub, nn.modules.dropout._DropoutNd) and sub.p > 0:
+            raise ValueError(f"{what} draws random masks in training mode, which "
+                             "training_jacobian does not support: call module.eval() first "
+                             "or set p = 0")
+
+
+def training_jacobian(module: nn.Module, data: Data, *, loss: Loss | None = None,
+                      train: TrainConfig | None = None, steps: int | None = None,
+                      seed: int = 0, chunk: int | None = None,
+                      dtype: torch.dtype = torch.float64,
+                      device: str | torch.device | None = None, **options: Any
+                      ) -> torch.Tensor:
+    """The exact training Jacobian J = d theta_T / d theta_0 of training ``module``: a (P, P)
+    tensor of ``dtype`` on ``device``, J[i, j] = d theta_T[i] / d theta_0[j], where theta is
+    the flat parameter vector in ``torch.nn.utils.parameters_to_vector(module.parameters())``
+    order (P = its length) and theta_0 the module's parameters now.
+
+    ``data``: tensors ``(X, y)`` (X (N, ...), y (N,) class indices or (N, ...) regression
+    targets; numpy arrays too), cut into batches by ``batch_size`` (0 = full batch),
+    ``shuffle`` (from ``seed``) and ``drop_last`` for ``epochs`` passes, as a preset's run
+    does; or an iterable of (inputs, targets) batches, one per step, or a callable returning
+    one (see :func:`read_batches`: read once; epochs > 1 passes over it again). ``steps``: only
+    the first ``steps`` optimizer steps (the schedule spans them).
+
+    ``loss(output, target)``: the batch's scalar loss, a differentiable torch function
+    (default ``torch.nn.functional.cross_entropy``; e.g. ``mse_loss`` for regression).
+    ``options``: the optimizer and schedule, keywords of :class:`engine.config.TrainConfig`
+    (optimizer "sgd" or "adam", lr, momentum, nesterov, weight_decay, beta1, beta2, eps,
+    eps_root, schedule, warmup_steps, final_lr, batch_size, epochs, shuffle, drop_last),
+    checked as a preset's [train] is (a :class:`ConfigError` with the same one-line message);
+    or ``train``, a TrainConfig.
+
+    ``chunk``: tangent columns per pass (default: all P where the memory allows,
+    :func:`engine.jacobian.auto_chunk`). ``device``: default that of the module's parameters.
+    The caller's module is not changed (its dtype, parameters and buffers): a copy trains.
+    Modules whose forward changes their own state (BatchNorm in training mode updating its
+    running statistics) are not supported: call ``module.eval()`` first, or use no such
+    layers."""
+    if train is not None and options:
+        raise TypeError("give the optimizer either as train=TrainConfig(...) or as keywords, "
+                        "not both")
+    check_module(module)
+    # the keywords as a preset's [train] table: an unknown one is refused like an unknown key
+    cfg = train if train is not None else schema.build(TrainConfig, dict(options), "",
+                                                       TrainConfig.PREFIX)
+    RunConfig(train=cfg)  # the preset's rules across keys (Adam's J needs eps_root > 0)
+    if device is None:
+        first = next(module.parameters(), None)
+        device = first.device if first is not None else "cpu"
+    dev = torch.device(device)
+    if _is_pair_of_arrays(data):
+        x, y = _pair(data, "data")
+        order = batch_order(len(x), cfg, seed)
+    else:
+        given = [k for k in BATCHING if k in options]
+        if given:
+            raise ValueError(f"{given[0]} applies to tensors (X, y); an iterable of batches "
+                             "gives its own")
+        x, y, order = read_batches(data, cfg.epochs)
+    if steps is not None:
+        if not 1 <= steps <= len(order):
+            raise ValueError(f"steps = {steps}: expected 1 to {len(order)} (the steps of "
+                             f"{cfg.epochs} epoch(s) of these batches)")
+        order = order[:steps]
+    problem = generic_problem(module, x, y, cfg, dev, dtype, order=order, loss=loss)
+    theta0 = initial_theta(problem.module, dev, dtype)
+    if chunk is None:
+        chunk = auto_chunk(problem, theta0, dev, dtype)
+    return exact_jacobian(problem, theta0, chunk)

@@ -1,0 +1,296 @@
+"""The public API (engine/__init__.py, engine/api.py): J of a user's own module, checked against
+torch.func.jacfwd of a plain training loop written here and against central differences, in
+float64; the caller's module left alone; no UI import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jacfwd
+
+import engine
+from engine import jacobian, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TwoLayer(nn.Module):
+    """A researcher's own module: not one of the built-in models, with a buffer."""
+
+    def __init__(self, d_in=3, hidden=5, d_out=2):
+        super().__init__()
+        self.inp = nn.Linear(d_in, hidden)
+        self.out = nn.Linear(hidden, d_out)
+        self.register_buffer("scale", torch.tensor(0.5))
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.inp(x))) * (2 * self.scale)
+
+
+def regression(n=24, d_in=3, d_out=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d_in, generator=g)
+    y = torch.sin(X[:, :d_out]) + 0.1 * torch.randn(n, d_out, generator=g)
+    return X, y
+
+
+def plain_training(module, batches, loss, opt, lr, momentum=0.0, betas=(0.9, 0.999),
+                   eps=1e-8, eps_root=1e-8):
+    """theta_0 -> theta_T by a training loop written from its textbook definition (SGD with
+    PyTorch's momentum convention, or Adam with eps_root inside the square root), over the
+    given list of (x, y) batches, float64."""
+    module = module.double()
+    names = [n for n, _ in module.named_parameters()]
+    shapes = [p.shape for _, p in module.named_parameters()]
+    sizes = [p.numel() for _, p in module.named_parameters()]
+
+    def unflat(theta):
+        return {n: t.reshape(s) for n, t, s in zip(names, torch.split(theta, sizes), shapes)}
+
+    def run(theta):
+        m = torch.zeros_like(theta)
+        v = torch.zeros_like(theta)
+        for t, (x, y) in enumerate(batches):
+            def L(th):
+                return loss(functional_call(module, unflat(th), (x.double(),)), y)
+            g = torch.func.grad(L)(theta)
+            if opt == "sgd":
+                m = momentum * m + g
+                theta = theta - lr * m
+            else:
+                b1, b2 = betas
+                m = b1 * m + (1 - b1) * g
+                v = b2 * v + (1 - b2) * g * g
+                mh, vh = m / (1 - b1 ** (t + 1)), v / (1 - b2 ** (t + 1))
+                theta = theta - lr * mh / (torch.sqrt(vh + eps_root) + eps)
+        return theta
+
+    theta0 = torch.nn.utils.parameters_to_vector(module.parameters()).detach()
+    return run, theta0
+
+
+def mse(output, target):
+    """The mean squared error written out (F.mse_loss under jacfwd of grad raises torch's
+    "ZeroTensors are immutable")."""
+    return ((output - target) ** 2).mean()
+
+
+def batches_of(X, y, bs, epochs=1):
+    return [(X[a:a + bs].double(), y[a:a + bs].double()) for _ in range(epochs)
+            for a in range(0, len(X), bs)]
+
+
+@pytest.mark.parametrize("opt,extra", [("sgd", {"momentum": 0.9}), ("adam", {})])
+def test_J_of_a_custom_module_with_mse_equals_jacfwd_of_a_plain_loop(opt, extra):
+    torch.manual_seed(1)
+    model = TwoLayer()
+    X, y = regression()
+    lr = 0.05 if opt == "sgd" else 0.01
+    J = engine.training_jacobian(model, (X, y), loss=F.mse_loss, optimizer=opt, lr=lr,
+                                 batch_size=8, epochs=2, **extra)
+    P = sum(p.numel() for p in model.parameters())
+    assert J.shape == (P, P) and J.dtype == torch.float64
+    run, theta0 = plain_training(_copy(model), batches_of(X, y, 8, 2), mse, opt, lr, **extra)
+    ref = jacfwd(run)(theta0)
+    assert torch.allclose(J, ref, rtol=0, atol=1e-12), (J - ref).abs().max()
+    assert (J - torch.eye(P)).abs().max() > 1e-3  # training moved: not a trivial J
+    # central differences of the plain loop on a few columns (float64, h = 1e-5)
+    h = 1e-5
+    for j in (0, P // 2, P - 1):
+        e = torch.zeros(P, dtype=torch.float64)
+        e[j] = h
+        fd = (run(theta0 + e) - run(theta0 - e)) / (2 * h)
+        assert torch.allclose(J[:, j], fd, rtol=0, atol=1e-8), (J[:, j] - fd).abs().max()
+
+
+def _copy(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def test_the_callers_module_is_left_unchanged():
+    torch.manual_seed(2)
+    model = TwoLayer()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    X, y = regression()
+    engine.training_jacobian(model, (X, y), loss=F.mse_loss, lr=0.1, batch_size=12)
+    after = model.state_dict()
+    assert all(v.dtype == torch.float32 for v in after.values())
+    assert next(model.parameters()).device.type == "cpu"
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_list_and_a_generator_factory_of_batches_give_the_tensors_J():
+    torch.manual_seed(3)
+    model = TwoLayer()
+    X, y = regression(n=20)
+    ref = engine.training_jacobian(model, (X, y), loss=F.mse_loss, lr=0.1, momentum=0.5,
+                                   batch_size=8, epochs=2)
+    listed = [(X[a:a + 8], y[a:a + 8]) for a in range(0, 20, 8)]  # 8, 8, 4 rows
+    J_list = engine.training_jacobian(model, listed, loss=F.mse_loss, lr=0.1, momentum=0.5,
+                                      epochs=2)
+
+    def factory():
+        return ((X[a:a + 8], y[a:a + 8]) for a in range(0, 20, 8))
+
+    J_gen = engine.training_jacobian(model, factory, loss=F.mse_loss, lr=0.1, momentum=0.5,
+                                     epochs=2)
+    assert torch.allclose(J_list, ref, rtol=0, atol=1e-14)
+    assert torch.allclose(J_gen, ref, rtol=0, atol=1e-14)
+    # a one-shot generator is read once: fine for one epoch, refused for two
+    once = engine.training_jacobian(model, factory(), loss=F.mse_loss, lr=0.1, momentum=0.5,
+                                    steps=3)
+    assert torch.allclose(once, engine.training_jacobian(
+        model, (X, y), loss=F.mse_loss, lr=0.1, momentum=0.5, batch_size=8), atol=1e-14)
+    with pytest.raises(ValueError, match="one-shot iterator"):
+        engine.training_jacobian(model, factory(), loss=F.mse_loss, epochs=2)
+    with pytest.raises(ValueError, match="batch_size applies to tensors"):
+        engine.training_jacobian(model, listed, loss=F.mse_loss, batch_size=4)
+
+
+def test_cross_entropy_is_the_default_loss_and_steps_truncate():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 6), nn.GELU(approximate="tanh"), nn.Linear(6, 3))
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(30, 4, generator=g), torch.randint(0, 3, (30,), generator=g)
+    J = engine.training_jacobian(model, (X, y), optimizer="adam", lr=0.01, batch_size=10,
+                                 steps=2)
+    run, theta0 = plain_training(_copy(model), batches_of(X, y.double(), 10)[:2],
+                                 lambda o, t: F.cross_entropy(o, t.long()), "adam", 0.01)
+    assert torch.allclose(J, jacfwd(run)(theta0), rtol=0, atol=1e-12)
+
+
+def test_the_generic_chunk_is_all_P_where_it_fits_and_the_chunk_does_not_change_J():
+    torch.manual_seed(5)
+    model = TwoLayer(4, 12, 3)
+    X, y = regression(16, 4, 3)
+    cfg = engine.TrainConfig(lr=0.1, batch_size=8)
+    p = train.generic_problem(model, X, y, cfg, torch.device("cpu"), torch.float64,
+                              loss=F.mse_loss)
+    theta0 = train.initial_theta(p.module, torch.device("cpu"), torch.float64)
+    P = theta0.numel()
+    assert jacobian.auto_chunk(p, theta0, torch.device("cpu"), torch.float64) == P
+    J = engine.training_jacobian(model, (X, y), loss=F.mse_loss, lr=0.1, batch_size=8)
+    J7 = engine.training_jacobian(model, (X, y), loss=F.mse_loss, lr=0.1, batch_size=8,
+                                  chunk=7)
+    assert torch.allclose(J, J7, rtol=0, atol=1e-14)
+
+
+def test_the_optimizer_keywords_are_checked_like_a_preset():
+    model = TwoLayer()
+    X, y = regression()
+    with pytest.raises(engine.ConfigError) as e:
+        engine.training_jacobian(model, (X, y), loss=F.mse_loss, lr=-1.0)
+    assert str(e.value) == "train.lr: expected a positive number, got -1.0"
+    with pytest.raises(engine.ConfigError) as e:  # a misspelt keyword: a preset's unknown key
+        engine.training_jacobian(model, (X, y), loss=F.mse_loss, learning_rate=0.1)
+    with pytest.raises(engine.ConfigError) as loaded:
+        engine.loads("[train]\nlearning_rate = 0.1\n", where="x.toml")
+    assert str(e.value).startswith("train.learning_rate: unknown key")
+    assert str(loaded.value) == "x.toml: " + str(e.value)
+
+
+@pytest.mark.slow
+def test_the_api_imports_no_ui_library():
+    """``import engine`` and a J with textual, rich and plotext refused by the importer."""
+    code = textwrap.dedent("""
+        import sys
+        class Refuse:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("textual", "rich", "plotext"):
+                    raise ImportError("blocked: " + name)
+                return None
+        sys.meta_path.insert(0, Refuse())
+        import torch, engine
+        m = torch.nn.Linear(2, 2)
+        J = engine.training_jacobian(m, (torch.randn(8, 2), torch.randn(8, 2)),
+                                     loss=torch.nn.functional.mse_loss, lr=0.1)
+        print(tuple(J.shape), sorted(k for k in sys.modules
+                                     if k.split(".")[0] in ("textual", "rich", "plotext")))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "(6, 6) []"
+
+
+def test_the_package_names_its_api():
+    assert set(engine.__all__) >= {"training_jacobian", "build", "RunConfig", "TrainConfig",
+                                   "ConfigError", "load", "loads"}
+    for name in engine.__all__:
+        assert getattr(engine, name) is not None
+        if callable(getattr(engine, name)):
+            assert getattr(engine, name).__doc__
+
+
+BAD = [  # (section class, keyword, value, the same value in TOML)
+    ("train", "optimizer", "rmsprop", '"rmsprop"'),
+    ("train", "lr", -1.0, "-1.0"),
+    ("train", "lr", "fast", '"fast"'),
+    ("train", "momentum", 1.0, "1.0"),
+    ("train", "batch_size", True, "true"),
+    ("train", "final_lr", 0.5, "0.5"),  # a rule across keys (lr = 0.1)
+    ("model", "hidden", [0], "[0]"),
+    ("jacobian", "kernel", "fast", '"fast"'),
+    ("spectrum", "bulk_tol", 2.0, "2.0"),
+    ("data", "dataset", "cifar", '"cifar"'),
+]
+
+
+@pytest.mark.parametrize("section,key,value,toml", BAD)
+def test_constructors_refuse_what_a_preset_refuses_with_the_same_message(section, key, value,
+                                                                         toml):
+    cls = {"train": engine.TrainConfig, "model": engine.ModelConfig,
+           "jacobian": engine.JacobianConfig, "spectrum": engine.SpectrumConfig,
+           "data": engine.DataConfig}[section]
+    with pytest.raises(engine.ConfigError) as made:
+        cls(**{key: value})
+    with pytest.raises(engine.ConfigError) as loaded:
+        engine.loads(f"[{section}]\n{key} = {toml}\n", where="x.toml")
+    with pytest.raises(engine.ConfigError) as nested:  # a section given to RunConfig as a dict
+        engine.RunConfig(**{section: {key: value}})
+    assert str(loaded.value) == "x.toml: " + str(made.value)
+    assert str(nested.value) == str(made.value)
+    assert str(made.value).startswith(f"{section}.{key}: expected ")
+
+
+def test_the_issue_example_and_run_level_rules():
+    with pytest.raises(engine.ConfigError, match=r'^train.optimizer: expected one of "sgd", '
+                                                 r'"adam", got "rmsprop"$'):
+        engine.TrainConfig(optimizer="rmsprop", lr=-1.0)
+    adam = engine.TrainConfig(optimizer="adam", eps_root=0.0)  # fine alone; not for a J
+    with pytest.raises(engine.ConfigError) as made:
+        engine.RunConfig(train=adam)
+    with pytest.raises(engine.ConfigError) as loaded:
+        engine.loads('[train]\noptimizer = "adam"\neps_root = 0.0\n', where="x.toml")
+    assert str(loaded.value) == "x.toml: " + str(made.value)
+    with pytest.raises(engine.ConfigError, match="^seed: expected an integer"):
+        engine.RunConfig(seed=-1)
+    # valid values are normalised as a preset's are (an integer lr becomes a float)
+    assert engine.TrainConfig(lr=1).lr == 1.0 and type(engine.TrainConfig(lr=1).lr) is float
+    assert engine.RunConfig(train={"lr": 0.05}).train == engine.TrainConfig(lr=0.05)
+
+
+@pytest.mark.parametrize("layer,needle", [(nn.BatchNorm1d(4), "running statistics"),
+                                          (nn.Dropout(0.5), "random masks")])
+def test_stateful_and_random_layers_are_one_line_refusals(layer, needle):
+    model = nn.Sequential(nn.Linear(3, 4), layer, nn.Tanh(), nn.Linear(4, 2))
+    X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    with pytest.raises(ValueError) as e:
+        engine.training_jacobian(model, (X, y), lr=0.1, batch_size=8)
+    assert str(e.value).startswith(f"1 ({type(layer).__name__}) ") and needle in str(e.value)
+    assert "\n" not in str(e.value)
+    model.eval()  # fixed statistics / no dropout: a plain function of the parameters
+    J = engine.training_jacobian(model, (X, y), lr=0.1, batch_size=8)
+    P = sum(p.numel() for p in model.parameters())
+    assert J.shape == (P, P) and bool(torch.isfinite(J).all())
+    assert not model.training
