@@ -195,6 +195,98 @@ def test_keys_sent_in_a_burst_arrive_whole(tmp_path):
     run(go())
 
 
+SEARCH_KEYS = ["slash", *"epochs", "enter"]
+
+
+async def send(app, pilot, keys, mode: str) -> None:
+    """Keys as a terminal delivers them: ``press`` (Pilot, no pauses), ``burst`` (all queued
+    before the first is handled, as after an ssh lag), ``slow`` (0.08 s apart to an app that
+    takes longer than that to handle a key of the search)."""
+    if mode == "press":
+        await pilot.press(*keys)
+        return
+    for k in keys:
+        app.post_message(events.Key(k, k if len(k) == 1 else None))
+        if mode == "slow":
+            await asyncio.sleep(0.08)
+
+
+def slow_matches(monkeypatch) -> None:
+    """Each key in the search box costs 0.12 s (a loaded machine, a long key list)."""
+    import time
+
+    matches = SetupPane.matches
+
+    def slow(self, text):
+        time.sleep(0.12)
+        return matches(self, text)
+
+    monkeypatch.setattr(SetupPane, "matches", slow)
+
+
+@pytest.mark.parametrize("mode", ["press", "burst", "slow"])
+def test_field_search_typed_at_any_speed_lands_on_the_field(mode, tmp_path, monkeypatch):
+    """``/epochs`` and Enter, however the keys arrive, reach the search in order and Enter
+    jumps to train.epochs (a burst opened an empty search box; with Enter in it, the focus
+    went elsewhere)."""
+    if mode == "slow":
+        slow_matches(monkeypatch)
+
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
+        async with running(app, (80, 24)) as pilot:
+            setup = app.query_one(SetupPane)
+            await until(pilot, lambda: app.panes_ready and "train.epochs" in setup.fields(),
+                        what="the train fields")
+            await send(app, pilot, SEARCH_KEYS, mode)
+            epochs = setup.field("train.epochs")
+            await until(pilot, lambda: app.focused is epochs.input, timeout=10,
+                        what="the focus on train.epochs")
+            assert app.query_one("#field-search").value == "epochs"
+            assert not app.query_one("#setup-search").display
+    run(go())
+
+
+@pytest.mark.parametrize("mode", ["burst", "slow"])
+def test_an_edit_typed_after_the_search_changes_that_field_and_never_name(mode, tmp_path,
+                                                                         monkeypatch):
+    """``/epochs``, Enter, End, Backspace, 5 in one go: train.epochs becomes 5 and name stays
+    "quick" (under load the jump landed on name, and the edit made it "q")."""
+    if mode == "slow":
+        slow_matches(monkeypatch)
+
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
+        async with running(app, (80, 24)) as pilot:
+            setup = app.query_one(SetupPane)
+            await until(pilot, lambda: app.panes_ready and "train.epochs" in setup.fields(),
+                        what="the train fields")
+            await send(app, pilot, [*SEARCH_KEYS, "end", "backspace", "5"], mode)
+            await until(pilot, lambda: setup.values["train.epochs"] == 5, timeout=10,
+                        what="train.epochs = 5")
+            await pilot.pause(0.2)
+            assert setup.values["name"] == "quick"
+            assert setup.field("train.epochs").input.value == "5"
+            assert app.query_one("#field-search").value == "epochs"
+    run(go())
+
+
+def test_a_search_in_a_group_not_built_yet_takes_the_keys_typed_meanwhile(tmp_path):
+    """``/hidden``, Enter, End, Left and ``,4`` in one burst: model's group is built during the
+    jump, and the keys typed meanwhile go to model.hidden when it has the focus."""
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
+        async with running(app, (80, 24)) as pilot:
+            setup = app.query_one(SetupPane)
+            await until(pilot, lambda: app.panes_ready, what="the panes")
+            assert "model.hidden" not in setup.fields()
+            await send(app, pilot, ["slash", *"hidden", "enter", "end", "left", *",4"], "burst")
+            await until(pilot, lambda: setup.values["model.hidden"] == [16, 4], timeout=10,
+                        what="model.hidden = [16, 4]")
+            assert setup.values["name"] == "quick"
+    run(go())
+
+
 # --------------------------------------------------------------------------------------------
 # Live like a monitor
 

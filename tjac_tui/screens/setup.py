@@ -2,7 +2,8 @@
 
 Fields are grouped by section in collapsible groups; a group's fields are built the first time
 it opens, so the pane (and the app) paints at once however many keys there are. ``/`` jumps to
-a field by (fuzzy) name; closed choices and booleans are Selects offering only valid values;
+a field by (fuzzy) name, with every key typed after it reaching the search box (and after
+Enter, the field) in order however fast the keys come; closed choices and booleans are Selects offering only valid values;
 the analyses are switched on and off in a list, and each one that is on has its own group.
 Every field is checked as you type with the CLI's rules, and the whole config as it changes.
 A ``*`` marks a field that differs from the loaded preset, ``>`` the field with the focus.
@@ -29,7 +30,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.fuzzy import Matcher
 from textual.screen import ModalScreen
-from textual.widgets import OptionList, Static
+from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from engine import config as config_mod, control
@@ -200,7 +201,10 @@ class SetupPane(Vertical):
         yield PresetPicker("preset: -", id="preset-picker")
         yield Static("", id="setup-status")
         yield Static("", id="setup-plan")
-        yield Vertical(id="setup-search")  # the search box, built on the first "/"
+        with Vertical(id="setup-search"):  # the search box, shown by "/"
+            yield OrderedInput(placeholder="find a field: type part of its name, enter jumps",
+                               id="field-search", compact=True)
+            yield OptionList(id="field-matches", compact=True)
         with VerticalScroll(id="setup-fields"):
             for name in BASE_SECTIONS:
                 yield self._group(name)
@@ -587,18 +591,23 @@ class SetupPane(Vertical):
         self.set_analysis(name, name in event.selection_list.selected)
 
     # ---- find a field ----------------------------------------------------------------------
-    async def action_search(self) -> None:
+    def holds_keys_after(self, key: str) -> bool:
+        """The keys after ``/`` (out of a text box) and after Enter in the search box wait
+        until the focus is where those keys take it: the search box, the field found (see
+        :meth:`TjacApp.on_event <tjac_tui.app.TjacApp.on_event>`)."""
+        focused = self.app.focused
+        if key == "slash":
+            return not isinstance(focused, Input)
+        return key == "enter" and getattr(focused, "id", None) == "field-search"
+
+    def action_search(self) -> None:
         box = self.query_one("#setup-search")
-        if not box.children:
-            await box.mount(OrderedInput(placeholder="find a field: type part of its name, "
-                                                     "enter jumps", id="field-search",
-                                         compact=True),
-                            OptionList(id="field-matches", compact=True))
         box.display = True
         inp = self.query_one("#field-search", OrderedInput)
         inp.value = ""
         self._matches("")
-        inp.focus()
+        self.screen.set_focus(inp)  # now: the keys held since "/" go to it
+        self.app.release_keys()
 
     def matches(self, text: str) -> list[str]:
         """Keys of the current config matching ``text`` (fuzzy), best first."""
@@ -625,12 +634,15 @@ class SetupPane(Vertical):
     @on(OrderedInput.Submitted, "#field-search")
     async def _search_submitted(self, event: OrderedInput.Submitted) -> None:
         event.stop()
-        ol = self.query_one("#field-matches", OptionList)
-        if ol.option_count == 0:
-            return
-        key = ol.get_option_at_index(ol.highlighted or 0).id
-        self.query_one("#setup-search").display = False
-        await self.reveal(key)
+        try:
+            ol = self.query_one("#field-matches", OptionList)
+            if ol.option_count == 0:
+                return
+            key = ol.get_option_at_index(ol.highlighted or 0).id
+            self.query_one("#setup-search").display = False
+            await self.reveal(key)
+        finally:  # the keys typed after Enter go to the field found (its focus is queued)
+            self.app.release_keys()
 
     @on(OptionList.OptionSelected, "#field-matches")
     async def _match_chosen(self, event: OptionList.OptionSelected) -> None:
