@@ -299,3 +299,40 @@ def test_tjac_run_quick_in_a_terminal_of_80_columns(tmp_path):
         line = next((x for x in table.splitlines() if x.startswith(r["region"])), "")
         assert line, (r["region"], table)
         assert r["s range"] in line and r["u.v mean"] in line and r["subspace cos"] in line
+
+
+# ---- the error boundary ------------------------------------------------------------------------
+
+
+def test_a_closed_pipe_is_quiet_and_exit_141(tmp_path, monkeypatch, capsys):
+    """``tjac schema | head -c 1``: the reader has gone; no "Broken pipe" line and no exit 1
+    (it printed "Broken pipe", exit 1), but exit 141 as for a command killed by SIGPIPE."""
+    r, w = os.pipe()
+    os.close(r)
+    monkeypatch.setattr(sys, "stdout", open(w, "w"))
+    assert main(["schema"]) == 141
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_plan_into_head_is_quiet(tmp_path):
+    """``tjac run quick --plan | head -1``: the first line, then nothing on stderr but the
+    probe's note, and exit 141."""
+    p = subprocess.Popen([sys.executable, "-m", "tjac_tui.cli", "run", "quick", "--plan",
+                          "--sessions", str(tmp_path)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().startswith("P = ")
+    p.stdout.close()  # as head does after its line
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 141
+    assert "Broken pipe" not in err and "Traceback" not in err, err
+
+
+def test_a_missing_session_names_each_place_looked_once(tmp_path, capsys):
+    """An absolute path that is no session was "looked in X and X"."""
+    gone = tmp_path / "gone"
+    assert main(["resume", str(gone), "--sessions", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"{gone}: no such session (looked in {gone})"
+    assert main(["resume", "gone", "--sessions", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"gone: no such session (looked in gone and {tmp_path / 'gone'})"

@@ -631,8 +631,7 @@ class TjacApp(App):
         self.call_from_thread(self._exported, out, note)
 
     def _exported(self, out: Path, note: str = "") -> None:
-        self.last_report = out
-        self.sub_title = f"report: {out}"
+        self.last_report = out  # (said in a toast: the title bar keeps the session's name)
         self.notify(f"report written: {out}{note}", timeout=8, markup=False)
 
     def help_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:

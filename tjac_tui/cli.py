@@ -17,14 +17,16 @@
     tjac schema [-o FILE]         the JSON Schema of presets (for TOML editors)
 
 Exit status: 0 done, 1 the run failed, 2 bad usage or an invalid preset (one line on stderr),
-3 interrupted (resumable). Every error reaches the user through :func:`main`, the one error
-boundary: a known failure is one line on stderr and an exit status, never a traceback.
+3 interrupted (resumable), 141 the output's reader went away (``tjac ... | head -1``: quiet,
+as a command killed by SIGPIPE). Every error reaches the user through :func:`main`, the one
+error boundary: a known failure is one line on stderr and an exit status, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from .locations import (NotFound, default_sessions_dir, find_preset, find_sessio
                         shipped_presets)
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command its pipe closed on
 
 
 def _fail(msg: str, code: int = EXIT_USAGE) -> int:
@@ -501,7 +504,12 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run it; the single error boundary of the command line."""
     args = build_parser().parse_args(argv)
     try:
-        return cmd_tui(args) if args.cmd is None else args.func(args)
+        code = cmd_tui(args) if args.cmd is None else args.func(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then this boundary's
+        return code
+    except BrokenPipeError:  # the reader went away (`tjac ... | head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error
+        return EXIT_BROKEN_PIPE  # when Python flushes stdout at exit)
     except (ConfigError, NotFound, PlanError, DataError, device_mod.DeviceError,
             control.OutputRefused) as e:
         return _fail(str(e))
