@@ -287,6 +287,48 @@ def test_a_search_in_a_group_not_built_yet_takes_the_keys_typed_meanwhile(tmp_pa
     run(go())
 
 
+def test_ctrl_o_then_a_path_typed_at_once_loads_it(tmp_path):
+    """ctrl+o and a preset's name typed straight after it, Enter: that preset is loaded (the
+    focus was on the list, and the name was lost)."""
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
+        async with running(app, (80, 24)) as pilot:
+            setup = app.query_one(SetupPane)
+            await until(pilot, lambda: app.panes_ready, what="the panes")
+            await send(app, pilot, ["ctrl+o", *"sweep-width", "enter"], "burst")
+            await until(pilot, lambda: setup.preset_path is not None
+                        and setup.preset_path.name == "sweep-width.toml", timeout=10,
+                        what="the preset typed")
+    run(go())
+
+
+def test_save_as_a_bare_name_is_found_by_tjac_run_and_names_the_runs(tmp_path, monkeypatch):
+    """ctrl+s, a bare name, Enter: NAME.toml is where ``tjac run NAME`` finds it, the status
+    says so, and the config's name is NAME (it stayed "quick", and `tjac run NAME` found
+    nothing)."""
+    from tjac_tui.locations import find_preset
+
+    monkeypatch.chdir(tmp_path)
+
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path / "s", preset=str(QUICK))
+        async with running(app, (80, 24)) as pilot:
+            setup = app.query_one(SetupPane)
+            await until(pilot, lambda: app.panes_ready, what="the panes")
+            name = await setup.reveal("name", focus=False)
+            await send(app, pilot, ["ctrl+s", "ctrl+u", *"mine", "enter"], "burst")
+            await until(pilot, lambda: setup.preset_path is not None
+                        and setup.preset_path.name == "mine.toml", timeout=10,
+                        what="the preset saved")
+            assert setup.preset_path == tmp_path / "mine.toml"
+            assert "tjac run mine" in setup.status_text
+            assert setup.values["name"] == "mine" and name.input.value == "mine"
+            assert setup.modified_keys() == []
+    run(go())
+    assert find_preset("mine").resolve() == tmp_path / "mine.toml"
+    assert config_mod.load(tmp_path / "mine.toml").name == "mine"
+
+
 # --------------------------------------------------------------------------------------------
 # Live like a monitor
 

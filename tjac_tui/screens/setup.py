@@ -73,7 +73,10 @@ def short_key(key: str) -> str:
 
 
 class PresetScreen(ModalScreen[Path | None]):
-    """The shipped (and saved) presets to choose from; enter loads one, escape cancels."""
+    """The shipped (and saved) presets to choose from; enter loads one, escape cancels. The
+    focus is in the path box, so a path typed at once lands there (on the list, it was
+    lost); up and down move through the list, and enter on an empty box loads the one
+    highlighted."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
@@ -97,7 +100,17 @@ class PresetScreen(ModalScreen[Path | None]):
         keys = [str(p) for p in self.presets]
         if self.current is not None and str(self.current) in keys:
             ol.highlighted = keys.index(str(self.current))
-        ol.focus()
+        elif keys:
+            ol.highlighted = 0
+        self.set_focus(self.query_one("#preset-path", OrderedInput))
+        self.app.release_keys()  # the keys typed since ctrl+o go to the path box
+
+    def on_key(self, event) -> None:
+        ol = self.query_one("#presets-list", OptionList)
+        if event.key in ("down", "up") and ol.option_count:
+            event.stop()
+            step = 1 if event.key == "down" else -1
+            ol.highlighted = ((ol.highlighted or 0) + step) % ol.option_count
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
@@ -106,7 +119,10 @@ class PresetScreen(ModalScreen[Path | None]):
     def on_input_submitted(self, event: OrderedInput.Submitted) -> None:
         event.stop()
         text = event.value.strip()
-        if not text:
+        if not text:  # the preset highlighted in the list
+            ol = self.query_one("#presets-list", OptionList)
+            if ol.highlighted is not None:
+                self.dismiss(Path(ol.get_option_at_index(ol.highlighted).id))
             return
         try:  # a path, or a shipped preset's name (as `tjac run` and `tjac --preset` take)
             path = find_preset(text)
@@ -133,8 +149,8 @@ class PresetPicker(Static, can_focus=True):
 
 
 class SaveAsScreen(ModalScreen[Path | None]):
-    """Save the edited config as a new preset: a name (saved next to the current directory) or
-    a path. Enter saves, Escape cancels; a refusal stays on screen with its reason."""
+    """Save the edited config as a new preset: a name (NAME.toml in the current folder, where
+    ``tjac run NAME`` finds it) or a path; the config's ``name`` becomes the file's. Enter saves, Escape cancels; a refusal stays on screen with its reason."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
@@ -151,7 +167,8 @@ class SaveAsScreen(ModalScreen[Path | None]):
             yield Static("", id="saveas-msg")
 
     def on_mount(self) -> None:
-        self.query_one("#save-path", OrderedInput).focus()
+        self.set_focus(self.query_one("#save-path", OrderedInput))
+        self.app.release_keys()  # the keys typed since ctrl+s go to the name box
 
     def on_input_submitted(self, event: OrderedInput.Submitted) -> None:
         event.stop()
@@ -163,6 +180,17 @@ class SaveAsScreen(ModalScreen[Path | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+def run_name(path: Path) -> str:
+    """What to type after ``tjac run`` for the preset at ``path``: its bare name where
+    that finds it (the current folder), else its path."""
+    try:
+        if find_preset(path.stem).resolve() == path.resolve():
+            return path.stem
+    except NotFound:
+        pass
+    return str(path)
 
 
 class SetupPane(Vertical):
@@ -592,10 +620,13 @@ class SetupPane(Vertical):
 
     # ---- find a field ----------------------------------------------------------------------
     def holds_keys_after(self, key: str) -> bool:
-        """The keys after ``/`` (out of a text box) and after Enter in the search box wait
-        until the focus is where those keys take it: the search box, the field found (see
+        """The keys after ``/`` (out of a text box), after Enter in the search box and after
+        ctrl+o or ctrl+s wait until the focus is where those keys take it: the search box, the
+        field found, the dialog's box (see
         :meth:`TjacApp.on_event <tjac_tui.app.TjacApp.on_event>`)."""
         focused = self.app.focused
+        if key in ("ctrl+o", "ctrl+s"):  # until the dialog's box has the focus
+            return True
         if key == "slash":
             return not isinstance(focused, Input)
         return key == "enter" and getattr(focused, "id", None) == "field-search"
@@ -678,10 +709,6 @@ class SetupPane(Vertical):
         text = text.strip()
         if not text:
             return None, "type a file name for the new preset first"
-        try:
-            cfg = self.config()
-        except config_mod.ConfigError as e:
-            return None, str(e)
         path = Path(text).expanduser().absolute()
         if path.is_dir():  # a folder: the preset goes into it, under the suggested name
             path = path / f"{self.preset_path.stem if self.preset_path else 'preset'}-edited"
@@ -689,6 +716,13 @@ class SetupPane(Vertical):
             path = path.with_name(path.name + ".toml")
         if path.exists():
             return None, f"{path}: exists; pick another name"
+        old_name = self.values.get("name")
+        self.values["name"] = path.stem  # the preset's runs are named after it
+        try:
+            cfg = self.config()
+        except config_mod.ConfigError as e:
+            self.values["name"] = old_name
+            return None, str(e)
         above = path.parent
         while not above.exists():
             above = above.parent
@@ -702,13 +736,15 @@ class SetupPane(Vertical):
             return None, f"{path}: cannot write: {e.strerror or e}"
         self.preset_path = path
         self.loaded = dict(self.values)
-        for f in self._fields.values():
-            f.set_value(f.value, loaded=f.value)
+        for key, f in self._fields.items():
+            value = self.values[key] if key == "name" else f.value
+            f.set_value(value, loaded=value)
         self.presets.append(path)
         self._show_preset()
         self._refresh_status()
-        self.set_status(f"saved {path}", "green")
-        self.app.notify(f"preset saved: {path}")
+        said = f"saved {path}; run it with: tjac run {run_name(path)}"
+        self.set_status(said, "green")
+        self.app.notify(said, markup=False)
         return path, None
 
     def action_start(self) -> Path | None:
