@@ -333,6 +333,28 @@ def test_save_as_a_bare_name_is_found_by_tjac_run_and_names_the_runs(tmp_path, m
 # Live like a monitor
 
 
+def test_the_rate_is_named_columns_per_second_wherever_it_is_shown():
+    """Live, its log and the CLI's bars name J's rate one way, ``columns/s`` (whole columns
+    through training; the plan's probe rate is column-steps/s): they said "col/s"."""
+    from tjac_tui.progress import RichProgress
+    from tjac_tui.state import LiveState
+    from tjac_tui.widgets.progress import progress_text
+
+    ev = {"event": "jacobian_chunk", "chunk": 0, "done": 64, "total": 1210, "rate": 95.25,
+          "eta": 12.0}
+    assert "95.2 columns/s" in progress_text({"done": 64, "total": 1210, "rate": 95.25}).plain
+    st = LiveState()
+    st.apply(ev)
+    assert any("95.2 columns/s" in line.text for line in st.log)
+    import io
+
+    from rich.console import Console
+
+    bars = RichProgress(Console(file=io.StringIO(), width=120))
+    bars(ev)
+    assert bars.progress.tasks[0].fields["info"] == "95.2 columns/s"
+
+
 def test_sparklines_hold_the_loss_of_metrics_and_the_column_rates(quick_session):
     async def go():
         app = TjacApp(sessions_dir=quick_session.parent, session=quick_session.name)

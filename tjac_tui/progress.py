@@ -57,7 +57,7 @@ class RichProgress:
         elif kind == "jacobian_chunk":
             rate = ev.get("rate") or 0
             self.progress.update(self._task("jacobian", ev["total"]), completed=ev["done"],
-                                 info=f"{rate:.1f} col/s")
+                                 info=f"{rate:.1f} columns/s")
         elif kind == "stage_start" and ev["stage"] in ("svd", "spectrum"):
             self._task(ev["stage"], None)
         elif kind == "snapshot_start":

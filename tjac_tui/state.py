@@ -150,7 +150,7 @@ class LiveState:
             changed.add("jac")
             rate = ev.get("rate")
             log(f"jacobian chunk {ev.get('chunk')} (rank {r}): {done}/{total} columns"
-                + (f", {rate:.1f} col/s on this rank" if rate else ""))
+                + (f", {rate:.1f} columns/s on this rank" if rate else ""))
         elif kind == "jacobian_chunk":
             self.jac.update({k: ev.get(k) for k in ("done", "total", "rate", "eta")})
             self.jac["last_chunk"] = ev.get("chunk")
@@ -162,7 +162,7 @@ class LiveState:
             changed.add("jac")
             rate = ev.get("rate")
             log(f"jacobian chunk {ev.get('chunk')}: {ev.get('done')}/{ev.get('total')} columns"
-                + (f", {rate:.1f} col/s" if rate else ""))
+                + (f", {rate:.1f} columns/s" if rate else ""))
         elif kind == "matfree_progress":
             st = self.stages.setdefault("matfree", {})
             st["note"] = f"{ev.get('phase')} {ev.get('jvp', 0) + ev.get('vjp', 0)}"
