@@ -225,33 +225,12 @@ def slow_matches(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("mode", ["press", "burst", "slow"])
-def test_field_search_typed_at_any_speed_lands_on_the_field(mode, tmp_path, monkeypatch):
-    """``/epochs`` and Enter, however the keys arrive, reach the search in order and Enter
-    jumps to train.epochs (a burst opened an empty search box; with Enter in it, the focus
-    went elsewhere)."""
-    if mode == "slow":
-        slow_matches(monkeypatch)
-
-    async def go():
-        app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
-        async with running(app, (80, 24)) as pilot:
-            setup = app.query_one(SetupPane)
-            await until(pilot, lambda: app.panes_ready and "train.epochs" in setup.fields(),
-                        what="the train fields")
-            await send(app, pilot, SEARCH_KEYS, mode)
-            epochs = setup.field("train.epochs")
-            await until(pilot, lambda: app.focused is epochs.input, timeout=10,
-                        what="the focus on train.epochs")
-            assert app.query_one("#field-search").value == "epochs"
-            assert not app.query_one("#setup-search").display
-    run(go())
-
-
-@pytest.mark.parametrize("mode", ["burst", "slow"])
-def test_an_edit_typed_after_the_search_changes_that_field_and_never_name(mode, tmp_path,
+def test_field_search_typed_at_any_speed_lands_on_the_field_and_edits_it(mode, tmp_path,
                                                                          monkeypatch):
-    """``/epochs``, Enter, End, Backspace, 5 in one go: train.epochs becomes 5 and name stays
-    "quick" (under load the jump landed on name, and the edit made it "q")."""
+    """``/epochs``, Enter, End, Backspace, 5, however the keys arrive, reach the search and
+    then train.epochs in order: it becomes 5 and name stays "quick" (a burst opened an empty
+    search box; with Enter in it the focus went elsewhere; under load the jump landed on name,
+    and the edit made it "q")."""
     if mode == "slow":
         slow_matches(monkeypatch)
 
@@ -265,9 +244,11 @@ def test_an_edit_typed_after_the_search_changes_that_field_and_never_name(mode, 
             await until(pilot, lambda: setup.values["train.epochs"] == 5, timeout=10,
                         what="train.epochs = 5")
             await pilot.pause(0.2)
+            assert app.focused is setup.field("train.epochs").input
             assert setup.values["name"] == "quick"
             assert setup.field("train.epochs").input.value == "5"
             assert app.query_one("#field-search").value == "epochs"
+            assert not app.query_one("#setup-search").display
     run(go())
 
 
