@@ -198,3 +198,141 @@ def test_run_refuses_json_without_plan_and_a_sweep_preset(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has a [sweep]" in err and "tjac sweep sweep-width" in err
     assert not any(tmp_path.iterdir())
+
+
+# ---- tables at 80 columns ----------------------------------------------------------------------
+
+
+def at_80(renderable) -> list[str]:
+    """What a terminal of 80 columns shows of ``renderable``."""
+    import io
+
+    from rich.console import Console
+
+    c = Console(width=80, record=True, file=io.StringIO())
+    c.print(renderable)
+    return c.export_text().splitlines()
+
+
+def test_the_regions_table_at_80_columns_shows_every_value_whole():
+    """The range of the bulk read ``0.9990079 .. 1.0009…`` and the region names ``chao…`` in
+    a terminal of 80 columns; now every cell is whole, u.v and the subspace cosine too."""
+    from engine.spectrum import region_rows, summarize
+    from tjac_tui.cli import regions_table
+
+    rng = np.random.default_rng(0)
+    S = np.concatenate([1 + rng.uniform(1.1e-3, 1.6, 322), 1 + rng.uniform(-9.99e-4, 9.99e-4, 395),
+                        rng.uniform(0.006, 0.998, 493)])
+    S = np.sort(S)[::-1]
+    eye = np.eye(len(S))
+    summary = summarize(S, eye, eye, tol=1e-3)
+    lines = at_80(regions_table(summary, 80))
+    assert max(map(len, lines)) <= 80 and not any("…" in x for x in lines)
+    for r in region_rows(summary):
+        line = next((x for x in lines if x.startswith(r["region"])), "")
+        assert line, (r["region"], lines)
+        assert r["s range"] in line
+        for c in ("count", "indices", "fraction", "u.v mean", "subspace cos"):
+            assert str(r[c]) in line.split(), (c, line)
+
+
+def test_the_sweep_table_at_80_columns_is_one_block_a_point():
+    """``tjac sweep``'s table of 12 columns cut the point names, values, P and s_1 to ``…``
+    at 80 columns; each point is a block of ``column  value`` lines there instead."""
+    from engine.present.views import View
+    from tjac_tui.cli import view_table
+
+    cols = ["point", "values", "status", "P", "steps", "test acc", "s_1",
+            "chaotic (tol=0.001)", "bulk (tol=0.001)", "stable (tol=0.001)", "bulk u.v",
+            "time (s)"]
+    rows = [[f"lr-{lr}-momentum-0.9", f"lr={lr}, momentum=0.9", "done", "1,210", "16", "0.912",
+             "2.55227", "322 (26.6%)", "395 (32.6%)", "493 (40.7%)", "0.9999", "81"]
+            for lr in ("0.05", "0.1", "0.2")]
+    v = View("sweep.points", "Points", [], columns=cols, rows=rows, note="regions at bulk_tol")
+    lines = at_80(view_table(v, 80, "lr-grid: 3 points"))
+    assert max(map(len, lines)) <= 80 and not any("…" in x for x in lines)
+    text = "\n".join(lines)
+    for r in rows:
+        assert f"point {r[0]}" in text
+        for c, x in zip(cols[1:], r[1:]):
+            assert re.search(rf"^  {re.escape(c)} +{re.escape(x)} *$", text, re.M), (c, x)
+
+
+@pytest.mark.slow
+def test_tjac_run_quick_in_a_terminal_of_80_columns(tmp_path):
+    """The user's path: ``tjac run quick`` in a terminal (a pty) of 80 columns prints its
+    regions table with the bulk's range whole and nothing cut to ``…``."""
+    import pty
+
+    out = tmp_path / "out"
+    code = ("import fcntl, os, pty, struct, sys, termios\n"
+            "pid, fd = pty.fork()\n"
+            "if pid == 0:\n"
+            "    os.execvp(sys.executable, [sys.executable, '-m', 'tjac_tui.cli', 'run', "
+            "'quick', '--sessions', sys.argv[1], '--set', 'data.n_train=128', "
+            "'--set', 'train.epochs=1'])\n"
+            "fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 80, 0, 0))\n"
+            "data = b''\n"
+            "while True:\n"
+            "    try:\n"
+            "        d = os.read(fd, 65536)\n"
+            "    except OSError:\n"
+            "        break\n"
+            "    if not d:\n"
+            "        break\n"
+            "    data += d\n"
+            "_, status = os.waitpid(pid, 0)\n"
+            "open(sys.argv[2], 'wb').write(data)\n"
+            "sys.exit(os.waitstatus_to_exitcode(status))\n")
+    assert pty  # (the child forks one)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s"), str(out)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.read_bytes().decode())
+    from engine.spectrum import region_rows
+
+    rows = region_rows(Session(tmp_path / "s" / "quick").spectrum())
+    table = text[text.index("P = "):]
+    assert "…" not in table
+    for r in rows:
+        line = next((x for x in table.splitlines() if x.startswith(r["region"])), "")
+        assert line, (r["region"], table)
+        assert r["s range"] in line and r["u.v mean"] in line and r["subspace cos"] in line
+
+
+# ---- the error boundary ------------------------------------------------------------------------
+
+
+def test_a_closed_pipe_is_quiet_and_exit_141(tmp_path, monkeypatch, capsys):
+    """``tjac schema | head -c 1``: the reader has gone; no "Broken pipe" line and no exit 1
+    (it printed "Broken pipe", exit 1), but exit 141 as for a command killed by SIGPIPE."""
+    r, w = os.pipe()
+    os.close(r)
+    monkeypatch.setattr(sys, "stdout", open(w, "w"))
+    assert main(["schema"]) == 141
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_plan_into_head_is_quiet(tmp_path):
+    """``tjac run quick --plan | head -1``: the first line, then nothing on stderr but the
+    probe's note, and exit 141."""
+    p = subprocess.Popen([sys.executable, "-m", "tjac_tui.cli", "run", "quick", "--plan",
+                          "--sessions", str(tmp_path)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().startswith("P = ")
+    p.stdout.close()  # as head does after its line
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 141
+    assert "Broken pipe" not in err and "Traceback" not in err, err
+
+
+def test_a_missing_session_names_each_place_looked_once(tmp_path, capsys):
+    """An absolute path that is no session was "looked in X and X"."""
+    gone = tmp_path / "gone"
+    assert main(["resume", str(gone), "--sessions", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"{gone}: no such session (looked in {gone})"
+    assert main(["resume", "gone", "--sessions", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"gone: no such session (looked in gone and {tmp_path / 'gone'})"

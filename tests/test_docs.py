@@ -459,3 +459,40 @@ def test_the_jax_comparison_is_told_where_the_reference_is():
     assert r.returncode == 2
     assert r.stdout.strip() == ("--against-jax needs --reference PATH, the JAX reference script "
                                 "(not part of this repository)")
+
+
+def test_the_lenet_plan_examples_are_what_the_plan_prints(tmp_path):
+    """docs/conv.md's two ``tjac run lenet5-digits28 --plan`` examples: every line is one the
+    program prints for that command (the sizes as they are; the verdict and the probe's lines
+    in their form, their figures being the documenting machine's), none it no longer prints."""
+    from dataclasses import replace
+
+    from engine import control
+
+    text = (REPO / "docs" / "conv.md").read_text()
+    blocks = re.findall(r"```console\n\$ (tjac run lenet5-digits28 --plan[^\n]*)\n(.*?)```",
+                        text, re.S)
+    assert len(blocks) == 2
+    for command, out in blocks:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        cfg = control.prepare(find_preset(args.preset), args.set, device=args.device)
+        report = control.plan_report(cfg, tmp_path)
+        lines = out.strip().splitlines()
+        n = len(report.plan_lines)
+        assert lines[:n] == report.plan_lines, command
+        verdict, rest = lines[n], lines[n + 1:]
+        if verdict.startswith("does not fit: "):
+            assert report.fits.split(" and ")[0] == verdict.split(" and ")[0]
+            assert rest == replace(report, fit=False).probe_lines()
+            continue
+        assert re.fullmatch(r"fits in sessions: yes \([0-9.]+ [kMGT]?B free\)", verdict)
+        assert rest[0] == control.probing_text(cfg.spectrum.method)
+        dev, chunk = re.fullmatch(r"device (\w+): chunks of (\d+) columns", rest[1]).groups()
+        rate, _ = re.fullmatch(r"probe: ([0-9.]+) column-steps/s -> J in about (\S+)",
+                               rest[2]).groups()
+        jacobian_s = report.P * report.steps / float(rate)
+        probe = {"device": dev, "chunk": int(chunk), "column_steps_per_s": float(rate),
+                 "jacobian_s": jacobian_s}
+        shown = replace(report, fit=True, probe=probe).probe_lines()
+        assert [re.sub(r"about \S+", "", x) for x in rest[1:]] == \
+            [re.sub(r"about \S+", "", x) for x in shown]

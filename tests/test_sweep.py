@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -345,6 +346,16 @@ def test_compare_pane_shows_a_sweep(tmp_path):
             x, y = data["lr=0.2"]
             np.testing.assert_allclose(x, [3, 5])  # (a linear axis: 5 / 3 < 8)
             assert y[1] == pytest.approx(comp["points"][3]["fractions"]["bulk"])
+            # a session ticked with the sweep is not compared: the head says so (it was
+            # dropped without a word)
+            shutil.copytree(st.sessions()[0][1].path, tmp_path / "solo")
+            await pilot.press("5", "6")  # (the lists are read again as a pane opens)
+            await until(pilot, lambda: str(tmp_path / "solo") in pane.choices,
+                        what="the session among the choices")
+            pane.select([SWEEP + str(st.path), str(tmp_path / "solo")])
+            head = app.query_one("#compare-head")
+            await until(pilot, lambda: "Not in this comparison: 1 more ticked (solo)"
+                        in str(head.render()), what="the session named as left out")
     asyncio.run(go())
 
 

@@ -218,6 +218,8 @@ def test_open_finished_session_live_regions_spectrum(finished):
 
 
 def test_regions_table_at_80x24(finished):
+    """At 80 columns every value of the table is on screen, u.v and the subspace cosine too
+    (they were past the right edge, behind a sideways scroll), none cut short."""
     async def go():
         app = TjacApp(sessions_dir=finished.parent, session=finished.name)
         async with running(app, (80, 24)) as pilot:
@@ -225,6 +227,16 @@ def test_regions_table_at_80x24(finished):
             await until(pilot, lambda: app.regions_rows() == expected_rows(finished),
                         what="the regions table")
             assert app.query_one(RegionsPane).summary == Session(finished).spectrum()
+            await pilot.pause(0.1)
+            lines = screen_lines(app)
+            for r in region_rows(Session(finished).spectrum()):
+                line = next((x for x in lines if x.lstrip("│ ").startswith(r["region"])), "")
+                assert line, (r["region"], lines)
+                cells = line.split()
+                for c in ("count", "indices", "fraction", "u.v mean", "subspace cos"):
+                    assert str(r[c]) in cells, (c, line)
+                assert r["s range"] in line, line
+            assert any("u.v" in x for x in lines) and any("subspace" in x for x in lines)
     run(go())
 
 
@@ -237,7 +249,7 @@ def test_export_writes_the_report(finished):
             await pilot.press("e")
             await until(pilot, lambda: app.last_report is not None, what="the report")
             assert app.last_report == finished / "report.md"
-            assert str(app.last_report) in app.sub_title
+            assert app.sub_title == finished.name  # (it kept "report: PATH" for good)
     run(go())
     text = (finished / "report.md").read_text()
     summary = Session(finished).spectrum()

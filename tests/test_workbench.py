@@ -195,8 +195,145 @@ def test_keys_sent_in_a_burst_arrive_whole(tmp_path):
     run(go())
 
 
+SEARCH_KEYS = ["slash", *"epochs", "enter"]
+
+
+async def send(app, pilot, keys, mode: str) -> None:
+    """Keys as a terminal delivers them: ``press`` (Pilot, no pauses), ``burst`` (all queued
+    before the first is handled, as after an ssh lag), ``slow`` (0.08 s apart to an app that
+    takes longer than that to handle a key of the search)."""
+    if mode == "press":
+        await pilot.press(*keys)
+        return
+    for k in keys:
+        app.post_message(events.Key(k, k if len(k) == 1 else None))
+        if mode == "slow":
+            await asyncio.sleep(0.08)
+
+
+def slow_matches(monkeypatch) -> None:
+    """Each key in the search box costs 0.12 s (a loaded machine, a long key list)."""
+    import time
+
+    matches = SetupPane.matches
+
+    def slow(self, text):
+        time.sleep(0.12)
+        return matches(self, text)
+
+    monkeypatch.setattr(SetupPane, "matches", slow)
+
+
+@pytest.mark.parametrize("mode", ["press", "burst", "slow"])
+def test_field_search_typed_at_any_speed_lands_on_the_field_and_edits_it(mode, tmp_path,
+                                                                         monkeypatch):
+    """``/epochs``, Enter, End, Backspace, 5, however the keys arrive, reach the search and
+    then train.epochs in order: it becomes 5 and name stays "quick" (a burst opened an empty
+    search box; with Enter in it the focus went elsewhere; under load the jump landed on name,
+    and the edit made it "q")."""
+    if mode == "slow":
+        slow_matches(monkeypatch)
+
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
+        async with running(app, (80, 24)) as pilot:
+            setup = app.query_one(SetupPane)
+            await until(pilot, lambda: app.panes_ready and "train.epochs" in setup.fields(),
+                        what="the train fields")
+            await send(app, pilot, [*SEARCH_KEYS, "end", "backspace", "5"], mode)
+            await until(pilot, lambda: setup.values["train.epochs"] == 5, timeout=10,
+                        what="train.epochs = 5")
+            await pilot.pause(0.2)
+            assert app.focused is setup.field("train.epochs").input
+            assert setup.values["name"] == "quick"
+            assert setup.field("train.epochs").input.value == "5"
+            assert app.query_one("#field-search").value == "epochs"
+            assert not app.query_one("#setup-search").display
+    run(go())
+
+
+def test_a_search_in_a_group_not_built_yet_takes_the_keys_typed_meanwhile(tmp_path):
+    """``/hidden``, Enter, End, Left and ``,4`` in one burst: model's group is built during the
+    jump, and the keys typed meanwhile go to model.hidden when it has the focus."""
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
+        async with running(app, (80, 24)) as pilot:
+            setup = app.query_one(SetupPane)
+            await until(pilot, lambda: app.panes_ready, what="the panes")
+            assert "model.hidden" not in setup.fields()
+            await send(app, pilot, ["slash", *"hidden", "enter", "end", "left", *",4"], "burst")
+            await until(pilot, lambda: setup.values["model.hidden"] == [16, 4], timeout=10,
+                        what="model.hidden = [16, 4]")
+            assert setup.values["name"] == "quick"
+    run(go())
+
+
+def test_ctrl_o_then_a_path_typed_at_once_loads_it(tmp_path):
+    """ctrl+o and a preset's name typed straight after it, Enter: that preset is loaded (the
+    focus was on the list, and the name was lost)."""
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path, preset=str(QUICK))
+        async with running(app, (80, 24)) as pilot:
+            setup = app.query_one(SetupPane)
+            await until(pilot, lambda: app.panes_ready, what="the panes")
+            await send(app, pilot, ["ctrl+o", *"sweep-width", "enter"], "burst")
+            await until(pilot, lambda: setup.preset_path is not None
+                        and setup.preset_path.name == "sweep-width.toml", timeout=10,
+                        what="the preset typed")
+    run(go())
+
+
+def test_save_as_a_bare_name_is_found_by_tjac_run_and_names_the_runs(tmp_path, monkeypatch):
+    """ctrl+s, a bare name, Enter: NAME.toml is where ``tjac run NAME`` finds it, the status
+    says so, and the config's name is NAME (it stayed "quick", and `tjac run NAME` found
+    nothing)."""
+    from tjac_tui.locations import find_preset
+
+    monkeypatch.chdir(tmp_path)
+
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path / "s", preset=str(QUICK))
+        async with running(app, (80, 24)) as pilot:
+            setup = app.query_one(SetupPane)
+            await until(pilot, lambda: app.panes_ready, what="the panes")
+            name = await setup.reveal("name", focus=False)
+            await send(app, pilot, ["ctrl+s", "ctrl+u", *"mine", "enter"], "burst")
+            await until(pilot, lambda: setup.preset_path is not None
+                        and setup.preset_path.name == "mine.toml", timeout=10,
+                        what="the preset saved")
+            assert setup.preset_path == tmp_path / "mine.toml"
+            assert "tjac run mine" in setup.status_text
+            assert setup.values["name"] == "mine" and name.input.value == "mine"
+            assert setup.modified_keys() == []
+    run(go())
+    assert find_preset("mine").resolve() == tmp_path / "mine.toml"
+    assert config_mod.load(tmp_path / "mine.toml").name == "mine"
+
+
 # --------------------------------------------------------------------------------------------
 # Live like a monitor
+
+
+def test_the_rate_is_named_columns_per_second_wherever_it_is_shown():
+    """Live, its log and the CLI's bars name J's rate one way, ``columns/s`` (whole columns
+    through training; the plan's probe rate is column-steps/s): they said "col/s"."""
+    from tjac_tui.progress import RichProgress
+    from tjac_tui.state import LiveState
+    from tjac_tui.widgets.progress import progress_text
+
+    ev = {"event": "jacobian_chunk", "chunk": 0, "done": 64, "total": 1210, "rate": 95.25,
+          "eta": 12.0}
+    assert "95.2 columns/s" in progress_text({"done": 64, "total": 1210, "rate": 95.25}).plain
+    st = LiveState()
+    st.apply(ev)
+    assert any("95.2 columns/s" in line.text for line in st.log)
+    import io
+
+    from rich.console import Console
+
+    bars = RichProgress(Console(file=io.StringIO(), width=120))
+    bars(ev)
+    assert bars.progress.tasks[0].fields["info"] == "95.2 columns/s"
 
 
 def test_sparklines_hold_the_loss_of_metrics_and_the_column_rates(quick_session):

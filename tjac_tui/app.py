@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Iterable
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
@@ -127,6 +128,50 @@ class TjacApp(App):
         self._status = None
         self._locked = False
         self._checking: set[Path] = set()  # sessions whose resume is being checked
+        self._key_hold = None  # the timer that ends a hold of the keys (see hold_keys)
+        self._held_keys: deque[events.Key] = deque()  # keys that came in during a hold
+
+    # ---- keys in order ---------------------------------------------------------------------
+    # Textual hands each key to the widget with the focus as it comes in, but runs a binding
+    # (``/`` opens the field search) only once the key has bubbled back up to the app, and
+    # moves the focus a moment later still: the keys typed right after it (a burst over ssh,
+    # a paste of keystrokes) went to the old focus. A widget on the focus chain whose
+    # ``holds_keys_after(key)`` says so makes the app hold the keys that follow that one
+    # until it calls :meth:`release_keys` (the new focus in place), then hand them on in
+    # order, as if they had come in then.
+    KEY_HOLD_LIMIT = 10.0  # seconds: a hold nobody releases ends by itself
+
+    async def on_event(self, event: events.Event) -> None:
+        if not isinstance(event, events.Key) or event.is_forwarded:
+            await super().on_event(event)
+        elif self._key_hold is not None or self._held_keys:
+            self._held_keys.append(event)
+        else:
+            await self._key_in(event)
+
+    async def _key_in(self, event: events.Key) -> None:
+        chain = self.focused.ancestors_with_self if self.focused is not None else []
+        if any(getattr(w, "holds_keys_after", None) and w.holds_keys_after(event.key)
+               for w in chain):
+            self.hold_keys()
+        await super().on_event(event)
+
+    def hold_keys(self) -> None:
+        """Hold the keys that come in from now until :meth:`release_keys`."""
+        if self._key_hold is not None:
+            self._key_hold.stop()
+        self._key_hold = self.set_timer(self.KEY_HOLD_LIMIT, self.release_keys)
+
+    def release_keys(self) -> None:
+        """Hand the held keys on, in order, after what is queued now (a focus change)."""
+        if self._key_hold is not None:
+            self._key_hold.stop()
+            self._key_hold = None
+        self.call_later(self._replay_keys)
+
+    async def _replay_keys(self) -> None:
+        while self._held_keys and self._key_hold is None:
+            await self._key_in(self._held_keys.popleft())
 
     # ---- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -591,8 +636,7 @@ class TjacApp(App):
         self.call_from_thread(self._exported, out, note)
 
     def _exported(self, out: Path, note: str = "") -> None:
-        self.last_report = out
-        self.sub_title = f"report: {out}"
+        self.last_report = out  # (said in a toast: the title bar keeps the session's name)
         self.notify(f"report written: {out}{note}", timeout=8, markup=False)
 
     def help_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:

@@ -17,14 +17,16 @@
     tjac schema [-o FILE]         the JSON Schema of presets (for TOML editors)
 
 Exit status: 0 done, 1 the run failed, 2 bad usage or an invalid preset (one line on stderr),
-3 interrupted (resumable). Every error reaches the user through :func:`main`, the one error
-boundary: a known failure is one line on stderr and an exit status, never a traceback.
+3 interrupted (resumable), 141 the output's reader went away (``tjac ... | head -1``: quiet,
+as a command killed by SIGPIPE). Every error reaches the user through :func:`main`, the one
+error boundary: a known failure is one line on stderr and an exit status, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from .locations import (NotFound, default_sessions_dir, find_preset, find_sessio
                         shipped_presets)
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command its pipe closed on
 
 
 def _fail(msg: str, code: int = EXIT_USAGE) -> int:
@@ -106,7 +109,7 @@ def _run_foreground(session, quiet: bool = False, device: str | None = None,
     from engine import events
     from engine.runner import EXIT_OK
 
-    from .progress import RichProgress, regions_table, view_table
+    from .progress import RichProgress
 
     err = _console(stderr=True, quiet=quiet)
     errors: list[str] = []  # the run's failure, also when the disk refused to record it
@@ -120,20 +123,79 @@ def _run_foreground(session, quiet: bool = False, device: str | None = None,
                                       nproc=nproc)
     summary = session.spectrum() if code == EXIT_OK else None
     if code == EXIT_OK and not quiet:
-        from rich.console import Console
-
-        out = Console(width=None if sys.stdout.isatty() else 120)
+        out = _out_console()
         if summary is not None:
-            out.print(regions_table(summary))
+            out.print(regions_table(summary, out.width))
         elif (session.path / "matfree.json").exists():  # a matrix-free run: its estimates
             from engine.present.views import matfree_tables
 
             for v in matfree_tables(session.read_json("matfree.json")):
-                out.print(view_table(v))
+                out.print(view_table(v, out.width))
     if code != EXIT_OK and errors:
         print(one_line(f"{session.path}: {errors[-1]}"), file=sys.stderr)
     print(session.path)
     return code
+
+
+def fitted_table(columns: list[str], rows: list[list], width: int, title: str | None = None,
+                 caption: str | None = None, right: tuple[str, ...] = ()):
+    """A rich table of ``rows`` (strings, one per column) that fits ``width`` columns with
+    every value whole: a header wider than its values wraps; where the values themselves do not
+    fit side by side, each row is a block of ``column  value`` lines instead (its first cell
+    the block's heading). ``right``: the columns aligned right (numbers)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    cells = [[str(c) for c in r] for r in rows]
+    # each column as wide as its widest value (or the longest word of its header); the
+    # columns two apart: side by side where that fits
+    widths = [max([len(w) for w in c.split()] + [len(r[i]) for r in cells])
+              for i, c in enumerate(columns)]
+    if sum(widths) + 2 * (len(widths) - 1) <= width:
+        t = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, collapse_padding=True)
+        for c, w in zip(columns, widths):
+            t.add_column(c, justify="right" if c in right else "left", width=w)
+        for r in cells:
+            t.add_row(*map(Text, r))
+        return t
+    v = Table(title=title, caption=caption, box=None, show_header=False, pad_edge=False)
+    v.add_column(style="dim", no_wrap=True)
+    v.add_column(overflow="fold")
+    for n, r in enumerate(cells):
+        if n:
+            v.add_row("", "")
+        v.add_row(Text(f"{columns[0]} {r[0]}", style="bold"), "", style="none")
+        for c, x in zip(columns[1:], r[1:]):
+            v.add_row(Text(f"  {c}"), Text(x))
+    return v
+
+
+def regions_table(summary: dict, width: int):
+    """The regions table of a ``spectrum.json`` summary, fitted to ``width`` columns."""
+    from engine.spectrum import region_rows
+
+    rows = region_rows(summary)
+    cols = [c for c in rows[0] if c != "rule"]
+    return fitted_table(cols, [[r[c] for c in cols] for r in rows], width,
+                        title=f"P = {summary['P']}   s_max = {summary['s_max']:.6g}   "
+                              f"s_min = {summary['s_min']:.3g}",
+                        caption=f"bulk: |s - 1| <= {summary['bulk_tol']:g}; chaotic above, "
+                                "stable below", right=tuple(cols[1:]))
+
+
+def view_table(v, width: int, title: str | None = None):
+    """A table view (engine.present.views.View: columns, rows, note), fitted to ``width``."""
+    return fitted_table(v.columns, v.rows, width, title=title or v.title, caption=v.note or None)
+
+
+def _out_console(pipe_width: int = 120):
+    """The console of the tables on stdout: the terminal's width, ``pipe_width`` into a
+    pipe."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else pipe_width)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -283,15 +345,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         err.print(f"report: {write_sweep_report(sw.path)}")
         comp = sw.comparison()
         if comp and not args.quiet:
-            from rich.console import Console
-
             from engine.present.views import sweep_views
 
-            from .progress import view_table
-
             v = sweep_views(sw.path)[0][2][0]
-            Console(width=None if sys.stdout.isatty() else 240).print(
-                view_table(v, f"{sw.path.name}: {len(v.rows)} points"))
+            out = _out_console(240)
+            out.print(view_table(v, out.width, f"{sw.path.name}: {len(v.rows)} points"))
     if code != EXIT_OK:
         m = sw.manifest()
         print(one_line(f"{sw.path}: {m.get('status')}" + (f" ({m['error']})" if m.get("error")
@@ -447,7 +505,12 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run it; the single error boundary of the command line."""
     args = build_parser().parse_args(argv)
     try:
-        return cmd_tui(args) if args.cmd is None else args.func(args)
+        code = cmd_tui(args) if args.cmd is None else args.func(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then this boundary's
+        return code
+    except BrokenPipeError:  # the reader went away (`tjac ... | head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error
+        return EXIT_BROKEN_PIPE  # when Python flushes stdout at exit)
     except (ConfigError, NotFound, PlanError, DataError, device_mod.DeviceError,
             control.OutputRefused) as e:
         return _fail(str(e))

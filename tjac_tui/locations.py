@@ -28,7 +28,8 @@ def shipped_presets() -> list[Path]:
 
 
 def find_preset(name: str) -> Path:
-    """A path to a TOML file, or the name of a shipped preset (``quick``, ``quick.toml``).
+    """A path to a TOML file, the name of a shipped preset (``quick``, ``quick.toml``), or a
+    bare name whose ``NAME.toml`` is in the current directory (a preset the workbench saved).
     Raises :class:`NotFound` (with the closest shipped names) when it is neither."""
     p = Path(name).expanduser()
     if p.is_file():
@@ -40,6 +41,9 @@ def find_preset(name: str) -> Path:
         shipped = REPO_PRESETS / f"{stem}.toml"
         if shipped.is_file():
             return shipped
+        here = Path(f"{stem}.toml")  # where the workbench saves a preset given a bare name
+        if p.suffix != ".toml" and here.is_file():
+            return here
     names = [q.stem for q in shipped_presets()]
     close = difflib.get_close_matches(stem, names, n=3, cutoff=0.5)
     hint = (f"; did you mean {' or '.join(close)}?" if close else
@@ -51,15 +55,16 @@ def find_session(arg: str | Path, root: Path) -> Session:
     """The session at path ``arg``, or named ``arg`` under ``root``; raises :class:`NotFound`
     saying what is there instead."""
     p = Path(arg).expanduser()
-    for cand in (p, Path(root) / p):
+    cands = list(dict.fromkeys((p, Path(root) / p)))  # one, when arg is an absolute path
+    for cand in cands:
         if (cand / "manifest.json").is_file():
             return Session(cand)
-    for cand in (p, Path(root) / p):
+    for cand in cands:
         if cand.is_dir():
             raise NotFound(f"{arg}: not a session (no manifest.json in {cand})")
         if cand.exists():
             raise NotFound(f"{arg}: not a session (a file, not a directory)")
-    raise NotFound(f"{arg}: no such session (looked in {p} and {Path(root) / p})")
+    raise NotFound(f"{arg}: no such session (looked in {' and '.join(map(str, cands))})")
 
 
 ADDED = "added-sessions.txt"  # in the sessions folder: sessions kept elsewhere, one path a line

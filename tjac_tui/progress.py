@@ -201,26 +201,3 @@ class RichProgress:
                        (f"; {headline}" if headline else ""))
         return out
 
-
-def regions_table(summary: dict, title: str | None = None) -> Table:
-    """The regions table (rich) from a ``spectrum.json`` summary."""
-    t = Table(title=title or f"P = {summary['P']}   s_max = {summary['s_max']:.6g}   "
-                             f"s_min = {summary['s_min']:.3g}",
-              caption=f"bulk: |s - 1| <= {summary['bulk_tol']:g}; chaotic above, stable below")
-    rows = spectrum.region_rows(summary)
-    cols = [c for c in rows[0] if c != "rule"]
-    for col in cols:
-        t.add_column(col, justify="left" if col == "region" else "right", no_wrap=True)
-    for r in rows:
-        t.add_row(*[str(r[c]) for c in cols])
-    return t
-
-
-def view_table(v, title: str | None = None, width: int | None = None) -> Table:
-    """A table view (engine.present.views.View: columns, rows, note) as a rich Table."""
-    t = Table(title=title or v.title, caption=v.note or None, width=width)
-    for c in v.columns:
-        t.add_column(c, no_wrap=True)
-    for r in v.rows:
-        t.add_row(*r)
-    return t

@@ -157,7 +157,7 @@ class LiveState:
                     self.rates.append(total_rate)
                 changed.add("jac")
                 log(f"jacobian chunk {ev.chunk} (rank {r}): {done}/{total} columns"
-                    + (f", {ev.rate:.1f} col/s on this rank" if ev.rate else ""))
+                    + (f", {ev.rate:.1f} columns/s on this rank" if ev.rate else ""))
             case JacobianChunk():
                 self.jac.update(done=ev.done, total=ev.total, rate=ev.rate, eta=ev.eta)
                 self.jac["last_chunk"] = ev.chunk
@@ -168,7 +168,7 @@ class LiveState:
                         self.jac[k] = getattr(ev, k)
                 changed.add("jac")
                 log(f"jacobian chunk {ev.chunk}: {ev.done}/{ev.total} columns"
-                    + (f", {ev.rate:.1f} col/s" if ev.rate else ""))
+                    + (f", {ev.rate:.1f} columns/s" if ev.rate else ""))
             case MatfreeProgress():
                 st = self.stages.setdefault("matfree", {})
                 st["note"] = f"{ev.phase} {ev.jvp + ev.vjp}"

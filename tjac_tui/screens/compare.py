@@ -163,8 +163,13 @@ class ComparePane(Horizontal):
         table = found["points"][0]
         self.columns, self.rows = table.columns, table.rows
         plots = found.get("trends", [])[:2] + found.get("spectra", [])[:1]
+        others = [p for p in selected if p != SWEEP + path]
+        left_out = (f" Not in this comparison: {len(others)} more ticked ("
+                    + ", ".join(Path(p.removeprefix(SWEEP)).name for p in others)
+                    + "): a sweep is compared alone; untick it to compare those."
+                    if others else "")
         self.query_one("#compare-head", Static).update(
-            f"sweep {Path(path).name}: {len(table.rows)} points. {table.note}")
+            f"sweep {Path(path).name}: {len(table.rows)} points. {table.note}{left_out}")
         t = self.query_one("#compare-table", DataTable)
         t.clear(columns=True)
         t.add_columns(*table.columns)

@@ -46,7 +46,7 @@ class LivePane(VerticalScroll):
                 yield Static("", id="live-ranks")
                 yield Static("", id="live-train")
                 yield Spark("loss", log=True, ascii=self.ascii, id="spark-loss")
-                yield Spark("col/s", fmt="{:.1f}", ascii=self.ascii, id="spark-rate")
+                yield Spark("columns/s", fmt="{:.1f}", ascii=self.ascii, id="spark-rate")
                 yield Static("", id="live-device")
         with Horizontal(id="live-curves"):
             yield PlotView("training curves appear as steps arrive", id="loss-plot")

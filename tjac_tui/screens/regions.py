@@ -1,5 +1,6 @@
 """Regions pane: the three regions (count, index range, singular-value range, fraction of P,
-threshold rule, alignment) and the spectrum summary (s_max, s_min, P)."""
+alignment: u . v and the subspace cosine) and the spectrum summary (s_max, s_min, P, the
+thresholds). The table fits 80 columns: no sideways scrolling to reach the alignment."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from engine.session import Session
 from ..state import unreadable_text
 from ..widgets.tables import table_text
 
-COLUMNS = ("region", "count", "indices", "s range", "fraction", "rule", "u.v mean",
-           "subspace cos")
+# (the rule of each region is in the summary line above the table: with it a column, u.v
+# and the subspace column were off the right edge of 80 columns)
+COLUMNS = ("region", "count", "indices", "s range", "fraction", "u.v mean", "subspace cos")
+# the headers on two lines, none wider than its values: the table fits 80 columns
+HEADERS = {"fraction": "% of\nP", "u.v mean": "u.v\nmean", "subspace cos": "subspace\ncos"}
 
 
 class RegionsPane(VerticalScroll):
@@ -29,13 +33,17 @@ class RegionsPane(VerticalScroll):
 
     def compose(self) -> ComposeResult:
         yield Static("no session selected", id="regions-summary")
-        yield DataTable(id="regions-table", cursor_type="row", zebra_stripes=True)
+        yield DataTable(id="regions-table", cursor_type="row", zebra_stripes=True,
+                        header_height=2)
         yield Static("", id="regions-note", classes="dim-note")
 
     def on_mount(self) -> None:
+        self._region_columns()
+
+    def _region_columns(self) -> None:
         t = self.query_one("#regions-table", DataTable)
         for c in COLUMNS:
-            t.add_column(c, key=c)
+            t.add_column(HEADERS.get(c, c), key=c)
 
     def load(self, path: Path | None) -> None:
         self.path = path
@@ -97,8 +105,7 @@ class RegionsPane(VerticalScroll):
         if self.matfree is not None:  # the columns of the regions table again
             self.matfree = None
             t.clear(columns=True)
-            for c in COLUMNS:
-                t.add_column(c, key=c)
+            self._region_columns()
         head = self.query_one("#regions-summary", Static)
         if summary is None:
             head.update(f"{path.name}: no spectrum yet (the regions appear when the run has "

@@ -2,7 +2,8 @@
 
 Fields are grouped by section in collapsible groups; a group's fields are built the first time
 it opens, so the pane (and the app) paints at once however many keys there are. ``/`` jumps to
-a field by (fuzzy) name; closed choices and booleans are Selects offering only valid values;
+a field by (fuzzy) name, with every key typed after it reaching the search box (and after
+Enter, the field) in order however fast the keys come; closed choices and booleans are Selects offering only valid values;
 the analyses are switched on and off in a list, and each one that is on has its own group.
 Every field is checked as you type with the CLI's rules, and the whole config as it changes.
 A ``*`` marks a field that differs from the loaded preset, ``>`` the field with the focus.
@@ -29,7 +30,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.fuzzy import Matcher
 from textual.screen import ModalScreen
-from textual.widgets import OptionList, Static
+from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from engine import config as config_mod, control
@@ -72,7 +73,10 @@ def short_key(key: str) -> str:
 
 
 class PresetScreen(ModalScreen[Path | None]):
-    """The shipped (and saved) presets to choose from; enter loads one, escape cancels."""
+    """The shipped (and saved) presets to choose from; enter loads one, escape cancels. The
+    focus is in the path box, so a path typed at once lands there (on the list, it was
+    lost); up and down move through the list, and enter on an empty box loads the one
+    highlighted."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
@@ -96,7 +100,17 @@ class PresetScreen(ModalScreen[Path | None]):
         keys = [str(p) for p in self.presets]
         if self.current is not None and str(self.current) in keys:
             ol.highlighted = keys.index(str(self.current))
-        ol.focus()
+        elif keys:
+            ol.highlighted = 0
+        self.set_focus(self.query_one("#preset-path", OrderedInput))
+        self.app.release_keys()  # the keys typed since ctrl+o go to the path box
+
+    def on_key(self, event) -> None:
+        ol = self.query_one("#presets-list", OptionList)
+        if event.key in ("down", "up") and ol.option_count:
+            event.stop()
+            step = 1 if event.key == "down" else -1
+            ol.highlighted = ((ol.highlighted or 0) + step) % ol.option_count
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
@@ -105,7 +119,10 @@ class PresetScreen(ModalScreen[Path | None]):
     def on_input_submitted(self, event: OrderedInput.Submitted) -> None:
         event.stop()
         text = event.value.strip()
-        if not text:
+        if not text:  # the preset highlighted in the list
+            ol = self.query_one("#presets-list", OptionList)
+            if ol.highlighted is not None:
+                self.dismiss(Path(ol.get_option_at_index(ol.highlighted).id))
             return
         try:  # a path, or a shipped preset's name (as `tjac run` and `tjac --preset` take)
             path = find_preset(text)
@@ -132,8 +149,8 @@ class PresetPicker(Static, can_focus=True):
 
 
 class SaveAsScreen(ModalScreen[Path | None]):
-    """Save the edited config as a new preset: a name (saved next to the current directory) or
-    a path. Enter saves, Escape cancels; a refusal stays on screen with its reason."""
+    """Save the edited config as a new preset: a name (NAME.toml in the current folder, where
+    ``tjac run NAME`` finds it) or a path; the config's ``name`` becomes the file's. Enter saves, Escape cancels; a refusal stays on screen with its reason."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
@@ -150,7 +167,8 @@ class SaveAsScreen(ModalScreen[Path | None]):
             yield Static("", id="saveas-msg")
 
     def on_mount(self) -> None:
-        self.query_one("#save-path", OrderedInput).focus()
+        self.set_focus(self.query_one("#save-path", OrderedInput))
+        self.app.release_keys()  # the keys typed since ctrl+s go to the name box
 
     def on_input_submitted(self, event: OrderedInput.Submitted) -> None:
         event.stop()
@@ -162,6 +180,17 @@ class SaveAsScreen(ModalScreen[Path | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+def run_name(path: Path) -> str:
+    """What to type after ``tjac run`` for the preset at ``path``: its bare name where
+    that finds it (the current folder), else its path."""
+    try:
+        if find_preset(path.stem).resolve() == path.resolve():
+            return path.stem
+    except NotFound:
+        pass
+    return str(path)
 
 
 class SetupPane(Vertical):
@@ -200,7 +229,10 @@ class SetupPane(Vertical):
         yield PresetPicker("preset: -", id="preset-picker")
         yield Static("", id="setup-status")
         yield Static("", id="setup-plan")
-        yield Vertical(id="setup-search")  # the search box, built on the first "/"
+        with Vertical(id="setup-search"):  # the search box, shown by "/"
+            yield OrderedInput(placeholder="find a field: type part of its name, enter jumps",
+                               id="field-search", compact=True)
+            yield OptionList(id="field-matches", compact=True)
         with VerticalScroll(id="setup-fields"):
             for name in BASE_SECTIONS:
                 yield self._group(name)
@@ -587,18 +619,26 @@ class SetupPane(Vertical):
         self.set_analysis(name, name in event.selection_list.selected)
 
     # ---- find a field ----------------------------------------------------------------------
-    async def action_search(self) -> None:
+    def holds_keys_after(self, key: str) -> bool:
+        """The keys after ``/`` (out of a text box), after Enter in the search box and after
+        ctrl+o or ctrl+s wait until the focus is where those keys take it: the search box, the
+        field found, the dialog's box (see
+        :meth:`TjacApp.on_event <tjac_tui.app.TjacApp.on_event>`)."""
+        focused = self.app.focused
+        if key in ("ctrl+o", "ctrl+s"):  # until the dialog's box has the focus
+            return True
+        if key == "slash":
+            return not isinstance(focused, Input)
+        return key == "enter" and getattr(focused, "id", None) == "field-search"
+
+    def action_search(self) -> None:
         box = self.query_one("#setup-search")
-        if not box.children:
-            await box.mount(OrderedInput(placeholder="find a field: type part of its name, "
-                                                     "enter jumps", id="field-search",
-                                         compact=True),
-                            OptionList(id="field-matches", compact=True))
         box.display = True
         inp = self.query_one("#field-search", OrderedInput)
         inp.value = ""
         self._matches("")
-        inp.focus()
+        self.screen.set_focus(inp)  # now: the keys held since "/" go to it
+        self.app.release_keys()
 
     def matches(self, text: str) -> list[str]:
         """Keys of the current config matching ``text`` (fuzzy), best first."""
@@ -625,12 +665,15 @@ class SetupPane(Vertical):
     @on(OrderedInput.Submitted, "#field-search")
     async def _search_submitted(self, event: OrderedInput.Submitted) -> None:
         event.stop()
-        ol = self.query_one("#field-matches", OptionList)
-        if ol.option_count == 0:
-            return
-        key = ol.get_option_at_index(ol.highlighted or 0).id
-        self.query_one("#setup-search").display = False
-        await self.reveal(key)
+        try:
+            ol = self.query_one("#field-matches", OptionList)
+            if ol.option_count == 0:
+                return
+            key = ol.get_option_at_index(ol.highlighted or 0).id
+            self.query_one("#setup-search").display = False
+            await self.reveal(key)
+        finally:  # the keys typed after Enter go to the field found (its focus is queued)
+            self.app.release_keys()
 
     @on(OptionList.OptionSelected, "#field-matches")
     async def _match_chosen(self, event: OptionList.OptionSelected) -> None:
@@ -666,10 +709,6 @@ class SetupPane(Vertical):
         text = text.strip()
         if not text:
             return None, "type a file name for the new preset first"
-        try:
-            cfg = self.config()
-        except config_mod.ConfigError as e:
-            return None, str(e)
         path = Path(text).expanduser().absolute()
         if path.is_dir():  # a folder: the preset goes into it, under the suggested name
             path = path / f"{self.preset_path.stem if self.preset_path else 'preset'}-edited"
@@ -677,6 +716,13 @@ class SetupPane(Vertical):
             path = path.with_name(path.name + ".toml")
         if path.exists():
             return None, f"{path}: exists; pick another name"
+        old_name = self.values.get("name")
+        self.values["name"] = path.stem  # the preset's runs are named after it
+        try:
+            cfg = self.config()
+        except config_mod.ConfigError as e:
+            self.values["name"] = old_name
+            return None, str(e)
         above = path.parent
         while not above.exists():
             above = above.parent
@@ -690,13 +736,15 @@ class SetupPane(Vertical):
             return None, f"{path}: cannot write: {e.strerror or e}"
         self.preset_path = path
         self.loaded = dict(self.values)
-        for f in self._fields.values():
-            f.set_value(f.value, loaded=f.value)
+        for key, f in self._fields.items():
+            value = self.values[key] if key == "name" else f.value
+            f.set_value(value, loaded=value)
         self.presets.append(path)
         self._show_preset()
         self._refresh_status()
-        self.set_status(f"saved {path}", "green")
-        self.app.notify(f"preset saved: {path}")
+        said = f"saved {path}; run it with: tjac run {run_name(path)}"
+        self.set_status(said, "green")
+        self.app.notify(said, markup=False)
         return path, None
 
     def action_start(self) -> Path | None:

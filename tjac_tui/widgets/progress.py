@@ -10,7 +10,7 @@ from ..state import fmt_seconds
 
 def progress_text(jac: dict, width: int = 30, ascii: bool = False,
                   state: str | None = None) -> Text:
-    """Two lines: ``[#####-----] 512 / 1210 cols  42.3%`` and ``95.3 col/s  ETA 7.3 s
+    """Two lines: ``[#####-----] 512 / 1210 cols  42.3%`` and ``95.3 columns/s  ETA 7.3 s
     chunks of 64, 19 in all`` (Rich text). ``state`` is the Jacobian stage's status: once it is
     no longer running, an unfinished Jacobian shows that it stopped, not an ETA."""
     total = jac.get("total")
@@ -27,7 +27,7 @@ def progress_text(jac: dict, width: int = 30, ascii: bool = False,
     t.append(f"{done} / {total} cols", style="bold")
     t.append(f"  {100 * frac:.1f}%\n")
     rate = jac.get("rate")
-    t.append(f"{rate:.1f} col/s" if rate else "- col/s")
+    t.append(f"{rate:.1f} columns/s" if rate else "- columns/s")
     eta = jac.get("eta")
     if done >= total:
         t.append("  complete")
