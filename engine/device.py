@@ -19,9 +19,9 @@
   CPU quota), and :data:`ENV_THREADS` the OpenMP wait policy a worker starts with. torch's
   OpenMP runtime is GNU libgomp, which by default spins ~300,000 iterations at every barrier
   before it sleeps: on a machine whose cores other processes share, a thread waiting for a
-  preempted sibling burns the CPU that sibling needs, and a J of small parallel regions ran
-  10-25x slower beside busy processes where its share predicts ~2-3x
-  (``benchmarks/bench_shared.py``; docs/speed.md). Passive waiting (``OMP_WAIT_POLICY=PASSIVE``)
+  preempted sibling burns the CPU that sibling needs: at a load average of ~19 on 2 cores,
+  128 columns of quick's J took 10.5 s with 2 spinning threads against 0.26 s with 2 passive
+  ones (one run of ``benchmarks/bench_shared.py``; docs/speed.md). Passive waiting (``OMP_WAIT_POLICY=PASSIVE``)
   sleeps at once; libgomp reads it once, when torch loads it, so it is set in the environment
   of the worker (:func:`worker_environment`) and by :func:`prepare_threads` before torch is
   imported (the CLI). The count is recorded in the manifest's numerics (``threads``): J's last
