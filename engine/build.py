@@ -67,14 +67,13 @@ def run_dtype(cfg: RunConfig) -> torch.dtype:
 def build(cfg: RunConfig, device: str | torch.device | None = None,
           init: str | Path | None = None) -> Built:
     """Build ``cfg`` on ``device`` (default ``cfg.device``; "auto" resolves here): set torch's
-    threads (``cfg.threads``) and the numerics (:func:`engine.device.configure`), load the
+    threads (``cfg.threads``, else one per available CPU: :func:`engine.device.run_threads`) and the numerics (:func:`engine.device.configure`), load the
     data, build the model (``cfg.seed``), make the plan, set the parameters from ``init`` (a
     ``theta0.npz`` path: a session's stored initialisation) when given, make the training
     problem (``cfg.jacobian.kernel``) and theta_0. Raises ValueError when theta_0 is not
     finite, and what the parts raise (a DeviceError for a device that is not here, a
     ConfigError or ValueError for data or a model that cannot be read)."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(device_mod.run_threads(cfg.threads))
     dev = device_mod.resolve(str(device) if device else cfg.device)
     numerics = device_mod.configure(dev, cfg.tf32)
     dtype = run_dtype(cfg)

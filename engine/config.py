@@ -296,7 +296,7 @@ class RunConfig:
     seed: int = option(0, integer(0, SEED_MAX), "seed of the initialisation and batch order")
     device: str = option("auto", _device(), "auto picks CUDA when available")
     dtype: str = option("float32", choice("float32", "float64"), "dtype of training and J")
-    threads: int = option(0, integer(0, 4096), "CPU threads for torch (0 = torch default)")
+    threads: int = option(0, integer(0, 4096), "CPU threads for torch (0 = one per available CPU)")
     tf32: bool = option(False, boolean(),
                         "allow TF32 tensor-core matrix products on CUDA (faster; a 10-bit "
                         "mantissa gives J errors of ~1e-3, the size of the bulk tolerance)")

@@ -14,6 +14,18 @@
   and deterministic algorithms (``CUBLAS_WORKSPACE_CONFIG``, cuDNN's deterministic kernels), so
   a resumed run is bitwise equal to an uninterrupted one. It returns the settings in effect,
   for the manifest.
+* :func:`run_threads` is the thread policy of a CPU run: torch's intra-op threads, never more
+  than the CPUs this process may use (:func:`available_cpus`: its affinity set and the cgroup's
+  CPU quota), and :data:`ENV_THREADS` the OpenMP wait policy a worker starts with. torch's
+  OpenMP runtime is GNU libgomp, which by default spins ~300,000 iterations at every barrier
+  before it sleeps: on a machine whose cores other processes share, a thread waiting for a
+  preempted sibling burns the CPU that sibling needs: at a load average of ~19 on 2 cores,
+  128 columns of quick's J took 10.5 s with 2 spinning threads against 0.26 s with 2 passive
+  ones (one run of ``benchmarks/bench_shared.py``; docs/speed.md). Passive waiting (``OMP_WAIT_POLICY=PASSIVE``)
+  sleeps at once; libgomp reads it once, when torch loads it, so it is set in the environment
+  of the worker (:func:`worker_environment`) and by :func:`prepare_threads` before torch is
+  imported (the CLI). The count is recorded in the manifest's numerics (``threads``): J's last
+  bits depend on it.
 * :func:`describe` names the device (model, UUID, PCI bus, memory) for the manifest and the TUI,
   which finds the same GPU in NVML by its UUID (CUDA's numbering is not NVML's).
 """
@@ -25,6 +37,14 @@ import platform
 
 ENV_FULL_FP32 = {"TORCH_ALLOW_TF32_CUBLAS_OVERRIDE": "0", "NVIDIA_TF32_OVERRIDE": "0"}
 ENV_DETERMINISTIC = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+# torch's OpenMP runtime (libgomp) waits at its barriers without spinning (see the module's
+# docstring); a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept
+ENV_THREADS = {"OMP_WAIT_POLICY": "PASSIVE"}
+OPENMP_WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+# where the CPU quota of this process's cgroup is read (v2: cpu.max "QUOTA PERIOD" or "max
+# PERIOD"; v1: cpu.cfs_quota_us, -1 for none, and cpu.cfs_period_us), and its path in them
+CGROUP_ROOT = "/sys/fs/cgroup"
+PROC_CGROUP = "/proc/self/cgroup"
 
 
 class DeviceError(ValueError):
@@ -124,12 +144,102 @@ def resolve(name: str):
 
 
 def worker_environment(tf32: bool = False) -> dict[str, str]:
-    """Environment variables a worker process starts with (before torch touches CUDA). This
-    module imports torch only inside its functions, so the TUI can start workers without it."""
+    """Environment variables a worker process starts with (before torch touches CUDA, and
+    before torch loads its OpenMP runtime: :data:`ENV_THREADS`, unless this process's
+    environment chooses an OpenMP wait policy itself). This module imports torch only inside
+    its functions, so the TUI can start workers without it."""
     env = dict(ENV_DETERMINISTIC)
     if not tf32:
         env.update(ENV_FULL_FP32)
+    if not any(k in os.environ for k in OPENMP_WAIT):
+        env.update(ENV_THREADS)
     return env
+
+
+def prepare_threads() -> bool:
+    """Put :data:`ENV_THREADS` in this process's environment, unless it chooses an OpenMP wait
+    policy already: for a process that runs J itself (``tjac run``), called before torch is
+    imported. Returns False when torch is loaded already (libgomp has read its environment: the
+    policy cannot change in this process), else True."""
+    import sys
+
+    if "torch" in sys.modules:
+        return False
+    if not any(k in os.environ for k in OPENMP_WAIT):
+        os.environ.update(ENV_THREADS)
+    return True
+
+
+def cgroup_cpus(root: str | None = None, proc: str | None = None) -> float | None:
+    """The CPUs this process's cgroup quota allows (quota / period, e.g. 1.5), or None when no
+    quota limits it: the smallest quota of its cgroup (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``
+    over ``cpu.cfs_period_us``) and those above it, up to ``root``. Files that are missing or
+    unreadable count as no quota."""
+    root, proc = root or CGROUP_ROOT, proc or PROC_CGROUP
+    paths = {"": ["/"], "cpu": ["/"]}  # cgroup version -> this process's cgroup paths
+    try:
+        with open(proc) as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    paths[""].append(path)
+                elif "cpu" in controllers.split(","):
+                    paths["cpu"].append(path)
+    except (OSError, ValueError):
+        pass
+
+    def dirs(base: str, path: str):
+        parts = [p for p in path.split("/") if p and p != ".."]
+        for i in range(len(parts), -1, -1):
+            yield os.path.join(base, *parts[:i])
+
+    def read(file: str) -> list[str] | None:
+        try:
+            with open(file) as f:
+                return f.read().split()
+        except OSError:
+            return None
+
+    limits = []
+    for path in paths[""]:  # v2
+        for d in dirs(root, path):
+            words = read(os.path.join(d, "cpu.max"))
+            if words and len(words) == 2 and words[0] != "max":
+                try:
+                    limits.append(int(words[0]) / int(words[1]))
+                except (ValueError, ZeroDivisionError):
+                    pass
+    for path in paths["cpu"]:  # v1 (mounted as cpu, or cpu,cpuacct)
+        for mount in ("cpu", "cpu,cpuacct"):
+            for d in dirs(os.path.join(root, mount), path):
+                quota = read(os.path.join(d, "cpu.cfs_quota_us"))
+                period = read(os.path.join(d, "cpu.cfs_period_us"))
+                try:
+                    if quota and period and int(quota[0]) > 0:
+                        limits.append(int(quota[0]) / int(period[0]))
+                except (ValueError, ZeroDivisionError):
+                    pass
+    return min(limits) if limits else None
+
+
+def available_cpus(affinity: set[int] | None = None, quota: float | None = None) -> int:
+    """The CPUs this process can use at once: its affinity set (``os.sched_getaffinity``, or
+    ``affinity``), capped by its cgroup's CPU quota (:func:`cgroup_cpus`, or ``quota``) rounded
+    down (a quota of 1.5 CPUs keeps 2 threads in lock-step throttled half the time), at least
+    one."""
+    n = len(affinity if affinity is not None else os.sched_getaffinity(0))
+    q = cgroup_cpus() if quota is None else quota
+    if q is not None:
+        n = min(n, int(q))
+    return max(1, n)
+
+
+def run_threads(requested: int = 0) -> int:
+    """The intra-op thread count of a CPU run: ``requested`` (a config's ``threads``) when it
+    is set, else one per available CPU (:func:`available_cpus`); torch's own default (libgomp's)
+    counts the affinity set but not the cgroup's quota, so a container given 2 of 64 cores by
+    quota would run 64 threads."""
+    return requested if requested > 0 else available_cpus()
 
 
 def configure(device, tf32: bool = False) -> dict:
@@ -170,6 +280,8 @@ def settings() -> dict:
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
         "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
         "env": {k: os.environ.get(k) for k in (*ENV_FULL_FP32, *ENV_DETERMINISTIC)},
+        "threads": torch.get_num_threads(),  # J's last bits depend on it (on the CPU)
+        "openmp": {k: os.environ.get(k) for k in OPENMP_WAIT},
     }
 
 

@@ -95,53 +95,66 @@ def auto_chunk(problem: Problem, theta0: torch.Tensor, device: torch.device,
 PROBE_CHUNKS = (64, 96, 128, 192, 256, 384, 512)
 
 
+# what one probe measurement is: the tangent loop over this many training steps, the median
+# of this many timings (after an untimed warm-up)
+PROBE_STEPS = 5
+PROBE_REPEATS = 3
+
+
 def probe_chunk(problem: Problem, theta0: torch.Tensor, cap: int | None = None,
-                steps: int = 5) -> tuple[int, dict[int, float]]:
+                steps: int = PROBE_STEPS, include: Iterable[int] = ()
+                ) -> tuple[int, dict[int, float]]:
     """The chunk size that runs fastest here: each of :data:`PROBE_CHUNKS` (up to ``cap``
-    and P) timed over ``steps`` training steps of a recorded trajectory, as a J is computed.
-    Returns (best, {chunk: column-steps per second}); best is 0 when nothing was timed (P
-    below the smallest candidate). A fraction of a second on the paper's MLP. On 2 cores the
+    and P) and each size in ``include`` (a run's own chunk, which may be below them: the conv
+    kernel's 32) timed by :func:`measure_rates` over ``steps`` training steps. Returns (best,
+    {chunk: column-steps per second}, in increasing chunk order); best is 0 when nothing was
+    timed (P below every candidate). A fraction of a second on the paper's MLP. On 2 cores the
     candidates from 96 to 384 are within ~10 % of each other and the winner moves with the
     load, so a run keeps its fixed default (J's last bits depend on the chunk size, and a
     preset should give the same J on every run); ``tjac run --plan`` prints the probe, for
     ``jacobian.chunk``."""
     P = theta0.numel()
     cap = min(P, cap or P)
-    sizes = [k for k in PROBE_CHUNKS if k <= cap]
+    sizes = sorted({k for k in PROBE_CHUNKS if k <= cap} | {min(k, P) for k in include})
     if not sizes:
         return 0, {}
-    sub = problem.truncated(min(steps, problem.steps))
-    traj = record_trajectory(sub, theta0)
-    rates = {k: measure_rate(sub, theta0, k, steps=sub.steps, repeats=2, trajectory=traj)
-             for k in sizes}
+    rates = measure_rates(problem, theta0, sizes, steps)
     return max(rates, key=rates.get), rates
 
 
-def measure_rate(problem: Problem, theta0: torch.Tensor, columns: int, steps: int = 2,
-                 repeats: int = 2, trajectory: Trajectory | None = None) -> float:
-    """Column-steps per second of the tangent loop with ``columns`` tangents on the problem's
-    device, timed over ``steps`` training steps (after one untimed warm-up), the best of
-    ``repeats``: the rate a J of these chunks runs at, replaying the recorded trajectory of
-    those steps as :func:`compute_into` does (``trajectory``: one already recorded)."""
+def measure_rates(problem: Problem, theta0: torch.Tensor, sizes: Iterable[int],
+                  steps: int = PROBE_STEPS, repeats: int = PROBE_REPEATS,
+                  trajectory: Trajectory | None = None) -> dict[int, float]:
+    """Column-steps per second of the tangent loop with each number of tangents in ``sizes``
+    on the problem's device: the rate a J of such chunks runs at, replaying the recorded
+    trajectory of the first ``steps`` training steps as :func:`compute_into` does
+    (``trajectory``: one already recorded). Every size is measured alike, so that the rates
+    compare: one untimed warm-up step each, then ``repeats`` rounds that time every size once
+    in turn (a change in the machine's load meets every size, not only the sizes timed while
+    it lasts), and the median of each size's timings."""
+    import statistics
     import time
 
     dev = theta0.device
     sub = problem.truncated(min(steps, problem.steps))
-    e = identity_columns(theta0.numel(), range(min(columns, theta0.numel())), dev,
-                         theta0.dtype)
-    train_tangents(sub.truncated(1), theta0, e)
+    sizes = [min(k, theta0.numel()) for k in sizes]
     if trajectory is None:
         trajectory = record_trajectory(sub, theta0)
-    best = float("inf")
+    for k in sizes:
+        train_tangents(sub.truncated(1), theta0,
+                       identity_columns(theta0.numel(), range(k), dev, theta0.dtype))
+    times: dict[int, list[float]] = {k: [] for k in sizes}
     for _ in range(repeats):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        train_tangents(sub, theta0, e, trajectory=trajectory)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        best = min(best, time.perf_counter() - t0)
-    return e.shape[0] * sub.steps / best
+        for k in sizes:
+            e = identity_columns(theta0.numel(), range(k), dev, theta0.dtype)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            train_tangents(sub, theta0, e, trajectory=trajectory)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            times[k].append(time.perf_counter() - t0)
+    return {k: k * sub.steps / statistics.median(t) for k, t in times.items()}
 
 
 # How torch words a failed allocation when it does not raise torch.OutOfMemoryError: the CUDA

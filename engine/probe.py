@@ -19,7 +19,9 @@ DEVICE_PROBE_N = 2000  # the size of probe()'s timed SVD on a GPU (1,000 on the 
 def probe(cfg, device: str | None = None) -> dict:
     """What a run of ``cfg`` will take here, before it starts: the plan's sizes, whether they
     fit, the chunk on this device, and times estimated from a short timed probe (a few training
-    steps of one chunk of tangents; the SVD from a timed run of the route that will run, on the
+    steps of one chunk of tangents, on the CPU also of the other chunk sizes of
+    :func:`engine.jacobian.probe_chunk`, in one measurement that gives both the run's rate and
+    the fastest chunk; the SVD from a timed run of the route that will run, on the
     device where it will run, scaled by P^3: :func:`svd_seconds`). Returns plain data:
     ``tjac run --plan`` and the Setup pane print it."""
     b = build(cfg, device)
@@ -42,15 +44,22 @@ def probe(cfg, device: str | None = None) -> dict:
         return out
     chunk = cfg.jacobian.chunk or jac_mod.auto_chunk(problem, theta0, dev, dtype)
     out["chunk"] = chunk
-    if dev.type == "cpu" and hasattr(problem.kernel, "tangent"):
-        best, rates = jac_mod.probe_chunk(problem, theta0)
-        if best:  # the fastest chunk here, for jacobian.chunk (a run keeps its default, so
-            # that the same preset gives the same J bits whatever the machine's load)
-            out["chunk_probe"] = {"best": best, "column_steps_per_s": rates}
     if dev.type == "cuda":
         out["chunk_bytes"] = jac_mod.probe_column_bytes(problem, theta0) * chunk
+    # one measurement gives both of the plan's figures, the rate J runs at and the chunk
+    # probe's table (which includes the run's chunk): timed apart, with different steps,
+    # warm-ups and repeats (one timing of 2 steps against the best of 2 of 5), they
+    # contradicted each other on a loaded machine
     t0 = time.perf_counter()
-    rate = jac_mod.measure_rate(problem, theta0, chunk, steps=2, repeats=1)
+    k = min(chunk, plan.P)
+    if dev.type == "cpu" and hasattr(problem.kernel, "tangent"):
+        best, rates = jac_mod.probe_chunk(problem, theta0, include=(k,))
+        # the fastest chunk here, for jacobian.chunk (a run keeps its default, so that the
+        # same preset gives the same J bits whatever the machine's load)
+        out["chunk_probe"] = {"best": best, "column_steps_per_s": rates}
+        rate = rates[k]
+    else:
+        rate = jac_mod.measure_rates(problem, theta0, [k])[k]
     out["probe_seconds"] = time.perf_counter() - t0
     out["column_steps_per_s"] = rate
     out["jacobian_s"] = plan.P * plan.steps / rate

@@ -180,6 +180,8 @@ def test_plan_reports_the_chunk_probe(tmp_path, capsys):
     assert set(rates) == {64, 96, 128, 192, 256, 384, 512}  # all <= P = 1210
     assert cp["best"] == max(rates, key=rates.get) and min(rates.values()) > 0
     assert out["chunk"] == 128  # a run keeps the kernel's default
+    # one measurement: the plan's rate is the table's figure for the run's chunk
+    assert out["column_steps_per_s"] == rates[128]
     assert main(["run", "quick", "--plan", "--set", "device=cpu",
                  "--sessions", str(tmp_path)]) == 0
     text = capsys.readouterr().out

@@ -44,6 +44,8 @@ def test_the_worker_forces_full_float32_and_determinism(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1")
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "1")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    for var in device.OPENMP_WAIT:
+        monkeypatch.delenv(var, raising=False)
     s = Session.create(tmp_path, "numerics", small(jacobian={"enabled": False}))
     worker.start_worker(s.path)
     m = wait_done(s)
@@ -54,6 +56,9 @@ def test_the_worker_forces_full_float32_and_determinism(tmp_path, monkeypatch):
     assert n["deterministic_algorithms"] is True and n["cudnn_deterministic"] is True
     assert n["env"] == {"TORCH_ALLOW_TF32_CUBLAS_OVERRIDE": "0", "NVIDIA_TF32_OVERRIDE": "0",
                         "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    # the thread count J's bits depend on, and OpenMP's passive waiting (set before torch)
+    assert n["threads"] == 1 and n["openmp"] == {"OMP_WAIT_POLICY": "PASSIVE",
+                                                 "GOMP_SPINCOUNT": None}
 
 
 def test_a_preset_can_ask_for_tf32_and_the_report_says_so(tmp_path):
@@ -69,6 +74,83 @@ def test_a_preset_can_ask_for_tf32_and_the_report_says_so(tmp_path):
     finally:
         device.configure(torch.device("cpu"))  # back to full float32 for the other tests
     assert torch.get_float32_matmul_precision() == "highest"
+
+
+# ---- the thread policy --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cgroup(tmp_path, monkeypatch):
+    """A cgroup tree made of files: ``cgroup(path, {relative file: text})`` writes the files
+    under a fake /sys/fs/cgroup and a /proc/self/cgroup naming ``path`` (v2 and v1 cpu)."""
+    def make(path: str, files: dict[str, str]) -> None:
+        root = tmp_path / "cgroup"
+        for rel, text in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        proc = tmp_path / "proc_cgroup"
+        proc.write_text(f"4:memory:{path}\n2:cpu,cpuacct:{path}\n0::{path}\n")
+        monkeypatch.setattr(device, "CGROUP_ROOT", str(root))
+        monkeypatch.setattr(device, "PROC_CGROUP", str(proc))
+    return make
+
+
+@pytest.mark.parametrize("path, files, cpus", [
+    ("/", {}, None),  # no cgroup files: no quota
+    ("/", {"cpu.max": "max 100000\n"}, None),  # v2, unlimited
+    ("/", {"cpu.max": "150000 100000\n"}, 1.5),  # v2 at the root (a container's view)
+    ("/job/a", {"cpu.max": "max 100000\n", "job/cpu.max": "400000 100000\n",
+                "job/a/cpu.max": "max 100000\n"}, 4.0),  # v2: a parent's quota limits
+    ("/", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1
+    ("/k8s/pod", {"cpu,cpuacct/k8s/pod/cpu.cfs_quota_us": "50000\n",
+                  "cpu,cpuacct/k8s/pod/cpu.cfs_period_us": "100000\n"}, 0.5),
+    ("/", {"cpu.max": "garbage\n"}, None),
+])
+def test_the_cgroup_cpu_quota_is_read_from_v1_and_v2_files(cgroup, path, files, cpus):
+    cgroup(path, files)
+    assert device.cgroup_cpus() == cpus
+
+
+@pytest.mark.parametrize("affinity, quota, threads", [
+    ({0, 1, 2, 3}, None, 4),  # the affinity set
+    ({0, 1, 2, 3}, 2.5, 2),  # a quota of 2.5 CPUs: 2 threads (never more than the CPUs)
+    ({5}, 8.0, 1),  # taskset to one CPU of a large quota
+    ({0, 1}, 0.5, 1),  # at least one
+])
+def test_a_run_takes_one_thread_per_available_cpu(monkeypatch, affinity, quota, threads):
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: affinity)
+    monkeypatch.setattr(device, "cgroup_cpus", lambda: quota)
+    assert device.available_cpus() == device.run_threads(0) == threads
+    assert device.run_threads(3) == 3  # a config's threads is kept
+
+
+def test_the_worker_waits_passively_unless_told_otherwise(monkeypatch):
+    """A worker's environment asks libgomp to sleep at its barriers (it spins ~300,000
+    iterations by default, stealing the CPU a preempted sibling thread needs); a wait policy
+    the user set is kept; ``prepare_threads`` cannot change a process that loaded torch."""
+    for var in device.OPENMP_WAIT:
+        monkeypatch.delenv(var, raising=False)
+    assert worker.child_environment()["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
+    env = worker.child_environment()
+    assert "OMP_WAIT_POLICY" not in env and env["GOMP_SPINCOUNT"] == "10000"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    assert device.prepare_threads() is False and "OMP_WAIT_POLICY" not in device.os.environ
+
+
+def test_a_run_sets_the_policys_threads_and_records_them(tmp_path, monkeypatch):
+    """``threads = 0`` is one thread per available CPU (here a quota of one), whatever torch's
+    count was, and the manifest's numerics record the count."""
+    before = torch.get_num_threads()
+    monkeypatch.setattr(device, "cgroup_cpus", lambda: 1.0)
+    torch.set_num_threads(2)
+    try:
+        s = Session.create(tmp_path, "threads", small(threads=0, jacobian={"enabled": False}))
+        assert runner.run_session(s.path) == runner.EXIT_OK
+        assert torch.get_num_threads() == 1
+        assert s.manifest()["numerics"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 # ---- device names --------------------------------------------------------------------------------

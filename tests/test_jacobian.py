@@ -183,6 +183,9 @@ def test_chunk_probe_times_the_candidates_that_fit(tiny_npz, monkeypatch):
     monkeypatch.setattr(jacobian, "PROBE_CHUNKS", (4, 8, 16, 64))
     best, rates = jacobian.probe_chunk(problem, theta0, cap=20)
     assert set(rates) == {4, 8, 16} and best == max(rates, key=rates.get)
+    # a run's chunk below the candidates (the conv kernel's 32) is timed among them
+    best, rates = jacobian.probe_chunk(problem, theta0, cap=20, include=(6,))
+    assert list(rates) == [4, 6, 8, 16] and best == max(rates, key=rates.get)
     assert all(r > 0 for r in rates.values())
     k = jacobian.auto_chunk(problem, theta0, theta0.device, theta0.dtype)
     assert k == min(39, problem.kernel.cpu_chunk)

@@ -503,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run it; the single error boundary of the command line."""
+    device_mod.prepare_threads()  # before torch loads OpenMP (`tjac run` computes J here)
     args = build_parser().parse_args(argv)
     try:
         code = cmd_tui(args) if args.cmd is None else args.func(args)
