@@ -35,9 +35,9 @@ if TYPE_CHECKING:  # numpy is imported where arrays are read: the UI starts with
     import numpy as np
 
 from . import config as config_mod
-from .files import (append_jsonl, atomic_save_npy, atomic_save_npz, atomic_write,
-                    atomic_write_json, block_digests, publish_dir, read_jsonl,
-                    remove_temp_files, sha256)
+from .files import (UnreadableFile, append_jsonl, atomic_save_npy, atomic_save_npz,
+                    atomic_write, atomic_write_json, block_digests, linked_part, publish_dir,
+                    read_jsonl, read_text, remove_links, remove_temp_files, sha256)
 
 STATUSES = ("created", "running", "done", "failed", "interrupted")
 CONFIG = "config.toml"  # checked against the manifest's digest of it (run_digest, config_digest)
@@ -46,6 +46,9 @@ DEEP_VERIFY_MAX = 1 << 30  # files larger than this: size and mtime only, unless
 # a file whose modification time changed (a copy that did not keep it: ``cp -r``) but not its
 # size is checked by its contents in a quick check when it is at most this large
 RECHECK_MAX = 64 << 20
+# the largest manifest or config.toml read: a session's records are kilobytes (a FIFO or a link
+# to /dev/zero in their place is refused as such, see engine.files.read_text)
+RECORD_MAX = 64 << 20
 WRITER_PID = ".writer.pid"  # who holds the lock, for messages (deleting it unlocks nothing)
 
 
@@ -102,6 +105,7 @@ def pid_is_worker(pid: int) -> bool:
 class Session:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.removed_links: dict[str, str] = {}  # (verify: the links it removed)
         self._lock_fd: int | None = None
 
     # ---- creation and discovery ---------------------------------------------------------
@@ -130,8 +134,8 @@ class Session:
     def config(self) -> config_mod.RunConfig:
         p = self.path / "config.toml"
         try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
+            text = read_text(p, RECORD_MAX)
+        except (OSError, UnicodeDecodeError, UnreadableFile) as e:
             raise config_mod.ConfigError(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}"
                                          ) from None
         return config_mod.loads(text, str(p))
@@ -213,9 +217,11 @@ class Session:
         object."""
         p = self.path / "manifest.json"
         try:
-            m = json.loads(p.read_text(encoding="utf-8"))
+            m = json.loads(read_text(p, RECORD_MAX))
         except FileNotFoundError:
             raise SessionDamaged(self.path, {"manifest.json": "missing"}) from None
+        except (UnreadableFile, OSError) as e:  # a FIFO, a link to /dev/zero, gigabytes
+            raise SessionDamaged(self.path, {"manifest.json": str(e)}) from None
         except (ValueError, UnicodeDecodeError):
             raise SessionDamaged(self.path, {"manifest.json": "not valid JSON"}) from None
         if not isinstance(m, dict) or not isinstance(m.get("stages", {}), dict) \
@@ -276,7 +282,7 @@ class Session:
             self.record_file(rel, stage)
 
     def read_json(self, rel: str) -> Any:
-        return json.loads((self.path / rel).read_text())
+        return json.loads(read_text(self.path / rel))
 
     def write_npy(self, rel: str, arr: np.ndarray, stage: str | None = None) -> None:
         atomic_save_npy(self.path / rel, arr)
@@ -315,11 +321,22 @@ class Session:
         problems, moved = {}, {}
         m = self.manifest()
         files = m.get("files", {})
+        # tjac writes no link: one in a session (jacobian.npy -> a user's file, svd/ -> another
+        # session) would have the next write go through it. With the lock held they go; the
+        # files they stood for are then missing, and their stages run again
+        # (recorded, so that the run after `tjac resume`'s check still says why they are gone)
+        removed = remove_links(self.path) if refresh else {}
+        if removed:
+            m.setdefault("removed_links", {}).update(removed)
+            self.write_manifest(m)
+        self.removed_links = m.get("removed_links") or {}
         if m.get("config_digest") and (only is None or CONFIG in only):
             try:
-                text = (self.path / CONFIG).read_text(encoding="utf-8")
+                text = read_text(self.path / CONFIG, RECORD_MAX)
             except FileNotFoundError:
                 problems[CONFIG] = "missing"
+            except UnreadableFile as e:
+                problems[CONFIG] = str(e)
             except (OSError, UnicodeDecodeError):
                 problems[CONFIG] = "cannot be read"
             else:
@@ -354,9 +371,19 @@ class Session:
 
     def _check(self, rel: str, rec: dict, deep: bool | int) -> str | None:
         p = self.path / rel
+        link = linked_part(self.path, rel)
+        if link is not None:
+            return (f"{link} is a symbolic link (to {os.readlink(self.path / link)}), not what "
+                    "tjac wrote; `tjac resume` removes it and computes the file again")
         try:
             st = p.stat()
         except FileNotFoundError:
+            gone = [k for k in self.removed_links if rel == k or
+                    rel.startswith(k + "/")]
+            if gone:
+                what = "it" if gone[0] == rel else gone[0]
+                return (f"{what} was a symbolic link (to {self.removed_links[gone[0]]}): "
+                        "removed, since tjac writes only files of its own")
             return "missing"
         if st.st_size != rec.get("bytes"):
             return f"{st.st_size} bytes, {rec.get('bytes')} were written"
@@ -399,7 +426,9 @@ class Session:
         if not p.exists():
             return None
         try:
-            out = json.loads(p.read_text())
+            out = json.loads(read_text(p))
+        except UnreadableFile as e:
+            raise SessionDamaged(self.path, {"spectrum.json": str(e)}) from None
         except (ValueError, UnicodeDecodeError):
             raise SessionDamaged(self.path, {"spectrum.json": "not valid JSON"}) from None
         regions = out.get("regions") if isinstance(out, dict) else None

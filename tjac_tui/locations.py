@@ -52,7 +52,8 @@ def find_session(arg: str | Path, root: Path) -> Session:
     saying what is there instead."""
     p = Path(arg).expanduser()
     for cand in (p, Path(root) / p):
-        if (cand / "manifest.json").is_file():
+        if (cand / "manifest.json").is_file() or (cand / "manifest.json").is_symlink() or \
+                (cand / "config.toml").is_file():  # (a damaged manifest is named when read)
             return Session(cand)
     for cand in (p, Path(root) / p):
         if cand.is_dir():
