@@ -463,6 +463,15 @@ def _parse_toml(text: str, where: str) -> dict:
         raise ConfigError(f"{where}: invalid TOML: {e}") from None
     except RecursionError:
         raise ConfigError(f"{where}: invalid TOML: values nested too deeply") from None
+    except ValueError as e:  # an integer of more than 4300 digits (Python's conversion limit)
+        raise ConfigError(f"{where}: invalid TOML: {too_long(e)}") from None
+
+
+def too_long(e: ValueError) -> str:
+    """What Python's refusal to convert a huge integer string means, in one clause."""
+    if "digits" in str(e):
+        return "an integer with thousands of digits (no key takes one)"
+    return str(e)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -482,6 +491,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = raw
     except RecursionError:
         raise ConfigError(f"--set {text}: values nested too deeply") from None
+    except ValueError as e:  # (text of thousands of digits: not echoed)
+        raise ConfigError(f"--set {key}: {too_long(e)}") from None
     return parts, value
 
 

@@ -12,6 +12,9 @@
 * :func:`publish_dir` -- a directory built under a hidden temporary name and renamed into place
   whole, so a process killed while creating it leaves no half-made session behind.
 * :func:`fsync_dir` -- make a rename durable.
+* :func:`read_text` -- a record read only if it is a regular file of sane size: a FIFO, a
+  device (a link to ``/dev/zero``) or a file of gigabytes put in a session's place is one
+  :class:`UnreadableFile` naming what it is, never a read that blocks forever or eats memory.
 * :func:`read_npz` -- a user's ``.npz`` read defensively: every array's header is checked (no
   objects or pickles, the kinds of numbers asked for, the size it declares against the zip's
   record and a memory limit) before a byte of data is read, so a damaged, hostile or merely
@@ -26,6 +29,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -242,28 +246,107 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         f.write(line.encode("utf-8"))
 
 
+class UnreadableFile(ValueError):
+    """A file that is not read: not a regular file, or larger than its kind can be; ``str()``
+    is the reason (the caller names the file)."""
+
+
+KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK:
+         "a block device", stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
+
+
+def open_regular(path: str | Path, limit: int | None = None) -> int:
+    """A read-only descriptor of ``path`` if it is a regular file (of at most ``limit`` bytes);
+    :class:`UnreadableFile` otherwise (FileNotFoundError when missing). Opened without waiting
+    (a FIFO with no writer would block ``open`` itself) and checked on the descriptor, so what
+    is read is what was checked. The caller closes it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+            raise UnreadableFile(f"{kind}, not a regular file")
+        if limit is not None and st.st_size > limit:
+            raise UnreadableFile(f"{st.st_size:,} bytes, more than such a file can hold "
+                                 f"({limit:,} at most)")
+        os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def remove_links(root: str | Path) -> dict[str, str]:
+    """Remove every symbolic link under the directory ``root`` (not following any): a file or
+    a folder a writer of ``root`` would otherwise write through, into a user's file or another
+    session. Returns {path relative to root: where the link pointed}."""
+    root = Path(root)
+    out = {}
+    for d, dirs, names in os.walk(root):  # (os.walk follows no link to a folder)
+        for n in dirs + names:
+            p = Path(d) / n
+            if p.is_symlink():
+                out[str(p.relative_to(root))] = os.readlink(p)
+                p.unlink()
+    return out
+
+
+def linked_part(root: str | Path, rel: str) -> str | None:
+    """The first part of ``root / rel`` below ``root`` that is a symbolic link (``rel`` itself
+    or a folder on the way), or None."""
+    p = Path(root)
+    for part in Path(rel).parts:
+        p = p / part
+        if p.is_symlink():
+            return str(p.relative_to(root))
+    return None
+
+
+def read_text(path: str | Path, limit: int = 64 << 20) -> str:
+    """The text (UTF-8) of the regular file ``path`` of at most ``limit`` bytes;
+    :class:`UnreadableFile` when it is something else, UnicodeDecodeError when not UTF-8,
+    FileNotFoundError when missing."""
+    with os.fdopen(open_regular(path, limit), "rb") as f:
+        return f.read(limit + 1).decode("utf-8")
+
+
+# what read_jsonl reads at most per call, and the longest line it takes as a record: a log's
+# tail of gigabytes without a newline (garbage) is passed over a block at a time, not reread
+# whole at every poll
+JSONL_BLOCK = 16 << 20
+JSONL_LINE_MAX = 4 << 20
+
+
 def read_jsonl(path: str | Path, start: int = 0) -> tuple[list[dict], int]:
     """Complete lines of a JSON-lines file from byte offset ``start``; returns the records and
     the offset after the last complete line (a line still being written is left for later;
-    lines that are not JSON objects are skipped)."""
+    lines that are not JSON objects are skipped). Read a block at a time: a line longer than
+    :data:`JSONL_LINE_MAX` is garbage, passed over (its bytes are not read again by the next
+    call), and something not a regular file in the log's place reads as empty."""
+    out: list[dict] = []
+    pos, carry = start, b""
     try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read()
-    except FileNotFoundError:
-        return [], start
-    end = data.rfind(b"\n") + 1
-    out = []
-    for line in data[:end].splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out, start + end
+        f = os.fdopen(open_regular(path), "rb")
+    except (FileNotFoundError, UnreadableFile):
+        return out, start
+    with f:
+        f.seek(start)
+        while block := f.read(JSONL_BLOCK):
+            data = carry + block
+            end = data.rfind(b"\n") + 1
+            for line in data[:end].splitlines():
+                if not line.strip() or len(line) > JSONL_LINE_MAX:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue
+                if isinstance(rec, dict):
+                    out.append(rec)
+            carry, pos = data[end:], pos + end
+            if len(carry) >= JSONL_LINE_MAX:  # no line ends: garbage, passed over
+                carry, pos = b"", pos + len(carry)
+    return out, pos
 
 
 class ArchiveError(ValueError):

@@ -48,7 +48,7 @@ def bytes_per_column(problem: Problem, dtype: torch.dtype) -> int:
     P = problem.layout.size
     n_state = len(problem.optimizer.init(torch.zeros(1)))
     batch = max(len(b) for b in problem.batches)
-    widths = sum(s[0] for s in problem.layout.shapes)
+    widths = sum(s[0] if s else 1 for s in problem.layout.shapes)  # (a 0-d parameter: 1)
     item = torch.finfo(dtype).bits // 8
     return item * (P * (4 + 3 * n_state) + batch * widths * 8)
 
@@ -257,6 +257,9 @@ class JacobianStore:
         self.damaged: list[int] = []
         self.offset = 0
         self.rank = 0
+        for p in (self.path, self.progress_path):  # never written through (a user's file)
+            if p.is_symlink():
+                p.unlink()
         prog = self._read_progress()
         if prog is not None and self.path.is_file() and self._header_ok():
             for other in self._rank_records():  # left by the ranks of a distributed run
@@ -356,7 +359,7 @@ class JacobianStore:
 
     def _allocate(self) -> None:
         """Reserve the whole file on disk (a sparse file could fail mid-run on a full disk)."""
-        fd = os.open(self.path, os.O_RDWR)
+        fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
         try:
             if os.fstat(fd).st_size < self.nbytes:
                 os.ftruncate(fd, self.nbytes)
@@ -426,7 +429,7 @@ class JacobianStore:
         if rows.shape != (len(cols), self.P):
             raise ValueError(f"chunk {index}: expected ({len(cols)}, {self.P}), got {rows.shape}")
         data = memoryview(rows).cast("B")
-        fd = os.open(self.path, os.O_WRONLY)
+        fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW)
         try:
             pos, at = 0, self.offset + cols.start * self.P * self.item
             while pos < len(data):

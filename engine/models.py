@@ -139,7 +139,7 @@ class Layout:
     def unflatten(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Flat (..., P) -> tensors (..., *shape) as views where possible."""
         lead = flat.shape[:-1]
-        return tuple(c.reshape(*lead, *s)
+        return tuple(c.reshape((*lead, *s))  # (a tuple: a 0-d parameter has no sizes)
                      for c, s in zip(torch.split(flat, self.sizes, dim=-1), self.shapes))
 
     def to_npz_dict(self, tensors: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
@@ -157,10 +157,13 @@ def _lecun_init_(module: nn.Module, gen: torch.Generator) -> None:
             std = fan_in ** -0.5 / trunc_std
             w = torch.empty(layer.weight.shape, dtype=torch.float64)
             nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std, generator=gen)
-            b = torch.randn(layer.bias.shape, dtype=torch.float64, generator=gen) * fan_in ** -0.5
+            # (drawn with or without a bias, so that a layer's draws do not depend on it)
+            b = torch.randn(layer.weight.shape[0], dtype=torch.float64, generator=gen) \
+                * fan_in ** -0.5
             with torch.no_grad():
                 layer.weight.copy_(w)
-                layer.bias.copy_(b)
+                if layer.bias is not None:  # (bias=False layers: the weight alone)
+                    layer.bias.copy_(b)
 
 
 def load_user_builder(path: str):
@@ -197,6 +200,127 @@ def load_user_builder(path: str):
     return fn
 
 
+def call_user_builder(build: str, n_features: int, n_classes: int) -> nn.Module:
+    """The module ``model.build`` (``"file.py:fn"`` / ``"pkg.mod:fn"``) returns for
+    ``(n_features, n_classes)``, checked by :func:`check_parameters`. ValueError (one line)
+    when it is no module, has parameters tjac cannot train, or calls ``sys.exit`` (whose
+    status would read as tjac's own: 3 is "interrupted")."""
+    fn = load_user_builder(build)
+    try:
+        module = fn(n_features, n_classes)
+    except SystemExit as e:
+        raise ValueError(f"model.build: {build} called sys.exit({e.code})") from None
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"model.build: {build} returned {type(module).__name__}, "
+                         "not an nn.Module")
+    check_parameters(module, build)
+    return module
+
+
+def count_user_parameters(build: str, n_features: int, n_classes: int) -> int | None:
+    """P of a user model built on the meta device (shapes without memory: a 300M-parameter
+    model is counted in a moment, its 2.4 GB never allocated), with its parameters checked
+    (:func:`check_parameters`); None when the builder cannot run on the meta device (it then
+    has to be built for real)."""
+    try:
+        with torch.device("meta"):
+            module = call_user_builder(build, n_features, n_classes)
+    except ValueError:
+        raise
+    except Exception:  # noqa: BLE001 - e.g. a builder that reads values: built for real
+        return None
+    return Layout.of(module).size
+
+
+def check_parameters(module: nn.Module, build: str) -> None:
+    """ValueError naming the first parameter tjac cannot train and differentiate: J is over
+    every parameter, trained in float64 (or float32), so a parameter must be a real floating
+    point tensor that requires grad (a frozen or integer one is a buffer:
+    ``register_buffer``); and a model without parameters has no J."""
+    named = list(module.named_parameters())
+    if not named:
+        raise ValueError(f"model.build: {build} returned a module without parameters "
+                         "(P = 0): there is nothing to train")
+    for name, p in named:
+        if not p.is_floating_point():
+            raise ValueError(f"model.build: {build}: parameter {name} is {p.dtype}; tjac "
+                             "trains and differentiates real floating-point parameters only "
+                             "(a constant belongs in a buffer: register_buffer)")
+        if not p.requires_grad:
+            raise ValueError(f"model.build: {build}: parameter {name} has "
+                             "requires_grad=False, yet tjac trains and differentiates every "
+                             "parameter: hold it fixed as a buffer (register_buffer)")
+
+
+def _is_data_get(func) -> bool:
+    return getattr(func, "__name__", "") == "__get__" and \
+        getattr(func, "__self__", None) is torch.Tensor.data
+
+
+# Tensor methods that leave autodiff: forward-mode tangents stop at them, so J would miss how
+# the training depends on the value they take (a straight-through estimator's identity
+# tangent is not the derivative of the rounding that ran). No-op on a tensor not depending on
+# the parameters (an input), so only those are refused.
+UNTRACED = {torch.Tensor.detach: "Tensor.detach()", torch.Tensor.detach_: "Tensor.detach_()",
+            torch.detach: "torch.detach()", torch.Tensor.item: "Tensor.item()",
+            torch.Tensor.tolist: "Tensor.tolist()", torch.Tensor.numpy: "Tensor.numpy()",
+            torch.Tensor.__float__: "float(tensor)", torch.Tensor.__int__: "int(tensor)"}
+
+
+def _user_frame() -> str:
+    """The innermost frame of the stack outside torch and engine: where the user's code is."""
+    import traceback
+
+    skip = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)))
+    for fr in reversed(traceback.extract_stack()):
+        if not os.path.abspath(fr.filename).startswith(skip):
+            return f"{fr.filename}:{fr.lineno}"
+    return "?"
+
+
+class _Untraced(torch.overrides.TorchFunctionMode):
+    """Notes the first call of :data:`UNTRACED` (or a read of ``.data``) on a tensor that
+    depends on the parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: tuple[str, str] | None = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        what = "Tensor.data" if _is_data_get(func) else UNTRACED.get(func)
+        if what and self.found is None and args and isinstance(args[0], torch.Tensor) \
+                and args[0].requires_grad:
+            self.found = (what, _user_frame())
+        return func(*args, **(kwargs or {}))
+
+
+def check_traceable(module: nn.Module, n_features: int, n_classes: int, build: str) -> None:
+    """ValueError when a user model's forward pass (and the loss on it), run on two random
+    rows, takes a parameter-dependent value out of autodiff (:data:`UNTRACED`, ``.data``):
+    J would then be off (1-6 % relative in tests) with nothing to show it. Also refuses a
+    forward that calls ``sys.exit``."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, n_features, dtype=torch.float64, generator=gen)
+    y = torch.arange(2) % max(n_classes, 1)
+    mode = _Untraced()
+    try:
+        with mode:
+            out = module(x)
+            if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] == n_classes:
+                torch.nn.functional.cross_entropy(out, y)
+    except SystemExit as e:
+        raise ValueError(f"model.build: {build}: the forward pass called sys.exit({e.code})"
+                         ) from None
+    except Exception:  # noqa: BLE001 - the forward's own errors surface where it trains, named
+        pass
+    if mode.found:
+        what, where = mode.found
+        raise ValueError(f"model.build: {build}: the forward pass calls {what} on a value "
+                         f"that depends on the parameters ({where}); forward-mode tangents "
+                         "stop there, so J would not be the derivative of the training that "
+                         "ran: tjac refuses it (use the value itself, or a smooth surrogate)")
+
+
 def build(cfg: ModelConfig, n_features: int, n_classes: int, seed: int,
           image_shape: Sequence[int] | None = None) -> nn.Module:
     """The model with its initial parameters (float64, CPU). Deterministic given the seed.
@@ -212,11 +336,9 @@ def build(cfg: ModelConfig, n_features: int, n_classes: int, seed: int,
         if cfg.init == "lecun":
             _lecun_init_(module, torch.Generator().manual_seed(seed))
     elif cfg.build:
-        module = load_user_builder(cfg.build)(n_features, n_classes)
-        if not isinstance(module, nn.Module):
-            raise ValueError(f"model.build: {cfg.build} returned {type(module).__name__}, "
-                             "not an nn.Module")
+        module = call_user_builder(cfg.build, n_features, n_classes)
         module = module.double()
+        check_traceable(module, n_features, n_classes, cfg.build)
     else:
         module = MLP([n_features, *cfg.hidden, n_classes], cfg.activation).double()
         if cfg.init == "lecun":

@@ -122,6 +122,7 @@ class Plan:
     snapshots: list[int] = field(default_factory=list)  # steps of the snapshots of J
     snapshot_keep: str = "jacobian"
     disk: dict[str, int] = field(default_factory=dict)  # file -> bytes
+    batch_order: int = 0  # host bytes of the training's batch order (train.batch_order)
 
     def svd_route(self, device: str = "cpu") -> str:
         """The SVD route (:func:`svd_route`) on ``device`` ("cpu", "cuda", "cuda:N")."""
@@ -182,6 +183,11 @@ class Plan:
         return out
 
 
+# a user model with more parameters than this (counted on the meta device) is not built while
+# planning: its J (P^2) could not fit anywhere, and building it took minutes and gigabytes
+USER_BUILD_MAX = 20_000_000
+
+
 def count_parameters(cfg: RunConfig, n_features: int, n_classes: int,
                      image_shape=None) -> int:
     """P of a built-in architecture by arithmetic (:mod:`engine.archs`, no torch); a user
@@ -191,9 +197,13 @@ def count_parameters(cfg: RunConfig, n_features: int, n_classes: int,
             return parameter_count(cfg.model, n_features, n_classes, image_shape)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    from .models import Layout, build
+    from .models import Layout, build, count_user_parameters
 
     try:
+        P = count_user_parameters(cfg.model.build, n_features, n_classes)
+        if P is not None and P > USER_BUILD_MAX:  # counted on the meta device: no J of it
+            return P  # can fit (the plan refuses it), so it is not built for real here
+        # built for real: the module's checks (a forward pass that detaches, sys.exit)
         return Layout.of(build(cfg.model, n_features, n_classes, cfg.seed,
                                image_shape)).size
     except ValueError as e:  # the builder cannot be imported, or returns no module
@@ -262,6 +272,11 @@ def make_plan(cfg: RunConfig, ds=None, P: int | None = None) -> Plan:
                 svd_itemsize=8 if cfg.spectrum.svd_dtype == "float64" else 4,
                 svd_method=cfg.spectrum.svd_method)
     plan.disk["theta0.npz"] = plan.disk["thetaT.npz"] = 8 * P
+    # every step's row indices: an index array per epoch (three copies of it when shuffled: the
+    # permutation, its batches as tensors, their bytes as keys), a few objects per step, and
+    # the learning rate of each step
+    plan.batch_order = (t.epochs * len(ds.x_train) * 8 * (3 if t.shuffle else 1)
+                        + steps * (200 + 8))
     if jac:
         per_epoch = count_steps(len(ds.x_train), t.batch_size, 1, t.drop_last)
         plan.snapshots = snapshot_steps(cfg.jacobian, steps, per_epoch)
@@ -338,6 +353,10 @@ def check(plan: Plan, directory: Path, already: int = 0, device: str | None = "c
         raise PlanError(f"this run needs {fmt_bytes(need)} of disk ({big} alone "
                         f"{fmt_bytes(plan.disk[big])}; P = {plan.P:,}) and {directory} has "
                         f"{fmt_bytes(free)} free")
+    if plan.batch_order > available_memory():
+        raise PlanError(f"this run's {plan.steps:,} steps need {fmt_bytes(plan.batch_order)} "
+                        "of memory for their batch order alone and "
+                        f"{fmt_bytes(available_memory())} is available here: lower train.epochs")
     if plan.matfree:
         mem, need = available_memory(), sum(plan.matfree.values())
         if need > mem:

@@ -35,8 +35,9 @@ if TYPE_CHECKING:  # numpy is imported where arrays are read: the UI starts with
     import numpy as np
 
 from . import config as config_mod
-from .files import (append_jsonl, atomic_save_npy, atomic_save_npz, atomic_write,
-                    atomic_write_json, publish_dir, read_jsonl, remove_temp_files, sha256)
+from .files import (UnreadableFile, append_jsonl, atomic_save_npy, atomic_save_npz,
+                    atomic_write, atomic_write_json, linked_part, publish_dir, read_jsonl,
+                    read_text, remove_links, remove_temp_files, sha256)
 from .manifest import (CLAIMS, FORMAT_VERSION, RECHECK_MAX, FileRecord, Manifest,  # noqa: F401
                        ManifestError, check_file, edited_claims, sign)
 
@@ -44,6 +45,9 @@ STATUSES = ("created", "running", "done", "failed", "interrupted")
 CONFIG = "config.toml"  # checked against the manifest's digest of it (run_digest, config_digest)
 MANIFEST = "manifest.json"
 DEEP_VERIFY_MAX = 1 << 30  # files larger than this: size and mtime only, unless asked
+# the largest manifest or config.toml read: a session's records are kilobytes (a FIFO or a link
+# to /dev/zero in their place is refused as such, see engine.files.read_text)
+RECORD_MAX = 64 << 20
 WRITER_PID = ".writer.pid"  # who holds the lock, for messages (deleting it unlocks nothing)
 
 
@@ -137,6 +141,7 @@ class Session:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock_fd: int | None = None
+        self.removed_links: dict[str, str] = {}  # (verify: the links it removed)
 
     # ---- creation and discovery ---------------------------------------------------------
     @classmethod
@@ -166,8 +171,8 @@ class Session:
     def config(self) -> config_mod.RunConfig:
         p = self.path / "config.toml"
         try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
+            text = read_text(p, RECORD_MAX)
+        except (OSError, UnicodeDecodeError, UnreadableFile) as e:
             raise config_mod.ConfigError(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}"
                                          ) from None
         return config_mod.loads(text, str(p))
@@ -269,9 +274,11 @@ class Session:
     def _read_manifest(self) -> Any:
         p = self.path / MANIFEST
         try:
-            return json.loads(p.read_text(encoding="utf-8"))
+            return json.loads(read_text(p, RECORD_MAX))
         except FileNotFoundError:
             raise SessionDamaged(self.path, {MANIFEST: "missing"}) from None
+        except UnreadableFile as e:  # a FIFO, a link to /dev/zero, gigabytes
+            raise SessionDamaged(self.path, {MANIFEST: str(e)}) from None
         except (ValueError, UnicodeDecodeError):
             raise SessionDamaged(self.path, {MANIFEST: "not valid JSON"}) from None
         except OSError as e:
@@ -332,7 +339,7 @@ class Session:
             self.record_file(rel, stage)
 
     def read_json(self, rel: str) -> Any:
-        return json.loads((self.path / rel).read_text())
+        return json.loads(read_text(self.path / rel))
 
     def write_npy(self, rel: str, arr: np.ndarray, stage: str | None = None) -> None:
         atomic_save_npy(self.path / rel, arr)
@@ -371,15 +378,26 @@ class Session:
         problems, moved = {}, {}
         m = self.manifest()
         files = m.get("files", {})
+        # tjac writes no link: one in a session (jacobian.npy -> a user's file, svd/ -> another
+        # session) would have the next write go through it. With the lock held they go; the
+        # files they stood for are then missing, and their stages run again
+        # (recorded, so that the run after `tjac resume`'s check still says why they are gone)
+        removed = remove_links(self.path) if refresh else {}
+        if removed:
+            m.setdefault("removed_links", {}).update(removed)
+            self.write_manifest(m)
+        self.removed_links = m.get("removed_links") or {}
         edited = edited_claims(m) if only is None else []
         if edited:
             problems[MANIFEST] = (f"{', '.join(edited)}: edited since the run recorded it (it "
                                   f"says {edited[0]} = {json.dumps(m.get(edited[0]))[:40]})")
         if m.get("config_digest") and (only is None or CONFIG in only):
             try:
-                text = (self.path / CONFIG).read_text(encoding="utf-8")
+                text = read_text(self.path / CONFIG, RECORD_MAX)
             except FileNotFoundError:
                 problems[CONFIG] = "missing"
+            except UnreadableFile as e:
+                problems[CONFIG] = str(e)
             except (OSError, UnicodeDecodeError):
                 problems[CONFIG] = "cannot be read"
             else:
@@ -413,7 +431,17 @@ class Session:
         return problems
 
     def _check(self, rel: str, rec: dict, deep: bool | int) -> str | None:
-        return check_file(self.path / rel, FileRecord.from_json(rec), deep)
+        link = linked_part(self.path, rel)
+        if link is not None:
+            return (f"{link} is a symbolic link (to {os.readlink(self.path / link)}), not what "
+                    "tjac wrote; `tjac resume` removes it and computes the file again")
+        why = check_file(self.path / rel, FileRecord.from_json(rec), deep)
+        gone = [k for k in self.removed_links if rel == k or rel.startswith(k + "/")]
+        if why == "missing" and gone:
+            what = "it" if gone[0] == rel else gone[0]
+            return (f"{what} was a symbolic link (to {self.removed_links[gone[0]]}): removed, "
+                    "since tjac writes only files of its own")
+        return why
 
     def started_threads(self) -> int | None:
         """The CPU threads the run started with (``environment.threads``); None before it
@@ -489,7 +517,9 @@ class Session:
         if not p.exists():
             return None
         try:
-            out = json.loads(p.read_text())
+            out = json.loads(read_text(p))
+        except UnreadableFile as e:
+            raise SessionDamaged(self.path, {"spectrum.json": str(e)}) from None
         except (ValueError, UnicodeDecodeError):
             raise SessionDamaged(self.path, {"spectrum.json": "not valid JSON"}) from None
         regions = out.get("regions") if isinstance(out, dict) else None

@@ -201,3 +201,125 @@ def test_report_into_a_folder_or_a_new_file_is_written(two_sessions, tmp_path, c
     assert (tmp_path / "out" / "a.md").read_text().startswith("# ")
     assert main(["report", str(a), "-o", str(a / "notes.md")]) == 0
     assert "regions" in (a / "notes.md").read_text().lower()
+
+
+# ---- a session's own files replaced by what tjac never writes --------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_done(tiny_npz, tmp_path_factory) -> Path:
+    """A finished float64 session of the tiny problem (P = 39: its stages rerun in moments)."""
+    from engine.runner import run_session
+    from engine.session import Session
+
+    from conftest import tiny_config
+
+    s = Session.create(tmp_path_factory.mktemp("tiny"), "tiny", tiny_config(tiny_npz))
+    assert run_session(s.path) == 0
+    return s.path
+
+
+def copied(src: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    dst = tmp_path / "sessions" / src.name
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def tjac(*args, timeout=120):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    return subprocess.run([sys.executable, "-m", "tjac_tui.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.parametrize("what", ["jacobian.npy", "svd"])
+def test_a_link_in_a_session_is_never_written_through(tiny_done, tmp_path, what):
+    """jacobian.npy replaced by a link to a user's file (or svd/ by a link to another folder):
+    `tjac resume` wrote J (the SVD) through it, destroying the user's file. Now `tjac ls` names
+    the link, resume removes it and computes the file again, and the target is untouched."""
+    import numpy as np
+
+    from engine.session import Session
+
+    s = copied(tiny_done, tmp_path)
+    victim = tmp_path / "users" / what
+    victim.parent.mkdir()
+    (s / what).rename(victim)
+    (s / what).symlink_to(victim)
+    before = snapshot(victim) if victim.is_dir() else victim.read_bytes()
+    r = tjac("ls", "--sessions", str(s.parent))
+    assert "damaged" in r.stdout and f"{what} is a symbolic link (to {victim})" in r.stdout
+    r = tjac("resume", str(s))
+    assert r.returncode == 0, r.stderr
+    flat = "".join(r.stderr.split())  # (the console wraps lines at its width)
+    assert f"wasasymboliclink(to{victim}):removed" in flat, r.stderr
+    assert (snapshot(victim) if victim.is_dir() else victim.read_bytes()) == before
+    assert not (s / what).is_symlink() and (s / what).exists()
+    assert Session(s).manifest()["status"] == "done" and not Session(s).verify()
+    assert np.array_equal(np.load(s / "svd" / "S.npy"), np.load(tiny_done / "svd" / "S.npy"))
+
+
+def test_a_jacobian_store_never_opens_a_link(tmp_path):
+    """The store itself (a link made while no check ran): it writes a file of its own."""
+    from engine.jacobian import JacobianStore
+
+    victim = tmp_path / "user.npy"
+    victim.write_bytes(b"a user's data")
+    (tmp_path / "jacobian.npy").symlink_to(victim)
+    store = JacobianStore(tmp_path, 6, 2, np.float32)
+    assert victim.read_bytes() == b"a user's data"
+    assert not store.path.is_symlink() and store.path.stat().st_size > 6 * 6 * 4
+
+
+@pytest.mark.parametrize("case", ["manifest FIFO", "manifest -> /dev/zero", "config FIFO"])
+def test_a_fifo_or_a_device_as_a_record_is_named_not_waited_on(tiny_done, tmp_path, case):
+    """A FIFO manifest or config blocked `tjac ls`, `resume` and `report` forever; a manifest
+    linked to /dev/zero ate all memory. Each now names what is there, in one line."""
+    import os
+
+    s = copied(tiny_done, tmp_path)
+    name = "config.toml" if case.startswith("config") else "manifest.json"
+    (s / name).unlink()
+    if "FIFO" in case:
+        os.mkfifo(s / name)
+    else:
+        (s / name).symlink_to("/dev/zero")
+    kind = "a FIFO" if "FIFO" in case else "a character device"
+    r = tjac("ls", "--sessions", str(s.parent), timeout=60)
+    assert r.returncode == 0 and f"{name}: {kind}, not a regular file" in r.stdout, r
+    r = tjac("report", str(s), timeout=60)
+    assert r.returncode != 0 and f"{name}: {kind}, not a regular file" in r.stderr, r
+    assert len(r.stderr.strip().splitlines()) == 1
+    if name == "config.toml":  # resume refuses (the manifest: it starts over from the config)
+        r = tjac("resume", str(s), timeout=60)
+        assert r.returncode != 0 and f"config.toml: {kind}" in r.stderr, r
+
+
+def test_a_garbage_tail_in_a_log_is_passed_over_once(tmp_path, monkeypatch):
+    """A 1.5 GB tail without a newline in events.jsonl was read whole at every poll (the
+    workbench at 96 % CPU). Here at 1/1000 the scale: the reader passes over the garbage, does
+    not read it again, and takes the records after it."""
+    import json
+
+    from engine import files
+
+    monkeypatch.setattr(files, "JSONL_BLOCK", 64 << 10)
+    monkeypatch.setattr(files, "JSONL_LINE_MAX", 16 << 10)
+    p = tmp_path / "events.jsonl"
+    good = b"".join(json.dumps({"event": "x", "i": i}).encode() + b"\n" for i in range(3))
+    p.write_bytes(good + bytes(range(256)) * 6000)  # 1.5 MB, no newline
+    recs, offset = files.read_jsonl(p)
+    assert [r["i"] for r in recs] == [0, 1, 2]
+    assert offset > p.stat().st_size - (16 << 10)  # past (almost all) the garbage
+    again, offset2 = files.read_jsonl(p, offset)
+    assert again == [] and offset2 >= offset
+    with open(p, "ab") as f:
+        f.write(b"\n" + json.dumps({"event": "x", "i": 3}).encode() + b"\n")
+    recs, _ = files.read_jsonl(p, offset2)
+    assert [r["i"] for r in recs] == [3]

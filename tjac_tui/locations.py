@@ -57,7 +57,8 @@ def find_session(arg: str | Path, root: Path) -> Session:
     p = Path(arg).expanduser()
     cands = list(dict.fromkeys((p, Path(root) / p)))  # one, when arg is an absolute path
     for cand in cands:
-        if (cand / "manifest.json").is_file():
+        if (cand / "manifest.json").is_file() or (cand / "manifest.json").is_symlink() or \
+                (cand / "config.toml").is_file():  # (a damaged manifest is named when read)
             return Session(cand)
     for cand in cands:
         if cand.is_dir():

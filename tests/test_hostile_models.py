@@ -1,0 +1,239 @@
+"""User models tjac cannot differentiate, and configs it cannot run, are refused in one line
+(exit 2) before a session exists; models it can (no bias, a 0-d parameter) train, with J equal
+to central differences of tjac's own training (float64).
+
+The refused models each trained before, "done" with exit 0: the ones that detach were off by
+1-6 % (relative, against central differences), a frozen or an integer parameter was trained
+anyway, a complex one was cast to real with only a library warning.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from engine import config, jacobian
+from tjac_tui.cli import main
+
+from conftest import PRESETS, REPO, make, tiny_config
+
+MODELS = '''
+import sys
+import torch
+from torch import nn
+
+
+class Two(nn.Module):
+    def __init__(self, i, o, how="plain"):
+        super().__init__()
+        self.a, self.b, self.how = nn.Linear(i, 4), nn.Linear(4, o), how
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        if self.how == "detach":
+            return self.b(h.detach())
+        if self.how == "scale":            # a detached statistic as a scale
+            return self.b(h / h.detach().std())
+        if self.how == "data":
+            return self.b(h.data)
+        if self.how == "item":
+            return self.b(h) * h.mean().item()
+        if self.how == "input":            # detaching the input changes nothing: accepted
+            return self.b(torch.tanh(self.a(x.detach())))
+        if self.how == "nograd":           # a statistic under no_grad: J stays exact
+            with torch.no_grad():
+                s = h.std()
+            return self.b(h / s)
+        if self.how == "exit":
+            sys.exit(3)
+        return self.b(h)
+
+
+class Straight(nn.Module):                 # a straight-through estimator of rounding
+    def __init__(self, i, o):
+        super().__init__()
+        self.l = nn.Linear(i, o)
+
+    def forward(self, x):
+        w = self.l.weight
+        q = w + (torch.round(w * 4) / 4 - w).detach()
+        return x @ q.T + self.l.bias
+
+
+class Scaled(nn.Module):                   # bias-free layers and a 0-d parameter
+    def __init__(self, i, o):
+        super().__init__()
+        self.a, self.b = nn.Linear(i, 4, bias=False), nn.Linear(4, o, bias=False)
+        self.t = nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x))) * self.t
+
+
+class Odd(nn.Module):
+    def __init__(self, i, o, p):
+        super().__init__()
+        self.l = nn.Linear(i, o)
+        self.p = p
+
+    def forward(self, x):
+        return self.l(x) * self.p.real.sum()
+
+
+def detach(i, o): return Two(i, o, "detach")
+def scale(i, o): return Two(i, o, "scale")
+def data(i, o): return Two(i, o, "data")
+def item(i, o): return Two(i, o, "item")
+def input_detached(i, o): return Two(i, o, "input")
+def exit_in_forward(i, o): return Two(i, o, "exit")
+def nograd(i, o): return Two(i, o, "nograd")
+def straight(i, o): return Straight(i, o)
+def scaled(i, o): return Scaled(i, o)
+def integer(i, o): return Odd(i, o, nn.Parameter(torch.tensor([2]), requires_grad=False))
+def complex_(i, o): return Odd(i, o, nn.Parameter(torch.ones(2, dtype=torch.complex128)))
+def empty(i, o): return nn.Identity()
+def exit_in_build(i, o): sys.exit(3)
+
+
+def frozen(i, o):
+    m = nn.Linear(i, o)
+    m.bias.requires_grad_(False)
+    return m
+
+
+def huge(i, o):                            # 300M parameters
+    return nn.Linear(i, 300_000_000 // i)
+'''
+
+REFUSED = {
+    "detach": "the forward pass calls Tensor.detach() on a value that depends on the parameters",
+    "scale": "the forward pass calls Tensor.detach()",
+    "straight": "the forward pass calls Tensor.detach()",
+    "data": "the forward pass calls Tensor.data",
+    "item": "the forward pass calls Tensor.item()",
+    "frozen": "parameter bias has requires_grad=False",
+    "integer": "parameter p is torch.int64",
+    "complex_": "parameter p is torch.complex128",
+    "empty": "returned a module without parameters (P = 0)",
+    "exit_in_build": "called sys.exit(3)",
+    "exit_in_forward": "the forward pass called sys.exit(3)",
+}
+
+
+@pytest.fixture
+def models(tmp_path):
+    path = tmp_path / "models.py"
+    path.write_text(MODELS)
+    return path
+
+
+def preset(tmp_path, models, fn: str, extra: str = ""):
+    p = tmp_path / f"{fn}.toml"
+    p.write_text((PRESETS / "quick.toml").read_text()
+                 .replace("[model]", f'[model]\nbuild = "{models.name}:{fn}"', 1) + extra)
+    return p
+
+
+@pytest.mark.parametrize("fn", sorted(REFUSED))
+def test_a_model_tjac_cannot_differentiate_is_refused_in_one_line(tmp_path, models, capsys,
+                                                                 fn):
+    assert main(["run", str(preset(tmp_path, models, fn)), "--sessions",
+                 str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and REFUSED[fn] in err[0], err
+    assert "Traceback" not in err[0]
+    assert not (tmp_path / "s").exists()
+    if fn in ("detach", "straight"):  # where in the user's code
+        assert str(models) in err[0]
+
+
+def test_the_refused_detach_really_gives_a_wrong_j(tiny_npz, tmp_path, models):
+    """Why the refusal: computed anyway (the check bypassed), the J of a model that detaches
+    is far from central differences of the very training tjac runs, while the same model
+    detaching only its input, or computing a statistic under torch.no_grad (accepted: J is
+    the derivative of the gradient that ran), agrees to 1e-6."""
+    cfg = tiny_config(tiny_npz)
+    errors = {}
+    for fn in ("detach", "input_detached", "nograd"):
+        c = replace(cfg, model=replace(cfg.model, build=f"{models}:{fn}"))
+        from engine import models as models_mod
+
+        check = models_mod.check_traceable
+        models_mod.check_traceable = lambda *a: None  # the check bypassed
+        try:
+            problem, theta0 = make(c, "generic")
+        finally:
+            models_mod.check_traceable = check
+        J = jacobian.exact_jacobian(problem, theta0, chunk=16)
+        fd = jacobian.finite_difference_columns(problem, theta0, h=1e-6)
+        errors[fn] = float(torch.linalg.norm(J - fd) / torch.linalg.norm(fd))
+    assert errors["input_detached"] < 1e-6 and errors["nograd"] < 1e-6, errors
+    assert errors["detach"] > 1e-3
+
+
+def test_bias_free_layers_and_a_0d_parameter_train_and_j_is_exact(tiny_npz, models):
+    """The default (lecun) init crashed on layers without a bias ("'NoneType' object has no
+    attribute 'shape'", blamed on the user's build); a 0-d parameter crashed the layout."""
+    cfg = tiny_config(tiny_npz)
+    cfg = replace(cfg, model=replace(cfg.model, build=f"{models}:scaled", init="lecun"))
+    problem, theta0 = make(cfg, "generic")
+    assert problem.layout.shapes == ((), (4, 5), (3, 4))
+    assert float(theta0[0]) == 1.5  # the 0-d parameter: the module's own come first
+    J = jacobian.exact_jacobian(problem, theta0, chunk=8)
+    fd = jacobian.finite_difference_columns(problem, theta0, h=1e-6)
+    assert float(torch.linalg.norm(J - fd) / torch.linalg.norm(fd)) < 1e-6
+
+
+def test_a_detached_input_is_accepted(tmp_path, models, capsys):
+    code = main(["run", str(preset(tmp_path, models, "input_detached")), "--plan",
+                 "--sessions", str(tmp_path / "s")])
+    assert code == 0, capsys.readouterr().err
+
+
+def test_a_300m_parameter_model_is_refused_without_building_it(tmp_path, models):
+    """Counted on the meta device: refused by the plan (its J cannot fit) in one line, the
+    process never holding the model's 1.2 GB (it took 4 minutes and 10.8 GB)."""
+    r = subprocess.run(
+        [sys.executable, "-c", "import resource, sys\nfrom tjac_tui.cli import main\n"
+         "code = main(sys.argv[1:])\n"
+         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(code)",
+         "run", str(preset(tmp_path, models, "huge")), "--sessions", str(tmp_path / "s")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "disk" in err[0], err
+    assert re.search(r"P = 30\d,\d{3},\d{3}\)", err[0]), err
+    assert int(r.stdout.split()[-1]) < 1_000_000  # KiB: under 1 GB at its peak
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("where", ["set", "file"])
+def test_an_integer_of_thousands_of_digits_is_one_line(tmp_path, capsys, where):
+    big = "9" * 5000
+    p = tmp_path / "q.toml"
+    text = (PRESETS / "quick.toml").read_text()
+    args = ["--set", f"seed={big}"] if where == "set" else []
+    p.write_text(text if where == "set" else text.replace("seed = 0", f"seed = {big}"))
+    assert main(["run", str(p), "--sessions", str(tmp_path / "s"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an integer with thousands of digits" in err[0], err
+    assert big not in err[0]
+
+
+def test_epochs_without_end_are_refused_by_the_plan(tmp_path, capsys):
+    """train.epochs = 1e12 was planned as "fits" and the worker was killed at 23.7 GB building
+    its batch order."""
+    cfg = config.load(PRESETS / "quick.toml", ["train.epochs=1000000000000"])
+    assert cfg.train.epochs == 10 ** 12
+    assert main(["run", str(PRESETS / "quick.toml"), "--sessions", str(tmp_path / "s"),
+                 "--set", "train.epochs=1000000000000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "batch order" in err[0] and "lower train.epochs" in err[0], err
+    assert not (tmp_path / "s").exists()
