@@ -489,6 +489,42 @@ def window_mass(alpha: np.ndarray, beta: np.ndarray, lo: float, hi: float
     return est, lower, min(1.0, upper)
 
 
+def density_of_values(s: np.ndarray, grid: np.ndarray, width: float,
+                      weights: np.ndarray | None = None) -> np.ndarray:
+    """A Gaussian-smoothed density of the singular values ``s`` (K,) over ``log10 s``: at each
+    point of ``grid`` (log10 s, (G,)) the sum of ``weights`` (default 1/K each) times a normal
+    density of std ``width`` (decades) centred on each log10 s. Integrates to the weights' sum
+    (per decade). Values of 0 are left out."""
+    s = np.asarray(s, dtype=np.float64)
+    w = np.full(len(s), 1.0 / max(1, len(s))) if weights is None else np.asarray(weights)
+    keep = s > 0
+    x = np.log10(s[keep])[None, :]
+    g = np.asarray(grid, dtype=np.float64)[:, None]
+    k = np.exp(-0.5 * ((g - x) / width) ** 2) / (width * math.sqrt(2 * math.pi))
+    return k @ w[keep]
+
+
+def spectral_density(op: TrainingJacobian | StoredJacobian, grid: np.ndarray,
+                     width: float = 0.05, probes: int = 8, steps: int = 60, seed: int = 0
+                     ) -> np.ndarray:
+    """The density of J's singular values over ``grid`` (log10 s, (G,)), smoothed as
+    :func:`density_of_values` with std ``width`` decades, by stochastic Lanczos quadrature on
+    JᵀJ (``probes`` Rademacher vectors, ``steps`` steps each, the probes' products batched):
+    each probe's Gauss nodes θ (eigenvalues of JᵀJ, s = √θ) weighted by the squared first
+    components of the Ritz vectors, averaged over the probes. With the exact S at hand,
+    ``density_of_values(S, grid, width)`` is the curve it estimates."""
+    from scipy.linalg import eigh_tridiagonal
+
+    rng = np.random.default_rng(seed)
+    Z = rng.choice([-1.0, 1.0], size=(op.P, probes))
+    G = op.gram()
+    out = np.zeros(len(grid))
+    for alpha, beta in lanczos_lockstep(G.matmat, Z, steps):
+        nodes, vecs = eigh_tridiagonal(alpha, beta)
+        out += density_of_values(np.sqrt(np.clip(nodes, 0, None)), grid, width, vecs[0] ** 2)
+    return out / probes
+
+
 def bulk_count(op: TrainingJacobian | StoredJacobian, tols=(1e-3, 1e-2), probes: int = 8,
                steps: int = 60, seed: int = 0,
                deflate: tuple[np.ndarray, np.ndarray] | None = None) -> list[BulkEstimate]:
