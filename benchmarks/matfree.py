@@ -72,7 +72,7 @@ def agree(a) -> None:
     s = Session(a.session)
     S = s.load_npy("svd/S.npy").astype(np.float64)
     op = operator_of(s.config())
-    print(f"{s.path}: P = {op.P}, {op.T} steps, {os.cpu_count()} cores; exact S from "
+    print(f"{s.path}: P = {op.P}, {op.steps} steps, {os.cpu_count()} cores; exact S from "
           f"svd/S.npy ({s.config().dtype} J)")
     t0 = time.perf_counter()
     top, V = top_singular_values(op, a.k, solver="propack", vectors=True)
@@ -152,7 +152,7 @@ def solvers(a) -> None:
     op = operator_of(cfg)
     J = jacobian.exact_jacobian(op.problem, op.theta0).numpy()
     S = np.linalg.svd(J, compute_uv=False)
-    print(f"{a.preset} with hidden [8]: P = {op.P}, {op.T} steps, float64")
+    print(f"{a.preset} with hidden [8]: P = {op.P}, {op.steps} steps, float64")
     for solver in ("arpack", "propack", "lobpcg"):
         op.stats.__init__()
         t0 = time.perf_counter()

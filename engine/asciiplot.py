@@ -44,8 +44,9 @@ _ASCII_TABLE = str.maketrans({
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
-# plotext keeps state per figure; a fresh terminal object per plot gives a fresh figure, and the
-# lock guards whatever module-level state plotext may share between threads.
+# plotext's public figure (``plotext.figure``, plotext >= 6) is module-level state: every plot
+# clears it and draws under this lock, so threads (the TUI's plot workers) never share a half-drawn
+# figure. plotext 5.x has another API altogether (``plotext.plot``, no figure object).
 _LOCK = threading.Lock()
 
 
@@ -208,17 +209,19 @@ def render(plot: Plot, width: int, height: int, *, ascii: bool = False, color: b
            ) -> str:
     """Draw ``plot`` with plotext into ``width`` x ``height`` cells (legend line included);
     fills ``plot.text`` and returns it."""
+    import plotext
     from plotext import marker as pmarker, pixel as ppixel
-    from plotext._kernel.terminal import terminal as plotext_terminal
 
     legend = legend_line(plot, ascii=ascii, color=color)
     lines_below = 1 if legend else 0
     width = max(20, int(width))
     height = max(6, int(height))
     with _LOCK:
-        term = plotext_terminal()
-        term.limit(False, False)
-        fig = term._master
+        # plotext's public figure is one per process: cleared whole before every plot (and
+        # drawn under the lock), it starts from the same state a fresh figure would
+        plotext.terminal.limit(False, False)
+        fig = plotext.figure
+        fig.clear.all()
         fig.theme("simple" if color else "colorless")
         fig.plot_size(width, height - lines_below)
         if plot.title:

@@ -80,9 +80,12 @@ class OpStats:
     trajectory_bytes: int = 0  # the recorded primal trajectory's (0: none, see _record)
 
 
-class TrainingJacobian:
-    """J = d theta_T / d theta_0 of ``problem`` at ``theta0`` as an operator (products in
-    ``dtype``, float64 by default; numpy float64 in and out)."""
+class TrainingJacobian(LinearOperator):
+    """J = d theta_T / d theta_0 of ``problem`` at ``theta0`` as a
+    ``scipy.sparse.linalg.LinearOperator`` of shape (P, P), dtype float64 (products in
+    ``dtype``, float64 by default; numpy float64 in and out): every scipy solver applies
+    (``svds(op)``, ``lsqr(op, b)``, ``eigsh(op.gram())``), and ``op.H`` is Jᵀ. ``matmat`` and
+    ``rmatmat`` also take a vector (P,). ``steps`` is the number of training steps T."""
 
     def __init__(self, problem: Problem, theta0: torch.Tensor, segment: int | None = None,
                  should_stop: Callable[[], bool] | None = None,
@@ -93,8 +96,9 @@ class TrainingJacobian:
         self.theta0 = theta0.detach().to(dtype)
         self.on_product = on_product  # ("jvp" or "vjp", vectors) after every product
         self.P = self.theta0.numel()
-        self.T = self.problem.steps
-        self.segment = int(segment or max(1, math.ceil(math.sqrt(self.T))))
+        super().__init__(np.dtype(np.float64), (self.P, self.P))
+        self.steps = self.problem.steps
+        self.segment = int(segment or max(1, math.ceil(math.sqrt(self.steps))))
         self.should_stop = should_stop
         # the reverse pass differentiates the gradient itself: torch.func's, which autograd
         # can follow (the fused kernels compute their gradients outside autograd)
@@ -158,6 +162,8 @@ class TrainingJacobian:
         """J V for V of shape (P, K) (or (P,)): one training run carrying K tangents."""
         return self._on_columns(self.jvp, V)
 
+    _matmat = _matvec = matmat  # what LinearOperator's matvec, @ and dot call
+
     # ---- J^T U -----------------------------------------------------------------------------
     def _step(self, p: Problem, theta, state, t: int):
         x, y = p.batch(t)
@@ -176,7 +182,7 @@ class TrainingJacobian:
             theta, state = self.theta0.clone(), p.optimizer.init(self.theta0)
             out = []
             with torch.no_grad():
-                for t in range(self.T):
+                for t in range(self.steps):
                     if t % self.segment == 0:
                         out.append((theta.clone(), tuple(s.clone() for s in state)))
                     theta, state = self._step(p, theta, state, t)
@@ -187,6 +193,8 @@ class TrainingJacobian:
     def rmatmat(self, U: np.ndarray) -> np.ndarray:
         """J^T U for U of shape (P, K) (or (P,))."""
         return self._on_columns(self.vjp, U)
+
+    _rmatmat = _rmatvec = rmatmat
 
     def vjp(self, cotangents: torch.Tensor) -> torch.Tensor:
         """u^T J for each row of ``cotangents`` (K, P), on the problem's device: reverse mode
@@ -227,7 +235,7 @@ class TrainingJacobian:
         p = self.problem
         theta, state = self.checkpoints(fused=True)[i]
         out = []
-        for t in range(i * self.segment, min((i + 1) * self.segment, self.T)):
+        for t in range(i * self.segment, min((i + 1) * self.segment, self.steps)):
             x, y = p.batch(t)
             st = p.kernel.primal(p.layout.unflatten(theta), x, y)
             out.append(st)
@@ -244,7 +252,7 @@ class TrainingJacobian:
         if traj is not None:
             segments = [(0, traj.states)]
         else:
-            n = math.ceil(self.T / self.segment)
+            n = math.ceil(self.steps / self.segment)
             segments = ((i * self.segment, None) for i in range(n - 1, -1, -1))
         for a, states in segments:
             if states is None:  # this segment's states, trained again from its checkpoint
@@ -276,7 +284,7 @@ class TrainingJacobian:
         for i in range(len(cps) - 1, -1, -1):
             if self.should_stop is not None and self.should_stop():
                 raise KeyboardInterrupt
-            a, b = i * self.segment, min((i + 1) * self.segment, self.T)
+            a, b = i * self.segment, min((i + 1) * self.segment, self.steps)
             theta_s = cps[i][0].detach().requires_grad_(True)
             state_s = tuple(s.detach().requires_grad_(True) for s in cps[i][1])
             with torch.enable_grad():
@@ -309,22 +317,29 @@ def as_operator(op: "TrainingJacobian | StoredJacobian") -> LinearOperator:
                           matmat=op.matmat, rmatmat=op.rmatmat, dtype=np.float64)
 
 
-class StoredJacobian:
-    """A J held as a matrix, with the operator side of :class:`TrainingJacobian` (``P``,
-    ``matmat``, ``rmatmat``, ``linear_operator``, ``gram``): the estimators below run on a
-    stored J as well, where the exact SVD can check them (the tests, benchmarks/matfree.py),
-    and a product costs a matrix multiply instead of a training run."""
+class StoredJacobian(LinearOperator):
+    """A J held as a matrix, a ``LinearOperator`` (P, P) float64 like
+    :class:`TrainingJacobian` (``P``, ``matmat``, ``rmatmat``, ``linear_operator``, ``gram``):
+    the estimators below run on a stored J as well, where the exact SVD can check them (the
+    tests, benchmarks/matfree.py), and a product costs a matrix multiply instead of a training
+    run."""
 
     def __init__(self, J: np.ndarray):
         self.J = np.asarray(J, dtype=np.float64)
         self.P = self.J.shape[0]
+        super().__init__(np.dtype(np.float64), (self.P, self.P))
         self._G: np.ndarray | None = None
 
     def matmat(self, V: np.ndarray) -> np.ndarray:
+        """J V for V (P, K) or (P,)."""
         return self.J @ V
 
     def rmatmat(self, U: np.ndarray) -> np.ndarray:
+        """J^T U for U (P, K) or (P,)."""
         return self.J.T @ U
+
+    _matmat = _matvec = matmat
+    _rmatmat = _rmatvec = rmatmat
 
     def linear_operator(self) -> LinearOperator:
         return as_operator(self)
@@ -472,6 +487,42 @@ def window_mass(alpha: np.ndarray, beta: np.ndarray, lo: float, hi: float
     stop = (at_or_below_hi[-1] + 1) if len(at_or_below_hi) else 0
     upper = float(w[start: min(stop + 1, len(w))].sum())
     return est, lower, min(1.0, upper)
+
+
+def density_of_values(s: np.ndarray, grid: np.ndarray, width: float,
+                      weights: np.ndarray | None = None) -> np.ndarray:
+    """A Gaussian-smoothed density of the singular values ``s`` (K,) over ``log10 s``: at each
+    point of ``grid`` (log10 s, (G,)) the sum of ``weights`` (default 1/K each) times a normal
+    density of std ``width`` (decades) centred on each log10 s. Integrates to the weights' sum
+    (per decade). Values of 0 are left out."""
+    s = np.asarray(s, dtype=np.float64)
+    w = np.full(len(s), 1.0 / max(1, len(s))) if weights is None else np.asarray(weights)
+    keep = s > 0
+    x = np.log10(s[keep])[None, :]
+    g = np.asarray(grid, dtype=np.float64)[:, None]
+    k = np.exp(-0.5 * ((g - x) / width) ** 2) / (width * math.sqrt(2 * math.pi))
+    return k @ w[keep]
+
+
+def spectral_density(op: TrainingJacobian | StoredJacobian, grid: np.ndarray,
+                     width: float = 0.05, probes: int = 8, steps: int = 60, seed: int = 0
+                     ) -> np.ndarray:
+    """The density of J's singular values over ``grid`` (log10 s, (G,)), smoothed as
+    :func:`density_of_values` with std ``width`` decades, by stochastic Lanczos quadrature on
+    JᵀJ (``probes`` Rademacher vectors, ``steps`` steps each, the probes' products batched):
+    each probe's Gauss nodes θ (eigenvalues of JᵀJ, s = √θ) weighted by the squared first
+    components of the Ritz vectors, averaged over the probes. With the exact S at hand,
+    ``density_of_values(S, grid, width)`` is the curve it estimates."""
+    from scipy.linalg import eigh_tridiagonal
+
+    rng = np.random.default_rng(seed)
+    Z = rng.choice([-1.0, 1.0], size=(op.P, probes))
+    G = op.gram()
+    out = np.zeros(len(grid))
+    for alpha, beta in lanczos_lockstep(G.matmat, Z, steps):
+        nodes, vecs = eigh_tridiagonal(alpha, beta)
+        out += density_of_values(np.sqrt(np.clip(nodes, 0, None)), grid, width, vecs[0] ** 2)
+    return out / probes
 
 
 def bulk_count(op: TrainingJacobian | StoredJacobian, tols=(1e-3, 1e-2), probes: int = 8,

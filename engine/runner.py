@@ -528,7 +528,7 @@ class Runner:
                                  seed=self.cfg.seed, deflate=(top, V) if sp.deflate else None)
         del V
         result = {
-            "P": P, "dtype": sp.matfree_dtype, "segment": op.segment, "steps": op.T,
+            "P": P, "dtype": sp.matfree_dtype, "segment": op.segment, "steps": op.steps,
             "top": {"k": k, "solver": how["solver"], "orthogonality": how["orthogonality"],
                     **({"fallback": how["fallback"]} if how.get("fallback") else {}),
                     "tol": sp.top_tol, "s": top.tolist(),

@@ -33,6 +33,7 @@ LAYERS: list[list[str]] = [
     ["engine.jacobian", "engine.spectrum", "engine.matfree"],
     ["engine.probe", "engine.api"],
     ["engine.session"],
+    ["engine.results"],
     ["engine.worker", "engine.experiments", "engine.experiments.common"],
     ["engine.experiments.*"],
     ["engine.svdjob"],

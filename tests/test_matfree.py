@@ -45,7 +45,7 @@ def test_the_reverse_pass_does_not_depend_on_the_segment_length(small):
     u = np.random.default_rng(1).standard_normal(op.P)
     ckpt = TrainingJacobian(op.problem, op.theta0, reverse="checkpointed")
     other = TrainingJacobian(op.problem, op.theta0, segment=1, reverse="checkpointed")
-    whole = TrainingJacobian(op.problem, op.theta0, segment=op.T, reverse="checkpointed")
+    whole = TrainingJacobian(op.problem, op.theta0, segment=op.steps, reverse="checkpointed")
     a, b, c = ckpt.rmatmat(u), other.rmatmat(u), whole.rmatmat(u)
     assert {ckpt.stats.reverse, other.stats.reverse, whole.stats.reverse} == {"checkpointed"}
     assert np.abs(a - b).max() < 1e-12 and np.abs(a - c).max() < 1e-12

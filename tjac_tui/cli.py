@@ -4,7 +4,9 @@
     tjac run PRESET [--set K=V]   run a preset to the end with progress bars
     tjac run PRESET --nproc N     ... J's chunks on N processes (torch.distributed)
     tjac resume SESSION [--nproc N]  finish an interrupted session
-    tjac ls                       sessions and their status
+    tjac ls [--json]              sessions and their status
+    tjac export SESSION --csv DIR|--parquet DIR
+                                  the session's tables: spectrum, regions, metrics, analyses
     tjac presets                  the shipped presets
     tjac report SESSION [-o FILE] [--figures]
                                   write the markdown report (default SESSION/report.md);
@@ -214,13 +216,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from engine.session import describe, list_sessions
+
+    rows = [describe(s) for s in list_sessions(args.sessions)]
+    if args.json:  # one JSON list of describe()'s rows (an empty list when there are none)
+        print(json.dumps(rows))
+        return 0
     from rich.console import Console
     from rich.table import Table
 
-    from engine.session import describe, list_sessions
     from engine.units import fmt_seconds
 
-    rows = [describe(s) for s in list_sessions(args.sessions)]
     if not rows:
         print(f"no sessions in {args.sessions}", file=sys.stderr)
         return 0
@@ -233,6 +239,27 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for r in rows:  # why each damaged one is
         if r["problem"]:
             print(f"{r['name']}: {r['problem']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``tjac export SESSION --csv DIR`` (or ``--parquet DIR``): the session's tables
+    (:func:`engine.results.write_tables`) into DIR, which may not be inside a session."""
+    from engine.results import MissingPackage, open_session, write_tables
+
+    s = find_session(args.session, args.sessions)
+    fmt, out = ("csv", args.csv) if args.csv else ("parquet", args.parquet)
+    out = Path(out).absolute()
+    if any((p / "manifest.json").is_file() for p in (out, *out.parents)):
+        raise NotFound(f"{out}: inside a session: export its tables to a folder of your own")
+    if not out.parent.is_dir():
+        raise NotFound(f"{out.parent}: no such folder")
+    try:
+        files = write_tables(open_session(s.path), out, fmt)
+    except MissingPackage as e:
+        return _fail(str(e))
+    for f in files:
+        print(f)
     return 0
 
 
@@ -448,7 +475,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_resume)
 
-    sub.add_parser("ls", parents=[common], help="list sessions").set_defaults(func=cmd_ls)
+    ls = sub.add_parser("ls", parents=[common], help="list sessions")
+    ls.add_argument("--json", action="store_true",
+                    help="one JSON list: name, path, status, preset, P, created, seconds, "
+                         "device, problem of every session")
+    ls.set_defaults(func=cmd_ls)
+    ex = sub.add_parser("export", parents=[common],
+                        help="write a session's tables (spectrum, regions, metrics, analyses)")
+    ex.add_argument("session")
+    fmt = ex.add_mutually_exclusive_group(required=True)
+    fmt.add_argument("--csv", metavar="DIR", help="as CSV files in DIR (created if missing)")
+    fmt.add_argument("--parquet", metavar="DIR",
+                     help="as parquet files in DIR (pandas and pyarrow: pip install "
+                          "'tjac[results]')")
+    ex.set_defaults(func=cmd_export)
     sub.add_parser("presets", parents=[common], help="list shipped presets").set_defaults(
         func=cmd_presets)
     rp = sub.add_parser("report", parents=[common], help="write a session's markdown report")

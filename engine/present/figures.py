@@ -9,12 +9,14 @@ for every analysis view that has a plot (the same data as the report's text plot
 ``spectrum.csv`` (index, s,
 |s - 1|, u.v, region). matplotlib is an optional extra (``pip install 'tjac[figures]'``):
 without it only the CSV is written and ``skipped`` says why. It is imported here only, through
-its object API (no pyplot state: safe from the app's worker threads).
+its object API (no pyplot state: safe from the app's worker threads). The figures' builders
+are public and draw on a given Axes (``ax=``, a new figure's when None) and return it:
+:func:`plot_spectrum`, :func:`plot_distance`, :func:`plot_alignment`, :func:`plot_index`,
+:func:`plot_view`.
 """
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import regions
+from ..results import spectrum_table, write_csv
 from ..session import Session
 from .views import View, session_views
 
@@ -52,35 +55,35 @@ class Figures:
 
 def spectrum_csv(session: Session, out: Path) -> Path | None:
     """index, s, |s - 1|, u.v (when the vectors were kept), region: one row per singular
-    value, in the order of the SVD (descending)."""
+    value, in the order of the SVD (descending) (:func:`engine.results.spectrum_table`)."""
     if not session.has("svd/S.npy"):
         return None
     S = session.load_npy("svd/S.npy").astype(np.float64)
     align = session.load_npy("svd/alignment.npy") if session.has("svd/alignment.npy") else None
     tol = (session.spectrum() or {}).get("bulk_tol") or regions.DEFAULT_TOL
-    masks = regions.masks(S, tol)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "s", "abs_s_minus_1", "alignment", "region"])
-        for i, s in enumerate(S):
-            region = next(k for k, m in masks.items() if m[i])
-            w.writerow([i, repr(float(s)), repr(abs(float(s) - 1.0)),
-                        "" if align is None else repr(float(align[i])), region])
-    return out
+    return write_csv(spectrum_table(S, align, tol), out)
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
 
 
-def _index_figure(y: np.ndarray, S: np.ndarray, tol: float, title: str, ylabel: str,
-                  log: bool):
-    """One value per index, coloured by region, the region boundaries dashed."""
+def _axes(ax):
+    """``ax``, or the Axes of a new 7 x 4 in figure (matplotlib's object API: no pyplot)."""
+    if ax is not None:
+        return ax
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.add_subplot()
+    return Figure(figsize=(7, 4), layout="constrained").add_subplot()
+
+
+def plot_index(y: np.ndarray, S: np.ndarray, tol: float, title: str = "", ylabel: str = "",
+               log: bool = False, ax=None):
+    """One value per index (``y``: (P,)), coloured by the region of ``S`` (descending, (P,)) at
+    ``tol``, the region boundaries dashed, on ``ax`` (a new figure's when None); returns the
+    Axes."""
+    ax = _axes(ax)
     idx = np.arange(len(y))
     masks = regions.masks(S, tol)
     for name, m in masks.items():
@@ -99,14 +102,38 @@ def _index_figure(y: np.ndarray, S: np.ndarray, tol: float, title: str, ylabel: 
     ax.set_title(title)
     ax.legend(loc="best", fontsize="small", markerscale=4)
     ax.grid(alpha=0.3)
-    return fig
+    return ax
 
 
-def _view_figure(view: View):
-    from matplotlib.figure import Figure
+def plot_spectrum(S: np.ndarray, tol: float = regions.DEFAULT_TOL, ax=None):
+    """s_i by index on a log axis, coloured by region; returns the Axes."""
+    S = np.asarray(S, dtype=np.float64)
+    return plot_index(S, S, tol, "Singular values of J", "s_i", log=True, ax=ax)
 
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.add_subplot()
+
+def plot_distance(S: np.ndarray, tol: float = regions.DEFAULT_TOL, ax=None):
+    """|s_i - 1| by index on a log axis (the exact ones, s = 1, have no place on it: the title
+    counts them); returns the Axes."""
+    S = np.asarray(S, dtype=np.float64)
+    dist = np.abs(S - 1)
+    exact = int((dist == 0).sum())
+    return plot_index(np.where(dist > 0, dist, np.nan), S, tol, "Distance from unity" + (
+        f" ({exact} with s = 1 exactly: not shown)" if exact else ""), "|s_i - 1|", log=True,
+        ax=ax)
+
+
+def plot_alignment(alignment: np.ndarray, S: np.ndarray, tol: float = regions.DEFAULT_TOL,
+                   ax=None):
+    """u_i . v_i by index, coloured by the region of ``S``; returns the Axes."""
+    return plot_index(np.asarray(alignment, dtype=np.float64), np.asarray(S, np.float64), tol,
+                      "Alignment of left and right singular vectors", "u_i . v_i", log=False,
+                      ax=ax)
+
+
+def plot_view(view: View, ax=None):
+    """An analysis view's series (:class:`engine.present.views.View`) on ``ax``; returns the
+    Axes."""
+    ax = _axes(ax)
     for label, x, y in view.series:
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
@@ -126,7 +153,7 @@ def _view_figure(view: View):
     if len(view.series) > 1:
         ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
-    return fig
+    return ax
 
 
 def write_figures(session, out_dir: str | Path | None = None,
@@ -145,24 +172,17 @@ def write_figures(session, out_dir: str | Path | None = None,
     if s.has("svd/S.npy"):
         S = s.load_npy("svd/S.npy").astype(np.float64)
         tol = (s.spectrum() or {}).get("bulk_tol") or regions.DEFAULT_TOL
-        figs.append(("spectrum", _index_figure(S, S, tol, "Singular values of J", "s_i",
-                                               log=True)))
-        dist = np.abs(S - 1)
-        shown = np.where(dist > 0, dist, np.nan)  # exact ones have no place on a log axis
-        exact = int((dist == 0).sum())
-        figs.append(("distance", _index_figure(
-            shown, S, tol, "Distance from unity" + (f" ({exact} with s = 1 exactly: not shown)"
-                                                    if exact else ""), "|s_i - 1|", log=True)))
+        figs.append(("spectrum", plot_spectrum(S, tol).figure))
+        figs.append(("distance", plot_distance(S, tol).figure))
         if s.has("svd/alignment.npy"):
-            figs.append(("alignment", _index_figure(
-                s.load_npy("svd/alignment.npy").astype(np.float64), S, tol,
-                "Alignment of left and right singular vectors", "u_i . v_i", log=False)))
+            figs.append(("alignment", plot_alignment(s.load_npy("svd/alignment.npy"), S,
+                                                     tol).figure))
     for name, _, views in session_views(s):
         for v in views:
             if v.series:  # analysis-distance, analysis-distance-alignment, ...
                 figs.append(("-".join(["analysis", name] + [_slug(part) for part in
                                                              v.key.split(".")[1:]]),
-                             _view_figure(v)))
+                             plot_view(v).figure))
     if not figs:  # (a matrix-free run: no stored spectrum, no analyses)
         result.skipped = why_no_figures(s)
     out.mkdir(parents=True, exist_ok=True)
