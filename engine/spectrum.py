@@ -16,6 +16,8 @@ On the CPU it runs in a numpy/scipy child process (:mod:`engine.svdjob`); on a G
 (:func:`svd`, :func:`svdvals`) or ``torch.linalg.svd`` on the device (:func:`svd_device`,
 cuSOLVER's gesvdj). The Gram route's singular values carry an absolute error ~eps s_1^2 / s
 instead of ~eps s_1: below ~sqrt(eps) s_1 they are not resolved (:func:`note_gram_resolution`).
+Whichever route ran, a run holds its SVD as one :class:`SVDResult` (the backends:
+:mod:`engine.stages.svd`), whose ``summary(tol)`` is the summary below.
 
 Alignment. Per index, a_i = u_i . v_i (1 when the direction comes back unrotated). Inside the
 bulk the singular values are nearly degenerate, so individual u_i and v_i are ill-defined
