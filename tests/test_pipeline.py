@@ -173,7 +173,8 @@ def test_a_damaged_snapshot_file_whose_j_was_not_kept_recomputes_that_j(tmp_path
     """snapshot_keep = "svd" deletes a snapshot's J once it is analysed; its S.npy damaged
     sends the snapshots stage back and, its input being gone, the jacobian stage too (from
     what the table declares: snapshots' sources, jacobian's writes)."""
-    cfg = analysed_config(tiny_npz, jacobian={"snapshots": [3], "snapshot_keep": "svd"})
+    cfg = analysed_config(tiny_npz, jacobian={"snapshots": [3], "snapshot_keep": "svd"},
+                          spectrum={"svd_method": "gesdd"})  # (no SVD child process)
     s = Session.create(tmp_path, "snap", cfg)
     assert runner.run_session(s.path) == runner.EXIT_OK, s.manifest().get("error")
     d = "snapshots/step_000003"
