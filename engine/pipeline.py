@@ -4,7 +4,7 @@ Each :class:`Stage` says what it is called, when it applies to a config, the sta
 results it reads (``needs``), the function that performs it (``body``, ``"module:function"``,
 imported only when it runs: :mod:`engine.stages`), the files it records (``writes``, glob
 patterns relative to the session), the partial state to drop when one of its inputs changed
-(``reset``), what its progress counts and what a UI calls it. :data:`TABLE` lists them in
+(``reset``), what its progress counts and what a UI calls it. :func:`table` lists them in
 order (a stage comes after every stage it needs); the analyses are generated entries, one per
 registered analysis (:data:`engine.sections.ANALYSES`), each needing ``spectrum``.
 
@@ -36,7 +36,7 @@ from .config import RunConfig
 from .plan import count_steps, snapshot_steps
 from .sections import ANALYSES
 
-__all__ = ["Stage", "TABLE", "stage", "stages_of", "session_stages", "names", "dependents",
+__all__ = ["Stage", "table", "stage", "stages_of", "session_stages", "names", "dependents",
            "writer_of", "after_rerun", "after_damage", "stale", "rerun_writer_of", "reset_all"]
 
 # the Jacobian stores' progress records (engine.jacobian.JacobianStore.PROGRESS): what a
@@ -133,9 +133,6 @@ def table() -> list[Stage]:
               sources=snapshot_sources, unit="snapshots", title="Snapshots"),
         *(analysis_stage(n) for n in ANALYSES),
     ]
-
-
-TABLE = table()  # (an analysis registered later is in table() and stage())
 
 
 def stage(name: str) -> Stage:
