@@ -99,8 +99,10 @@ def test_analyses_are_generated_from_the_registry(monkeypatch, tiny_npz):
 
 
 def test_the_table_imports_no_torch():
-    code = ("import sys, engine.pipeline as p; assert p.stage('svd').needs == ('jacobian',); "
-            "print('torch' in sys.modules)")
+    code = ("import sys, engine.pipeline as p, engine.config as c; "
+            "cfg = c.load('presets/quick.toml'); "
+            "assert [s.name for s in p.session_stages(cfg, {})][:4] == "
+            "['train', 'jacobian', 'svd', 'spectrum']; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          timeout=60)
     assert out.stdout.strip() == "False", out.stderr
