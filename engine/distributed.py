@@ -53,6 +53,7 @@ from . import device as device_mod, jacobian as jac_mod
 from . import plan as plan_mod
 from .runner import EXIT_INTERRUPTED, EXIT_OK, Runner
 from .session import Session, SessionError
+from .stages import RunContext, Share, jacobian as jacobian_stage
 from .worker import boot, spawn
 
 # a rank waits this long for rank 0 to finish training (and for the others to finish their
@@ -73,16 +74,15 @@ def shares(pending: list[int], world: int) -> list[list[int]]:
     return [pending[r::world] for r in range(world)]
 
 
-class DistributedRunner(Runner):
-    """Rank 0: the session's worker, with the Jacobian stage shared among the ranks."""
+class RankShare(Share):
+    """Rank 0's split of the jacobian stage among the ranks (:class:`engine.stages.Share`)."""
 
-    def __init__(self, session: Session, world: int, device: str | None = None):
-        super().__init__(session, device=device)
-        self.rank, self.world = 0, world
+    def __init__(self, world: int):
+        self.world = world
         self.released = False  # the other ranks have been told what to do
 
-    def share_of(self, store: jac_mod.JacobianStore,
-                 snapshots: dict[int, jac_mod.JacobianStore]) -> list[int]:
+    def of(self, ctx: RunContext, store: jac_mod.JacobianStore,
+           snapshots: dict[int, jac_mod.JacobianStore]) -> list[int]:
         """Every chunk that J or a snapshot still lacks, round-robin; the ranks are told the
         chunk size, their shares and which chunks each store has already."""
         everyone = [store, *snapshots.values()]
@@ -90,34 +90,38 @@ class DistributedRunner(Runner):
         send([{"go": True, "chunk": store.chunk, "shares": parts, "done": sorted(store.done),
                "snapshots": {t: sorted(st.done) for t, st in snapshots.items()}}])
         self.released = True
-        self.emit("jacobian_ranks", ranks=self.world, shares=[len(p) for p in parts])
+        ctx.emit("jacobian_ranks", ranks=self.world, shares=[len(p) for p in parts])
         return parts[0]
 
-    def after_share(self, store: jac_mod.JacobianStore,
-                    snapshots: dict[int, jac_mod.JacobianStore]) -> None:
+    def after(self, ctx: RunContext, store: jac_mod.JacobianStore,
+              snapshots: dict[int, jac_mod.JacobianStore]) -> None:
         """Wait for every rank, then take their chunks into the main records of J and of
         each snapshot (each checked against its digest; a missing or damaged one is computed
         here)."""
         try:
             dist.barrier()
         except RuntimeError:  # a rank left: on a stop request, that is the stop (resumable)
-            if self.stop_requested:
+            if ctx.should_stop():
                 raise KeyboardInterrupt from None
             raise
         bad = [i for st in [store, *snapshots.values()] for i in st.merge_ranks()]
         if bad:
-            self.emit("warning", message=f"jacobian: {len(bad)} chunk(s) of other ranks did not "
-                                         "match their digests; computing them here")
+            ctx.emit("warning", message=f"jacobian: {len(bad)} chunk(s) of other ranks did not "
+                                        "match their digests; computing them here")
         if any(st.pending for st in [store, *snapshots.values()]):
-            jac_mod.compute_into(store, self.problem, self.theta0,
-                                 should_stop=self.should_stop, snapshots=snapshots)
+            jac_mod.compute_into(store, ctx.problem, ctx.theta0,
+                                 should_stop=ctx.should_stop, snapshots=snapshots)
 
-    def run(self) -> int:
-        try:
-            return super().run()
-        finally:
-            if not self.released:  # nothing to share (done already, or failed before)
-                send([{"go": False}])
+    def done(self) -> None:
+        if not self.released:  # nothing to share (done already, or failed before)
+            send([{"go": False}])
+
+
+def distributed_runner(session: Session, world: int, device: str | None = None) -> Runner:
+    """Rank 0: the session's worker, with the Jacobian stage shared among the ranks."""
+    runner = Runner(session, device=device, share=RankShare(world))
+    runner.world = world
+    return runner
 
 
 def send(msg: list) -> None:
@@ -141,7 +145,7 @@ def rank_main(path: Path, rank: int, world: int, device: str | None) -> int:
                                                    go["chunk"], dtype, rank, done)
                  for t, done in go["snapshots"].items()}
     try:
-        runner.compute_jacobian(store, {}, go["shares"][rank], snapshots)
+        jacobian_stage.compute(runner.context(), store, {}, go["shares"][rank], snapshots)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     dist.barrier()
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if device is not None:
             torch.cuda.set_device(local)
         if rank == 0:
-            runner = DistributedRunner(Session(path), world, device)
+            runner = distributed_runner(Session(path), world, device)
             runner.stop_on_signals()
             code = runner.run()
         else:

@@ -16,6 +16,8 @@ On the CPU it runs in a numpy/scipy child process (:mod:`engine.svdjob`); on a G
 (:func:`svd`, :func:`svdvals`) or ``torch.linalg.svd`` on the device (:func:`svd_device`,
 cuSOLVER's gesvdj). The Gram route's singular values carry an absolute error ~eps s_1^2 / s
 instead of ~eps s_1: below ~sqrt(eps) s_1 they are not resolved (:func:`note_gram_resolution`).
+Whichever route ran, a run holds its SVD as one :class:`SVDResult` (the backends:
+:mod:`engine.stages.svd`), whose ``summary(tol)`` is the summary below.
 
 Alignment. Per index, a_i = u_i . v_i (1 when the direction comes back unrotated). Inside the
 bulk the singular values are nearly degenerate, so individual u_i and v_i are ill-defined
@@ -27,6 +29,8 @@ span(V_region): both are reported.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -241,11 +245,80 @@ def region_cosines(U, Vh, S: np.ndarray, tol: float) -> dict[str, np.ndarray]:
         elif isinstance(U, np.ndarray):
             out[name] = principal_cosines(U[:, sl], Vh[sl].T)
         else:
+            out[name] = device_cosines(U[:, sl], Vh[sl].T).cpu().numpy()
+    return out
+
+
+def device_cosines(A, B):
+    """The cosines of the principal angles between span(A) and span(B), A and B torch tensors
+    (P, k) with orthonormal columns, computed where they are (a GPU), descending: the square
+    roots of the eigenvalues of ``M^T M``, ``M = A^T B`` (k, k), clamped to [0, 1]. Only k x k
+    matrices are allocated (M, M^T M, the eigensolver's copy of it): ``svdvals`` of M on CUDA
+    would allocate its U and V too (gesvdj). Cosines near 0 carry an absolute error of
+    ~sqrt(eps) (their squares come from eigenvalues near the rounding level); the others agree
+    with the singular values of M to float64 rounding."""
+    import torch
+
+    M = A.T @ B
+    G = M.T @ M
+    del M
+    w = torch.linalg.eigvalsh(G)  # ascending
+    del G
+    return torch.sqrt(w.clamp(0.0, 1.0)).flip(0)
+
+
+@dataclass
+class SVDResult:
+    """The SVD of one J, whatever route computed it (:func:`engine.plan.svd_route`).
+
+    ``S``: (P,) float64, descending. ``U``, ``Vh``: (P, P), numpy arrays in the SVD's dtype (the
+    direct CPU route), torch tensors on the device (the CUDA routes), or None (without vectors,
+    the CPU Gram route whose vectors stayed in its process, or after :meth:`release`).
+    ``alignment``: the (P,) float64 u_i . v_i written, where it was computed on the device.
+    ``summarized``: the summary the CPU Gram route's process made from its float64 vectors
+    (:mod:`engine.svdjob`), with ``summary_tol`` its tolerance. ``files``: what was written,
+    relative to the session. ``route``: the route that ran."""
+
+    S: np.ndarray
+    route: str
+    U: Any = None
+    Vh: Any = None
+    alignment: np.ndarray | None = None
+    summarized: dict | None = None
+    summary_tol: float | None = None
+    files: list[str] = field(default_factory=list)
+
+    def summary(self, tol: float) -> dict:
+        """The spectrum summary (:func:`summarize`) with the region tolerance ``tol``: from the
+        vectors where they are (numpy here, the alignment and the regions' cosines computed on
+        the device for tensors), the singular values alone without them; the Gram route's
+        notes (:func:`note_gram_resolution`) on its results."""
+        if self.summarized is not None:
+            if tol != self.summary_tol:
+                raise ValueError(f"this SVD was summarized with tol {self.summary_tol}, not "
+                                 f"{tol}")
+            return dict(self.summarized)
+        S = self.S
+        if self.U is None:
+            out = summarize(S, tol=tol)
+        elif isinstance(self.U, np.ndarray):
+            out = summarize(S, self.U, self.Vh, tol)
+        else:
+            out = summarize(S, tol=tol, align=self.alignment,
+                            cosines=region_cosines(self.U, self.Vh, S, tol))
+        if self.route.startswith("gram"):
+            note_gram_resolution(out, S)
+        return out
+
+    def release(self) -> None:
+        """Let the vectors go (2 P^2 numbers: on CUDA, the device memory is returned to the
+        driver, so the stages after this one have it)."""
+        on_cuda = getattr(self.U, "is_cuda", False)
+        self.U = self.Vh = None
+        if on_cuda:
             import torch
 
-            c = torch.linalg.svdvals(U[:, sl].T @ Vh[sl].T).clamp(0.0, 1.0)
-            out[name] = c.cpu().numpy()
-    return out
+            torch.cuda.empty_cache()
 
 
 def alignment(U: np.ndarray, Vh: np.ndarray) -> np.ndarray:

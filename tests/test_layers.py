@@ -34,9 +34,16 @@ LAYERS: list[list[str]] = [
     ["engine.probe", "engine.api"],
     ["engine.session"],
     ["engine.results"],
+    # the stage table and its rules (torch-free: the UI lists a session's stages from it)
+    ["engine.pipeline"],
     ["engine.worker", "engine.experiments", "engine.experiments.common"],
     ["engine.experiments.*"],
     ["engine.svdjob"],
+    # the stage bodies: their context, each stage, the snapshots (which reuse svd's)
+    ["engine.stages"],
+    ["engine.stages.train", "engine.stages.jacobian", "engine.stages.svd",
+     "engine.stages.matfree", "engine.stages.analysis"],
+    ["engine.stages.snapshots"],
     ["engine.runner"],
     ["engine.sweep", "engine.distributed"],
     # run control: plan, create, resume, start (the CLI and the workbench)

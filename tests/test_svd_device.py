@@ -158,6 +158,64 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
+class Ops(TorchDispatchMode):
+    """The names of the aten ops run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def orthonormal_pair(P: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(A, B) (P, k) with orthonormal columns whose principal-angle cosines spread over [0, 1]
+    (0 included: B has a column orthogonal to span(A))."""
+    rng = np.random.default_rng(seed)
+    Q = np.linalg.qr(rng.standard_normal((P, 2 * k)))[0]
+    c = np.concatenate([[0.0, 1.0], np.sort(rng.uniform(0, 1, k - 2))])
+    B = Q[:, :k] * c + Q[:, k:] * np.sqrt(1 - c ** 2)
+    R = np.linalg.qr(rng.standard_normal((k, k)))[0]  # any basis of the same spans
+    return Q[:, :k] @ R, B @ R.T
+
+
+def test_the_regions_cosines_on_a_device_take_no_svd_and_match_svdvals():
+    """On tensors (a GPU's U, Vh) the cosines come from eigvalsh of the k x k M^T M: no SVD op
+    runs (svdvals on CUDA allocates U and V of M too), what is allocated stays within three
+    k x k float64 matrices, and the cosines are svdvals' to 1e-12 (those above 1e-4; the
+    ones near 0 to ~sqrt(eps), as documented)."""
+    P, k = 400, 120
+    A, B = orthonormal_pair(P, k)
+    At, Bt = torch.from_numpy(A), torch.from_numpy(B)
+    ref = torch.linalg.svdvals(At.T @ Bt).clamp(0.0, 1.0).numpy()
+    with Ops() as ops:
+        got = spectrum.device_cosines(At, Bt).numpy()
+    assert not [n for n in ops.names if "svd" in n], ops.names
+    mem = LiveBytes()
+    for t in (At, Bt):  # (their views are not allocations)
+        mem.seen[t.untyped_storage().data_ptr()] = 0
+    with mem:
+        spectrum.device_cosines(At, Bt)
+    assert mem.peak <= 3 * k * k * 8 + 64 * k
+    assert got.shape == (k,) and np.all(np.diff(got) <= 0) and got.min() >= 0
+    big = ref > 1e-4
+    assert np.abs(got - ref)[big].max() < 1e-12
+    assert np.abs(got - ref).max() < 1e-7
+    # and through region_cosines, on a real SVD's vectors, against the numpy route
+    J = np.eye(300) + 2e-3 * np.random.default_rng(1).standard_normal((300, 300))
+    J[:, :5] *= 8
+    U, S, Vh = np.linalg.svd(J)
+    with Ops() as ops:
+        on_dev = spectrum.region_cosines(torch.from_numpy(U), torch.from_numpy(Vh), S, 1e-3)
+    assert not [n for n in ops.names if "svd" in n], ops.names
+    on_cpu = spectrum.region_cosines(U, Vh, S, 1e-3)
+    for name in spectrum.REGIONS:
+        assert len(on_dev[name]) == len(on_cpu[name]) > 0
+        assert np.abs(on_dev[name] - on_cpu[name]).max() < 1e-12, name
+
+
 @pytest.mark.parametrize("vectors", [True, False])
 def test_the_plan_states_what_the_torch_routes_hold(vectors):
     """The peak of the tensors svd_gram_device and svd_device create (P = 300, blocks of 48)
@@ -269,12 +327,14 @@ def test_a_run_on_cuda_takes_the_gram_route_and_matches_the_cpu_one(quick_sessio
     own, engine.svdjob) to float64 rounding; its float64 vectors against gesdd. Measured: s
     within 1 +- 0.5 to 4.0e-15 of gesdd and 1.6e-15 of the CPU route, s > 1e-3 s_1 to 4.3
     eps s_1^2 / s of gesdd, chaotic u.v to 2.5e-14, U orthogonal to 8.4e-15, V to 5.8e-12."""
-    calls = []
+    calls, kept = [], []
     real = spectrum.svd_gram_device
 
     def on_the_cpu(J, device, vectors=True, should_stop=None, block=2048):
         calls.append((str(device), J.shape, vectors))
-        return real(J, CPU, vectors, should_stop, block)
+        U, S, Vh = real(J, CPU, vectors, should_stop, block)
+        kept.append((U.numpy().copy(), S.numpy().copy(), Vh.numpy().copy()))
+        return U, S, Vh
 
     def refuse(*args, **kwargs):
         raise AssertionError("the direct SVD ran")
@@ -323,11 +383,46 @@ def test_a_run_on_cuda_takes_the_gram_route_and_matches_the_cpu_one(quick_sessio
     # eigensolver's last bit (10 here, 23 by engine.svdjob's dsyevr, 27 by gesdd)
     assert sm["unity"]["within_exact"] == sm_cpu["unity"]["within_exact"] == 80
     assert sm["log10_det"] == pytest.approx(sm_cpu["log10_det"], abs=1e-9)
-    # the route's float64 vectors (still in the runner) against LAPACK's gesdd
-    U, S64, Vh = r.svd_result
-    err = check_against_gesdd(s.load_npy("jacobian.npy"), U.numpy(), S64, Vh.numpy())
+    # the route's float64 vectors (copies: the runner let its own go) against LAPACK's gesdd
+    U, S64, Vh = kept[0]
+    err = check_against_gesdd(s.load_npy("jacobian.npy"), U, S64, Vh)
     assert err["s near 1"] < 1e-13 and err["s / bound"] < 16 and err["chaotic u.v"] < 1e-12
     assert err["U orthogonality"] < 1e-13 and err["V orthogonality"] < 1e-10
+
+
+def test_the_vectors_of_a_run_on_cuda_are_let_go_once_summarized(tmp_path, tiny_npz,
+                                                                  monkeypatch):
+    """On CUDA U and Vh (2 P^2 float64 on the device) are not kept into the analyses: once
+    spectrum.json is written the runner holds neither (here: CPU tensors of the device route,
+    watched by weakrefs, the analysis after the spectrum seeing them gone)."""
+    from conftest import tiny_config
+
+    real, alive, seen = spectrum.svd_gram_device, [], []
+
+    def on_the_cpu(J, device, vectors=True, should_stop=None, block=2048):
+        U, S, Vh = real(J, CPU, vectors, should_stop, block)
+        alive.extend([weakref.ref(U), weakref.ref(Vh)])
+        return U, S, Vh
+
+    class CudaRunner(runner.Runner):
+        def setup(self):
+            super().setup()
+            self.device = FakeCuda()
+
+    full = config.to_dict(tiny_config(tiny_npz))
+    full["analysis"] = {"distance": {}}
+    s = Session.create(tmp_path, "tiny", config.from_dict(full))
+    assert runner.run_session(s.path) == runner.EXIT_OK
+    for stage in ("svd", "spectrum", "analysis.distance"):
+        s.set_stage(stage, status="pending")
+    monkeypatch.setattr(spectrum, "svd_gram_device", on_the_cpu)
+    from engine.experiments import distance
+    monkeypatch.setattr(distance, "run", lambda ctx, cfg, run=distance.run: (
+        seen.append([ref() is None for ref in alive]), run(ctx, cfg))[1])
+    r = CudaRunner(s)
+    assert r.run() == runner.EXIT_OK, s.manifest().get("error")
+    assert len(alive) == 2 and seen == [[True, True]]
+    assert s.spectrum()["svd_method"] == "gram" and s.verify() == {}
 
 
 # ---- the time probe ------------------------------------------------------------------------------
