@@ -14,6 +14,7 @@
     tjac sweep PRESET|DIR [--parallel N]
                                   run every point of a preset's [sweep] (or resume a sweep),
                                   then the comparison and DIR/report.md (tjac study: the same)
+    tjac sweep PRESET --plan      every point's P, disk and SVD memory, and their sum
     tjac schema [-o FILE]         the JSON Schema of presets (for TOML editors)
 
 Exit status: 0 done, 1 the run failed, 2 bad usage or an invalid preset (one line on stderr),
@@ -74,6 +75,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.sweep is not None and not args.plan:
         raise NotFound(f"{preset}: this preset has a [sweep]: `tjac sweep {args.preset}` runs "
                        "every point (`tjac run` would run only its base config)")
+    if args.plan and cfg.sweep is not None:  # every point's plan, as `tjac sweep --plan`
+        if args.json:
+            raise NotFound(f"{preset}: --json plans one run and this preset has a [sweep]: "
+                           f"`tjac sweep {args.preset} --plan` plans every point")
+        return print_sweep_plan(cfg, args.sessions, str(preset))
     if args.plan:
         return print_plan(cfg, args.sessions, as_json=args.json)
     session = control.create(cfg, args.sessions, preset)
@@ -98,6 +104,15 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
         print(control.probing_text(report.method), file=sys.stderr, flush=True)
         for line in control.with_probe(report, cfg).probe_lines():
             print(line)
+    return 0
+
+
+def print_sweep_plan(base, sessions: Path, where: str) -> int:
+    """``tjac sweep PRESET --plan`` (and ``tjac run PRESET --plan`` of a preset with a
+    [sweep]): every point's P, steps, disk and SVD memory, whether each fits and whether all
+    fit together (:class:`engine.control.SweepPlanReport`); nothing is written."""
+    for line in control.sweep_plan_report(base, sessions, where).lines():
+        print(line)
     return 0
 
 
@@ -255,6 +270,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.set:
             raise config_mod.ConfigError(f"{sw.path}: --set: a sweep resumes as it was "
                                          "created; start a new one to change its keys")
+        if args.plan:
+            raise NotFound(f"{sw.path}: --plan plans a sweep before it exists: name its "
+                           f"preset ({sw.manifest().get('preset')})")
+    elif args.plan:
+        preset = find_preset(args.target)
+        base = config_mod.load(preset, args.set)
+        if base.sweep is None:
+            raise NotFound(f"{preset}: no [sweep] section: `tjac run {args.target} --plan` "
+                           "plans its run")
+        return print_sweep_plan(base, args.sessions, str(preset))
     else:
         preset = find_preset(args.target)
         control.check_sessions_dir(args.sessions)
@@ -423,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
         sd.add_argument("--parallel", type=_nproc, metavar="N",
                         help="points at once, each in its own worker process (default: the "
                              "preset's sweep.parallel)")
+        sd.add_argument("--plan", action="store_true",
+                        help="print every point's P, steps, disk and SVD memory, whether each "
+                             "fits and whether all fit together; start nothing")
         sd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         sd.set_defaults(func=cmd_sweep)
 

@@ -1,0 +1,87 @@
+"""A sweep planned before it starts: ``tjac sweep PRESET --plan`` (and ``tjac run PRESET
+--plan`` of a preset with a [sweep]) tables every point's P, disk and SVD memory and their sum
+at 80 columns; a sweep whose largest point does not fit is refused before any point starts, in
+one line naming the point."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from engine import config, plan as plan_mod, sweep
+from engine.units import fmt_bytes
+from tjac_tui.cli import main
+
+from test_sweep import GRID
+
+
+@pytest.fixture
+def grid(tmp_path):
+    p = tmp_path / "mini-sweep.toml"
+    p.write_text(GRID)
+    return p
+
+
+def point_plans(preset):
+    base, points = sweep.plan(preset)
+    return {q.name: plan_mod.make_plan(q.config) for q in points}
+
+
+def plan_rows(out: str) -> dict[str, list[str]]:
+    """The table's rows by their first cell (split at runs of two or more spaces)."""
+    return {r[0]: r for r in (re.split(r"\s{2,}", ln.strip()) for ln in out.splitlines())
+            if len(r) > 3}
+
+
+@pytest.mark.parametrize("cmd", ["sweep", "run"])
+def test_the_plan_tables_every_point_and_the_sum(grid, tmp_path, capsys, monkeypatch, cmd):
+    monkeypatch.setenv("COLUMNS", "80")
+    plans = point_plans(grid)
+    assert main([cmd, str(grid), "--plan", "--sessions", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "sweep mini-sweep: 4 points; the SVDs run on the CPU, one after another"
+    assert all(len(ln) <= 80 for ln in lines[:-1]), out  # (the verdict names the folder)
+    rows = plan_rows(out)
+    assert rows["point"] == ["point", "P", "steps", "J on disk", "disk", "SVD memory", "fits"]
+    for name, pl in plans.items():
+        P = 235 if name.startswith("hidden-3") else 385
+        assert rows[name] == [name, str(P), str(pl.steps), fmt_bytes(P * P * 8), fmt_bytes(pl.disk_total),
+                              fmt_bytes(pl.svd_memory("cpu")), "yes"]
+    biggest = max(pl.svd_memory("cpu") for pl in plans.values())
+    assert rows["all 4"] == ["all 4", fmt_bytes(sum(pl.disk_total for pl in plans.values())),
+                             f"{fmt_bytes(biggest)} max", "yes"]
+    assert lines[-1].startswith(f"all 4 points fit in {tmp_path / 's'}: yes (")
+    assert not (tmp_path / "s").exists()  # nothing written
+
+
+def test_a_sweep_whose_largest_point_does_not_fit_is_refused_naming_it(grid, tmp_path, capsys,
+                                                                       monkeypatch):
+    plans = point_plans(grid)
+    small = plans["hidden-3_lr-0.05"].svd_memory("cpu")
+    big = plans["hidden-5_lr-0.05"].svd_memory("cpu")
+    monkeypatch.setattr(plan_mod, "available_memory", lambda: (small + big) // 2)
+    sessions = tmp_path / "s"
+    assert main(["sweep", str(grid), "--plan", "--sessions", str(sessions)]) == 0
+    out = capsys.readouterr().out
+    rows = plan_rows(out)
+    assert [rows[n][-1] for n in plans] == ["yes", "yes", "no", "no"]
+    assert rows["all 4"][-1] == "no"
+    verdict = out.splitlines()[-1]
+    assert verdict.startswith("does not fit: sweep point hidden-5_lr-0.05: the float64 SVD of "
+                              "this run's 385 x 385 Jacobian"), verdict
+
+    assert main(["sweep", str(grid), "--sessions", str(sessions), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("sweep point hidden-5_lr-0.05: the float64 SVD of this run")
+    assert not sessions.exists() or not any(sessions.iterdir())  # no point started
+
+
+def test_the_plan_of_a_preset_without_a_sweep_points_at_tjac_run(tmp_path, capsys):
+    p = tmp_path / "one.toml"
+    p.write_text(GRID.split("[sweep]")[0])
+    assert main(["sweep", str(p), "--plan"]) == 2
+    assert capsys.readouterr().err.strip() == (f"{p}: no [sweep] section: `tjac run {p} --plan` "
+                                               "plans its run")
