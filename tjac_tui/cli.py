@@ -118,6 +118,7 @@ def print_sweep_plan(base, sessions: Path, where: str) -> int:
 
 def _run_foreground(session, quiet: bool = False, device: str | None = None,
                     nproc: int = 1) -> int:
+    from engine.present.report import report_keeper
     from engine.runner import EXIT_OK
 
     from .progress import RichProgress, regions_table, view_table
@@ -130,8 +131,8 @@ def _run_foreground(session, quiet: bool = False, device: str | None = None,
             errors.append(ev.get("message") or "")
 
     with RichProgress(err) as bars:
-        code = control.run_foreground(session.path, [bars, on_error], device=device,
-                                      nproc=nproc)
+        code = control.run_foreground(session.path, [bars, on_error, report_keeper(session)],
+                                      device=device, nproc=nproc)
     summary = session.spectrum() if code == EXIT_OK else None
     if code == EXIT_OK and not quiet:
         from rich.console import Console
@@ -204,7 +205,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from engine.present.report import write_report
+    from engine.present.report import status_line, write_report
+    from engine.session import status_of
 
     s = find_session(args.session, args.sessions)
     s.check_intact()  # a report of damaged files would state wrong numbers
@@ -215,6 +217,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         control.check_output(output)
     out = write_report(s, output, ascii_only=not args.unicode, figures=args.figures)
     print(out)
+    m = s.manifest()
+    why = status_line(s, m, status_of(m, s.is_locked()))
+    if why:  # (the report states it too)
+        print(why, file=sys.stderr)
     if args.figures:
         from engine.present.figures import why_no_figures
 
@@ -258,6 +264,7 @@ def _write_or_print(text: str, output: str | None, suffixes: tuple[str, ...] = (
 def cmd_sweep(args: argparse.Namespace) -> int:
     from engine import sweep as sweep_mod
     from engine.present.findings import write_sweep_report
+    from engine.present.report import report_keeper
     from engine.runner import EXIT_INTERRUPTED, EXIT_OK, run_session
     from rich.markup import escape
 
@@ -288,7 +295,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     def one_run(path, listeners, handle_signals=False):
         with RichProgress(err) as bars:
-            return run_session(path, listeners + [bars], handle_signals=handle_signals)
+            return run_session(path, listeners + [bars, report_keeper(path)],
+                               handle_signals=handle_signals)
 
     def on_event(ev: dict) -> None:
         kind = ev["event"]
