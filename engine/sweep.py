@@ -182,6 +182,43 @@ def point_plans(points: list[Point]) -> list:
     return plans
 
 
+def list_sweeps(root: str | Path) -> list[Path]:
+    """The sweep directories in ``root`` (their points are sessions in ``<sweep>/runs``), by
+    name."""
+    try:
+        return sorted(p for p in Path(root).iterdir() if p.is_dir() and is_sweep(p))
+    except OSError:
+        return []
+
+
+def describe_sweep(path: str | Path) -> dict:
+    """One sweep for ``tjac ls`` and the Sessions pane: {name, path, status, preset, created,
+    done, total, seconds, points}, ``points`` the rows of its sessions
+    (:func:`engine.session.describe`) in the sweep's order. The status is the manifest's, but
+    a sweep recorded as running none of whose points a live process holds is "stale" (its
+    process was killed: ``tjac sweep DIR`` resumes it); an unreadable manifest, "damaged"."""
+    from .session import describe
+
+    sw = Sweep(path)
+    row = {"name": sw.path.name, "path": str(sw.path), "status": "damaged", "preset": None,
+           "created": "", "done": 0, "total": 0, "seconds": 0.0, "points": [],
+           "problem": None}
+    try:
+        m = sw.manifest()
+        names = [p["name"] for p in m["points"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        row["problem"] = f"sweep.json: {e}"
+        return row
+    points = [describe(sw.session(n)) for n in names]
+    status = str(m.get("status", "?"))
+    if status == "running" and not any(p["status"] == "running" for p in points):
+        status = "stale"
+    row.update(status=status, preset=m.get("preset"), created=str(m.get("created", "")),
+               done=sum(p["status"] == "done" for p in points), total=len(points),
+               seconds=sum(p["seconds"] for p in points), points=points)
+    return row
+
+
 def check(points: list[Point], root: str | Path, device: str, plans: list | None = None
           ) -> None:
     """Every point's plan (:func:`point_plans`, or ``plans`` when made already) checked

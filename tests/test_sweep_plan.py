@@ -85,3 +85,32 @@ def test_the_plan_of_a_preset_without_a_sweep_points_at_tjac_run(tmp_path, capsy
     assert main(["sweep", str(p), "--plan"]) == 2
     assert capsys.readouterr().err.strip() == (f"{p}: no [sweep] section: `tjac run {p} --plan` "
                                                "plans its run")
+
+
+def test_ls_lists_a_sweep_and_its_points_and_report_writes_its_report(grid, tmp_path, capsys,
+                                                                       monkeypatch):
+    from engine import runner
+
+    monkeypatch.setenv("COLUMNS", "80")
+    sessions = tmp_path / "s"
+    sw = sweep.create(sessions, grid)
+    first = sw.manifest()["points"][0]["name"]
+    assert runner.run_session(sw.session(first).path) == 0  # one point of four done
+    assert main(["ls", "--sessions", str(sessions)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.split()[:3] == ["mini-sweep", "(sweep)",
+                                                                      "created"])
+    assert lines[head].split()[3] == "1/4"
+    names = [q["name"] for q in sw.manifest()["points"]]
+    for i, name in enumerate(names):  # indented under the sweep, in its order
+        cells = lines[head + 1 + i].split()
+        assert lines[head + 1 + i].startswith(f"  {name}") or lines[head + 1 + i].startswith(
+            f"   {name}")
+        assert cells[:2] == [name, "done" if i == 0 else "created"]
+
+    assert main(["report", "mini-sweep", "--sessions", str(sessions)]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(sw.path / "report.md")
+    assert "no comparison yet" in err and f"`tjac sweep {sw.path}`" in err
+    text = (sw.path / "report.md").read_text()
+    assert text.startswith("# tjac sweep: mini-sweep") and "status **created**" in text

@@ -173,17 +173,28 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from engine.session import describe, list_sessions
     from engine.units import fmt_seconds
 
+    from engine.sweep import describe_sweep, list_sweeps
+
     rows = [describe(s) for s in list_sessions(args.sessions)]
-    if not rows:
+    sweeps = [describe_sweep(p) for p in list_sweeps(args.sessions)]
+    if not rows and not sweeps:
         print(f"no sessions in {args.sessions}", file=sys.stderr)
         return 0
     t = Table("name", "status", "preset", "P", "created", "time", box=None)
-    for r in rows:
-        t.add_row(r["name"], r["status"], Path(r["preset"]).stem if r["preset"] else "-",
-                  str(r["P"] or "-"), r["created"].replace("T", " ")[:19],
+
+    def add(r: dict, name: str, status: str) -> None:
+        t.add_row(name, status, Path(r["preset"]).stem if r.get("preset") else "-",
+                  str(r.get("P") or "-"), r["created"].replace("T", " ")[:19],
                   fmt_seconds(r["seconds"]))
+
+    for r in rows:
+        add(r, r["name"], r["status"])
+    for sw in sweeps:  # a sweep, then its points indented under it
+        add(sw, f"{sw['name']} (sweep)", f"{sw['status']} {sw['done']}/{sw['total']}")
+        for r in sw["points"]:
+            add(r, f"  {r['name']}", r["status"])
     Console(width=max(100, Console().width)).print(t)
-    for r in rows:  # why each damaged one is
+    for r in rows + [p for sw in sweeps for p in [sw, *sw["points"]]]:  # why each damaged one is
         if r["problem"]:
             print(f"{r['name']}: {r['problem']}")
     return 0
@@ -207,7 +218,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from engine.present.report import status_line, write_report
     from engine.session import status_of
+    from engine.sweep import is_sweep
 
+    for where in (Path(args.session), args.sessions / args.session):
+        if is_sweep(where):  # a sweep: its comparison's report (every point's row)
+            return report_sweep(where, args)
     s = find_session(args.session, args.sessions)
     s.check_intact()  # a report of damaged files would state wrong numbers
     output = args.output
@@ -230,6 +245,26 @@ def cmd_report(args: argparse.Namespace) -> int:
                   markup=False)
         if not any(p.suffix == ".png" for p in figs):
             err.print(why_no_figures(s), style="yellow", markup=False, soft_wrap=True)
+    return 0
+
+
+def report_sweep(path: Path, args: argparse.Namespace) -> int:
+    """``tjac report SWEEPDIR``: the sweep's report (its comparison table and plots, what its
+    points hold so far) to ``SWEEPDIR/report.md`` or ``-o FILE``; each point's own report is
+    ``tjac report SWEEPDIR/runs/POINT``."""
+    from engine.present.findings import render_sweep_markdown, write_sweep_report
+    from engine.sweep import Sweep
+
+    sw = Sweep(path)
+    if args.figures:
+        raise NotFound(f"{path}: --figures draws one session's figures: `tjac report "
+                       f"{path}/runs/POINT --figures`")
+    if args.output:
+        return _write_or_print(render_sweep_markdown(sw.path), args.output)
+    print(write_sweep_report(sw.path))
+    if sw.comparison() is None:
+        print(f"{sw.path}: no comparison yet (the report shows the points so far); `tjac sweep "
+              f"{sw.path}` runs the rest and compares them", file=sys.stderr)
     return 0
 
 

@@ -50,12 +50,9 @@ def scan(root: Path) -> list[dict]:
 
 def scan_sweeps(root: Path) -> list[Path]:
     """The sweep directories in ``root`` (their points are sessions in ``<sweep>/runs``)."""
-    from engine.sweep import is_sweep
+    from engine.sweep import list_sweeps
 
-    try:
-        return sorted(p for p in Path(root).iterdir() if p.is_dir() and is_sweep(p))
-    except OSError:
-        return []
+    return list_sweeps(root)
 
 
 def sort_rows(rows: list[dict], key: str) -> list[dict]:
