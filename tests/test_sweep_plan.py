@@ -87,15 +87,24 @@ def test_the_plan_of_a_preset_without_a_sweep_points_at_tjac_run(tmp_path, capsy
                                                "plans its run")
 
 
-def test_ls_lists_a_sweep_and_its_points_and_report_writes_its_report(grid, tmp_path, capsys,
-                                                                       monkeypatch):
+@pytest.fixture(scope="module")
+def one_of_four(tmp_path_factory):
+    """A sweep of four points, the first one run."""
     from engine import runner
 
-    monkeypatch.setenv("COLUMNS", "80")
-    sessions = tmp_path / "s"
-    sw = sweep.create(sessions, grid)
+    root = tmp_path_factory.mktemp("part")
+    (root / "mini-sweep.toml").write_text(GRID)
+    sw = sweep.create(root / "s", root / "mini-sweep.toml")
     first = sw.manifest()["points"][0]["name"]
-    assert runner.run_session(sw.session(first).path) == 0  # one point of four done
+    assert runner.run_session(sw.session(first).path) == 0
+    return sw
+
+
+def test_ls_lists_a_sweep_and_its_points_and_report_writes_its_report(one_of_four, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    sw = one_of_four
+    sessions = sw.path.parent
     assert main(["ls", "--sessions", str(sessions)]) == 0
     lines = capsys.readouterr().out.splitlines()
     head = next(i for i, ln in enumerate(lines) if ln.split()[:3] == ["mini-sweep", "(sweep)",
@@ -114,3 +123,27 @@ def test_ls_lists_a_sweep_and_its_points_and_report_writes_its_report(grid, tmp_
     assert "no comparison yet" in err and f"`tjac sweep {sw.path}`" in err
     text = (sw.path / "report.md").read_text()
     assert text.startswith("# tjac sweep: mini-sweep") and "status **created**" in text
+
+
+def test_the_sessions_pane_lists_a_sweep_and_its_points(one_of_four):
+    import asyncio
+
+    from conftest import running, until
+    from tjac_tui.app import TjacApp
+    from tjac_tui.screens.sessions import SessionsPane
+
+    sw = one_of_four
+    names = [q["name"] for q in sw.manifest()["points"]]
+
+    async def go():
+        app = TjacApp(sessions_dir=sw.path.parent)
+        async with running(app, (120, 40)) as pilot:
+            await pilot.press("5")
+            pane = app.query_one(SessionsPane)
+            await until(pilot, lambda: len(pane.table_rows()) == 5, what="the sweep's rows")
+            rows = pane.table_rows()
+            assert rows[0][:3] == ["mini-sweep (sweep)", "mini-sweep", "created 1/4"]
+            assert [r[0] for r in rows[1:]] == [f"  {n}" for n in names]
+            assert [r[2] for r in rows[1:]] == ["done", "created", "created", "created"]
+
+    asyncio.run(go())
