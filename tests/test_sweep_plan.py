@@ -147,3 +147,31 @@ def test_the_sessions_pane_lists_a_sweep_and_its_points(one_of_four):
             assert [r[2] for r in rows[1:]] == ["done", "created", "created", "created"]
 
     asyncio.run(go())
+
+
+def test_the_setup_pane_plans_every_point_of_a_sweep_preset(tmp_path):
+    import asyncio
+
+    from conftest import PRESETS, running, screen_lines, until
+    from tjac_tui.app import TjacApp
+
+    preset = PRESETS / "sweep-width.toml"
+
+    async def go():
+        app = TjacApp(sessions_dir=tmp_path / "s", preset=preset)
+        async with running(app, (120, 50)) as pilot:
+            setup = app.pane("setup")
+            await until(pilot, lambda: setup.plan_text.startswith("sweep "), what="the plan",
+                        timeout=60)
+            await pilot.pause(0.1)
+            lines = setup.plan_text.splitlines()
+            assert lines[0] == ("sweep sweep-width: 5 points; the SVDs run on the CPU, one after "
+                                "another")
+            rows = plan_rows(setup.plan_text)
+            assert rows["hidden-256"][:2] == ["hidden-256", "19,210"]  # not the base's 4,810
+            assert rows["hidden-64"][:2] == ["hidden-64", "4,810"]
+            assert rows["all 5"][-1] == "yes" and lines[-1].startswith("all 5 points fit in ")
+            screen = "\n".join(screen_lines(app))
+            assert "hidden-256" in screen and "all 5" in screen
+
+    asyncio.run(go())
