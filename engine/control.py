@@ -202,15 +202,17 @@ class PlanReport:
                    probe=probe)
 
 
-def plan_report(cfg: RunConfig, sessions: str | Path, probe: bool = False) -> PlanReport:
+def plan_report(cfg: RunConfig, sessions: str | Path, probe: bool = False,
+                plan: Plan | None = None) -> PlanReport:
     """The plan of ``cfg`` with its sessions under ``sessions``: its sizes and whether they fit
     (torch-free for the built-in models); with ``probe``, also the timed probe's figures where
-    :attr:`PlanReport.probes` (:func:`with_probe`). Writes nothing. Raises what making the plan
-    raises (:class:`ConfigError`, :class:`engine.schema.DataError`: data that cannot be read);
-    a run that does not fit is a report that says so, not an error."""
+    :attr:`PlanReport.probes` (:func:`with_probe`); ``plan``: the run's plan when made already.
+    Writes nothing. Raises what making the plan raises (:class:`ConfigError`,
+    :class:`engine.schema.DataError`: data that cannot be read); a run that does not fit is a
+    report that says so, not an error."""
     from . import plan as plan_mod
 
-    pl = plan_mod.make_plan(cfg)
+    pl = plan_mod.make_plan(cfg) if plan is None else plan
     try:
         check_fits(cfg, sessions, pl)
         fits = f"fits in {sessions}: yes ({fmt_bytes(plan_mod.free_disk(Path(sessions)))} free)"
@@ -236,6 +238,87 @@ def with_probe(report: PlanReport, cfg: RunConfig) -> PlanReport:
 
     r = probe(cfg)
     return replace(report, probe={k: r.get(k) for k in PROBE_KEYS})
+
+
+# --------------------------------------------------------------------------------------------
+# the plan of a sweep: every point's, and their sum
+
+
+@dataclass
+class SweepPlanReport:
+    """What every point of a sweep will need here, and all of them together, as ``tjac sweep
+    PRESET --plan`` prints it (:meth:`lines`: a table that reads at 80 columns) and the Setup
+    pane shows it for a preset with a [sweep]."""
+
+    name: str  # the sweep's (the preset's name)
+    device: str  # where the SVDs run (engine.plan.where_svd_runs of the preset's device)
+    points: list[tuple[str, PlanReport]]  # (point name, its plan), in the sweep's order
+    disk: list[int]  # bytes each point writes (its plan's disk_total)
+    svd_memory: list[int]  # bytes each point's SVD takes at its peak on ``device``
+    fits: str  # "all N points fit in DIR: yes (...)", or "does not fit: <point>: <why>"
+    fit: bool
+
+    @property
+    def largest(self) -> str:
+        """The point with the most parameters (the one that dominates time and memory)."""
+        return max(self.points, key=lambda np_: np_[1].P)[0]
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """(columns, rows): one row a point, then the sum ("all N": the disk they write
+        together, the largest SVD: they run one after another)."""
+        cols = ["point", "P", "steps", "J on disk", "disk", "SVD memory", "fits"]
+        rows = []
+        for (name, r), disk, mem in zip(self.points, self.disk, self.svd_memory):
+            jac = next((ln for ln in r.plan_lines if ln.startswith("jacobian.npy: ")), "")
+            rows.append([name, f"{r.P:,}", f"{r.steps:,}",
+                         jac.split(" on disk")[0].removeprefix("jacobian.npy: ") or "-",
+                         fmt_bytes(disk), fmt_bytes(mem) if mem else "-",
+                         "yes" if r.fit else "no"])
+        rows.append([f"all {len(self.points)}", "", "", "", fmt_bytes(sum(self.disk)),
+                     (fmt_bytes(max(self.svd_memory)) + " max") if any(self.svd_memory)
+                     else "-", "yes" if self.fit else "no"])
+        return cols, rows
+
+    def lines(self) -> list[str]:
+        """The table as aligned text (numbers right-aligned), a head line and the verdict."""
+        cols, rows = self.table()
+        widths = [max(len(r[i]) for r in [cols, *rows]) for i in range(len(cols))]
+        right = {1, 2, 3, 4, 5}
+
+        def fmt(r: list[str]) -> str:
+            return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+        where = "a GPU" if str(self.device).startswith("cuda") else "the CPU"
+        head = (f"sweep {self.name}: {len(self.points)} points; the SVDs run on {where}, one "
+                "after another")
+        return [head, fmt(cols), *map(fmt, rows), self.fits]
+
+
+def sweep_plan_report(base: RunConfig, sessions: str | Path, where: str = "<config>"
+                      ) -> SweepPlanReport:
+    """The plan of every point of the config ``base`` (which has a [sweep]) with the sweep
+    under ``sessions``: each point's :class:`PlanReport` (no probe) and the verdict of the
+    check :func:`engine.sweep.create` makes before any point starts (their files add up on
+    the disk; each SVD must fit where it runs), naming the point that does not fit. Writes
+    nothing; raises ConfigError for an invalid point (named), like :func:`plan_report`."""
+    from . import plan as plan_mod, sweep as sweep_mod
+
+    points = sweep_mod.points_of(base, where)
+    plans = sweep_mod.point_plans(points)
+    device = plan_mod.where_svd_runs(base.device)
+    reports = [(p.name, plan_report(p.config, sessions, plan=pl)) for p, pl in zip(points, plans)]
+    try:
+        sweep_mod.check(points, sessions, base.device, plans)
+        fits = (f"all {len(points)} points fit in {sessions}: yes ("
+                f"{fmt_bytes(plan_mod.free_disk(Path(sessions)))} free)")
+        fit = True
+    except PlanError as e:
+        fits, fit = f"does not fit: {e}", False
+    return SweepPlanReport(name=base.name, device=device, points=reports,
+                           disk=[pl.disk_total for pl in plans],
+                           svd_memory=[pl.svd_memory(device) for pl in plans], fits=fits,
+                           fit=fit)
 
 
 # --------------------------------------------------------------------------------------------

@@ -386,16 +386,23 @@ def check(plan: Plan, directory: Path, already: int = 0, device: str | None = "c
                             f"{hint}, or run where it fits")
 
 
-def check_all(plans: list[Plan], directory: Path, device: str | None = "cpu") -> None:
+def check_all(plans: list[Plan], directory: Path, device: str | None = "cpu",
+              names: list[str] | None = None) -> None:
     """:func:`check` for runs that share a disk (a sweep): their files add up; their SVDs run
-    one after the other."""
+    one after the other. ``names``: the runs' names, the refusal of one names it (the largest
+    first: the point that does not fit, before a smaller one that would not either)."""
     if not plans:
         return
+    names = names or [f"run {i + 1}" for i in range(len(plans))]
     total = sum(p.disk_total for p in plans)
     free = free_disk(directory)
     if total > free:
+        big = max(range(len(plans)), key=lambda i: plans[i].disk_total)
         raise PlanError(f"these {len(plans)} runs need {fmt_bytes(total)} of disk together "
-                        f"(P up to {max(p.P for p in plans):,}) and {directory} has "
-                        f"{fmt_bytes(free)} free")
-    for p in plans:
-        check(p, directory, device=device)
+                        f"(the largest, {names[big]}: {fmt_bytes(plans[big].disk_total)}, P = "
+                        f"{plans[big].P:,}) and {directory} has {fmt_bytes(free)} free")
+    for i in sorted(range(len(plans)), key=lambda i: plans[i].P, reverse=True):
+        try:
+            check(plans[i], directory, device=device)
+        except PlanError as e:
+            raise PlanError(f"{names[i]}: {e}") from None

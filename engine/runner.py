@@ -355,7 +355,11 @@ def run_on_session(path, names: list[str] | None = None, overrides: dict | None 
         runner.session.release()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None,
+         listeners_for: Callable[[Path], list[Listener]] | None = None) -> int:
+    """The worker: run or resume the session named on the command line, its events also to
+    ``listeners_for(session path)`` (:mod:`engine.present.worker_main` keeps its report.md
+    current with one)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m engine.runner",
@@ -364,8 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    listeners = listeners_for(Path(args.session)) if listeners_for else None
     try:
-        code = run_session(args.session, device=args.device, handle_signals=True)
+        code = run_session(args.session, listeners, device=args.device, handle_signals=True)
     except SessionError as e:  # another worker holds it, or it is not a session
         print(e, file=sys.stderr)
         return 2

@@ -48,6 +48,8 @@ DEEP_VERIFY_MAX = 1 << 30  # files larger than this: size and mtime only, unless
 # the largest manifest or config.toml read: a session's records are kilobytes (a FIFO or a link
 # to /dev/zero in their place is refused as such, see engine.files.read_text)
 RECORD_MAX = 64 << 20
+# the modules a worker process runs as __main__ (engine.worker.start_worker starts the first)
+WORKER_MODULES = ("engine.present.worker_main", "engine.runner")
 WRITER_PID = ".writer.pid"  # who holds the lock, for messages (deleting it unlocks nothing)
 
 
@@ -129,12 +131,12 @@ def now_iso() -> str:
 
 
 def pid_is_worker(pid: int) -> bool:
-    """True when ``pid`` is alive and runs the tjac worker (engine.runner)."""
+    """True when ``pid`` is alive and runs the tjac worker (:data:`WORKER_MODULES`)."""
     try:
         cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
     except (OSError, ValueError):
         return False
-    return b"engine.runner" in cmdline
+    return any(m.encode() in cmdline for m in WORKER_MODULES)
 
 
 class Session:
@@ -597,6 +599,15 @@ def run_seconds(manifest: dict, live: bool, now: float | None = None) -> float:
     return total
 
 
+def status_of(manifest: dict, live: bool) -> str:
+    """The status a session is shown with (``tjac ls``, its report, the workbench): the
+    manifest's ("created", "running", "done", "failed", "interrupted"), except a session
+    recorded as running that no live process holds (``live``: the writer lock is held): its
+    worker died without marking it (SIGKILL, a power cut), "stale"."""
+    status = str(manifest.get("status", "?"))
+    return "stale" if status == "running" and not live else status
+
+
 def describe(s: Session) -> dict:
     """One row for ``tjac ls`` and the Sessions pane. A session whose manifest cannot be read,
     or whose files do not match their records (size and modification time: cheap), is
@@ -610,9 +621,7 @@ def describe(s: Session) -> dict:
     except SessionDamaged as e:
         row["problem"] = e.detail
         return row
-    status = m.get("status", "?")
-    if status == "running" and not live:
-        status = "stale"  # the worker died without marking the session (e.g. SIGKILL)
+    status = status_of(m, live)
     if problems:
         rel, why = next(iter(problems.items()))
         status, row["problem"] = "damaged", f"{rel}: {why}"

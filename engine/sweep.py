@@ -87,15 +87,24 @@ def plan(preset: str | Path, overrides: list[str] | None = None, parallel: int |
     unless the preset sets it."""
     preset = Path(preset)
     base = config_mod.load(preset, overrides)
-    sw = base.sweep
-    if sw is None:
+    if base.sweep is None:
         raise ConfigError(f"{preset}: sweep: expected a [sweep] section (values or points)")
+    return base, points_of(base, str(preset), parallel)
+
+
+def points_of(base: config_mod.RunConfig, where: str = "<config>",
+              parallel: int | None = None) -> list[Point]:
+    """Every point of the config ``base`` (which has a [sweep]): ``base`` with the point's
+    overrides and without [sweep], validated (a bad override names the point and ``where``);
+    devices and threads as in :func:`plan`. The Setup pane plans an edited config with it."""
+    sw = base.sweep
+    table = config_mod.to_dict(base)
     points = []
     for i, spec in enumerate(sw.expand()):
         try:
-            cfg = config_mod.load(preset, list(overrides or []) + spec["set"])
+            cfg = config_mod.from_dict(config_mod.apply_overrides(table, spec["set"]), where)
         except ConfigError as e:
-            raise ConfigError(f"{preset}: sweep point {spec['name']}: {e}") from None
+            raise ConfigError(f"{where}: sweep point {spec['name']}: {e}") from None
         cfg.sweep = None
         if sw.devices:
             cfg.device = sw.devices[i % len(sw.devices)]
@@ -103,7 +112,7 @@ def plan(preset: str | Path, overrides: list[str] | None = None, parallel: int |
         if n > 1 and not cfg.threads and not cfg.device.startswith("cuda"):
             cfg.threads = max(1, (os.cpu_count() or 1) // n)
         points.append(Point(spec["name"], spec["set"], cfg, spec["values"]))
-    return base, points
+    return points
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,10 +280,9 @@ def sweep_of(session_path: str | Path) -> Path | None:
     return None
 
 
-def check(points: list[Point], root: str | Path, device: str) -> None:
-    """Every point's plan (its snapshot steps, files and SVD memory) made and checked against
-    the disk under ``root`` and this machine, together (:func:`engine.plan.check_all`), before
-    any point starts: a ConfigError or PlanError names what does not fit."""
+def point_plans(points: list[Point]) -> list:
+    """Every point's :class:`engine.plan.Plan` (its P, snapshot steps, files and SVD memory);
+    a point whose plan cannot be made is a ConfigError naming it."""
     from . import plan as plan_mod
 
     plans = []
@@ -283,7 +291,57 @@ def check(points: list[Point], root: str | Path, device: str) -> None:
             plans.append(plan_mod.make_plan(p.config))
         except ConfigError as e:
             raise ConfigError(f"sweep point {p.name}: {e}") from None
-    plan_mod.check_all(plans, Path(root), device=plan_mod.where_svd_runs(device))
+    return plans
+
+
+def list_sweeps(root: str | Path) -> list[Path]:
+    """The sweep directories in ``root`` (their points are sessions in ``<sweep>/runs``), by
+    name."""
+    try:
+        return sorted(p for p in Path(root).iterdir() if p.is_dir() and is_sweep(p))
+    except OSError:
+        return []
+
+
+def describe_sweep(path: str | Path) -> dict:
+    """One sweep for ``tjac ls`` and the Sessions pane: {name, path, status, preset, created,
+    done, total, seconds, points}, ``points`` the rows of its sessions
+    (:func:`engine.session.describe`) in the sweep's order. The status is the manifest's, but
+    a sweep recorded as running none of whose points a live process holds is "stale" (its
+    process was killed: ``tjac sweep DIR`` resumes it); an unreadable manifest, "damaged"."""
+    from .session import describe
+
+    sw = Sweep(path)
+    row = {"name": sw.path.name, "path": str(sw.path), "status": "damaged", "preset": None,
+           "created": "", "done": 0, "total": 0, "seconds": 0.0, "points": [],
+           "problem": None}
+    try:
+        m = sw.manifest()
+        names = [p["name"] for p in m["points"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        row["problem"] = f"sweep.json: {e}"
+        return row
+    points = [describe(sw.session(n)) for n in names]
+    status = str(m.get("status", "?"))
+    if status == "running" and not any(p["status"] == "running" for p in points):
+        status = "stale"
+    row.update(status=status, preset=m.get("preset"), created=str(m.get("created", "")),
+               done=sum(p["status"] == "done" for p in points), total=len(points),
+               seconds=sum(p["seconds"] for p in points), points=points)
+    return row
+
+
+def check(points: list[Point], root: str | Path, device: str, plans: list | None = None
+          ) -> None:
+    """Every point's plan (:func:`point_plans`, or ``plans`` when made already) checked
+    against the disk under ``root`` and this machine, together (:func:`engine.plan.check_all`),
+    before any point starts: a ConfigError or PlanError names the point that does not fit
+    ("sweep point hidden-256: the float64 SVD ... needs ...")."""
+    from . import plan as plan_mod
+
+    plans = point_plans(points) if plans is None else plans
+    plan_mod.check_all(plans, Path(root), device=plan_mod.where_svd_runs(device),
+                       names=[f"sweep point {p.name}" for p in points])
 
 
 def create(root: str | Path, preset: str | Path, overrides: list[str] | None = None,

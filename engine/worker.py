@@ -1,7 +1,8 @@
 """Worker processes: start a session's run in the background, ask it to stop (torch-free).
 
-The worker is ``engine.runner``'s :func:`~engine.runner.main`, started in its own process
-session so that it outlives the terminal (and the TUI) that started it; its output goes to the
+The worker is ``engine.runner``'s :func:`~engine.runner.main` (run as
+:mod:`engine.present.worker_main`, which keeps the session's report.md current), started in its
+own process session so that it outlives the terminal (and the TUI) that started it; its output goes to the
 session's ``worker.log``. A stop request is SIGTERM, which the worker answers by finishing its
 current chunk, saving, and marking the session interrupted.
 """
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .device import worker_environment
-from .session import Session
+from .session import WORKER_MODULES, Session
 
 def boot(module: str) -> str:
     """A ``python -c`` line that runs ``module`` as __main__ without the current directory on
@@ -50,11 +51,12 @@ def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None
 
 
 def start_worker(path: str | Path, device: str | None = None) -> subprocess.Popen:
-    """Start the worker (:func:`engine.runner.main`) on the session in its own process
-    session, so the run outlives the terminal that started it. Its stdout and stderr go to
-    ``worker.log``."""
+    """Start the worker (:func:`engine.runner.main`, as :data:`engine.session.WORKER_MODULES`
+    ``[0]``: it rewrites the session's report.md when the run's status changes) on the session
+    in its own process session, so the run outlives the terminal that started it. Its stdout
+    and stderr go to ``worker.log``."""
     path = Path(path).absolute()
-    cmd = [sys.executable, "-c", boot("engine.runner")]
+    cmd = [sys.executable, "-c", boot(WORKER_MODULES[0])]
     if device:
         cmd += ["--device", device]
     cmd += ["--", str(path)]

@@ -51,6 +51,8 @@ LAYERS: list[list[str]] = [
     ["engine.present", "engine.present.views"],
     ["engine.present.findings", "engine.present.figures"],
     ["engine.present.report"],
+    # the worker process: the runner with the report kept current
+    ["engine.present.worker_main"],
     # the UI
     ["tjac_tui", "tjac_tui.locations"],
     ["tjac_tui.state", "tjac_tui.plots", "tjac_tui.progress"],

@@ -16,6 +16,7 @@
     tjac sweep PRESET|DIR [--parallel N]
                                   run every point of a preset's [sweep] (or resume a sweep),
                                   then the comparison and DIR/report.md (tjac study: the same)
+    tjac sweep PRESET --plan      every point's P, disk and SVD memory, and their sum
     tjac schema [-o FILE]         the JSON Schema of presets (for TOML editors)
 
 Exit status: 0 done, 1 the run failed, 2 bad usage or an invalid preset (one line on stderr),
@@ -79,6 +80,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.sweep is not None and not args.plan:
         raise NotFound(f"{preset}: this preset has a [sweep]: `tjac sweep {args.preset}` runs "
                        "every point (`tjac run` would run only its base config)")
+    if args.plan and cfg.sweep is not None:  # every point's plan, as `tjac sweep --plan`
+        if args.json:
+            raise NotFound(f"{preset}: --json plans one run and this preset has a [sweep]: "
+                           f"`tjac sweep {args.preset} --plan` plans every point")
+        return print_sweep_plan(cfg, args.sessions, str(preset))
     if args.plan:
         return print_plan(cfg, args.sessions, as_json=args.json)
     session = control.create(cfg, args.sessions, preset)
@@ -106,9 +112,19 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
     return 0
 
 
+def print_sweep_plan(base, sessions: Path, where: str) -> int:
+    """``tjac sweep PRESET --plan`` (and ``tjac run PRESET --plan`` of a preset with a
+    [sweep]): every point's P, steps, disk and SVD memory, whether each fits and whether all
+    fit together (:class:`engine.control.SweepPlanReport`); nothing is written."""
+    for line in control.sweep_plan_report(base, sessions, where).lines():
+        print(line)
+    return 0
+
+
 def _run_foreground(session, quiet: bool = False, device: str | None = None,
                     nproc: int = 1) -> int:
     from engine import events
+    from engine.present.report import report_keeper
     from engine.runner import EXIT_OK
 
     from .progress import RichProgress
@@ -121,8 +137,8 @@ def _run_foreground(session, quiet: bool = False, device: str | None = None,
             errors.append(ev.message)
 
     with RichProgress(err) as bars:
-        code = control.run_foreground(session.path, [bars, on_error], device=device,
-                                      nproc=nproc)
+        code = control.run_foreground(session.path, [bars, on_error, report_keeper(session)],
+                                      device=device, nproc=nproc)
     summary = session.spectrum() if code == EXIT_OK else None
     if code == EXIT_OK and not quiet:
         out = _out_console()
@@ -225,18 +241,28 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from engine.sweep import describe_sweep, list_sweeps
     from engine.units import fmt_seconds
 
-    if not rows:
+    sweeps = [describe_sweep(p) for p in list_sweeps(args.sessions)]
+    if not rows and not sweeps:
         print(f"no sessions in {args.sessions}", file=sys.stderr)
         return 0
     t = Table("name", "status", "preset", "P", "created", "time", box=None)
-    for r in rows:
-        t.add_row(r["name"], r["status"], Path(r["preset"]).stem if r["preset"] else "-",
-                  str(r["P"] or "-"), r["created"].replace("T", " ")[:19],
+
+    def add(r: dict, name: str, status: str) -> None:
+        t.add_row(name, status, Path(r["preset"]).stem if r.get("preset") else "-",
+                  str(r.get("P") or "-"), r["created"].replace("T", " ")[:19],
                   fmt_seconds(r["seconds"]))
+
+    for r in rows:
+        add(r, r["name"], r["status"])
+    for sw in sweeps:  # a sweep, then its points indented under it
+        add(sw, f"{sw['name']} (sweep)", f"{sw['status']} {sw['done']}/{sw['total']}")
+        for r in sw["points"]:
+            add(r, f"  {r['name']}", r["status"])
     Console(width=max(100, Console().width)).print(t)
-    for r in rows:  # why each damaged one is
+    for r in rows + [p for sw in sweeps for p in [sw, *sw["points"]]]:  # why each damaged one is
         if r["problem"]:
             print(f"{r['name']}: {r['problem']}")
     return 0
@@ -279,8 +305,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from engine.present.report import write_report
+    from engine.present.report import status_line, write_report
+    from engine.session import status_of
+    from engine.sweep import is_sweep
 
+    for where in (Path(args.session), args.sessions / args.session):
+        if is_sweep(where):  # a sweep: its comparison's report (every point's row)
+            return report_sweep(where, args)
     s = find_session(args.session, args.sessions)
     s.check_intact()  # a report of damaged files would state wrong numbers
     output = args.output
@@ -290,6 +321,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         control.check_output(output)
     out = write_report(s, output, ascii_only=not args.unicode, figures=args.figures)
     print(out)
+    m = s.manifest()
+    why = status_line(s, m, status_of(m, s.is_locked()))
+    if why:  # (the report states it too)
+        print(why, file=sys.stderr)
     if args.figures:
         from engine.present.figures import why_no_figures
 
@@ -299,6 +334,26 @@ def cmd_report(args: argparse.Namespace) -> int:
                   markup=False)
         if not any(p.suffix == ".png" for p in figs):
             err.print(why_no_figures(s), style="yellow", markup=False, soft_wrap=True)
+    return 0
+
+
+def report_sweep(path: Path, args: argparse.Namespace) -> int:
+    """``tjac report SWEEPDIR``: the sweep's report (its comparison table and plots, what its
+    points hold so far) to ``SWEEPDIR/report.md`` or ``-o FILE``; each point's own report is
+    ``tjac report SWEEPDIR/runs/POINT``."""
+    from engine.present.findings import render_sweep_markdown, write_sweep_report
+    from engine.sweep import Sweep
+
+    sw = Sweep(path)
+    if args.figures:
+        raise NotFound(f"{path}: --figures draws one session's figures: `tjac report "
+                       f"{path}/runs/POINT --figures`")
+    if args.output:
+        return _write_or_print(render_sweep_markdown(sw.path), args.output)
+    print(write_sweep_report(sw.path))
+    if sw.comparison() is None:
+        print(f"{sw.path}: no comparison yet (the report shows the points so far); `tjac sweep "
+              f"{sw.path}` runs the rest and compares them", file=sys.stderr)
     return 0
 
 
@@ -333,6 +388,7 @@ def _write_or_print(text: str, output: str | None, suffixes: tuple[str, ...] = (
 def cmd_sweep(args: argparse.Namespace) -> int:
     from engine import events, sweep as sweep_mod
     from engine.present.findings import write_sweep_report
+    from engine.present.report import report_keeper
     from engine.runner import EXIT_INTERRUPTED, EXIT_OK, run_session
     from rich.markup import escape
 
@@ -345,6 +401,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.set:
             raise config_mod.ConfigError(f"{sw.path}: --set: a sweep resumes as it was "
                                          "created; start a new one to change its keys")
+        if args.plan:
+            raise NotFound(f"{sw.path}: --plan plans a sweep before it exists: name its "
+                           f"preset ({sw.manifest().get('preset')})")
+    elif args.plan:
+        preset = find_preset(args.target)
+        base = config_mod.load(preset, args.set)
+        if base.sweep is None:
+            raise NotFound(f"{preset}: no [sweep] section: `tjac run {args.target} --plan` "
+                           "plans its run")
+        return print_sweep_plan(base, args.sessions, str(preset))
     else:
         preset = find_preset(args.target)
         control.check_sessions_dir(args.sessions)
@@ -353,7 +419,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     def one_run(path, listeners, handle_signals=False):
         with RichProgress(err) as bars:
-            return run_session(path, listeners + [bars], handle_signals=handle_signals)
+            return run_session(path, listeners + [bars, report_keeper(path)],
+                               handle_signals=handle_signals)
 
     def on_event(rec: dict) -> None:
         match ev := events.decode(rec):
@@ -522,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
         sd.add_argument("--parallel", type=_nproc, metavar="N",
                         help="points at once, each in its own worker process (default: the "
                              "preset's sweep.parallel)")
+        sd.add_argument("--plan", action="store_true",
+                        help="print every point's P, steps, disk and SVD memory, whether each "
+                             "fits and whether all fit together; start nothing")
         sd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         sd.set_defaults(func=cmd_sweep)
 

@@ -20,7 +20,7 @@ from engine.events import (AnalysisProgress, Event, Interrupted, JacobianChunk, 
                            JacobianStart, MatfreeDone, MatfreeProgress, RunEnd, RunError,
                            RunStart, RunWarning, SnapshotDone, SnapshotStart, StageEnd,
                            StageSkip, StageStart, TrainStep, as_event)
-from engine.session import Session, SessionError
+from engine.session import Session, SessionError, status_of
 from engine.units import fmt_bytes, fmt_seconds  # noqa: F401 - the project's formatters, here
 # for the widgets that import them from this module
 
@@ -281,10 +281,7 @@ class Snapshot:
     def status(self) -> str:
         if self.problem and not self.manifest:
             return "damaged"
-        st = self.manifest.get("status", "?")
-        if st == "running" and not self.locked:
-            return "stale"
-        return st
+        return status_of(self.manifest, self.locked)
 
 
 def read_snapshot(path: Path, offset: int) -> Snapshot:

@@ -24,7 +24,7 @@ import numpy as np
 from .. import regions
 from ..files import atomic_write
 from ..session import Session
-from ..sweep import Sweep, sweep_of
+from ..sweep import Sweep, describe_sweep, sweep_of
 from .markdown import code_block, md_table
 from .views import View, fmt, make_plot, sensitivity_view, session_views, sweep_views
 
@@ -427,7 +427,8 @@ def render_sweep_markdown(sweep_dir, ascii_only: bool = True, width: int = PLOT_
     parts = [f"# tjac sweep: {sw.path.name}", "",
              f"Sweep `{sw.path}`: preset `{m.get('preset')}`, {len(m['points'])} points "
              f"({axes}{', paired' if m.get('zip') else ''}), status "
-             f"**{m.get('status', '?')}**, reference point `{m.get('reference')}`.", ""]
+             f"**{describe_sweep(sw.path)['status']}**, reference point "
+             f"`{m.get('reference')}`.", ""]
     if comp is None:
         parts += ["_The comparison has not been computed: this report shows the points so "
                   "far._", ""]

@@ -5,21 +5,25 @@ and the paper's findings checked (:mod:`engine.present.findings`).
     write_report(session, path=None, figures=False) -> Path
                                             writes it (default: <session>/report.md); with
                                             figures, also PNG/SVG figures and spectrum.csv
+    report_keeper(session) -> listener      rewrites <session>/report.md, where there is one,
+                                            when a run's status changes (start, end)
     compare_rows(sessions) -> (columns, rows)   region counts side by side
     render_compare(sessions) -> str         markdown comparison of several sessions
 
-The plots come from :mod:`engine.asciiplot` (the same code the TUI draws with), rendered without
+The status a report states is the one ``tjac ls`` shows (:func:`engine.session.status_of`): a
+session recorded as running whose worker is gone is "stale", and the report says how to
+continue it. The plots come from :mod:`engine.asciiplot` (the same code the TUI draws with), rendered without
 colour; with ``ascii_only`` (the default) they contain only ASCII characters.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .. import asciiplot, spectrum as spectrum_mod
 from ..files import atomic_write
-from ..session import Session
+from ..session import Session, status_of
 from .figures import Figures, figures_markdown, write_figures
 from .findings import as_session, render_analyses_markdown
 from .markdown import code_block, md_table
@@ -115,8 +119,9 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
     s = as_session(session)
     m = s.manifest()
     summary = s.spectrum()
+    status = status_of(m, s.is_locked())
     parts = [f"# tjac report: {s.name}", ""]
-    info = [f"status **{m.get('status', '?')}**"]
+    info = [f"status **{status}**"]
     if m.get("preset"):
         info.append(f"preset `{m['preset']}`")
     info.append(f"created {m.get('created', '?')}")
@@ -138,7 +143,9 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
         parts += ["**TF32 matrix products were allowed** (`tf32 = true`): every float32 product "
                   "had a 10-bit mantissa, so J's entries carry relative errors of ~1e-3, the "
                   "size of the bulk tolerance.", ""]
-    if m.get("status") != "done":
+    if status_line(s, m, status):
+        parts += [status_line(s, m, status), ""]
+    if status != "done":
         parts += ["_The session is not finished: this report shows what it holds so far._", ""]
 
     if summary is not None:
@@ -217,6 +224,22 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
     return "\n".join(parts).rstrip() + "\n"
 
 
+def status_line(s: Session, manifest: dict, status: str) -> str | None:
+    """What a session that is not running and not done needs said of its status, with what to
+    do (None for the others): stale "the worker (pid N) is gone; `tjac resume S` continues
+    it", interrupted, failed."""
+    resume = f"`tjac resume {s.path}`"
+    if status == "stale":
+        pid = manifest.get("pid")
+        return (f"stale: the worker{f' (pid {pid})' if pid else ''} is gone; {resume} "
+                "continues it.")
+    if status == "interrupted":
+        return f"interrupted: {resume} continues it."
+    if status == "failed":
+        return f"failed: {resume} tries the failed stage again."
+    return None
+
+
 def write_report(session: Session | str | Path, path: str | Path | None = None,
                  ascii_only: bool = True, figures: bool = False) -> Path:
     """Write the markdown report (default ``<session>/report.md``, atomically); returns the
@@ -228,6 +251,27 @@ def write_report(session: Session | str | Path, path: str | Path | None = None,
     atomic_write(out, render_report(s, ascii_only=ascii_only, figures=figs,
                                     report_dir=out.parent.absolute()).encode("utf-8"))
     return out
+
+
+def report_keeper(session: Session | str | Path) -> Callable[[dict], None]:
+    """A listener of a run (:func:`engine.runner.run_session`) that keeps the session's own
+    ``report.md`` current: where one exists (a user wrote it, ``tjac report``), it is written
+    again when the run's status changes, at ``run_start`` (running) and at ``run_end`` (done,
+    failed, interrupted), with its figures when it had them. A report that cannot be written
+    (a full disk) leaves the run alone: a line says so on stderr (the worker's log)."""
+    import sys
+
+    s = as_session(session)
+
+    def on_event(ev: dict) -> None:
+        if ev.get("event") not in ("run_start", "run_end") or not (s.path / "report.md").is_file():
+            return
+        try:
+            write_report(s, figures=(s.path / "figures").is_dir())
+        except Exception as e:  # noqa: BLE001 - the report must never fail the run
+            print(f"{s.path / 'report.md'}: not rewritten: {e}", file=sys.stderr)
+
+    return on_event
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,12 +50,9 @@ def scan(root: Path) -> list[dict]:
 
 def scan_sweeps(root: Path) -> list[Path]:
     """The sweep directories in ``root`` (their points are sessions in ``<sweep>/runs``)."""
-    from engine.sweep import is_sweep
+    from engine.sweep import list_sweeps
 
-    try:
-        return sorted(p for p in Path(root).iterdir() if p.is_dir() and is_sweep(p))
-    except OSError:
-        return []
+    return list_sweeps(root)
 
 
 def sort_rows(rows: list[dict], key: str) -> list[dict]:
@@ -125,6 +122,7 @@ class SessionsPane(Vertical):
         super().__init__(id=id)
         self.rows: list[dict] = []  # every session scanned
         self.shown: list[dict] = []  # the rows in the table (filtered, sorted)
+        self.sweeps: list[dict] = []  # every sweep scanned (engine.sweep.describe_sweep)
         self.sort_key = "created"
         self.filter_text = ""
         self._root: Path | None = None
@@ -206,11 +204,22 @@ class SessionsPane(Vertical):
 
     @work(thread=True, exclusive=True, group="sessions-scan")
     def _scan(self, root: Path) -> None:
-        rows = scan(root)
-        self.app.call_from_thread(self._show, root, rows, scan_sweeps(root))
+        from engine.sweep import describe_sweep
 
-    def _show(self, root: Path, rows: list[dict], sweeps: list[Path] | None = None) -> None:
+        rows = scan(root)
+        sweeps = scan_sweeps(root)
+        described = []
+        for p in sweeps:
+            try:
+                described.append(describe_sweep(p))
+            except OSError:
+                continue
+        self.app.call_from_thread(self._show, root, rows, sweeps, described)
+
+    def _show(self, root: Path, rows: list[dict], sweeps: list[Path] | None = None,
+              sweep_rows: list[dict] | None = None) -> None:
         self.rows = rows
+        self.sweeps = sweep_rows or []
         self._root = root
         self._draw()
         self.app.sessions_scanned(rows, sweeps or [])
@@ -234,6 +243,20 @@ class SessionsPane(Vertical):
             t.add_row(name, Path(r["preset"]).stem if r["preset"] else "-", r["status"],
                       str(r["P"] or "-"), r["created"].replace("T", " ")[:19],
                       fmt_seconds(r["seconds"]), key=r["path"])
+        for sw in self.sweeps:  # after the sessions: each sweep, its points indented under it
+            points = [r for r in sw["points"] if matches(r, self.filter_text)]
+            if not points and not matches(sw, self.filter_text):
+                continue
+            shown.append(sw)
+            t.add_row(f"{sw['name']} (sweep)", Path(sw["preset"]).stem if sw["preset"] else "-",
+                      f"{sw['status']} {sw['done']}/{sw['total']}", "-",
+                      sw["created"].replace("T", " ")[:19], fmt_seconds(sw["seconds"]),
+                      key=sw["path"])
+            for r in points:
+                shown.append(r)
+                t.add_row(f"  {r['name']}", Path(r["preset"]).stem if r["preset"] else "-",
+                          r["status"], str(r["P"] or "-"), r["created"].replace("T", " ")[:19],
+                          fmt_seconds(r["seconds"]), key=r["path"])
         if keep is not None:
             for i, r in enumerate(shown):
                 if r["path"] == str(keep):
@@ -256,28 +279,51 @@ class SessionsPane(Vertical):
         return Path(key.value) if key.value else None
 
     def _row(self, path: Path) -> dict | None:
-        return next((r for r in self.rows if r["path"] == str(path)), None)
+        every = self.rows + [q for sw in self.sweeps for q in [sw, *sw["points"]]]
+        return next((r for r in every if r["path"] == str(path)), None)
+
+    def _sweep(self, path: Path) -> dict | None:
+        """The sweep whose row is at ``path`` (None: a session's row)."""
+        return next((sw for sw in self.sweeps if sw["path"] == str(path)), None)
+
+    def _open(self, path: Path) -> None:
+        """Open a session; a sweep's row says where its points and its table are."""
+        sw = self._sweep(path)
+        if sw is None:
+            self.app.open_session(path, pane="live")
+            return
+        self.app.notify(f"sweep {sw['name']}: {sw['done']} of {sw['total']} points done; its "
+                        "points are the rows under it (enter opens one), Compare (6) shows its "
+                        f"table, `tjac report {path}` writes its report")
 
     # ---- actions ---------------------------------------------------------------------------
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "sessions-table" and event.row_key.value:
             event.stop()
-            self.app.open_session(Path(event.row_key.value), pane="live")
+            self._open(Path(event.row_key.value))
 
     def action_open_selected(self) -> None:
         p = self.selected_path()
         if p is not None:
-            self.app.open_session(p, pane="live")
+            self._open(p)
 
     def action_resume_selected(self) -> None:
         p = self.selected_path()
-        if p is not None:
-            self.app.resume_session(p)
-            self.refresh_rows()
+        if p is None:
+            return
+        sw = self._sweep(p)
+        if sw is not None and sw["points"]:  # the sweep resumes (its points, the comparison)
+            p = Path(sw["points"][0]["path"])
+        self.app.resume_session(p)
+        self.refresh_rows()
 
     def action_delete_selected(self) -> None:
         p = self.selected_path()
         if p is None:
+            return
+        if self._sweep(p) is not None:
+            self.app.notify(f"{p.name} is a sweep: delete its folder {p} yourself (its points "
+                            "and its comparison go with it)", severity="warning")
             return
         if Session(p).is_locked():
             self.app.notify(f"{p.name} is running: cancel it first (x)", severity="warning")

@@ -474,13 +474,15 @@ class SetupPane(Vertical):
 
     @work(thread=True, exclusive=True, group="setup-plan", exit_on_error=False)
     def _plan(self, cfg: config_mod.RunConfig, gen: int) -> None:
-        try:
-            report, error = control.plan_report(cfg, self.app.sessions_dir), None
+        try:  # a sweep: every point's plan and their sum (tjac sweep --plan's)
+            report, error = (control.sweep_plan_report(cfg, self.app.sessions_dir, "sweep")
+                             if cfg.sweep is not None else
+                             control.plan_report(cfg, self.app.sessions_dir)), None
         except Exception as e:  # noqa: BLE001 - e.g. data.path names nothing yet
             report, error = None, f"plan: {one_line(str(e))}"
         self.app.call_from_thread(self._show_plan, gen, report, error)
 
-    def _show_plan(self, gen: int, report: control.PlanReport | None,
+    def _show_plan(self, gen: int, report: control.PlanReport | control.SweepPlanReport | None,
                    error: str | None) -> None:
         if gen != self._plan_gen:
             return
@@ -494,6 +496,8 @@ class SetupPane(Vertical):
         report = self.probed or self.report
         if self.plan_error or report is None:
             head, probe = [self.plan_error] if self.plan_error else [], []
+        elif isinstance(report, control.SweepPlanReport):
+            head, probe = report.lines(), []
         else:
             head, probe = [*report.plan_lines, report.fits], report.probe_lines()
         tail = probe + ([self.estimate_note] if self.estimate_note else [])
@@ -514,6 +518,11 @@ class SetupPane(Vertical):
             self.set_status(str(e), "bold red")
             return
         if not cfg.jacobian.enabled:  # (the plan says it: no time probe)
+            return
+        if cfg.sweep is not None:
+            self.estimate_note = ("time: no probe of a whole sweep; the largest point "
+                                  "dominates: probe it alone (its keys set here, [sweep] off)")
+            self._draw_plan()
             return
         self.probed = None
         self.estimate_note = (f"{control.probing_text(cfg.spectrum.method)} (in a separate "
