@@ -41,7 +41,7 @@ from engine.session import SessionDamaged, SessionError
 from .locations import (NotFound, default_sessions_dir, find_preset, find_session,
                         shipped_presets)
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 3  # (3: as engine.runner, resumable)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command its pipe closed on
 
 
@@ -88,11 +88,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.plan:
         return print_plan(cfg, args.sessions, as_json=args.json)
     session = control.create(cfg, args.sessions, preset)
-    if args.detach:
-        control.start(session.path, nproc=args.nproc)
-        print(session.path)
-        return 0
-    return _run_foreground(session, quiet=args.quiet, nproc=args.nproc)
+    try:
+        if args.detach:
+            control.start(session.path, nproc=args.nproc)
+            print(session.path)
+            return 0
+        return _run_foreground(session, quiet=args.quiet, nproc=args.nproc)
+    except KeyboardInterrupt:  # (before the runner took over ctrl+c: the session never ran)
+        if session.manifest().get("status") != "created":
+            raise
+        return _fail(f"interrupted before the run started: `tjac resume {session.path}` runs "
+                     "it", EXIT_INTERRUPTED)
 
 
 def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
@@ -611,8 +617,27 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def fill_closed_streams() -> None:
+    """Standard output or error closed (``tjac ... >&-``): each is pointed at /dev/null, so
+    that output goes nowhere instead of raising (Python leaves ``sys.stdout`` None) and no file
+    the run opens later takes descriptor 1 or 2 (where a child's output would then land)."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+        else:
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run it; the single error boundary of the command line."""
+    fill_closed_streams()
     device_mod.prepare_threads()  # before torch loads OpenMP (`tjac run` computes J here)
     args = build_parser().parse_args(argv)
     try:
@@ -632,6 +657,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         return _fail(f"{where}{e.strerror or e}", EXIT_FAILED)
+    except KeyboardInterrupt:  # ctrl+c outside a run (a run stops itself, resumable)
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except UnicodeEncodeError as e:  # an ASCII-only terminal, and text it cannot show
+        enc = getattr(sys.stdout, "encoding", None) or e.encoding
+        return _fail(f"this terminal's encoding ({enc}) cannot show the output's characters "
+                     f"({ascii(e.object[e.start:e.end][:8])}): leave out --unicode, or use a UTF-8 "
+                     "locale (LANG=C.UTF-8) or PYTHONIOENCODING=utf-8")
 
 
 if __name__ == "__main__":
