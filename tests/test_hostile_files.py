@@ -323,3 +323,80 @@ def test_a_garbage_tail_in_a_log_is_passed_over_once(tmp_path, monkeypatch):
         f.write(b"\n" + json.dumps({"event": "x", "i": 3}).encode() + b"\n")
     recs, _ = files.read_jsonl(p, offset2)
     assert [r["i"] for r in recs] == [3]
+
+
+# ---- the command line's streams and terminal -------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["ls"], ["schema"], ["presets"]])
+def test_a_closed_standard_output_is_no_traceback(tmp_path, argv):
+    """`tjac ls >&-`: Python leaves sys.stdout None, and tjac ended in an AttributeError
+    traceback (exit 1). Output now goes nowhere, exit 0."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cmd = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "tjac_tui.cli", *argv])
+    r = subprocess.run(["sh", "-c", f"{cmd} --sessions {shlex.quote(str(tmp_path))} >&-"
+                        if argv == ["ls"] else f"{cmd} >&-"], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_unicode_on_an_ascii_terminal_is_one_line(tiny_done, tmp_path):
+    """`tjac compare A B --unicode` where the terminal's encoding is ASCII: a
+    UnicodeEncodeError traceback; now one line saying how to show the characters."""
+    import os
+
+    b = copied(tiny_done, tmp_path)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "LC_ALL": "C", "LANG": "C"}
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    r = subprocess.run([sys.executable, "-m", "tjac_tui.cli", "compare", str(tiny_done), str(b),
+                        "--unicode"], capture_output=True, text=True, timeout=120,
+                       env={**env, "PYTHONPATH": str(REPO)})
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1, r.stderr
+    assert "encoding (ascii) cannot show" in err[0] and "leave out --unicode" in err[0]
+
+
+def test_ctrl_c_in_the_first_second_is_one_line_and_resumable(tmp_path):
+    """ctrl+c while `tjac run` creates its session ended in a KeyboardInterrupt traceback and
+    left the session "created" without a word; now one line (exit 3) that says how it runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from engine.session import Session
+
+    from conftest import PRESETS, REPO
+
+    p = subprocess.Popen([sys.executable, "-m", "tjac_tui.cli", "run", str(PRESETS /
+                          "quick.toml"), "--sessions", str(tmp_path / "s")], text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    t0 = time.time()
+    while not (tmp_path / "s").exists() and time.time() - t0 < 60:
+        time.sleep(0.01)  # the session is being created: interrupt now
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 3 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    made = [Session(d) for d in (tmp_path / "s").iterdir() if not d.name.startswith(".")]
+    if not made:  # stopped before the session was published: nothing left half-made
+        assert last == "interrupted"
+        return
+    (s,) = made
+    status = s.manifest()["status"]
+    assert status in ("created", "interrupted")
+    if status == "created":
+        assert last in ("interrupted", f"interrupted before the run started: `tjac resume "
+                                       f"{s.path}` runs it")
