@@ -282,8 +282,10 @@ class Runner:
             status, code = "interrupted", EXIT_INTERRUPTED
             self._record_end(stage, "interrupted")
             self._emit_quietly("interrupted", stage=stage)
-        except Exception as e:  # noqa: BLE001 - every failure is recorded in the session
-            msg = failure_reason(e)
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - every failure is recorded in
+            # the session (a user's model calling sys.exit too: its status would read as ours)
+            msg = (f"the model's code called sys.exit({e.code}) during {stage}"
+                   if isinstance(e, SystemExit) else failure_reason(e))
             status, code = "failed", EXIT_FAILED
             self._record_end(stage, "failed", error=msg, traceback=traceback.format_exc())
             self._emit_quietly("error", stage=stage, message=msg)

@@ -107,6 +107,21 @@ def frozen(i, o):
     return m
 
 
+class LateExit(nn.Module):                 # sys.exit once training is under way
+    def __init__(self, i, o):
+        super().__init__()
+        self.l, self.calls = nn.Linear(i, o), 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 3:
+            sys.exit(3)
+        return self.l(x)
+
+
+def late_exit(i, o): return LateExit(i, o)
+
+
 def huge(i, o):                            # 300M parameters
     return nn.Linear(i, 300_000_000 // i)
 '''
@@ -188,6 +203,19 @@ def test_bias_free_layers_and_a_0d_parameter_train_and_j_is_exact(tiny_npz, mode
     J = jacobian.exact_jacobian(problem, theta0, chunk=8)
     fd = jacobian.finite_difference_columns(problem, theta0, h=1e-6)
     assert float(torch.linalg.norm(J - fd) / torch.linalg.norm(fd)) < 1e-6
+
+
+def test_sys_exit_during_training_fails_the_session_saying_so(tmp_path, models, capsys):
+    """Exit status 3 is tjac's "interrupted": a model's sys.exit(3) in the middle of training
+    made the run look interrupted (resumable) and recorded nothing."""
+    from engine.session import Session
+
+    code = main(["run", str(preset(tmp_path, models, "late_exit")), "--sessions",
+                 str(tmp_path / "s"), "-q", "--name", "late"])
+    err = capsys.readouterr().err
+    assert code == 1 and "the model's code called sys.exit(3) during train" in err, err
+    m = Session(tmp_path / "s" / "late").manifest()
+    assert m["status"] == "failed" and "sys.exit(3)" in m["error"]
 
 
 def test_a_detached_input_is_accepted(tmp_path, models, capsys):
