@@ -13,11 +13,11 @@ generated from these classes (``python -m engine.events``; tests/test_docs.py ch
 * :func:`encode` ``(event) -> dict``: what a line of ``events.jsonl`` holds,
   ``{"event": kind, "time": ..., fields...}`` (an optional field that is None is left out).
 * :func:`decode` ``(dict) -> Event``: every consumer's reader (the workbench, ``tjac run``,
-  ``tjac sweep``). It never raises: a kind it does not know, a line without a field the
-  class requires, or a field of the wrong type (a session written by another version, a
-  damaged line) decodes to :class:`Unknown`, which consumers ignore; a field the line lacks
-  but the class has a default for takes the default; fields the class does not know are
-  dropped.
+  ``tjac sweep``). It never raises: a kind it does not know, or a field of the wrong type (a
+  session written by another version, a damaged line) decodes to :class:`Unknown`, which
+  consumers ignore; a field the line lacks takes its default, or its type's empty value (0,
+  0.0, "", []) when it has none (a line of an older version); fields the class does not know
+  are dropped.
 
 Plain data only (no torch, no numpy): the workbench imports this without the engine's heavy
 parts.
@@ -208,7 +208,8 @@ class JacobianChunk(Event):
     total: int = doc("columns of J (P)")
     rate: float = doc("columns a second of this process in this attempt")
     eta: float | None = doc("seconds left at that rate (None before any rate)")
-    primal_dev: float = doc("max |theta_T of the chunk - thetaT.npz|: 0 in principle")
+    primal_dev: float | None = doc("max |theta_T of the chunk - thetaT.npz|: 0 in principle "
+                                   "(None: a line that does not say)", None)
     rank: int | None = doc("distributed: the rank that computed it", None, omit_none=True)
     rank_done: int | None = doc("distributed: that rank's columns so far", None,
                                 omit_none=True)
@@ -408,11 +409,31 @@ def decode(rec: dict) -> Event:
     cls = KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         return Unknown(time=t, name=str(kind), data=rec)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "time"]
+    fields = [f for f in dataclasses.fields(cls) if f.name != "time"]
+    present = {f.name: rec[f.name] for f in fields if f.name in rec}
     try:
-        return cls(time=t, **{n: rec[n] for n in names if n in rec})
+        return cls(time=t, **present)
     except TypeError:  # (EventError too) a field missing, or of the wrong type
+        pass
+    missing = [f.name for f in fields if f.name not in present
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if not missing:  # a field of the wrong type: not this kind as declared
         return Unknown(time=t, name=kind, data=rec)
+    try:  # a line an older version wrote without a field: that field reads as its type's
+        # empty value (0, 0.0, "", []), so that every consumer can show the rest
+        return cls(time=t, **present, **{n: _placeholder(cls, n) for n in missing})
+    except TypeError:
+        return Unknown(time=t, name=kind, data=rec)
+
+
+def _placeholder(cls, name: str) -> Any:
+    """A value of the declared type of field ``name`` (for checking a line's other fields)."""
+    hint = typing.get_type_hints(cls)[name]
+    for t in (typing.get_args(hint) or (hint,)):
+        origin = typing.get_origin(t) or t
+        if origin in (int, float, str, bool, list, dict):
+            return origin()
+    return None
 
 
 def as_event(ev: Event | dict) -> Event:

@@ -25,7 +25,7 @@ from textual.widget import Widget
 from textual.scrollbar import ScrollBar, ScrollBarRender
 from textual.widgets import DataTable, Footer, Header, TabbedContent, TabPane
 
-from engine import config as config_mod, control, events
+from engine import config as config_mod, control, events as run_events
 from engine.session import Session, SessionError
 
 from .locations import NotFound, find_preset, find_session, shipped_presets
@@ -388,9 +388,9 @@ class TjacApp(App):
             return  # nothing new: leave the widgets alone (an idle TUI costs ~no CPU)
         before = self.live.log_total
         changed: set[str] = set()
-        for ev in map(events.decode, snap.records):
+        for ev in map(run_events.decode, snap.records):
             changed |= self.live.apply(ev)
-            if isinstance(ev, events.StageEnd) and ev.stage == "snapshots":
+            if isinstance(ev, run_events.StageEnd) and ev.stage == "snapshots":
                 self.pane("spectrum").load(snap.path)  # the spectrum through training
         self.live.merge_manifest(snap.manifest)
         self.pane("live").update_from(self.live, snap, changed,
