@@ -236,10 +236,17 @@ def available_cpus(affinity: set[int] | None = None, quota: float | None = None)
 
 def run_threads(requested: int = 0) -> int:
     """The intra-op thread count of a CPU run: ``requested`` (a config's ``threads``) when it
-    is set, else one per available CPU (:func:`available_cpus`); torch's own default (libgomp's)
-    counts the affinity set but not the cgroup's quota, so a container given 2 of 64 cores by
-    quota would run 64 threads."""
-    return requested if requested > 0 else available_cpus()
+    is set, else ``OMP_NUM_THREADS`` when the environment sets it to a count (a user's
+    ``OMP_NUM_THREADS=1 tjac resume``, a rank's share of the CPUs), else one per available CPU
+    (:func:`available_cpus`); torch's own default (libgomp's) counts the affinity set but not
+    the cgroup's quota, so a container given 2 of 64 cores by quota would run 64 threads."""
+    if requested > 0:
+        return requested
+    try:
+        env = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
+    except ValueError:
+        env = 0
+    return env if env > 0 else available_cpus()
 
 
 def configure(device, tf32: bool = False) -> dict:

@@ -120,8 +120,21 @@ def test_the_cgroup_cpu_quota_is_read_from_v1_and_v2_files(cgroup, path, files, 
 def test_a_run_takes_one_thread_per_available_cpu(monkeypatch, affinity, quota, threads):
     monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: affinity)
     monkeypatch.setattr(device, "cgroup_cpus", lambda: quota)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert device.available_cpus() == device.run_threads(0) == threads
     assert device.run_threads(3) == 3  # a config's threads is kept
+
+
+@pytest.mark.parametrize("env, threads", [("1", 1), ("3", 3), ("4,2", 4), ("", 2), ("x", 2),
+                                          ("0", 2)])
+def test_omp_num_threads_sets_the_count_a_config_leaves_open(monkeypatch, env, threads):
+    """``OMP_NUM_THREADS=1 tjac resume`` (and a rank's share of the CPUs, which the launcher
+    sets so) ran one thread per CPU whatever it said; a value that is not a count is ignored."""
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(device, "cgroup_cpus", lambda: None)
+    monkeypatch.setenv("OMP_NUM_THREADS", env)
+    assert device.run_threads(0) == threads
+    assert device.run_threads(5) == 5  # the config's own count comes first
 
 
 def test_the_worker_waits_passively_unless_told_otherwise(monkeypatch):

@@ -176,7 +176,7 @@ def test_the_worker_refuses_a_changed_model_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_resume_computes_with_the_threads_the_session_started_with(tmp_path):
+def test_a_resume_computes_with_the_threads_the_session_started_with(tmp_path, monkeypatch):
     """Resumed under another thread count, most of J's columns differed from an uninterrupted
     run in their last bits, with no warning."""
     threads = torch.get_num_threads()
@@ -184,7 +184,7 @@ def test_a_resume_computes_with_the_threads_the_session_started_with(tmp_path):
                       jacobian={"chunk": 64, "svd": False},
                       train={"lr": 0.1, "momentum": 0.9, "batch_size": 32, "epochs": 1})
     try:
-        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
         clean = Session.create(tmp_path, "clean", cfg)
         assert runner.run_session(clean.path) == runner.EXIT_OK
         assert clean.manifest()["environment"]["threads"] == 2
@@ -194,7 +194,7 @@ def test_a_resume_computes_with_the_threads_the_session_started_with(tmp_path):
         (s.path / "jacobian.progress.json").write_text(json.dumps(prog))
         s.set_stage("jacobian", status="interrupted")
         s.forget(lambda rel: rel == "jacobian.npy")
-        torch.set_num_threads(1)  # (OMP_NUM_THREADS=1 tjac resume)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # (OMP_NUM_THREADS=1 tjac resume)
         assert runner.run_session(s.path) == runner.EXIT_OK
         resumed_with = torch.get_num_threads()
     finally:
