@@ -400,3 +400,29 @@ def test_ctrl_c_in_the_first_second_is_one_line_and_resumable(tmp_path):
     if status == "created":
         assert last in ("interrupted", f"interrupted before the run started: `tjac resume "
                                        f"{s.path}` runs it")
+
+
+def test_ctrl_c_that_lands_in_an_exec_still_exits_3(tmp_path):
+    """ctrl+c while a dataclass was being made (its methods are ``exec``'d source) ended
+    ``tjac run`` by SIGINT (status -2) after it had printed its one line and chosen exit 3:
+    CPython 3.11 run with ``-m`` takes a plain KeyboardInterrupt that left an ``exec`` as
+    unhandled. The command line's ctrl+c is a type of its own, so the status stays 3."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "ctrl_c_in_exec.py").write_text(
+        "import signal, sys\n"
+        "from tjac_tui.cli import take_ctrl_c\n"
+        "take_ctrl_c()\n"
+        "try:\n"
+        "    exec('import signal; signal.raise_signal(signal.SIGINT)')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('caught')\n"
+        "sys.exit(3)\n")
+    r = subprocess.run([sys.executable, "-m", "ctrl_c_in_exec"], cwd=tmp_path, text=True,
+                       capture_output=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
+    assert (r.returncode, r.stdout) == (3, "caught\n"), r.stderr

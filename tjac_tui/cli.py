@@ -166,7 +166,19 @@ def fitted_table(columns: list[str], rows: list[list], width: int, title: str | 
     """A rich table of ``rows`` (strings, one per column) that fits ``width`` columns with
     every value whole: a header wider than its values wraps; where the values themselves do not
     fit side by side, each row is a block of ``column  value`` lines instead (its first cell
-    the block's heading). ``right``: the columns aligned right (numbers)."""
+    the block's heading). ``right``: the columns aligned right (numbers). ``title`` above and
+    ``caption`` below are lines of their own, wrapped at ``width`` (as a rich table's own title
+    they wrapped at the table's width: a few words a line above a narrow table)."""
+    from rich.console import Group
+    from rich.text import Text
+
+    table = _fitted_body(columns, rows, width, right)
+    parts = ([Text(title, style="bold")] if title else []) + [table] + \
+        ([Text(caption, style="dim")] if caption else [])
+    return Group(*parts) if len(parts) > 1 else table
+
+
+def _fitted_body(columns: list[str], rows: list[list], width: int, right: tuple[str, ...]):
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -177,14 +189,14 @@ def fitted_table(columns: list[str], rows: list[list], width: int, title: str | 
     widths = [max([len(w) for w in c.split()] + [len(r[i]) for r in cells])
               for i, c in enumerate(columns)]
     if sum(widths) + 2 * (len(widths) - 1) <= width:
-        t = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False,
+        t = Table(box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False, collapse_padding=True)
         for c, w in zip(columns, widths):
             t.add_column(c, justify="right" if c in right else "left", width=w)
         for r in cells:
             t.add_row(*map(Text, r))
         return t
-    v = Table(title=title, caption=caption, box=None, show_header=False, pad_edge=False)
+    v = Table(box=None, show_header=False, pad_edge=False)
     v.add_column(style="dim", no_wrap=True)
     v.add_column(overflow="fold")
     for n, r in enumerate(cells):
@@ -635,8 +647,48 @@ def fill_closed_streams() -> None:
                 setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
 
 
+class Interrupted(KeyboardInterrupt):
+    """ctrl+c in the command line. A type of its own because CPython (3.11) marks a plain
+    KeyboardInterrupt that leaves an ``exec()`` of source text (a dataclass's generated methods,
+    made while a module imports) as unhandled for good, and then ends the process by SIGINT
+    (status -2) after the handler that caught it returned: ``tjac run``'s "interrupted before
+    the run started" (exit 3) then died by the signal one time in five."""
+
+
+def _interrupted(signum, frame):
+    raise Interrupted
+
+
+def take_ctrl_c():
+    """ctrl+c raises :class:`Interrupted`, where it raised KeyboardInterrupt (Python's own
+    handler); a SIGINT the parent set to be ignored (``nohup``, a shell's ``&``) stays ignored,
+    and a run's own handler (it stops resumably) replaces this one while it runs. Returns the
+    handler replaced (None: none was), for :func:`main` to put back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None  # (only the main thread may set a handler; signals go to it alone)
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupted)
+        return before
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run it; the single error boundary of the command line."""
+    import signal
+
+    before = take_ctrl_c()
+    try:
+        return _main(argv)
+    finally:
+        if before is not None:  # (a caller's own process, a test's, gets its handler back)
+            signal.signal(signal.SIGINT, before)
+
+
+def _main(argv: list[str] | None) -> int:
     fill_closed_streams()
     device_mod.prepare_threads()  # before torch loads OpenMP (`tjac run` computes J here)
     args = build_parser().parse_args(argv)
