@@ -202,6 +202,6 @@ def test_bars_of_a_session_that_did_not_name_its_stages_come_as_they_start():
             bars(line)
     final = buf.getvalue().splitlines()[-3:]  # (the last frame: the bars so far)
     assert [re.search(r"[a-z_]+", ln).group() for ln in final] == ["train", "jacobian", "ood"]
-    assert "16/16 steps" in final[0] and "1210/1210 cols" in final[1]
+    assert "16/16 steps" in final[0] and "1210/1210 columns" in final[1]
     assert " 8/16 " in final[2]
     assert "svd: already done" in buf.getvalue()

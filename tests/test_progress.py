@@ -76,7 +76,7 @@ def test_tjac_run_shows_a_bar_per_analysis_and_ends_with_a_line_each(tmp_path):
     assert [m.group(1) for ln in ood if (m := re.search(r" (\d+)/39 dirs", ln))][-1] == "39"
     assert {"8", "16", "24", "32"} & {m.group(1) for ln in ood
                                       if (m := re.search(r" (\d+)/39 dirs", ln))}, ood
-    assert any(re.search(r"39/39 dirs +[\d.]+/s +\d:\d\d:\d\d +\d:\d\d:\d\d", ln)
+    assert any(re.search(r"39/39 dirs +[\d.]+ dirs/s +\d:\d\d:\d\d +\d:\d\d:\d\d", ln)
                for ln in ood), ood
     assert any(re.match(r"\S?\s*init_change\s.* 1/1\b", ln) for ln in lines), text
     assert any(re.match(r"\S?\s*param_function\s.* (\d+)/\1 parts\b", ln) for ln in lines)

@@ -333,7 +333,10 @@ def test_the_rate_is_named_columns_per_second_wherever_it_is_shown():
 
     bars = RichProgress(Console(file=io.StringIO(), width=120))
     bars(ev)
-    assert bars.progress.tasks[0].fields["info"] == "95.2 columns/s"
+    from tjac_tui.progress import RateColumn
+
+    task = bars.progress.tasks[0]
+    assert RateColumn().render(task).plain == "95.2 columns/s"
 
 
 def test_sparklines_hold_the_loss_of_metrics_and_the_column_rates(quick_session):

@@ -25,7 +25,7 @@ from engine.events import (AnalysisProgress, Interrupted, JacobianChunk, Jacobia
 from engine.units import fmt_seconds
 
 # what the stages count (an analysis names its unit in its events)
-UNITS = {"train": "steps", "jacobian": "cols", "snapshots": "SVDs"}
+UNITS = {"train": "steps", "jacobian": "columns", "snapshots": "SVDs"}
 
 
 def stage_label(stage: str) -> str:
@@ -45,13 +45,15 @@ class CountColumn(ProgressColumn):
 
 
 class RateColumn(ProgressColumn):
-    """Units a second (rich's estimate over the recent updates)."""
+    """Units a second, named (``95.2 columns/s``): the run's own figure where its events carry
+    one (J's ``rate``), else rich's estimate over the recent updates."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        speed = task.fields.get("rate") or task.finished_speed or task.speed
         if speed is None or task.total is None:
             return Text("")
-        return Text(f"{speed:.0f}/s" if speed >= 100 else f"{speed:.3g}/s",
+        unit = task.fields.get("unit") or "units"
+        return Text(f"{speed:.0f} {unit}/s" if speed >= 100 else f"{speed:.3g} {unit}/s",
                     style="progress.data.speed")
 
 
@@ -141,7 +143,8 @@ class RichProgress:
                 # (rich's rate leaves out the first update: resumed columns do not count)
                 update(t, completed=ev.done, info=f"chunks of {ev.chunk}")
             case JacobianChunk():
-                update(self._task("jacobian", ev.total), completed=ev.done)
+                update(self._task("jacobian", ev.total), completed=ev.done,
+                       rate=ev.rate or None)
             case SnapshotStart():
                 update(self._task("snapshots", ev.total), completed=ev.index,
                        info=f"SVD of J after step {ev.step}")
