@@ -219,7 +219,9 @@ def test_open_finished_session_live_regions_spectrum(finished):
 
 def test_regions_table_at_80x24(finished):
     """At 80 columns every value of the table is on screen, u.v and the subspace cosine too
-    (they were past the right edge, behind a sideways scroll), none cut short."""
+    (they were past the right edge, behind a sideways scroll), none cut short. "4" is pressed
+    while the app starts: opening the session named on the command line switched back to
+    Live."""
     async def go():
         app = TjacApp(sessions_dir=finished.parent, session=finished.name)
         async with running(app, (80, 24)) as pilot:
@@ -227,7 +229,9 @@ def test_regions_table_at_80x24(finished):
             await until(pilot, lambda: app.regions_rows() == expected_rows(finished),
                         what="the regions table")
             assert app.query_one(RegionsPane).summary == Session(finished).spectrum()
-            await pilot.pause(0.1)
+            await until(pilot, lambda: any(x.lstrip("│ ").startswith("stable")
+                                           for x in screen_lines(app)),
+                        what="the regions table on screen")  # (drawn after its rows are set)
             lines = screen_lines(app)
             for r in region_rows(Session(finished).spectrum()):
                 line = next((x for x in lines if x.lstrip("│ ").startswith(r["region"])), "")

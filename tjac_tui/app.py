@@ -251,8 +251,8 @@ class TjacApp(App):
                 path = find_session(str(self.initial_session), self.sessions_dir).path
             except NotFound as e:
                 self.notify(str(e), severity="error", timeout=10)
-            else:
-                self.open_session(path, pane="live")
+            else:  # (on Live, where the app opened; a pane the user chose meanwhile stays)
+                self.open_session(path, pane="live" if self.active_pane == "live" else None)
         if self.current is None and self.active_pane == "setup":
             self.show_pane("setup")
         self.pane("sessions").refresh_rows()
