@@ -87,8 +87,7 @@ def test_export_csv_writes_the_tables(quick_session, tmp_path, capsys):
 
 
 def test_export_parquet_round_trips(quick_session, tmp_path):
-    pd = pytest.importorskip("pandas")
-    pytest.importorskip("pyarrow")
+    import pandas as pd  # (both in the test extra: this test runs, never skips)
     files = write_tables(open_session(quick_session), tmp_path / "pq", "parquet")
     assert {f.name for f in files} >= {"spectrum.parquet", "metrics.parquet"}
     df = pd.read_parquet(tmp_path / "pq" / "spectrum.parquet")
