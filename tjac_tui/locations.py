@@ -72,8 +72,8 @@ ADDED = "added-sessions.txt"  # in the sessions folder: sessions kept elsewhere,
 
 
 def added_sessions(root: Path) -> list[Path]:
-    """The sessions added by path to the sessions folder ``root`` (they may live anywhere,
-    e.g. a sweep's points or a colleague's folder), in the order they were added."""
+    """The sessions (and sweep folders) added by path to the sessions folder ``root`` (they
+    may live anywhere, e.g. a colleague's folder), in the order they were added."""
     f = Path(root) / ADDED
     try:
         lines = f.read_text().splitlines()
@@ -86,11 +86,35 @@ def add_session(root: Path, arg: str | Path) -> Session:
     """Remember the session at ``arg`` (absolute path) in ``root``'s list of added sessions;
     raises :class:`NotFound` when ``arg`` is not a session. Adding one twice keeps one."""
     s = find_session(str(Path(arg).expanduser()), root)
-    path = s.path.resolve()
+    _remember(root, s.path.resolve())
+    return Session(s.path.resolve())
+
+
+def add_path(root: Path, arg: str | Path) -> Path:
+    """What the Sessions pane's ``a`` adds: a session (:func:`add_session`) or a sweep's folder
+    (its ``sweep.json``; the pane lists it with its points, as a sweep in ``root``); the path
+    added. Raises :class:`NotFound` when ``arg`` is neither."""
+    from engine.sweep import is_sweep
+
+    p = Path(arg).expanduser()
+    if is_sweep(p):
+        _remember(root, p.resolve())
+        return p.resolve()
+    return add_session(root, p).path
+
+
+def added_sweeps(root: Path) -> list[Path]:
+    """The sweep folders added by path to ``root``, in the order they were added (those moved
+    or deleted since left out)."""
+    from engine.sweep import is_sweep
+
+    return [p for p in added_sessions(root) if is_sweep(p)]
+
+
+def _remember(root: Path, path: Path) -> None:
     known = [p.resolve() for p in added_sessions(root)]
     inside = Path(root).resolve() == path.parent
     if path not in known and not inside:
         Path(root).mkdir(parents=True, exist_ok=True)
         with open(Path(root) / ADDED, "a") as f:
             f.write(f"{path}\n")
-    return Session(path)

@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Static
 from engine.session import Session, describe, list_sessions
 from engine.units import fmt_seconds
 
-from ..locations import NotFound, add_session, added_sessions
+from ..locations import NotFound, add_path, added_sessions, added_sweeps
 from ..widgets.inputs import OrderedInput
 from ..widgets.tables import table_text
 from .confirm import ConfirmScreen
@@ -49,10 +49,13 @@ def scan(root: Path) -> list[dict]:
 
 
 def scan_sweeps(root: Path) -> list[Path]:
-    """The sweep directories in ``root`` (their points are sessions in ``<sweep>/runs``)."""
+    """The sweep directories in ``root`` (their points are sessions in ``<sweep>/runs``), then
+    those added by path."""
     from engine.sweep import list_sweeps
 
-    return list_sweeps(root)
+    inside = list_sweeps(root)
+    seen = {p.resolve() for p in inside}
+    return inside + [p for p in added_sweeps(root) if p.resolve() not in seen]
 
 
 def sort_rows(rows: list[dict], key: str) -> list[dict]:
@@ -72,7 +75,8 @@ def matches(row: dict, text: str) -> bool:
 
 
 class AddSessionScreen(ModalScreen[Path | None]):
-    """Type the path of a session kept outside the sessions folder; enter adds it."""
+    """Type the path of a session (or a sweep's folder) kept outside the sessions folder;
+    enter adds it."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
@@ -82,9 +86,11 @@ class AddSessionScreen(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="add-box"):
-            yield Static("Add a session by path (it stays where it is; the Sessions and "
-                         "Compare panes list it). Enter adds, escape cancels.", id="add-title")
-            yield OrderedInput(placeholder="/path/to/session", id="add-path", compact=True)
+            yield Static("Add a session or a sweep's folder by path (it stays where it is; "
+                         "the Sessions and Compare panes list it). Enter adds, escape "
+                         "cancels.", id="add-title")
+            yield OrderedInput(placeholder="/path/to/session or /path/to/sweep", id="add-path",
+                               compact=True)
             yield Static("", id="add-msg")
 
     def on_mount(self) -> None:
@@ -96,11 +102,11 @@ class AddSessionScreen(ModalScreen[Path | None]):
         if not text:
             return
         try:
-            s = add_session(self.root, text)
+            path = add_path(self.root, text)
         except NotFound as e:
             self.query_one("#add-msg", Static).update(Text(str(e), style="bold red"))
             return
-        self.dismiss(s.path)
+        self.dismiss(path)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
