@@ -281,18 +281,102 @@ class SweepPlanReport:
 
     def lines(self) -> list[str]:
         """The table as aligned text (numbers right-aligned), a head line and the verdict."""
-        cols, rows = self.table()
-        widths = [max(len(r[i]) for r in [cols, *rows]) for i in range(len(cols))]
-        right = {1, 2, 3, 4, 5}
-
-        def fmt(r: list[str]) -> str:
-            return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                             for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-
         where = "a GPU" if str(self.device).startswith("cuda") else "the CPU"
         head = (f"sweep {self.name}: {len(self.points)} points; the SVDs run on {where}, one "
                 "after another")
-        return [head, fmt(cols), *map(fmt, rows), self.fits]
+        return [head, *_aligned(*self.table(), right={1, 2, 3, 4, 5}), self.fits]
+
+    @property
+    def probed(self) -> bool:
+        """Whether any point's time probe has been made (:func:`sweep_with_probes`)."""
+        return any(r.probe is not None for _, r in self.points)
+
+    def time_table(self) -> tuple[list[str], list[list[str]]]:
+        """(columns, rows) of the probes' estimates: each point's J, its SVD (and its
+        snapshots' SVDs) and their total, then the sum ("all N": the points run one after
+        another). A point that is not probed says why (it computes no J, or does not fit);
+        a matrix-free point gives its spectrum's time as its J."""
+        cols = ["point", "J", "SVD", "snapshots", "total"]
+        rows, total, unknown = [], 0.0, False
+        for name, r in self.points:
+            t = point_seconds(r)
+            if t is None:
+                why = r.probe_lines()[0].removeprefix("no time probe: ") if not r.probes \
+                    else "not probed"
+                rows.append([name, why, "", "", "-"])
+                unknown = True
+                continue
+            j, svd, snaps = t
+            rows.append([name, fmt_seconds(j), fmt_seconds(svd) if svd is not None else "-",
+                         fmt_seconds(snaps) if snaps else "-",
+                         fmt_seconds(j + (svd or 0.0) + snaps)])
+            total += j + (svd or 0.0) + snaps
+        rows.append([f"all {len(self.points)}", "", "", "",
+                     fmt_seconds(total) + (" + the points above" if unknown else "")])
+        return cols, rows
+
+    def to_json(self) -> dict:
+        """A JSON object: name, device, points ([{name, plan}], each plan
+        :meth:`PlanReport.to_json`'s, with its probe once probed), disk, svd_memory, fits,
+        fit."""
+        return {"name": self.name, "device": self.device,
+                "points": [{"name": n, "plan": r.to_json()} for n, r in self.points],
+                "disk": list(self.disk), "svd_memory": list(self.svd_memory),
+                "fits": self.fits, "fit": self.fit}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SweepPlanReport":
+        """The report :meth:`to_json` wrote."""
+        return cls(name=d["name"], device=d["device"],
+                   points=[(q["name"], PlanReport.from_json(q["plan"])) for q in d["points"]],
+                   disk=list(d["disk"]), svd_memory=list(d["svd_memory"]), fits=d["fits"],
+                   fit=d["fit"])
+
+    def time_lines(self) -> list[str]:
+        """:meth:`time_table` as aligned text, under a head line naming the device."""
+        device = next((r.probe["device"] for _, r in self.points if r.probe), self.device)
+        return [f"time on {device}, from a short probe of each point:",
+                *_aligned(*self.time_table(), right={1, 2, 3, 4})]
+
+
+def point_seconds(r: PlanReport) -> tuple[float, float | None, float] | None:
+    """(J, its SVD, its snapshots' SVDs) in seconds, from ``r``'s probe (a matrix-free run's
+    spectrum counts as its J, with no SVD); None without a probe."""
+    p = r.probe
+    if p is None:
+        return None
+    if r.method == "matfree":
+        return float(p["matfree"]["seconds"]), None, 0.0
+    svd = p.get("svd_s")
+    snaps = len(r.snapshots) * svd if svd is not None else 0.0
+    return float(p["jacobian_s"]), svd, snaps
+
+
+def _aligned(cols: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """A header and rows as text columns two apart, those in ``right`` aligned right."""
+    widths = [max(len(r[i]) for r in [cols, *rows]) for i in range(len(cols))]
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+    return [fmt(cols), *map(fmt, rows)]
+
+
+def sweep_with_probes(report: SweepPlanReport, base: RunConfig, where: str = "<config>",
+                      on_point: Callable[[int, str], None] | None = None) -> SweepPlanReport:
+    """``report`` with each point's time probe (:func:`with_probe`, where the point fits and
+    computes J); ``on_point(i, name)`` before point ``i`` is probed (the CLI says so). Imports
+    torch; a few seconds a point."""
+    from . import sweep as sweep_mod
+
+    points = sweep_mod.points_of(base, where)
+    probed = []
+    for i, ((name, r), p) in enumerate(zip(report.points, points)):
+        if on_point is not None and r.probes:
+            on_point(i, name)
+        probed.append((name, with_probe(r, p.config)))
+    return replace(report, points=probed)
 
 
 def sweep_plan_report(base: RunConfig, sessions: str | Path, where: str = "<config>"

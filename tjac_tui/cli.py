@@ -16,7 +16,9 @@
     tjac sweep PRESET|DIR [--parallel N]
                                   run every point of a preset's [sweep] (or resume a sweep),
                                   then the comparison and DIR/report.md (tjac study: the same)
-    tjac sweep PRESET --plan      every point's P, disk and SVD memory, and their sum
+    tjac sweep PRESET --plan [--json]
+                                  every point's P, disk, SVD memory and probed time, and
+                                  their sum
     tjac schema [-o FILE]         the JSON Schema of presets (for TOML editors)
 
 Exit status: 0 done, 1 the run failed, 2 bad usage or an invalid preset (one line on stderr),
@@ -118,11 +120,29 @@ def print_plan(cfg, sessions: Path, as_json: bool = False) -> int:
     return 0
 
 
-def print_sweep_plan(base, sessions: Path, where: str) -> int:
+def print_sweep_plan(base, sessions: Path, where: str, as_json: bool = False) -> int:
     """``tjac sweep PRESET --plan`` (and ``tjac run PRESET --plan`` of a preset with a
     [sweep]): every point's P, steps, disk and SVD memory, whether each fits and whether all
-    fit together (:class:`engine.control.SweepPlanReport`); nothing is written."""
-    for line in control.sweep_plan_report(base, sessions, where).lines():
+    fit together (:class:`engine.control.SweepPlanReport`), then each point's time from a short
+    probe and their sum (the probes take a few seconds a point: the sizes come first); nothing
+    is written. ``as_json``: the probed report as one JSON object (what the Setup pane's time
+    estimate of a sweep reads)."""
+    report = control.sweep_plan_report(base, sessions, where)
+    if as_json:
+        print(json.dumps(control.sweep_with_probes(report, base, where).to_json()))
+        return 0
+    for line in report.lines():
+        print(line, flush=True)
+    todo = sum(r.probes for _, r in report.points)
+    if not todo:
+        return 0
+
+    def probing(i: int, name: str) -> None:
+        print(f"probing point {i + 1} of {len(report.points)} ({name})...", file=sys.stderr,
+              flush=True)
+
+    print()
+    for line in control.sweep_with_probes(report, base, where, probing).time_lines():
         print(line)
     return 0
 
@@ -412,6 +432,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from .progress import RichProgress
 
+    if args.json and not args.plan:
+        raise NotFound("--json goes with --plan (a sweep prints its progress and its table)")
     err = _console(stderr=True, quiet=args.quiet)
     target = Path(args.target)
     if sweep_mod.is_sweep(target) or sweep_mod.is_sweep(args.sessions / args.target):
@@ -428,7 +450,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if base.sweep is None:
             raise NotFound(f"{preset}: no [sweep] section: `tjac run {args.target} --plan` "
                            "plans its run")
-        return print_sweep_plan(base, args.sessions, str(preset))
+        return print_sweep_plan(base, args.sessions, str(preset), as_json=args.json)
     else:
         preset = find_preset(args.target)
         control.check_sessions_dir(args.sessions)
@@ -609,7 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "preset's sweep.parallel)")
         sd.add_argument("--plan", action="store_true",
                         help="print every point's P, steps, disk and SVD memory, whether each "
-                             "fits and whether all fit together; start nothing")
+                             "fits and whether all fit together, then each point's time from "
+                             "a short probe; start nothing")
+        sd.add_argument("--json", action="store_true",
+                        help="with --plan: the plan, every point's probe included, as one "
+                             "JSON object")
         sd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         sd.set_defaults(func=cmd_sweep)
 

@@ -497,7 +497,7 @@ class SetupPane(Vertical):
         if self.plan_error or report is None:
             head, probe = [self.plan_error] if self.plan_error else [], []
         elif isinstance(report, control.SweepPlanReport):
-            head, probe = report.lines(), []
+            head, probe = report.lines(), (report.time_lines() if report.probed else [])
         else:
             head, probe = [*report.plan_lines, report.fits], report.probe_lines()
         tail = probe + ([self.estimate_note] if self.estimate_note else [])
@@ -519,23 +519,21 @@ class SetupPane(Vertical):
             return
         if not cfg.jacobian.enabled:  # (the plan says it: no time probe)
             return
-        if cfg.sweep is not None:
-            self.estimate_note = ("time: no probe of a whole sweep; the largest point "
-                                  "dominates: probe it alone (its keys set here, [sweep] off)")
-            self._draw_plan()
-            return
         self.probed = None
-        self.estimate_note = (f"{control.probing_text(cfg.spectrum.method)} (in a separate "
+        self.estimate_note = (f"probing each of the sweep's points, one after another (in a "
+                              "separate process)..." if cfg.sweep is not None else
+                              f"{control.probing_text(cfg.spectrum.method)} (in a separate "
                               "process)")
         self._estimate_for = config_mod.dumps(cfg)
         self._draw_plan()
-        self._estimate(self._estimate_for)
+        self._estimate(self._estimate_for, sweep=cfg.sweep is not None)
 
     @work(thread=True, exclusive=True, group="setup-estimate", exit_on_error=False)
-    def _estimate(self, toml_text: str) -> None:
+    def _estimate(self, toml_text: str, sweep: bool = False) -> None:
         """``tjac run --plan --json`` on the config in a child process (the probe imports
         torch), with a worker's environment and this checkout's code; its PlanReport comes
-        back as JSON."""
+        back as JSON. A config with a [sweep]: ``tjac sweep --plan --json``, every point
+        probed (a SweepPlanReport)."""
         from engine.worker import boot, child_environment
 
         report, r = None, None
@@ -543,14 +541,15 @@ class SetupPane(Vertical):
             path = Path(tmp) / "probe.toml"
             path.write_text(toml_text, encoding="utf-8")
             try:
-                r = subprocess.run([sys.executable, "-c", boot("tjac_tui.cli"), "run",
-                                    str(path), "--plan", "--json", "--sessions",
-                                    str(Path(self.app.sessions_dir).absolute())],
-                                   capture_output=True, text=True, timeout=600, cwd=tmp,
-                                   env=child_environment())
+                r = subprocess.run([sys.executable, "-c", boot("tjac_tui.cli"),
+                                    "sweep" if sweep else "run", str(path), "--plan", "--json",
+                                    "--sessions", str(Path(self.app.sessions_dir).absolute())],
+                                   capture_output=True, text=True, timeout=1800 if sweep else 600,
+                                   cwd=tmp, env=child_environment())
                 if r.returncode == 0:
-                    report = control.PlanReport.from_json(
-                        json.loads(r.stdout.strip().splitlines()[-1]))
+                    d = json.loads(r.stdout.strip().splitlines()[-1])
+                    report = (control.SweepPlanReport if sweep else control.PlanReport
+                              ).from_json(d)
             except (subprocess.TimeoutExpired, ValueError, IndexError, KeyError, OSError):
                 pass
         note = ""
@@ -559,7 +558,8 @@ class SetupPane(Vertical):
             note = f"time: the probe failed: {err}"
         self.app.call_from_thread(self._show_estimate, toml_text, report, note)
 
-    def _show_estimate(self, toml_text: str, report: control.PlanReport | None,
+    def _show_estimate(self, toml_text: str,
+                       report: control.PlanReport | control.SweepPlanReport | None,
                        note: str) -> None:
         if toml_text == self._estimate_for:  # the config has not changed since
             self.probed, self.estimate_note = report, note
