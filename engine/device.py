@@ -16,13 +16,15 @@
   for the manifest.
 * :func:`run_threads` is the thread policy of a CPU run: torch's intra-op threads, never more
   than the CPUs this process may use (:func:`available_cpus`: its affinity set and the cgroup's
-  CPU quota), and :data:`ENV_THREADS` the OpenMP wait policy a worker starts with. torch's
+  CPU quota), and :func:`wait_policy` the OpenMP wait a worker starts with. torch's
   OpenMP runtime is GNU libgomp, which by default spins ~300,000 iterations at every barrier
   before it sleeps: on a machine whose cores other processes share, a thread waiting for a
   preempted sibling burns the CPU that sibling needs: at a load average of ~19 on 2 cores,
   128 columns of quick's J took 10.5 s with 2 spinning threads against 0.26 s with 2 passive
-  ones (one run of ``benchmarks/bench_shared.py``; docs/speed.md). Passive waiting (``OMP_WAIT_POLICY=PASSIVE``)
-  sleeps at once; libgomp reads it once, when torch loads it, so it is set in the environment
+  ones (one run of ``benchmarks/bench_shared.py``; docs/speed.md). Passive waiting
+  (``OMP_WAIT_POLICY=PASSIVE``) sleeps at once, but on idle cores it made the paper J 1.8x
+  slower than spinning; :func:`wait_policy` spins briefly where cores are idle and waits
+  passively where they are not. libgomp reads it once, when torch loads it, so it is set in the environment
   of the worker (:func:`worker_environment`) and by :func:`prepare_threads` before torch is
   imported (the CLI). The count is recorded in the manifest's numerics (``threads``): J's last
   bits depend on it.
@@ -37,9 +39,10 @@ import platform
 
 ENV_FULL_FP32 = {"TORCH_ALLOW_TF32_CUBLAS_OVERRIDE": "0", "NVIDIA_TF32_OVERRIDE": "0"}
 ENV_DETERMINISTIC = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
-# torch's OpenMP runtime (libgomp) waits at its barriers without spinning (see the module's
-# docstring); a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept
-ENV_THREADS = {"OMP_WAIT_POLICY": "PASSIVE"}
+# how torch's OpenMP runtime (libgomp) waits at its barriers (see the module's docstring and
+# :func:`wait_policy`); a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept
+ENV_PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
+ENV_SPIN_BRIEFLY = {"GOMP_SPINCOUNT": "3000"}
 OPENMP_WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # where the CPU quota of this process's cgroup is read (v2: cpu.max "QUOTA PERIOD" or "max
 # PERIOD"; v1: cpu.cfs_quota_us, -1 for none, and cpu.cfs_period_us), and its path in them
@@ -143,21 +146,75 @@ def resolve(name: str):
     return torch.device("cuda", index)
 
 
+PROC_STAT = "/proc/stat"
+
+
+def busy_cpus(seconds: float = 0.1, stat: str | None = None) -> float | None:
+    """How many of the machine's CPUs other work keeps busy now: the non-idle share of every
+    CPU's time over ``seconds`` (``/proc/stat``, sampled twice; this process sleeps between),
+    times the CPU count. None where there is no ``/proc/stat``. (The load average is no
+    measure here: it decays over minutes, so a run started right after another one ended
+    would see the machine busy.)"""
+    import time
+
+    stat = stat or PROC_STAT
+
+    def sample() -> tuple[int, int] | None:
+        try:
+            with open(stat) as f:
+                fields = f.readline().split()
+        except OSError:
+            return None
+        if not fields or fields[0] != "cpu":
+            return None
+        ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(ticks), ticks[3] + ticks[4]
+
+    a = sample()
+    time.sleep(seconds)
+    b = sample()
+    if a is None or b is None or b[0] <= a[0]:
+        return None
+    busy = 1.0 - (b[1] - a[1]) / (b[0] - a[0])
+    return busy * (os.cpu_count() or 1)
+
+
+def wait_policy(busy: float | None | bool = False, cpus: int | None = None,
+                quota: float | None | bool = False) -> dict[str, str]:
+    """How a run's OpenMP threads wait at a barrier, as environment variables: spin briefly
+    (:data:`ENV_SPIN_BRIEFLY`, ``GOMP_SPINCOUNT=3000``) on a machine with idle cores, where it
+    is as fast as libgomp's default spin (the paper J: 49 s against 53 s spinning and 98 s
+    passive, 2 cores); passive (:data:`ENV_PASSIVE`) where a cgroup's CPU quota limits this
+    process (a spinning thread spends the quota), where other work keeps at least half the
+    CPUs busy (:func:`busy_cpus`; beside 2 busy processes on 2 cores the paper J took 2.7 min
+    passive, 3.8 min spinning briefly, 28.7 min with the default spin), or where that cannot
+    be read. ``busy``, ``cpus`` (the machine's) and ``quota`` stand in for what is read here
+    (tests)."""
+    q = cgroup_cpus() if quota is False else quota
+    if q is not None:
+        return dict(ENV_PASSIVE)
+    b = busy_cpus() if busy is False else busy
+    if b is None:
+        return dict(ENV_PASSIVE)
+    n = cpus if cpus is not None else (os.cpu_count() or 1)
+    return dict(ENV_PASSIVE) if b >= n / 2 else dict(ENV_SPIN_BRIEFLY)
+
+
 def worker_environment(tf32: bool = False) -> dict[str, str]:
     """Environment variables a worker process starts with (before torch touches CUDA, and
-    before torch loads its OpenMP runtime: :data:`ENV_THREADS`, unless this process's
+    before torch loads its OpenMP runtime: :func:`wait_policy`, unless this process's
     environment chooses an OpenMP wait policy itself). This module imports torch only inside
     its functions, so the TUI can start workers without it."""
     env = dict(ENV_DETERMINISTIC)
     if not tf32:
         env.update(ENV_FULL_FP32)
     if not any(k in os.environ for k in OPENMP_WAIT):
-        env.update(ENV_THREADS)
+        env.update(wait_policy())
     return env
 
 
 def prepare_threads() -> bool:
-    """Put :data:`ENV_THREADS` in this process's environment, unless it chooses an OpenMP wait
+    """Put :func:`wait_policy` in this process's environment, unless it chooses an OpenMP wait
     policy already: for a process that runs J itself (``tjac run``), called before torch is
     imported. Returns False when torch is loaded already (libgomp has read its environment: the
     policy cannot change in this process), else True."""
@@ -166,7 +223,7 @@ def prepare_threads() -> bool:
     if "torch" in sys.modules:
         return False
     if not any(k in os.environ for k in OPENMP_WAIT):
-        os.environ.update(ENV_THREADS)
+        os.environ.update(wait_policy())
     return True
 
 
