@@ -34,6 +34,8 @@ LAYERS: list[list[str]] = [
     ["engine.probe", "engine.api"],
     ["engine.session"],
     ["engine.results"],
+    # experiment trackers: listeners of a run's events (the CLI's --log)
+    ["engine.trackers"],
     # the stage table and its rules (torch-free: the UI lists a session's stages from it)
     ["engine.pipeline"],
     ["engine.worker", "engine.experiments", "engine.experiments.common"],

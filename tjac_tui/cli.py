@@ -4,6 +4,8 @@
     tjac run PRESET [--set K=V]   run a preset to the end with progress bars
     tjac run PRESET --nproc N     ... J's chunks on N processes (torch.distributed)
     tjac resume SESSION [--nproc N]  finish an interrupted session
+    tjac run|resume ... --log tensorboard[=DIR]|mlflow[=URI]|wandb[=PROJECT]
+                                  also send the metrics to an experiment tracker
     tjac ls [--json]              sessions and their status
     tjac export SESSION --csv DIR|--parquet DIR
                                   the session's tables: spectrum, regions, metrics, analyses
@@ -72,7 +74,28 @@ def _nproc(text: str) -> int:
     return n
 
 
+LOG_HELP = ("also send the run's metrics to tensorboard[=DIR], mlflow[=TRACKING_URI] or "
+            "wandb[=PROJECT] (repeatable; the package installed separately)")
+
+
+def check_trackers(args: argparse.Namespace) -> None:
+    """``--log``: each tracker known and its package installed, before anything is created;
+    a run in a worker (``--detach``) has none (its events go to the session only)."""
+    from engine import trackers
+
+    if not args.log:
+        return
+    if getattr(args, "detach", False):
+        raise NotFound("--log follows a run from this process; --detach runs it in a worker: "
+                       "leave one out")
+    try:
+        trackers.check(args.log)
+    except trackers.TrackerError as e:
+        raise NotFound(str(e)) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    check_trackers(args)
     if args.json and not args.plan:
         raise NotFound("--json goes with --plan (a run prints its progress and its session's "
                        "path)")
@@ -95,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             control.start(session.path, nproc=args.nproc)
             print(session.path)
             return 0
-        return _run_foreground(session, quiet=args.quiet, nproc=args.nproc)
+        return _run_foreground(session, quiet=args.quiet, nproc=args.nproc, log=args.log)
     except KeyboardInterrupt:  # (before the runner took over ctrl+c: the session never ran)
         if session.manifest().get("status") != "created":
             raise
@@ -148,8 +171,8 @@ def print_sweep_plan(base, sessions: Path, where: str, as_json: bool = False) ->
 
 
 def _run_foreground(session, quiet: bool = False, device: str | None = None,
-                    nproc: int = 1) -> int:
-    from engine import events
+                    nproc: int = 1, log: list[str] | None = None) -> int:
+    from engine import events, trackers
     from engine.present.report import report_keeper
     from engine.runner import EXIT_OK
 
@@ -162,9 +185,17 @@ def _run_foreground(session, quiet: bool = False, device: str | None = None,
         if isinstance(ev := events.decode(rec), events.RunError):
             errors.append(ev.message)
 
-    with RichProgress(err) as bars:
-        code = control.run_foreground(session.path, [bars, on_error, report_keeper(session)],
-                                      device=device, nproc=nproc)
+    try:
+        tracked = trackers.open_trackers(log or [], session)
+    except trackers.TrackerError as e:
+        return _fail(f"{e}; the session is created: `tjac resume {session.path}` runs it")
+    try:
+        with RichProgress(err) as bars:
+            code = control.run_foreground(session.path, [bars, on_error, report_keeper(session),
+                                                         *tracked], device=device, nproc=nproc)
+    finally:
+        for t in tracked:  # (the run's own status; "interrupted" if it never said)
+            t.close()
     summary = session.spectrum() if code == EXIT_OK else None
     if code == EXIT_OK and not quiet:
         out = _out_console()
@@ -258,6 +289,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     """Finish an interrupted session; a finished one is checked file by file first, and what
     is damaged is computed again (a damaged manifest: everything). What is refused, and why:
     :func:`engine.control.check_resumable`."""
+    check_trackers(args)
     s = find_session(args.session, args.sessions)
     refusal = control.check_resumable(s.path, device=args.device, nproc=args.nproc)
     if refusal is not None and refusal.kind == "done":
@@ -266,7 +298,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return 0
     if refusal is not None:
         return _fail(refusal.message, refusal.exit_code)
-    return _run_foreground(s, quiet=args.quiet, device=args.device, nproc=args.nproc)
+    return _run_foreground(s, quiet=args.quiet, device=args.device, nproc=args.nproc,
+                           log=args.log)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -570,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run train, J, SVD and spectrum only (the preset's analyses are kept in "
                         "its config, switched off)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
+    r.add_argument("--log", action="append", metavar="TRACKER", help=LOG_HELP)
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("resume", parents=[common], help="finish an interrupted session")
@@ -580,6 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finish J's chunks on N processes (any N: what each earlier process "
                         "recorded is kept)")
     s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("--log", action="append", metavar="TRACKER", help=LOG_HELP)
     s.set_defaults(func=cmd_resume)
 
     ls = sub.add_parser("ls", parents=[common], help="list sessions")
