@@ -525,9 +525,38 @@ def spectral_density(op: TrainingJacobian | StoredJacobian, grid: np.ndarray,
     return out / probes
 
 
+def quadrature_density(tri: list[tuple[np.ndarray, np.ndarray]], norms: np.ndarray,
+                       known: np.ndarray, P: int, width: float = 0.05, points: int = 241
+                       ) -> dict:
+    """The density of J's singular values (per decade of s, integrating to 1 over log10 s)
+    from stochastic Lanczos quadrature already run: each probe's tridiagonal (``tri``), its
+    squared norm (``norms``: the share of the P values it stands for) and the values deflated
+    out and known exactly (``known``, each 1/P). Smoothed as :func:`density_of_values` with
+    std ``width`` decades, on ``points`` points from a few widths below the smallest node to
+    a few above the largest. Returns {log10_s, per_decade, width} (lists, for matfree.json)."""
+    from scipy.linalg import eigh_tridiagonal
+
+    nodes, weights = [], []
+    for (alpha, beta), n in zip(tri, norms):
+        theta, vecs = eigh_tridiagonal(alpha, beta)
+        nodes.append(np.sqrt(np.clip(theta, 0, None)))
+        weights.append(vecs[0] ** 2 * n / P / len(tri))
+    s = np.concatenate(nodes + [np.asarray(known, dtype=np.float64)])
+    w = np.concatenate(weights + [np.full(len(known), 1.0 / P)])
+    pos = s[s > 0]
+    lo = math.log10(max(float(pos.min()), float(pos.max()) * 1e-8)) if pos.size else -1.0
+    hi = math.log10(float(pos.max())) if pos.size else 1.0
+    grid = np.linspace(lo - 4 * width, hi + 4 * width, points)
+    keep = s >= 10.0 ** (lo - 4 * width)  # (values far below the grid would add nothing)
+    return {"log10_s": grid.tolist(),
+            "per_decade": density_of_values(s[keep], grid, width, w[keep]).tolist(),
+            "width": width}
+
+
 def bulk_count(op: TrainingJacobian | StoredJacobian, tols=(1e-3, 1e-2), probes: int = 8,
                steps: int = 60, seed: int = 0,
-               deflate: tuple[np.ndarray, np.ndarray] | None = None) -> list[BulkEstimate]:
+               deflate: tuple[np.ndarray, np.ndarray] | None = None,
+               density: dict | None = None) -> list[BulkEstimate]:
     """How many singular values of J lie in [1 - tol, 1 + tol], for each tol: stochastic
     Lanczos quadrature on J^T J with ``probes`` Rademacher vectors and ``steps`` Lanczos steps
     each (2 x steps operator products, batched over the probes).
@@ -537,7 +566,10 @@ def bulk_count(op: TrainingJacobian | StoredJacobian, tols=(1e-3, 1e-2), probes:
     quadrature then runs on J^T J restricted to the complement of V, whose spectrum is the
     rest: the top of the range the window has to be resolved within falls from s_1^2 to
     s_(k+1)^2, and the bounds close in after fewer steps. The known values are counted
-    exactly (those inside the window), the rest estimated from the projected probes."""
+    exactly (those inside the window), the rest estimated from the projected probes.
+
+    ``density``: a dict to fill with the spectral density the same quadrature gives
+    (:func:`quadrature_density`: no more products)."""
     rng = np.random.default_rng(seed)
     Z = rng.choice([-1.0, 1.0], size=(op.P, probes))
     gram = op.gram().matmat
@@ -556,6 +588,8 @@ def bulk_count(op: TrainingJacobian | StoredJacobian, tols=(1e-3, 1e-2), probes:
     # |z|^2 (P for a Rademacher vector, about P - k once projected) in the window
     norms = (Z * Z).sum(axis=0)
     tri = lanczos_lockstep(matmat, Z, steps)
+    if density is not None:  # the same quadrature, as a smoothed density over log10 s
+        density.update(quadrature_density(tri, norms, known, op.P))
     out = []
     for tol in tols:
         lo, hi = (1 - tol) ** 2, (1 + tol) ** 2

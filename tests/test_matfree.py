@@ -185,6 +185,17 @@ def test_a_matfree_session_writes_its_estimates_and_no_jacobian(tmp_path):
         assert e["lower"] <= regions.counts(S, e["tol"])["bulk"] <= e["upper"]
     events = [json.loads(line) for line in (s.path / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "matfree_done" for e in events)
+    # the density of the same quadrature, and the report's curve of it beside the bulk table
+    d = r["bulk"]["density"]
+    assert abs(np.trapezoid(d["per_decade"], d["log10_s"]) - 1) < 0.05
+    from engine.present.report import render_report
+
+    text = render_report(s)
+    head = text.index("### Spectral density of J's singular values (estimated)")
+    assert text.index("### Bulk size") < head < text.index("## Timings")
+    block = text[head:].split("```")[1]
+    assert "x: s (log)" in block and len(block.splitlines()) > 10
+    assert "the bulk windows [0.999, 1.001], [0.99, 1.01] are narrower" in text[head:]
 
 
 class Inexact(StoredJacobian):

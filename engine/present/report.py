@@ -27,7 +27,7 @@ from ..session import Session, status_of
 from .figures import Figures, figures_markdown, write_figures
 from .findings import as_session, render_analyses_markdown
 from .markdown import code_block, md_table
-from .views import make_plot, matfree_tables, snapshot_views
+from .views import make_plot, matfree_density_view, matfree_tables, snapshot_views
 
 PLOT_WIDTH = 100
 PLOT_HEIGHT = 20
@@ -166,8 +166,12 @@ def render_report(session: Session | str | Path, ascii_only: bool = True,
 
     if s.has("matfree.json"):
         parts += ["## Matrix-free spectrum", ""]
-        for v in matfree_tables(s.read_json("matfree.json")):
+        mf = s.read_json("matfree.json")
+        for v in matfree_tables(mf):
             parts += [f"### {v.title}", "", md_table(v.columns, v.rows), "", f"_{v.note}_", ""]
+        if (dv := matfree_density_view(mf)) is not None:
+            p = make_plot(dv, width, height, ascii=ascii_only)
+            parts += [f"### {dv.title}", "", code_block(p.text), "", f"_{dv.note}_", ""]
 
     parts += ["## Timings", "", _timings(m), ""]
 

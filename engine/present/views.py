@@ -184,6 +184,22 @@ def matfree_tables(r: dict) -> tuple[View, View]:
     return tv, bv
 
 
+def matfree_density_view(r: dict) -> View | None:
+    """The spectral density of J's singular values (matfree.json's bulk quadrature, per decade
+    of s) over a log axis of s; None for a matfree.json written before it was recorded."""
+    d = r.get("bulk", {}).get("density")
+    if not d:
+        return None
+    tols = ", ".join(f"[{1 - e['tol']:g}, {1 + e['tol']:g}]" for e in r["bulk"]["estimates"])
+    return View("matfree.density", "Spectral density of J's singular values (estimated)",
+                [("density", 10.0 ** np.asarray(d["log10_s"]), np.asarray(d["per_decade"]))],
+                logx=True, xlabel="s", ylabel="share of the P values per decade of s",
+                note=f"the bulk quadrature's nodes and weights, each smoothed over "
+                     f"{d['width']:g} decades (no more products); the bulk windows {tols} are "
+                     "narrower than the smoothing: their counts are the table above, the curve "
+                     "shows where the rest of the spectrum lies")
+
+
 def distance_views(r: dict, session) -> list[View]:
     d = _load(session, "analyses/distance_abs.npy")
     a = _load(session, "analyses/distance_alignment.npy")

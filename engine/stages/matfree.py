@@ -45,8 +45,10 @@ def run(ctx: RunContext) -> None:
     t_top = time.perf_counter() - t0
     top_products = (op.stats.jvp_vectors, op.stats.vjp_vectors)
     phase[0] = "bulk"
+    density: dict = {}
     est = matfree.bulk_count(op, sp.count_tols, sp.probes, sp.lanczos_steps,
-                             seed=cfg.seed, deflate=(top, V) if sp.deflate else None)
+                             seed=cfg.seed, deflate=(top, V) if sp.deflate else None,
+                             density=density)
     del V
     result = {
         "P": P, "dtype": sp.matfree_dtype, "segment": op.segment, "steps": op.steps,
@@ -58,7 +60,7 @@ def run(ctx: RunContext) -> None:
         "bulk": {"probes": sp.probes, "lanczos_steps": sp.lanczos_steps,
                  "deflated": k if sp.deflate else 0,
                  "seconds": round(time.perf_counter() - t0 - t_top, 3),
-                 "estimates": [e.to_json() for e in est]},
+                 "estimates": [e.to_json() for e in est], "density": density},
         "stats": dataclasses.asdict(op.stats),
         "memory": ctx.plan.matfree,
     }
