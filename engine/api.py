@@ -102,12 +102,13 @@ def read_batches(data: Data, epochs: int) -> tuple[torch.Tensor, torch.Tensor,
 
 def check_module(module: nn.Module) -> None:
     """Refuse, in one line naming the layer, what the generic path cannot differentiate yet:
-    a layer that updates buffers in its forward (BatchNorm's running statistics in training
-    mode) and random layers in training mode (dropout), which torch.func reports as a long
-    traceback about in-place mutation or randomness."""
+    a layer other than BatchNorm that updates buffers in its forward, and random layers in
+    training mode (dropout), which torch.func reports as a long traceback about in-place
+    mutation or randomness. (BatchNorm in training mode is taken: :func:`batch_statistics`.)"""
     for name, sub in module.named_modules():
         what = f"{name or 'the module'} ({type(sub).__name__})"
-        if sub.training and getattr(sub, "track_running_stats", False):
+        if sub.training and getattr(sub, "track_running_stats", False) and \
+                not isinstance(sub, nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"{what} updates its running statistics in training mode, which "
                              "training_jacobian does not carry: call module.eval() first (the "
                              "statistics then stay as they are) or leave the layer out")
@@ -115,6 +116,30 @@ def check_module(module: nn.Module) -> None:
             raise ValueError(f"{what} draws random masks in training mode, which "
                              "training_jacobian does not support: call module.eval() first "
                              "or set p = 0")
+
+
+def batch_statistics(module: nn.Module) -> nn.Module:
+    """``module`` itself, or a copy of it whose BatchNorm layers in training mode keep no
+    running statistics (as ``torch.func.replace_all_batch_norm_modules_`` does, to those
+    layers only: one in eval mode keeps its statistics and uses them). In training mode a
+    BatchNorm normalizes by the batch's own mean and variance, and its running statistics only
+    record them for evaluation: they never enter a training step, so theta_T and J are the
+    same with or without them, and without them no step writes into a buffer (which
+    torch.func cannot transform). The caller's module is not changed."""
+    import copy
+
+    def training_bn(m: nn.Module) -> bool:
+        return isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and \
+            m.track_running_stats
+
+    if not any(training_bn(m) for m in module.modules()):
+        return module
+    out = copy.deepcopy(module)
+    for m in out.modules():
+        if training_bn(m):
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+            m.track_running_stats = False
+    return out
 
 
 def training_jacobian(module: nn.Module, data: Data, *, loss: Loss | None = None,
@@ -146,9 +171,10 @@ def training_jacobian(module: nn.Module, data: Data, *, loss: Loss | None = None
     ``chunk``: tangent columns per pass (default: all P where the memory allows,
     :func:`engine.jacobian.auto_chunk`). ``device``: default that of the module's parameters.
     The caller's module is not changed (its dtype, parameters and buffers): a copy trains.
-    Modules whose forward changes their own state (BatchNorm in training mode updating its
-    running statistics) are not supported: call ``module.eval()`` first, or use no such
-    layers."""
+    BatchNorm in training mode normalizes each batch by its own statistics, as in training
+    (its running statistics do not enter theta_T: :func:`batch_statistics`); in eval mode by
+    its running statistics, held fixed. Dropout in training mode is refused (call
+    ``module.eval()`` first)."""
     if train is not None and options:
         raise TypeError("give the optimizer either as train=TrainConfig(...) or as keywords, "
                         "not both")
@@ -175,7 +201,8 @@ def training_jacobian(module: nn.Module, data: Data, *, loss: Loss | None = None
             raise ValueError(f"steps = {steps}: expected 1 to {len(order)} (the steps of "
                              f"{cfg.epochs} epoch(s) of these batches)")
         order = order[:steps]
-    problem = generic_problem(module, x, y, cfg, dev, dtype, order=order, loss=loss)
+    problem = generic_problem(batch_statistics(module), x, y, cfg, dev, dtype, order=order,
+                              loss=loss)
     theta0 = initial_theta(problem.module, dev, dtype)
     if chunk is None:
         chunk = auto_chunk(problem, theta0, dev, dtype)

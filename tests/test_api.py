@@ -280,7 +280,67 @@ def test_the_issue_example_and_run_level_rules():
     assert engine.RunConfig(train={"lr": 0.05}).train == engine.TrainConfig(lr=0.05)
 
 
-@pytest.mark.parametrize("layer,needle", [(nn.BatchNorm1d(4), "running statistics"),
+class Stateful(nn.Module):
+    """A layer (not a BatchNorm) whose forward writes into its own running statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.track_running_stats = True
+        self.register_buffer("seen", torch.zeros(4))
+
+    def forward(self, x):
+        if self.training:
+            self.seen.add_(x.detach().mean(0))
+        return x
+
+
+def test_batchnorm_in_training_mode_equals_autograd_sgd_and_central_differences():
+    """BatchNorm in training mode was refused; J is that of the training torch itself runs:
+    SGD by torch.autograd on the real module (its running statistics updated at every step,
+    as they never enter a step) and central differences of it, float64; the caller's module
+    and its statistics are left as they were, and an eval-mode BatchNorm keeps its own."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 2),
+                          nn.BatchNorm1d(2)).double()
+    model[4].eval()  # this one normalizes by its (fixed) running statistics
+    with torch.no_grad():
+        model[4].running_mean.uniform_(-0.5, 0.5)
+        model[4].running_var.uniform_(0.5, 1.5)
+    X, y = torch.randn(32, 3, dtype=torch.float64), torch.randint(0, 2, (32,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lr, bs = 0.1, 8
+    J = engine.training_jacobian(model, (X, y), optimizer="sgd", lr=lr, momentum=0.9,
+                                 batch_size=bs, epochs=2)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    P = sum(p.numel() for p in model.parameters())
+
+    def run(theta0):
+        m = _copy(model)
+        torch.nn.utils.vector_to_parameters(theta0.clone(), m.parameters())  # (it aliases)
+        params = list(m.parameters())
+        buf = [torch.zeros_like(p) for p in params]
+        for _ in range(2):
+            for a in range(0, len(X), bs):
+                loss = F.cross_entropy(m(X[a:a + bs]), y[a:a + bs])
+                grads = torch.autograd.grad(loss, params)
+                with torch.no_grad():
+                    for p_, b, g in zip(params, buf, grads):
+                        b.mul_(0.9).add_(g)
+                        p_.sub_(lr * b)
+        assert m[1].num_batches_tracked == 8  # the real layer tracked its statistics
+        return torch.nn.utils.parameters_to_vector(m.parameters()).detach()
+
+    theta0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    h = 1e-6
+    for j in range(P):
+        e = torch.zeros(P, dtype=torch.float64)
+        e[j] = h
+        fd = (run(theta0 + e) - run(theta0 - e)) / (2 * h)
+        assert torch.allclose(J[:, j], fd, rtol=0, atol=1e-7), (j, (J[:, j] - fd).abs().max())
+    assert (J - torch.eye(P)).abs().max() > 1e-2  # training moved: not a trivial J
+
+
+@pytest.mark.parametrize("layer,needle", [(Stateful(), "running statistics"),
                                           (nn.Dropout(0.5), "random masks")])
 def test_stateful_and_random_layers_are_one_line_refusals(layer, needle):
     model = nn.Sequential(nn.Linear(3, 4), layer, nn.Tanh(), nn.Linear(4, 2))
