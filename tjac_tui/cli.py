@@ -751,8 +751,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     fill_closed_streams()
-    device_mod.prepare_threads()  # before torch loads OpenMP (`tjac run` computes J here)
     args = build_parser().parse_args(argv)
+    if args.cmd in ("run", "resume", "sweep", "study"):  # they compute here (J, the plan's
+        device_mod.prepare_threads()  # probe, a sweep's points): before torch loads OpenMP
     try:
         code = cmd_tui(args) if args.cmd is None else args.func(args)
         sys.stdout.flush()  # here, not at exit: a closed pipe is then this boundary's
