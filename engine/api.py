@@ -33,6 +33,7 @@ from .build import Built, build
 from .config import (ConfigError, DataConfig, JacobianConfig, ModelConfig, RunConfig,
                      SpectrumConfig, TrainConfig, load, loads)
 from .jacobian import auto_chunk, exact_jacobian
+from .models import stateful_layer
 from .train import Loss, batch_order, generic_problem, initial_theta
 
 __all__ = ["training_jacobian", "build", "Built", "load", "loads", "ConfigError", "RunConfig",
@@ -105,17 +106,11 @@ def check_module(module: nn.Module) -> None:
     a layer other than BatchNorm that updates buffers in its forward, and random layers in
     training mode (dropout), which torch.func reports as a long traceback about in-place
     mutation or randomness. (BatchNorm in training mode is taken: :func:`batch_statistics`.)"""
-    for name, sub in module.named_modules():
-        what = f"{name or 'the module'} ({type(sub).__name__})"
-        if sub.training and getattr(sub, "track_running_stats", False) and \
-                not isinstance(sub, nn.modules.batchnorm._BatchNorm):
-            raise ValueError(f"{what} updates its running statistics in training mode, which "
-                             "training_jacobian does not carry: call module.eval() first (the "
-                             "statistics then stay as they are) or leave the layer out")
-        if sub.training and isinstance(sub, nn.modules.dropout._DropoutNd) and sub.p > 0:
-            raise ValueError(f"{what} draws random masks in training mode, which "
-                             "training_jacobian does not support: call module.eval() first "
-                             "or set p = 0")
+    why = stateful_layer(module, allow_batchnorm=True)
+    if why is not None:
+        raise ValueError(f"{why}, which training_jacobian does not support: call "
+                         "module.eval() first (statistics held, no dropout) or leave the "
+                         "layer out")
 
 
 def batch_statistics(module: nn.Module) -> nn.Module:

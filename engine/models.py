@@ -321,6 +321,24 @@ def check_traceable(module: nn.Module, n_features: int, n_classes: int, build: s
                          "ran: tjac refuses it (use the value itself, or a smooth surrogate)")
 
 
+def stateful_layer(module: nn.Module, allow_batchnorm: bool = False) -> str | None:
+    """What of ``module`` the torch.func path cannot train as it stands, in words naming the
+    layer, or None: a layer that writes into its own buffers in training mode (BatchNorm's
+    running statistics, unless ``allow_batchnorm``: the Python API trains a copy without them)
+    and a random layer in training mode (dropout)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.dropout import _DropoutNd
+
+    for name, sub in module.named_modules():
+        what = f"{name or 'the module'} ({type(sub).__name__})"
+        if sub.training and getattr(sub, "track_running_stats", False) and \
+                not (allow_batchnorm and isinstance(sub, _BatchNorm)):
+            return f"{what} updates its running statistics in training mode"
+        if sub.training and isinstance(sub, _DropoutNd) and sub.p > 0:
+            return f"{what} draws random masks in training mode"
+    return None
+
+
 def build(cfg: ModelConfig, n_features: int, n_classes: int, seed: int,
           image_shape: Sequence[int] | None = None) -> nn.Module:
     """The model with its initial parameters (float64, CPU). Deterministic given the seed.
@@ -338,6 +356,11 @@ def build(cfg: ModelConfig, n_features: int, n_classes: int, seed: int,
     elif cfg.build:
         module = call_user_builder(cfg.build, n_features, n_classes)
         module = module.double()
+        if (why := stateful_layer(module)) is not None:
+            raise ValueError(f"model.build: {cfg.build}: {why}, which a session's training "
+                             "does not carry: return the module in eval mode (module.eval(): "
+                             "fixed statistics, no dropout) or leave the layer out "
+                             "(engine.training_jacobian from Python takes BatchNorm)")
         check_traceable(module, n_features, n_classes, cfg.build)
     else:
         module = MLP([n_features, *cfg.hidden, n_classes], cfg.activation).double()

@@ -124,6 +124,11 @@ def late_exit(i, o): return LateExit(i, o)
 
 def huge(i, o):                            # 300M parameters
     return nn.Linear(i, 300_000_000 // i)
+
+
+def batchnorm(i, o): return nn.Sequential(nn.Linear(i, 4), nn.BatchNorm1d(4), nn.Linear(4, o))
+def dropout(i, o): return nn.Sequential(nn.Linear(i, 4), nn.Dropout(0.3), nn.Linear(4, o))
+def batchnorm_eval(i, o): return batchnorm(i, o).eval()
 '''
 
 REFUSED = {
@@ -138,6 +143,11 @@ REFUSED = {
     "empty": "returned a module without parameters (P = 0)",
     "exit_in_build": "called sys.exit(3)",
     "exit_in_forward": "the forward pass called sys.exit(3)",
+    # these failed after the session was created, with torch.func's message about in-place
+    # mutation or randomness under vmap
+    "batchnorm": "1 (BatchNorm1d) updates its running statistics in training mode, which a "
+                 "session's training does not carry: return the module in eval mode",
+    "dropout": "1 (Dropout) draws random masks in training mode",
 }
 
 
@@ -216,6 +226,12 @@ def test_sys_exit_during_training_fails_the_session_saying_so(tmp_path, models, 
     assert code == 1 and "the model's code called sys.exit(3) during train" in err, err
     m = Session(tmp_path / "s" / "late").manifest()
     assert m["status"] == "failed" and "sys.exit(3)" in m["error"]
+
+
+def test_a_batchnorm_in_eval_mode_trains(tmp_path, models, capsys):
+    """What the refusal says to do (the module in eval mode: fixed statistics) runs."""
+    assert main(["run", str(preset(tmp_path, models, "batchnorm_eval")), "--sessions",
+                 str(tmp_path / "s"), "-q"]) == 0
 
 
 def test_a_detached_input_is_accepted(tmp_path, models, capsys):
