@@ -106,7 +106,7 @@ def check_module(module: nn.Module) -> None:
     a layer other than BatchNorm that updates buffers in its forward, and random layers in
     training mode (dropout), which torch.func reports as a long traceback about in-place
     mutation or randomness. (BatchNorm in training mode is taken: :func:`batch_statistics`.)"""
-    why = stateful_layer(module, allow_batchnorm=True)
+    why = stateful_layer(module, allow_batchnorm=True, allow_dropout=True)
     if why is not None:
         raise ValueError(f"{why}, which training_jacobian does not support: call "
                          "module.eval() first (statistics held, no dropout) or leave the "
@@ -196,8 +196,8 @@ def training_jacobian(module: nn.Module, data: Data, *, loss: Loss | None = None
             raise ValueError(f"steps = {steps}: expected 1 to {len(order)} (the steps of "
                              f"{cfg.epochs} epoch(s) of these batches)")
         order = order[:steps]
-    problem = generic_problem(batch_statistics(module), x, y, cfg, dev, dtype, order=order,
-                              loss=loss)
+    problem = generic_problem(batch_statistics(module), x, y, cfg, dev, dtype, seed=seed,
+                              order=order, loss=loss)
     theta0 = initial_theta(problem.module, dev, dtype)
     if chunk is None:
         chunk = auto_chunk(problem, theta0, dev, dtype)

@@ -321,11 +321,13 @@ def check_traceable(module: nn.Module, n_features: int, n_classes: int, build: s
                          "ran: tjac refuses it (use the value itself, or a smooth surrogate)")
 
 
-def stateful_layer(module: nn.Module, allow_batchnorm: bool = False) -> str | None:
+def stateful_layer(module: nn.Module, allow_batchnorm: bool = False,
+                   allow_dropout: bool = False) -> str | None:
     """What of ``module`` the torch.func path cannot train as it stands, in words naming the
     layer, or None: a layer that writes into its own buffers in training mode (BatchNorm's
     running statistics, unless ``allow_batchnorm``: the Python API trains a copy without them)
-    and a random layer in training mode (dropout)."""
+    and a random layer in training mode (dropout, unless ``allow_dropout``: the Python API
+    draws its masks per step)."""
     from torch.nn.modules.batchnorm import _BatchNorm
     from torch.nn.modules.dropout import _DropoutNd
 
@@ -334,7 +336,8 @@ def stateful_layer(module: nn.Module, allow_batchnorm: bool = False) -> str | No
         if sub.training and getattr(sub, "track_running_stats", False) and \
                 not (allow_batchnorm and isinstance(sub, _BatchNorm)):
             return f"{what} updates its running statistics in training mode"
-        if sub.training and isinstance(sub, _DropoutNd) and sub.p > 0:
+        if sub.training and isinstance(sub, _DropoutNd) and sub.p > 0 and not (
+                allow_dropout and type(sub) is nn.Dropout):
             return f"{what} draws random masks in training mode"
     return None
 

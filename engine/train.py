@@ -66,21 +66,70 @@ class LossKernel(Protocol):
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+class StepMask(nn.Module):
+    """A dropout layer whose mask is set from outside for each training step (:class:`GenericKernel`
+    with ``seed``): ``x * mask`` with the mask a constant of the step, so that the step's
+    forward, its gradient and every tangent of every chunk see the same mask; identity while
+    no mask is set (evaluation). Stands in for an ``nn.Dropout`` of probability ``p``."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.mask: torch.Tensor | None = None
+        self.shape: torch.Size | None = None  # the input's shape, learnt by a first forward
+
+    def forward(self, x):
+        if self.mask is None:
+            if self.shape is None:
+                self.shape = x.shape
+            return x
+        return x * self.mask
+
+
+def step_masks(module: nn.Module, seed: int) -> list[StepMask]:
+    """Replace, in place, each dropout of ``module`` in training mode (p > 0) by a
+    :class:`StepMask`; the replacements, in module order."""
+    from torch.nn.modules.dropout import _DropoutNd
+
+    out = []
+    for name, sub in list(module.named_modules()):
+        for child_name, child in list(sub.named_children()):
+            if isinstance(child, _DropoutNd) and child.training and child.p > 0:
+                if type(child) is not nn.Dropout:
+                    raise ValueError(f"{name + '.' if name else ''}{child_name} "
+                                     f"({type(child).__name__}): only nn.Dropout's elementwise "
+                                     "masks are drawn per step (call .eval() on it first)")
+                m = StepMask(child.p)
+                setattr(sub, child_name, m)
+                out.append(m)
+    return out
+
+
 class GenericKernel:
     """torch.func for any module: ``grad`` of the loss, and ``jvp`` of that gradient vmapped
     over the tangent directions (forward-over-reverse). ``loss(output, target)`` returns the
     batch's scalar loss (default: the mean softmax cross-entropy of logits against class
-    indices); the module is called through ``functional_call``, its own parameters unused."""
+    indices); the module is called through ``functional_call``, its own parameters unused.
+
+    Dropout (``nn.Dropout`` in training mode): each step's masks are drawn outside the
+    transforms from a generator seeded by (``seed``, the step, the layer), elementwise
+    Bernoulli(1 - p) / (1 - p) over the layer's input shape, and held as constants of the step
+    (:class:`StepMask`): the forward, its gradient and every tangent column of every chunk
+    see the same masks, so J is the derivative of that training. Callers pass the step
+    (``step=``) when :attr:`random` is true."""
 
     # Columns per chunk on the CPU: all P (capped by memory, :func:`engine.jacobian.auto_chunk`).
     # Each chunk is one vmapped call per step whose overhead does not shrink with the chunk, so
     # fewer, larger chunks are faster here (the fused kernels' limit is about cache size).
     cpu_chunk = 2**62
 
-    def __init__(self, module: nn.Module, loss: Loss | None = None):
+    def __init__(self, module: nn.Module, loss: Loss | None = None, seed: int = 0):
         self.module = module
         self.names = [n for n, _ in module.named_parameters()]
         self.loss_fn = F.cross_entropy if loss is None else loss
+        self.masks = step_masks(module, seed)
+        self.random = bool(self.masks)
+        self.seed = seed
 
         def loss(params, x, y):
             out = functional_call(module, dict(zip(self.names, params)), (x,))
@@ -88,10 +137,42 @@ class GenericKernel:
 
         self._grad = torch.func.grad(loss)
 
-    def grad(self, params, x, y):
-        return self._grad(params, x, y)
+    def set_masks(self, params, x, step: int | None) -> None:
+        """The dropout masks of step ``step`` for the batch ``x`` (no-op without dropout)."""
+        if not self.random:
+            return
+        if step is None:
+            raise ValueError("a model with dropout needs each call's training step (step=)")
+        if any(m.shape is None or m.shape[0] != x.shape[0] for m in self.masks):
+            for m in self.masks:  # learn each layer's input shape: one forward, no masks
+                m.mask, m.shape = None, None
+            with torch.no_grad():
+                functional_call(self.module, dict(zip(self.names, params)), (x,))
+        for i, m in enumerate(self.masks):
+            g = torch.Generator(device=x.device).manual_seed(
+                (self.seed * 1_000_003 + step) * 1_009 + i)
+            keep = torch.rand(m.shape, generator=g, device=x.device) >= m.p
+            m.mask = keep.to(x.dtype) / (1 - m.p)
 
-    def grad_jvp(self, params, tangents, x, y, out=None):
+    def clear_masks(self) -> None:
+        for m in self.masks:
+            m.mask = None
+
+    def grad(self, params, x, y, step: int | None = None):
+        self.set_masks(params, x, step)
+        try:
+            return self._grad(params, x, y)
+        finally:
+            self.clear_masks()
+
+    def grad_jvp(self, params, tangents, x, y, out=None, step: int | None = None):
+        self.set_masks(params, x, step)
+        try:
+            return self._grad_jvp(params, tangents, x, y)
+        finally:
+            self.clear_masks()
+
+    def _grad_jvp(self, params, tangents, x, y):
         g = self._grad(params, x, y)
         if y.dtype.is_floating_point:
             # a regression target enters with an explicit zero tangent: left implicit, it is a
@@ -406,7 +487,8 @@ def generic_problem(module: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
     targets (floating ``y`` is cast to ``dtype``, integer ``y`` to int64); ``order``: the row
     indices of every step's batch (default :func:`batch_order` of ``cfg`` and ``seed``);
     ``loss(output, target)``: the
-    batch's scalar loss (default the mean cross-entropy). The problem trains its own copy of
+    batch's scalar loss (default the mean cross-entropy); ``seed`` also draws the dropout
+    masks (:class:`GenericKernel`). The problem trains its own copy of
     ``module`` in ``dtype`` on ``device``: the caller's module, its parameters and buffers are
     left as they were."""
     module = copy.deepcopy(module).to(device=device, dtype=dtype)
@@ -417,7 +499,8 @@ def generic_problem(module: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
                                    torch.as_tensor(b, dtype=torch.long, device=device))
                for b in order]
     y_dtype = dtype if y.dtype.is_floating_point else torch.long
-    return Problem(kernel=GenericKernel(module, loss), module=module, layout=Layout.of(module),
+    return Problem(kernel=GenericKernel(module, loss, seed), module=module,
+                   layout=Layout.of(module),
                    optimizer=Optimizer(cfg), lrs=lr_schedule(cfg, len(order)), batches=batches,
                    x_train=torch.as_tensor(x).to(device=device, dtype=dtype),
                    y_train=torch.as_tensor(y).to(device=device, dtype=y_dtype),
@@ -436,6 +519,12 @@ def initial_theta(module: nn.Module, device: torch.device, dtype: torch.dtype) -
 StepCallback = Callable[[dict], None]
 
 
+def at_step(p: Problem, t: int) -> dict:
+    """The kernel's keywords for step ``t``: ``step=t`` for a kernel that draws per step
+    (:attr:`GenericKernel.random`: dropout), else none."""
+    return {"step": t} if getattr(p.kernel, "random", False) else {}
+
+
 def steps(problem: Problem, theta0: torch.Tensor,
           should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """The bare training loop: yields (t, theta_{t+1}) after each step t; raises
@@ -446,7 +535,7 @@ def steps(problem: Problem, theta0: torch.Tensor,
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         x, y = p.batch(t)
-        g = p.layout.flatten(p.kernel.grad(p.layout.unflatten(theta), x, y))
+        g = p.layout.flatten(p.kernel.grad(p.layout.unflatten(theta), x, y, **at_step(p, t)))
         theta, state = p.optimizer.update(theta, state, g, float(p.lrs[t]), t)
         yield t, theta
 
@@ -612,7 +701,7 @@ def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tens
             raise KeyboardInterrupt
         x, y = p.batch(t)
         lr = float(p.lrs[t])
-        g, dg = p.kernel.grad_jvp(lay.unflatten(theta), dtheta, x, y, **into)
+        g, dg = p.kernel.grad_jvp(lay.unflatten(theta), dtheta, x, y, **into, **at_step(p, t))
         g = lay.flatten(g)
         factors = (p.optimizer.adam_factors(theta, state, g, t)
                    if p.optimizer.tangent_reads_primal else None)

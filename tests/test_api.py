@@ -340,8 +340,54 @@ def test_batchnorm_in_training_mode_equals_autograd_sgd_and_central_differences(
     assert (J - torch.eye(P)).abs().max() > 1e-2  # training moved: not a trivial J
 
 
+def test_dropout_draws_a_mask_per_step_and_j_is_the_derivative_of_that_training():
+    """Dropout in training mode was refused. Each step's mask is drawn by the documented rule
+    (a generator seeded (seed * 1_000_003 + step) * 1_009 + layer, keep where
+    rand >= p, scaled by 1 / (1 - p)); J equals central differences of a plain SGD loop
+    written here with those masks (float64, every column), does not depend on the chunk, and
+    another seed draws other masks."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Dropout(0.3), nn.Linear(6, 2)).double()
+    X, y = torch.randn(32, 3, dtype=torch.float64), torch.randint(0, 2, (32,))
+    lr, bs, p, seed = 0.1, 8, 0.3, 5
+    kw = dict(optimizer="sgd", lr=lr, momentum=0.9, batch_size=bs, epochs=2, shuffle=False,
+              seed=seed)
+    J = engine.training_jacobian(model, (X, y), **kw)
+    assert torch.equal(J, engine.training_jacobian(model, (X, y), chunk=5, **kw))
+    assert (J - engine.training_jacobian(model, (X, y), **{**kw, "seed": 6})).abs().max() > 1e-3
+    assert model[2].training and isinstance(model[2], nn.Dropout)  # the caller's, unchanged
+
+    def mask(step, rows):
+        g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + 0)
+        return (torch.rand((rows, 6), generator=g) >= p).double() / (1 - p)
+
+    def run(theta):
+        W1, b1, W2, b2 = torch.split(theta, [18, 6, 12, 2])
+        W1, W2 = W1.reshape(6, 3), W2.reshape(2, 6)
+        params, buf = [W1, b1, W2, b2], [torch.zeros_like(t) for t in (W1, b1, W2, b2)]
+        step = 0
+        for _ in range(2):
+            for a in range(0, len(X), bs):
+                ps = [t.detach().requires_grad_() for t in params]
+                h = torch.tanh(X[a:a + bs] @ ps[0].T + ps[1]) * mask(step, bs)
+                loss = F.cross_entropy(h @ ps[2].T + ps[3], y[a:a + bs])
+                grads = torch.autograd.grad(loss, ps)
+                buf = [0.9 * b + g for b, g in zip(buf, grads)]
+                params = [t.detach() - lr * b for t, b in zip(ps, buf)]
+                step += 1
+        return torch.cat([t.reshape(-1) for t in params])
+
+    theta0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    P, h = theta0.numel(), 1e-6
+    for j in range(P):
+        e = torch.zeros(P, dtype=torch.float64)
+        e[j] = h
+        fd = (run(theta0 + e) - run(theta0 - e)) / (2 * h)
+        assert torch.allclose(J[:, j], fd, rtol=0, atol=1e-7), (j, (J[:, j] - fd).abs().max())
+
+
 @pytest.mark.parametrize("layer,needle", [(Stateful(), "running statistics"),
-                                          (nn.Dropout(0.5), "random masks")])
+                                          (nn.AlphaDropout(0.5), "random masks")])
 def test_stateful_and_random_layers_are_one_line_refusals(layer, needle):
     model = nn.Sequential(nn.Linear(3, 4), layer, nn.Tanh(), nn.Linear(4, 2))
     X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
