@@ -92,6 +92,10 @@ class TrainingJacobian(LinearOperator):
                  dtype: torch.dtype = torch.float64,
                  on_product: Callable[[str, int], None] | None = None,
                  reverse: str = "auto", trajectory: bool | int = True):
+        if getattr(problem.kernel, "random", False):
+            raise ValueError("this training draws dropout masks per step, which the "
+                             "matrix-free operator does not: compute J exactly "
+                             "(engine.training_jacobian)")
         self.problem = problem.astype(dtype)
         self.theta0 = theta0.detach().to(dtype)
         self.on_product = on_product  # ("jvp" or "vjp", vectors) after every product
@@ -102,8 +106,9 @@ class TrainingJacobian(LinearOperator):
         self.should_stop = should_stop
         # the reverse pass differentiates the gradient itself: torch.func's, which autograd
         # can follow (the fused kernels compute their gradients outside autograd)
-        self.reverse = dataclasses.replace(self.problem,
-                                           kernel=GenericKernel(self.problem.module))
+        # (with a generic problem's own loss: it was the cross-entropy, whatever the loss)
+        self.reverse = dataclasses.replace(self.problem, kernel=GenericKernel(
+            self.problem.module, getattr(self.problem.kernel, "loss_fn", None)))
         self._checkpoints: dict[bool, list] = {}  # see checkpoints(fused)
         # recorded at the first product when it fits (trajectory=False: never; the primal
         # is then trained again inside every product): in ``trajectory`` bytes, or with True

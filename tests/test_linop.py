@@ -81,3 +81,40 @@ def test_the_bulk_quadrature_gives_the_density_too_deflated_or_not(k):
     assert abs(np.trapezoid(est, grid) - 1) < 0.02
     exact = density_of_values(S, grid, 0.05)
     assert np.abs(est - exact).max() < 0.05 * exact.max()
+
+
+def test_the_operator_of_a_generic_problem_keeps_its_loss_both_ways():
+    """J^T u of a generic problem's operator differentiated the cross-entropy whatever the
+    problem's loss (here the MSE of a regression): it is the transpose of J v now, and both
+    are the exact J's (float64); a training with dropout is refused in one line."""
+    import torch
+
+    from engine import schema
+    from engine.config import TrainConfig
+    from engine.jacobian import exact_jacobian
+    from engine.train import generic_problem, initial_theta
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    X = torch.randn(24, 3, dtype=torch.float64)
+    y = torch.sin(X[:, :2])
+    cfg = schema.build(TrainConfig, {"lr": 0.1, "batch_size": 8, "epochs": 2}, "",
+                       TrainConfig.PREFIX)
+
+    def mse(out, target):
+        return ((out - target) ** 2).mean()
+
+    p = generic_problem(model, X, y, cfg, torch.device("cpu"), torch.float64, loss=mse)
+    theta0 = initial_theta(p.module, torch.device("cpu"), torch.float64)
+    J = exact_jacobian(p, theta0).numpy()
+    op = TrainingJacobian(p, theta0)
+    rng = np.random.default_rng(0)
+    V, U = rng.standard_normal((op.P, 3)), rng.standard_normal((op.P, 3))
+    np.testing.assert_allclose(op @ V, J @ V, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(op.H @ U, J.T @ U, rtol=0, atol=1e-12)
+    drop = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Dropout(0.2),
+                               torch.nn.Linear(5, 2))
+    pd = generic_problem(drop, X, torch.zeros(24, dtype=torch.long), cfg, torch.device("cpu"),
+                         torch.float64)
+    with pytest.raises(ValueError, match="dropout masks per step"):
+        TrainingJacobian(pd, initial_theta(pd.module, torch.device("cpu"), torch.float64))
