@@ -172,10 +172,21 @@ def test_ls_lists_a_sweep_and_its_points_and_report_writes_its_report(one_of_fou
     assert text.startswith("# tjac sweep: mini-sweep") and "status **created**" in text
 
 
+async def sweep_rows_shown(pilot, pane, names: list[str]) -> None:
+    """The Sessions pane lists the one-of-four sweep, then its points indented in order."""
+    from conftest import until
+
+    await until(pilot, lambda: len(pane.table_rows()) == 5, what="the sweep's rows")
+    rows = pane.table_rows()
+    assert rows[0][:3] == ["mini-sweep (sweep)", "mini-sweep", "created 1/4"]
+    assert [r[0] for r in rows[1:]] == [f"  {n}" for n in names]
+    assert [r[2] for r in rows[1:]] == ["done", "created", "created", "created"]
+
+
 def test_the_sessions_pane_lists_a_sweep_and_its_points(one_of_four):
     import asyncio
 
-    from conftest import running, until
+    from conftest import running
     from tjac_tui.app import TjacApp
     from tjac_tui.screens.sessions import SessionsPane
 
@@ -187,11 +198,7 @@ def test_the_sessions_pane_lists_a_sweep_and_its_points(one_of_four):
         async with running(app, (120, 40)) as pilot:
             await pilot.press("5")
             pane = app.query_one(SessionsPane)
-            await until(pilot, lambda: len(pane.table_rows()) == 5, what="the sweep's rows")
-            rows = pane.table_rows()
-            assert rows[0][:3] == ["mini-sweep (sweep)", "mini-sweep", "created 1/4"]
-            assert [r[0] for r in rows[1:]] == [f"  {n}" for n in names]
-            assert [r[2] for r in rows[1:]] == ["done", "created", "created", "created"]
+            await sweep_rows_shown(pilot, pane, names)
 
     asyncio.run(go())
 
@@ -220,11 +227,7 @@ def test_a_adds_a_sweep_folder_kept_elsewhere_with_its_points(one_of_four, tmp_p
             await pilot.press("a")
             await until(pilot, lambda: app.screen.query("#add-path"), what="the path box")
             await pilot.press(*str(sw.path), "enter")
-            await until(pilot, lambda: len(pane.table_rows()) == 5, what="the sweep's rows")
-            rows = pane.table_rows()
-            assert rows[0][:3] == ["mini-sweep (sweep)", "mini-sweep", "created 1/4"]
-            assert [r[0] for r in rows[1:]] == [f"  {n}" for n in names]
-            assert [r[2] for r in rows[1:]] == ["done", "created", "created", "created"]
+            await sweep_rows_shown(pilot, pane, names)
 
     asyncio.run(go())
     assert added_sessions(root) == [sw.path.resolve()]
