@@ -134,6 +134,7 @@ class PlanReport:
     snapshots: list[int] = field(default_factory=list)  # steps of the snapshots of J
     # the probe's figures (engine.runner.probe, PROBE_KEYS): None until probed
     probe: dict | None = None
+    probe_error: str | None = None  # why the probe failed (one line), when it did
 
     @property
     def probes(self) -> bool:
@@ -154,6 +155,8 @@ class PlanReport:
             return ["no time probe: this run computes no Jacobian"]
         if not self.fit:
             return ["no time probe: the run does not fit here"]
+        if self.probe_error:
+            return [f"no time probe: it failed: {self.probe_error}"]
         r = self.probe
         if r is None:
             return []
@@ -186,6 +189,8 @@ class PlanReport:
                "fits": self.fits, "fit": self.fit, "jacobian": self.jacobian,
                "method": self.method, "svd_dtype": self.svd_dtype,
                "snapshots": list(self.snapshots)}
+        if self.probe_error:
+            out["probe_error"] = self.probe_error
         if self.probe is not None:
             out.update({k: self.probe.get(k) for k in PROBE_KEYS})
             if self.probe.get("svd_s") is not None:
@@ -199,7 +204,7 @@ class PlanReport:
         return cls(P=d["P"], steps=d["steps"], plan_lines=list(d["lines"]), fits=d["fits"],
                    fit=d["fit"], jacobian=d["jacobian"], method=d["method"],
                    svd_dtype=d["svd_dtype"], snapshots=list(d.get("snapshots") or []),
-                   probe=probe)
+                   probe=probe, probe_error=d.get("probe_error"))
 
 
 def plan_report(cfg: RunConfig, sessions: str | Path, probe: bool = False,
@@ -236,7 +241,13 @@ def with_probe(report: PlanReport, cfg: RunConfig) -> PlanReport:
         return report
     from .runner import probe
 
-    r = probe(cfg)
+    try:
+        r = probe(cfg)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - a user model's own failure: the plan says it
+        first = (str(e).strip().splitlines() or [""])[0]
+        return replace(report, probe_error=f"{type(e).__name__}: {first}"[:300])
     return replace(report, probe={k: r.get(k) for k in PROBE_KEYS})
 
 

@@ -66,6 +66,16 @@ class LossKernel(Protocol):
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def math_attention():
+    """``scaled_dot_product_attention`` (``nn.MultiheadAttention``, a transformer layer) by its
+    composite math backend inside the transforms: the fused CPU and CUDA kernels it picks
+    otherwise have no forward-mode derivative ("Trying to use forward AD with
+    _scaled_dot_product_flash_attention_for_cpu"), which J's tangents need."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 class StepMask(nn.Module):
     """A dropout layer whose mask is set from outside for each training step (:class:`GenericKernel`
     with ``seed``): ``x * mask`` with the mask a constant of the step, so that the step's
@@ -161,14 +171,16 @@ class GenericKernel:
     def grad(self, params, x, y, step: int | None = None):
         self.set_masks(params, x, step)
         try:
-            return self._grad(params, x, y)
+            with math_attention():
+                return self._grad(params, x, y)
         finally:
             self.clear_masks()
 
     def grad_jvp(self, params, tangents, x, y, out=None, step: int | None = None):
         self.set_masks(params, x, step)
         try:
-            return self._grad_jvp(params, tangents, x, y)
+            with math_attention():
+                return self._grad_jvp(params, tangents, x, y)
         finally:
             self.clear_masks()
 

@@ -400,3 +400,49 @@ def test_stateful_and_random_layers_are_one_line_refusals(layer, needle):
     P = sum(p.numel() for p in model.parameters())
     assert J.shape == (P, P) and bool(torch.isfinite(J).all())
     assert not model.training
+
+
+def test_multihead_attention_trains_through_the_math_kernel_and_j_is_exact():
+    """nn.MultiheadAttention failed: scaled_dot_product_attention's fused CPU kernel has no
+    forward-mode derivative. The generic kernel runs it by the math backend; J equals central
+    differences of autograd SGD on the module as torch runs it (float64, every column)."""
+    torch.manual_seed(4)
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(3, 4)
+            self.attention = nn.MultiheadAttention(4, 2, batch_first=True)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            t = self.embed(x.reshape(-1, 5, 3))
+            return self.head((t + self.attention(t, t, t, need_weights=False)[0]).mean(1))
+
+    model = Tiny().double()
+    X, y = torch.randn(16, 15, dtype=torch.float64), torch.randint(0, 2, (16,))
+    lr, bs = 0.1, 8
+    J = engine.training_jacobian(model, (X, y), optimizer="sgd", lr=lr, batch_size=bs,
+                                 epochs=2, shuffle=False)
+
+    def run(theta0):
+        m = _copy(model)
+        torch.nn.utils.vector_to_parameters(theta0.clone(), m.parameters())
+        params = list(m.parameters())
+        for _ in range(2):
+            for a in range(0, len(X), bs):
+                grads = torch.autograd.grad(F.cross_entropy(m(X[a:a + bs]), y[a:a + bs]),
+                                            params)
+                with torch.no_grad():
+                    for p_, g in zip(params, grads):
+                        p_.sub_(lr * g)
+        return torch.nn.utils.parameters_to_vector(m.parameters()).detach()
+
+    theta0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    P, h = theta0.numel(), 1e-6
+    for j in range(P):
+        e = torch.zeros(P, dtype=torch.float64)
+        e[j] = h
+        fd = (run(theta0 + e) - run(theta0 - e)) / (2 * h)
+        assert torch.allclose(J[:, j], fd, rtol=0, atol=1e-7), (j, (J[:, j] - fd).abs().max())
+    assert (J - torch.eye(P)).abs().max() > 1e-3

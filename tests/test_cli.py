@@ -338,3 +338,43 @@ def test_a_missing_session_names_each_place_looked_once(tmp_path, capsys):
     assert main(["resume", "gone", "--sessions", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == \
         f"gone: no such session (looked in gone and {tmp_path / 'gone'})"
+
+
+@pytest.mark.slow
+def test_the_attention_preset_runs_its_shipped_model_through_the_generic_path(tmp_path, capsys):
+    """presets/attention-digits28.toml builds presets/models/attention.py's model (found
+    relative to the preset) and its J, at 2 steps here, has the three regions."""
+    from engine.session import Session
+    from tjac_tui.cli import main
+
+    from conftest import PRESETS
+
+    args = ["run", str(PRESETS / "attention-digits28.toml"), "--sessions", str(tmp_path), "-q",
+            "--set", "data.n_train=64", "--set", "train.batch_size=32"]
+    assert main(args) == 0
+    s = Session(tmp_path / "attention-digits28")
+    m = s.manifest()
+    assert (m["status"], m["P"], m["steps"]) == ("done", 850, 2)
+    regions = s.spectrum()["regions"]
+    assert sum(r["count"] for r in regions.values()) == 850
+    assert all(regions[k]["count"] > 0 for k in ("chaotic", "bulk", "stable"))
+
+
+def test_a_probe_that_fails_is_a_line_of_the_plan(tmp_path, capsys, monkeypatch):
+    """A user model the probe cannot run (here: a forward-mode derivative torch lacks) ended
+    `tjac run --plan` in a traceback; the plan says it in one line, after the sizes."""
+    from engine import runner
+    from tjac_tui.cli import main
+
+    def broken(cfg):
+        raise NotImplementedError("Trying to use forward AD with some_kernel that does not "
+                                  "support it\nPlease file an issue")
+
+    monkeypatch.setattr(runner, "probe", broken)
+    assert main(["run", "quick", "--plan", "--sessions", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == ("no time probe: it failed: NotImplementedError: Trying to use forward AD "
+                       "with some_kernel that does not support it")
+    assert main(["run", "quick", "--plan", "--json", "--sessions", str(tmp_path)]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["probe_error"].startswith("NotImplementedError: Trying to use forward AD")
