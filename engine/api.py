@@ -104,8 +104,8 @@ def read_batches(data: Data, epochs: int) -> tuple[torch.Tensor, torch.Tensor,
 def check_module(module: nn.Module) -> None:
     """Refuse, in one line naming the layer, what the generic path cannot differentiate yet:
     a layer other than BatchNorm that updates buffers in its forward, and random layers in
-    training mode (dropout), which torch.func reports as a long traceback about in-place
-    mutation or randomness. (BatchNorm in training mode is taken: :func:`batch_statistics`.)"""
+    training mode other than ``nn.Dropout``, which torch.func reports as a long traceback about
+    in-place mutation or randomness (:func:`engine.models.stateful_layer`)."""
     why = stateful_layer(module, allow_batchnorm=True, allow_dropout=True)
     if why is not None:
         raise ValueError(f"{why}, which training_jacobian does not support: call "
@@ -113,28 +113,19 @@ def check_module(module: nn.Module) -> None:
                          "layer out")
 
 
-def batch_statistics(module: nn.Module) -> nn.Module:
-    """``module`` itself, or a copy of it whose BatchNorm layers in training mode keep no
-    running statistics (as ``torch.func.replace_all_batch_norm_modules_`` does, to those
-    layers only: one in eval mode keeps its statistics and uses them). In training mode a
-    BatchNorm normalizes by the batch's own mean and variance, and its running statistics only
-    record them for evaluation: they never enter a training step, so theta_T and J are the
-    same with or without them, and without them no step writes into a buffer (which
-    torch.func cannot transform). The caller's module is not changed."""
-    import copy
-
-    def training_bn(m: nn.Module) -> bool:
-        return isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and \
-            m.track_running_stats
-
-    if not any(training_bn(m) for m in module.modules()):
-        return module
-    out = copy.deepcopy(module)
-    for m in out.modules():
-        if training_bn(m):
+def drop_running_statistics_(module: nn.Module) -> None:
+    """Make ``module``'s BatchNorm layers in training mode keep no running statistics, in
+    place (as ``torch.func.replace_all_batch_norm_modules_`` does, to those layers only: one in
+    eval mode keeps its statistics and uses them). In training mode a BatchNorm normalizes by
+    the batch's own mean and variance, and its running statistics only record them for
+    evaluation: they never enter a training step, so theta_T and J are the same with or without
+    them, and without them no step writes into a buffer (which torch.func cannot transform).
+    Applied to the problem's own copy of the module: the caller's is not changed."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and \
+                m.track_running_stats:
             m.running_mean = m.running_var = m.num_batches_tracked = None
             m.track_running_stats = False
-    return out
 
 
 def training_jacobian(module: nn.Module, data: Data, *, loss: Loss | None = None,
@@ -167,9 +158,10 @@ def training_jacobian(module: nn.Module, data: Data, *, loss: Loss | None = None
     :func:`engine.jacobian.auto_chunk`). ``device``: default that of the module's parameters.
     The caller's module is not changed (its dtype, parameters and buffers): a copy trains.
     BatchNorm in training mode normalizes each batch by its own statistics, as in training
-    (its running statistics do not enter theta_T: :func:`batch_statistics`); in eval mode by
-    its running statistics, held fixed. Dropout in training mode is refused (call
-    ``module.eval()`` first)."""
+    (its running statistics do not enter theta_T: :func:`drop_running_statistics_`); in eval
+    mode by its running statistics, held fixed. ``nn.Dropout`` in training mode draws a mask
+    per step from ``seed`` (:class:`engine.train.GenericKernel`); other random layers are
+    refused (call ``.eval()`` on them first)."""
     if train is not None and options:
         raise TypeError("give the optimizer either as train=TrainConfig(...) or as keywords, "
                         "not both")
@@ -196,8 +188,8 @@ def training_jacobian(module: nn.Module, data: Data, *, loss: Loss | None = None
             raise ValueError(f"steps = {steps}: expected 1 to {len(order)} (the steps of "
                              f"{cfg.epochs} epoch(s) of these batches)")
         order = order[:steps]
-    problem = generic_problem(batch_statistics(module), x, y, cfg, dev, dtype, seed=seed,
-                              order=order, loss=loss)
+    problem = generic_problem(module, x, y, cfg, dev, dtype, seed=seed, order=order, loss=loss)
+    drop_running_statistics_(problem.module)  # (its own copy: the kernel's module)
     theta0 = initial_theta(problem.module, dev, dtype)
     if chunk is None:
         chunk = auto_chunk(problem, theta0, dev, dtype)
