@@ -239,15 +239,14 @@ def with_probe(report: PlanReport, cfg: RunConfig) -> PlanReport:
     :attr:`PlanReport.probes` is false. Imports torch."""
     if not report.probes:
         return report
-    from .runner import probe
+    from .runner import failure_reason, probe
 
     try:
         r = probe(cfg)
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 - a user model's own failure: the plan says it
-        first = (str(e).strip().splitlines() or [""])[0]
-        return replace(report, probe_error=f"{type(e).__name__}: {first}"[:300])
+        return replace(report, probe_error=failure_reason(e)[:300])  # (as a run would)
     return replace(report, probe={k: r.get(k) for k in PROBE_KEYS})
 
 
@@ -311,9 +310,8 @@ class SweepPlanReport:
         rows, total, unknown = [], 0.0, False
         for name, r in self.points:
             t = point_seconds(r)
-            if t is None:
-                why = r.probe_lines()[0].removeprefix("no time probe: ") if not r.probes \
-                    else "not probed"
+            if t is None:  # (why: the probe's own line, its failure included)
+                why = (r.probe_lines() or ["not probed"])[0].removeprefix("no time probe: ")
                 rows.append([name, why, "", "", "-"])
                 unknown = True
                 continue

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import events as ev_mod
+from .files import one_reason
 from .results import flatten
 from .session import Session
 
@@ -79,8 +80,8 @@ def open_trackers(specs: list[str], session: Session) -> list["Tracker"]:
                 made.append({"tensorboard": TensorBoard, "mlflow": MLflow,
                              "wandb": WandB}[kind](session, where))
             except Exception as e:  # noqa: BLE001 - the package's own failure, in one line
-                raise TrackerError(f"--log {kind}: {type(e).__name__}: "
-                                   f"{str(e).splitlines()[0] if str(e) else ''}") from None
+                raise TrackerError(f"--log {kind}: {type(e).__name__}: {one_reason(e)}"
+                                   ) from None
     except BaseException:
         for t in made:
             t.close("failed")
@@ -125,8 +126,8 @@ class Tracker:
             self.broken = True
             import sys
 
-            print(f"warning: --log {self.kind}: {type(e).__name__}: {e}; no more metrics go "
-                  "to it (the session keeps them all)", file=sys.stderr)
+            print(f"warning: --log {self.kind}: {type(e).__name__}: {one_reason(e)}; no more "
+                  "metrics go to it (the session keeps them all)", file=sys.stderr)
 
     def _send(self, ev: ev_mod.Event) -> None:
         match ev:
