@@ -102,18 +102,49 @@ def test_J_of_a_custom_module_with_mse_equals_jacfwd_of_a_plain_loop(opt, extra)
     assert torch.allclose(J, ref, rtol=0, atol=1e-12), (J - ref).abs().max()
     assert (J - torch.eye(P)).abs().max() > 1e-3  # training moved: not a trivial J
     # central differences of the plain loop on a few columns (float64, h = 1e-5)
-    h = 1e-5
-    for j in (0, P // 2, P - 1):
-        e = torch.zeros(P, dtype=torch.float64)
-        e[j] = h
-        fd = (run(theta0 + e) - run(theta0 - e)) / (2 * h)
-        assert torch.allclose(J[:, j], fd, rtol=0, atol=1e-8), (J[:, j] - fd).abs().max()
+    agrees_with_central_differences(J, run, theta0, (0, P // 2, P - 1), h=1e-5, atol=1e-8)
 
 
 def _copy(model):
     import copy
 
     return copy.deepcopy(model)
+
+
+def agrees_with_central_differences(J, run, theta0, columns=None, h=1e-6, atol=1e-7):
+    """J's columns (default: all) against central differences of ``run`` (theta_0 ->
+    theta_T) at ``theta0``, float64, step ``h``, within ``atol``."""
+    P = theta0.numel()
+    for j in range(P) if columns is None else columns:
+        e = torch.zeros(P, dtype=torch.float64)
+        e[j] = h
+        fd = (run(theta0 + e) - run(theta0 - e)) / (2 * h)
+        assert torch.allclose(J[:, j], fd, rtol=0, atol=atol), (j, (J[:, j] - fd).abs().max())
+
+
+def autograd_sgd(model, X, y, lr, batch_size, epochs, momentum=0.0, check=None):
+    """theta_0 -> theta_T of SGD (PyTorch's momentum convention) run by torch.autograd on a
+    copy of ``model`` as torch runs it (its buffers updating, its layers' own kernels), over
+    the batches of (X, y) in order; ``check(copy)`` after each run."""
+
+    def run(theta0):
+        m = _copy(model)
+        torch.nn.utils.vector_to_parameters(theta0.clone(), m.parameters())  # (it aliases)
+        params = list(m.parameters())
+        buf = [torch.zeros_like(p) for p in params]
+        for _ in range(epochs):
+            for a in range(0, len(X), batch_size):
+                loss = F.cross_entropy(m(X[a:a + batch_size]), y[a:a + batch_size])
+                grads = torch.autograd.grad(loss, params)
+                with torch.no_grad():
+                    for p_, b, g in zip(params, buf, grads):
+                        b.mul_(momentum).add_(g)
+                        p_.sub_(lr * b)
+        if check is not None:
+            check(m)
+        return torch.nn.utils.parameters_to_vector(m.parameters()).detach()
+
+    return run
 
 
 def test_the_callers_module_is_left_unchanged():
@@ -313,30 +344,12 @@ def test_batchnorm_in_training_mode_equals_autograd_sgd_and_central_differences(
                                  batch_size=bs, epochs=2)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     P = sum(p.numel() for p in model.parameters())
-
-    def run(theta0):
-        m = _copy(model)
-        torch.nn.utils.vector_to_parameters(theta0.clone(), m.parameters())  # (it aliases)
-        params = list(m.parameters())
-        buf = [torch.zeros_like(p) for p in params]
-        for _ in range(2):
-            for a in range(0, len(X), bs):
-                loss = F.cross_entropy(m(X[a:a + bs]), y[a:a + bs])
-                grads = torch.autograd.grad(loss, params)
-                with torch.no_grad():
-                    for p_, b, g in zip(params, buf, grads):
-                        b.mul_(0.9).add_(g)
-                        p_.sub_(lr * b)
+    def tracked(m):
         assert m[1].num_batches_tracked == 8  # the real layer tracked its statistics
-        return torch.nn.utils.parameters_to_vector(m.parameters()).detach()
 
+    run = autograd_sgd(model, X, y, lr, bs, epochs=2, momentum=0.9, check=tracked)
     theta0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
-    h = 1e-6
-    for j in range(P):
-        e = torch.zeros(P, dtype=torch.float64)
-        e[j] = h
-        fd = (run(theta0 + e) - run(theta0 - e)) / (2 * h)
-        assert torch.allclose(J[:, j], fd, rtol=0, atol=1e-7), (j, (J[:, j] - fd).abs().max())
+    agrees_with_central_differences(J, run, theta0)
     assert (J - torch.eye(P)).abs().max() > 1e-2  # training moved: not a trivial J
 
 
@@ -378,12 +391,7 @@ def test_dropout_draws_a_mask_per_step_and_j_is_the_derivative_of_that_training(
         return torch.cat([t.reshape(-1) for t in params])
 
     theta0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
-    P, h = theta0.numel(), 1e-6
-    for j in range(P):
-        e = torch.zeros(P, dtype=torch.float64)
-        e[j] = h
-        fd = (run(theta0 + e) - run(theta0 - e)) / (2 * h)
-        assert torch.allclose(J[:, j], fd, rtol=0, atol=1e-7), (j, (J[:, j] - fd).abs().max())
+    agrees_with_central_differences(J, run, theta0)
 
 
 @pytest.mark.parametrize("layer,needle", [(Stateful(), "running statistics"),
@@ -425,24 +433,7 @@ def test_multihead_attention_trains_through_the_math_kernel_and_j_is_exact():
     J = engine.training_jacobian(model, (X, y), optimizer="sgd", lr=lr, batch_size=bs,
                                  epochs=2, shuffle=False)
 
-    def run(theta0):
-        m = _copy(model)
-        torch.nn.utils.vector_to_parameters(theta0.clone(), m.parameters())
-        params = list(m.parameters())
-        for _ in range(2):
-            for a in range(0, len(X), bs):
-                grads = torch.autograd.grad(F.cross_entropy(m(X[a:a + bs]), y[a:a + bs]),
-                                            params)
-                with torch.no_grad():
-                    for p_, g in zip(params, grads):
-                        p_.sub_(lr * g)
-        return torch.nn.utils.parameters_to_vector(m.parameters()).detach()
-
+    run = autograd_sgd(model, X, y, lr, bs, epochs=2)
     theta0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
-    P, h = theta0.numel(), 1e-6
-    for j in range(P):
-        e = torch.zeros(P, dtype=torch.float64)
-        e[j] = h
-        fd = (run(theta0 + e) - run(theta0 - e)) / (2 * h)
-        assert torch.allclose(J[:, j], fd, rtol=0, atol=1e-7), (j, (J[:, j] - fd).abs().max())
-    assert (J - torch.eye(P)).abs().max() > 1e-3
+    agrees_with_central_differences(J, run, theta0)
+    assert (J - torch.eye(theta0.numel())).abs().max() > 1e-3

@@ -29,12 +29,33 @@ def point_plans(preset):
     return {q.name: plan_mod.make_plan(q.config) for q in points}
 
 
+TIME_HEAD = "from a short probe of each point:"  # (the time table's head line ends so)
+
+
+def cells(line: str) -> list[str]:
+    """A table line's cells: split at runs of two or more spaces."""
+    return re.split(r"\s{2,}", line.strip())
+
+
 def plan_rows(out: str) -> dict[str, list[str]]:
-    """The size table's rows by their first cell (split at runs of two or more spaces); the
-    time table under it is left out."""
+    """The size table's rows by their first cell; the time table under it is left out."""
     sizes = out.split("\ntime on ")[0]
-    return {r[0]: r for r in (re.split(r"\s{2,}", ln.strip()) for ln in sizes.splitlines())
-            if len(r) > 3}
+    return {r[0]: r for r in map(cells, sizes.splitlines()) if len(r) > 3}
+
+
+def time_rows(out: str) -> dict[str, list[str]]:
+    """The time table's rows by their first cell (its header under "point")."""
+    return {r[0]: r for r in map(cells, out.split(TIME_HEAD)[1].splitlines()) if len(r) > 1}
+
+
+async def sweep_plan_shown(app, pilot):
+    """The Setup pane once it shows the loaded sweep preset's plan."""
+    from conftest import until
+
+    setup = app.pane("setup")
+    await until(pilot, lambda: setup.plan_text.startswith("sweep "), what="the plan",
+                timeout=60)
+    return setup
 
 
 @pytest.mark.parametrize("cmd", ["sweep", "run"])
@@ -92,8 +113,8 @@ def test_the_plan_times_every_point_from_its_probe_and_sums_them(grid, tmp_path,
         f"probing point {i + 1} of 4 ({n})..." for i, n in enumerate(point_plans(grid))]
     lines = out.splitlines()
     head = lines.index("time on cpu, from a short probe of each point:")
-    assert re.split(r"\s{2,}", lines[head + 1].strip()) == cols
-    got = [re.split(r"\s{2,}", ln.strip()) for ln in lines[head + 2:]]
+    assert cells(lines[head + 1]) == cols
+    got = [cells(ln) for ln in lines[head + 2:]]
     assert [g[0] for g in got] == list(point_plans(grid)) + ["all 4"]
     assert all(len(g) == 5 for g in got[:-1]) and len(lines) == head + 7
 
@@ -113,9 +134,7 @@ def test_a_sweep_whose_largest_point_does_not_fit_is_refused_naming_it(grid, tmp
     verdict = next(ln for ln in out.splitlines() if ln.startswith("does not fit: "))
     assert verdict.startswith("does not fit: sweep point hidden-5_lr-0.05: the float64 SVD of "
                               "this run's 385 x 385 Jacobian"), verdict
-    times = {r[0]: r for r in (re.split(r"\s{2,}", ln.strip()) for ln in
-                               out.split("from a short probe of each point:")[1].splitlines())
-             if len(r) > 1}
+    times = time_rows(out)
     assert [times[n][1] for n in plans][2:] == ["the run does not fit here"] * 2
     assert times["all 4"][-1].endswith(" + the points above")  # (their time is not known)
 
@@ -236,7 +255,7 @@ def test_a_adds_a_sweep_folder_kept_elsewhere_with_its_points(one_of_four, tmp_p
 def test_the_setup_pane_plans_every_point_of_a_sweep_preset(tmp_path):
     import asyncio
 
-    from conftest import PRESETS, running, screen_lines, until
+    from conftest import PRESETS, running, screen_lines
     from tjac_tui.app import TjacApp
 
     preset = PRESETS / "sweep-width.toml"
@@ -244,9 +263,7 @@ def test_the_setup_pane_plans_every_point_of_a_sweep_preset(tmp_path):
     async def go():
         app = TjacApp(sessions_dir=tmp_path / "s", preset=preset)
         async with running(app, (120, 50)) as pilot:
-            setup = app.pane("setup")
-            await until(pilot, lambda: setup.plan_text.startswith("sweep "), what="the plan",
-                        timeout=60)
+            setup = await sweep_plan_shown(app, pilot)
             await pilot.pause(0.1)
             lines = setup.plan_text.splitlines()
             assert lines[0] == ("sweep sweep-width: 5 points; the SVDs run on the CPU, one after "
@@ -272,9 +289,7 @@ def test_ctrl_t_on_a_sweep_preset_times_every_point(grid, tmp_path):
     async def go():
         app = TjacApp(sessions_dir=tmp_path / "s", preset=grid)
         async with running(app, (120, 50)) as pilot:
-            setup = app.pane("setup")
-            await until(pilot, lambda: setup.plan_text.startswith("sweep "), what="the plan",
-                        timeout=60)
+            setup = await sweep_plan_shown(app, pilot)
             await pilot.press("ctrl+t")
             await until(pilot, lambda: "probing each of the sweep's points" in
                         setup.estimate_text, what="the probe's note", timeout=10)
@@ -282,7 +297,7 @@ def test_ctrl_t_on_a_sweep_preset_times_every_point(grid, tmp_path):
                         what="the time table", timeout=240)
             lines = setup.estimate_text.splitlines()
             assert lines[0] == "time on cpu, from a short probe of each point:"
-            rows = [re.split(r"\s{2,}", ln.strip()) for ln in lines[1:]]
+            rows = [cells(ln) for ln in lines[1:]]
             assert rows[0] == ["point", "J", "SVD", "snapshots", "total"]
             assert [r[0] for r in rows[1:]] == list(point_plans(grid)) + ["all 4"]
             await pilot.pause(0.1)
