@@ -305,3 +305,19 @@ def test_ctrl_t_on_a_sweep_preset_times_every_point(grid, tmp_path):
             assert "time on cpu, from a short probe of each point:" in screen
 
     asyncio.run(go())
+
+
+def test_a_point_whose_probe_failed_says_so_in_the_time_table(grid, tmp_path, monkeypatch):
+    """A point the probe could not run (its model's own failure) was 'not probed' in the
+    table; it names the failure, as `tjac run --plan` of that point does."""
+    from engine import control, runner
+
+    def broken(cfg):
+        raise NotImplementedError("no forward AD for this kernel")
+
+    monkeypatch.setattr(runner, "probe", broken)
+    base = config.load(grid)
+    report = control.sweep_with_probes(control.sweep_plan_report(base, tmp_path), base)
+    _, rows = report.time_table()
+    assert [r[1] for r in rows[:-1]] == ["it failed: NotImplementedError: no forward AD for "
+                                         "this kernel"] * 4
