@@ -34,7 +34,8 @@ from .config import (ConfigError, DataConfig, JacobianConfig, ModelConfig, RunCo
                      SpectrumConfig, TrainConfig, load, loads)
 from .jacobian import auto_chunk, exact_jacobian
 from .models import stateful_layer
-from .train import Loss, batch_order, generic_problem, initial_theta
+from .train import (OPTIMIZER_KEYS, Loss, Update, UpdateFunction, batch_order,
+                    generic_problem, initial_theta)
 
 __all__ = ["training_jacobian", "build", "Built", "load", "loads", "ConfigError", "RunConfig",
            "DataConfig", "ModelConfig", "TrainConfig", "JacobianConfig", "SpectrumConfig"]
@@ -113,27 +114,13 @@ def check_module(module: nn.Module) -> None:
                          "layer out")
 
 
-def drop_running_statistics_(module: nn.Module) -> None:
-    """Make ``module``'s BatchNorm layers in training mode keep no running statistics, in
-    place (as ``torch.func.replace_all_batch_norm_modules_`` does, to those layers only: one in
-    eval mode keeps its statistics and uses them). In training mode a BatchNorm normalizes by
-    the batch's own mean and variance, and its running statistics only record them for
-    evaluation: they never enter a training step, so theta_T and J are the same with or without
-    them, and without them no step writes into a buffer (which torch.func cannot transform).
-    Applied to the problem's own copy of the module: the caller's is not changed."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and \
-                m.track_running_stats:
-            m.running_mean = m.running_var = m.num_batches_tracked = None
-            m.track_running_stats = False
-
-
 def training_jacobian(module: nn.Module, data: Data, *, loss: Loss | None = None,
                       train: TrainConfig | None = None, steps: int | None = None,
                       seed: int = 0, chunk: int | None = None,
                       dtype: torch.dtype = torch.float64,
-                      device: str | torch.device | None = None, **options: Any
-                      ) -> torch.Tensor:
+                      device: str | torch.device | None = None, statistics: bool = False,
+                      update: Update | None = None, init: Callable | None = None,
+                      **options: Any) -> torch.Tensor:
     """The exact training Jacobian J = d theta_T / d theta_0 of training ``module``: a (P, P)
     tensor of ``dtype`` on ``device``, J[i, j] = d theta_T[i] / d theta_0[j], where theta is
     the flat parameter vector in ``torch.nn.utils.parameters_to_vector(module.parameters())``
@@ -154,18 +141,39 @@ def training_jacobian(module: nn.Module, data: Data, *, loss: Loss | None = None
     checked as a preset's [train] is (a :class:`ConfigError` with the same one-line message);
     or ``train``, a TrainConfig.
 
+    ``update(theta, state, g, lr, t) -> (theta, state)`` with ``init(theta) -> state``: one's
+    own optimizer in place of the built-in ones, over flat tensors (theta and the gradient g
+    (P,), state a tuple of tensors shaped like theta, lr the schedule's rate of step t); pure
+    torch functions, whose tangent is ``torch.func.jvp`` of ``update``
+    (:class:`engine.train.UpdateFunction`). The schedule and batch keywords still apply; the
+    built-in optimizers' (momentum, weight_decay, ...) are refused beside it (a ``train``
+    TrainConfig's are not used).
+
     ``chunk``: tangent columns per pass (default: all P where the memory allows,
     :func:`engine.jacobian.auto_chunk`). ``device``: default that of the module's parameters.
     The caller's module is not changed (its dtype, parameters and buffers): a copy trains.
-    BatchNorm in training mode normalizes each batch by its own statistics, as in training
-    (its running statistics do not enter theta_T: :func:`drop_running_statistics_`); in eval
-    mode by its running statistics, held fixed. ``nn.Dropout`` in training mode draws a mask
-    per step from ``seed`` (:class:`engine.train.GenericKernel`); other random layers are
-    refused (call ``.eval()`` on them first)."""
+    BatchNorm in training mode normalizes each batch by its own statistics, as in training,
+    and its running statistics (which never enter theta_T) follow PyTorch's update; in eval
+    mode it normalizes by its running statistics, held fixed. ``statistics=True`` returns
+    their rows too: a (P + B, P) tensor whose rows past P are d buffers_T / d theta_0 for the
+    B running statistics of the BatchNorm layers in training mode that track them
+    (``named_buffers()`` order: each layer's running_mean, then its running_var;
+    :class:`engine.train.RunningStats`). ``nn.Dropout`` in training mode draws a mask per
+    step from ``seed`` (:class:`engine.train.GenericKernel`); other random layers are refused
+    (call ``.eval()`` on them first)."""
     if train is not None and options:
         raise TypeError("give the optimizer either as train=TrainConfig(...) or as keywords, "
                         "not both")
     check_module(module)
+    optimizer = None
+    if update is not None or init is not None:
+        if update is None:
+            raise TypeError("init= is the state of an update= function; give update too")
+        mixed = [k for k in OPTIMIZER_KEYS if k in options]
+        if mixed:
+            raise TypeError(f"{mixed[0]} configures the built-in optimizers; update= is given "
+                            "and replaces them")
+        optimizer = UpdateFunction(update, init)
     # the keywords as a preset's [train] table: an unknown one is refused like an unknown key
     cfg = train if train is not None else schema.build(TrainConfig, dict(options), "",
                                                        TrainConfig.PREFIX)
@@ -188,9 +196,9 @@ def training_jacobian(module: nn.Module, data: Data, *, loss: Loss | None = None
             raise ValueError(f"steps = {steps}: expected 1 to {len(order)} (the steps of "
                              f"{cfg.epochs} epoch(s) of these batches)")
         order = order[:steps]
-    problem = generic_problem(module, x, y, cfg, dev, dtype, seed=seed, order=order, loss=loss)
-    drop_running_statistics_(problem.module)  # (its own copy: the kernel's module)
+    problem = generic_problem(module, x, y, cfg, dev, dtype, seed=seed, order=order, loss=loss,
+                              optimizer=optimizer)
     theta0 = initial_theta(problem.module, dev, dtype)
     if chunk is None:
         chunk = auto_chunk(problem, theta0, dev, dtype)
-    return exact_jacobian(problem, theta0, chunk)
+    return exact_jacobian(problem, theta0, chunk, statistics=statistics)

@@ -46,7 +46,7 @@ def bytes_per_column(problem: Problem, dtype: torch.dtype) -> int:
     tensor's leading dimension, which counts a conv layer's channels, not its pixels: an
     underestimate there)."""
     P = problem.layout.size
-    n_state = len(problem.optimizer.init(torch.zeros(1)))
+    n_state = len(problem.optimizer.init(torch.zeros(P)))
     batch = max(len(b) for b in problem.batches)
     widths = sum(s[0] if s else 1 for s in problem.layout.shapes)  # (a 0-d parameter: 1)
     item = torch.finfo(dtype).bits // 8
@@ -199,26 +199,32 @@ def chunk_ranges(P: int, chunk: int) -> list[range]:
 
 def jacobian_columns(problem: Problem, theta0: torch.Tensor, cols: Iterable[int],
                      should_stop: Callable[[], bool] | None = None,
-                     trajectory: Trajectory | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     trajectory: Trajectory | None = None, statistics: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(theta_T, J[:, cols]) with the block as a (P, K) tensor on the problem's device
-    (``trajectory``: the primal of this training, recorded once for all chunks)."""
+    (``trajectory``: the primal of this training, recorded once for all chunks;
+    ``statistics``: the running statistics' rows below theta's, :func:`train_tangents`)."""
     P = theta0.numel()
     e = identity_columns(P, cols, theta0.device, theta0.dtype)
-    theta_T, d = train_tangents(problem, theta0, e, should_stop, trajectory=trajectory)
+    theta_T, d = train_tangents(problem, theta0, e, should_stop, trajectory=trajectory,
+                                statistics=statistics)
     return theta_T, d.T
 
 
-def exact_jacobian(problem: Problem, theta0: torch.Tensor, chunk: int | None = None
-                   ) -> torch.Tensor:
+def exact_jacobian(problem: Problem, theta0: torch.Tensor, chunk: int | None = None,
+                   statistics: bool = False) -> torch.Tensor:
     """The whole J (P, P) in memory: for notebooks and tests. Sessions use
-    :func:`compute_into`, which writes chunks to disk."""
+    :func:`compute_into`, which writes chunks to disk. ``statistics``: (P + B, P), the rows
+    past P those of the B running statistics (:attr:`engine.train.Problem.statistics`)."""
     P = theta0.numel()
+    st = problem.statistics if statistics else None
+    rows = P + (st.size if st is not None else 0)
     chunk = chunk or auto_chunk(problem, theta0, theta0.device, theta0.dtype)
-    J = torch.empty(P, P, dtype=theta0.dtype, device=theta0.device)
-    traj = record_trajectory(problem, theta0)
+    J = torch.empty(rows, P, dtype=theta0.dtype, device=theta0.device)
+    traj = None if st is not None else record_trajectory(problem, theta0)
     for cols in chunk_ranges(P, chunk):
-        J[:, cols.start: cols.stop] = jacobian_columns(problem, theta0, cols,
-                                                       trajectory=traj)[1]
+        J[:, cols.start: cols.stop] = jacobian_columns(problem, theta0, cols, trajectory=traj,
+                                                       statistics=statistics)[1]
     return J
 
 

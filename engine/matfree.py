@@ -107,8 +107,10 @@ class TrainingJacobian(LinearOperator):
         # the reverse pass differentiates the gradient itself: torch.func's, which autograd
         # can follow (the fused kernels compute their gradients outside autograd)
         # (with a generic problem's own loss: it was the cross-entropy, whatever the loss)
+        # (on the training module: BatchNorm normalizing by the batch, as the kernel's does)
         self.reverse = dataclasses.replace(self.problem, kernel=GenericKernel(
-            self.problem.module, getattr(self.problem.kernel, "loss_fn", None)))
+            getattr(self.problem.kernel, "module", self.problem.module),
+            getattr(self.problem.kernel, "loss_fn", None)))
         self._checkpoints: dict[bool, list] = {}  # see checkpoints(fused)
         # recorded at the first product when it fits (trajectory=False: never; the primal
         # is then trained again inside every product): in ``trajectory`` bytes, or with True

@@ -7,6 +7,7 @@ The training Jacobian is indexed by the *flat* parameter vector: the model's par
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -325,9 +326,9 @@ def stateful_layer(module: nn.Module, allow_batchnorm: bool = False,
                    allow_dropout: bool = False) -> str | None:
     """What of ``module`` the torch.func path cannot train as it stands, in words naming the
     layer, or None: a layer that writes into its own buffers in training mode (BatchNorm's
-    running statistics, unless ``allow_batchnorm``: the Python API trains a copy without them)
-    and a random layer in training mode (dropout, unless ``allow_dropout``: the Python API
-    draws its masks per step)."""
+    running statistics, unless ``allow_batchnorm``: the generic kernel carries them,
+    :class:`engine.train.RunningStats`) and a random layer in training mode (dropout, unless
+    ``allow_dropout``: the generic kernel draws ``nn.Dropout``'s masks per step)."""
     from torch.nn.modules.batchnorm import _BatchNorm
     from torch.nn.modules.dropout import _DropoutNd
 
@@ -359,12 +360,13 @@ def build(cfg: ModelConfig, n_features: int, n_classes: int, seed: int,
     elif cfg.build:
         module = call_user_builder(cfg.build, n_features, n_classes)
         module = module.double()
-        if (why := stateful_layer(module)) is not None:
+        why = stateful_layer(module, allow_batchnorm=True, allow_dropout=True)
+        if why is not None:
             raise ValueError(f"model.build: {cfg.build}: {why}, which a session's training "
                              "does not carry: return the module in eval mode (module.eval(): "
-                             "fixed statistics, no dropout) or leave the layer out "
-                             "(engine.training_jacobian from Python takes BatchNorm)")
-        check_traceable(module, n_features, n_classes, cfg.build)
+                             "fixed statistics, no dropout) or leave the layer out")
+        # (on a copy: a forward in training mode would update the model's running statistics)
+        check_traceable(copy.deepcopy(module), n_features, n_classes, cfg.build)
     else:
         module = MLP([n_features, *cfg.hidden, n_classes], cfg.activation).double()
         if cfg.init == "lecun":

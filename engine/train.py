@@ -30,7 +30,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -115,6 +115,123 @@ def step_masks(module: nn.Module, seed: int) -> list[StepMask]:
     return out
 
 
+class RunningStats:
+    """BatchNorm's running statistics as training state: the running means and variances of a
+    module's BatchNorm layers in training mode that track them, one flat vector ``buffers``
+    (B,) in ``named_buffers()`` order (each layer's ``running_mean``, then its
+    ``running_var``; :attr:`names`), carried through training beside theta, tangents and all.
+
+    PyTorch's update, step by step: each layer's batch mean and unbiased variance over all
+    dimensions but the channel's (dimension 1), ``buffers = (1 - f) buffers + f batch``, with
+    f the layer's ``momentum``, or 1 / (n0 + t + 1) for ``momentum=None`` (a cumulative
+    average; n0 the layer's ``num_batches_tracked`` when the run starts). The update is linear,
+    so the tangent of the statistics obeys the same recursion, fed by the batch statistics'
+    own tangents (their directional derivatives through theta_t).
+
+    Made from the kernel's training module, which it changes in place: the layers keep no
+    statistics of their own (as ``torch.func.replace_all_batch_norm_modules_`` does), so no
+    forward writes into a buffer (which torch.func cannot transform) and a training-mode
+    forward normalizes by the batch's statistics exactly as before; a forward pre-hook on each
+    layer records the batch statistics while :attr:`record` is a list. They never enter a
+    training step: theta_T and its J are the same with or without them; the statistics are
+    what evaluation (``module.eval()``) normalizes by."""
+
+    def __init__(self, module: nn.Module):
+        from torch.nn.modules.batchnorm import _BatchNorm
+
+        self.names: list[str] = []
+        self.layers: list[tuple[str, float | None, int, int]] = []  # name, momentum, n0, C
+        init = []
+        for name, m in module.named_modules():
+            if not (isinstance(m, _BatchNorm) and m.training and m.track_running_stats):
+                continue
+            i = len(self.layers)
+            n0 = int(m.num_batches_tracked) if m.num_batches_tracked is not None else 0
+            self.layers.append((name, m.momentum, n0, m.num_features))
+            prefix = f"{name}." if name else ""
+            self.names += [f"{prefix}running_mean", f"{prefix}running_var"]
+            init += [m.running_mean.detach().clone(), m.running_var.detach().clone()]
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+            m.track_running_stats = False
+            m.register_forward_pre_hook(self._hook(i))
+        self.init = torch.cat(init) if init else None
+        self.size = 0 if self.init is None else self.init.numel()
+        self.record: list | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.layers)
+
+    def _hook(self, i: int):
+        def hook(mod, args):
+            if self.record is None:
+                return
+            if self.record[i] is not None:
+                raise ValueError(f"{self.layers[i][0]} ({type(mod).__name__}) runs twice in "
+                                 "one forward: its running statistics would be updated twice "
+                                 "per step, which tjac does not carry")
+            x = args[0]
+            dims = [d for d in range(x.dim()) if d != 1]
+            self.record[i] = (x.mean(dims), x.var(dims, correction=1))
+        return hook
+
+    def start(self) -> None:
+        self.record = [None] * len(self.layers)
+
+    def collect(self) -> torch.Tensor:
+        """The batch statistics the forward since :meth:`start` recorded, flat (B,)."""
+        rec, self.record = self.record, None
+        missing = [self.layers[i][0] for i, r in enumerate(rec) if r is None]
+        if missing:
+            raise ValueError(f"{missing[0]}: a BatchNorm layer in training mode that the "
+                             "forward did not call, whose running statistics are undefined")
+        return torch.cat([t for r in rec for t in r])
+
+    def update_(self, buffers: torch.Tensor, batch: torch.Tensor, t: int) -> None:
+        """Step t's update of ``buffers`` (..., B) towards the batch statistics ``batch``
+        (..., B), in place; on tangents (K, B) too, the update being linear."""
+        a = 0
+        for _, momentum, n0, c in self.layers:
+            f = momentum if momentum is not None else 1.0 / (n0 + t + 1)
+            buffers[..., a: a + 2 * c].lerp_(batch[..., a: a + 2 * c], f)
+            a += 2 * c
+
+    def install(self, module: nn.Module, buffers: torch.Tensor, steps: int) -> None:
+        """Write ``buffers`` (B,) into the same layers of ``module`` (an evaluation copy of
+        the training module, its statistics intact), counted as ``steps`` more batches."""
+        a = 0
+        with torch.no_grad():
+            for name, _, n0, c in self.layers:
+                m = module.get_submodule(name)
+                m.running_mean.copy_(buffers[a: a + c])
+                m.running_var.copy_(buffers[a + c: a + 2 * c])
+                if m.num_batches_tracked is not None:
+                    m.num_batches_tracked.fill_(n0 + steps)
+                a += 2 * c
+
+    def unflatten(self, buffers: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, a = {}, 0
+        for name, _, _, c in self.layers:
+            prefix = f"{name}." if name else ""
+            out[f"{prefix}running_mean"] = buffers[a: a + c]
+            out[f"{prefix}running_var"] = buffers[a + c: a + 2 * c]
+            a += 2 * c
+        return out
+
+
+def evaluation_twin(module: nn.Module) -> nn.Module:
+    """The module evaluation calls: ``module`` itself, or, when it has BatchNorm that tracks
+    statistics or dropout in training mode (which its training kernel changes), a copy of it
+    in eval mode (running statistics, no dropout), made before the kernel changes it."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.dropout import _DropoutNd
+
+    if any(m.training and ((isinstance(m, _BatchNorm) and m.track_running_stats) or
+                           (isinstance(m, _DropoutNd) and m.p > 0))
+           for m in module.modules()):
+        return copy.deepcopy(module).eval()
+    return module
+
+
 class GenericKernel:
     """torch.func for any module: ``grad`` of the loss, and ``jvp`` of that gradient vmapped
     over the tangent directions (forward-over-reverse). ``loss(output, target)`` returns the
@@ -126,7 +243,15 @@ class GenericKernel:
     Bernoulli(1 - p) / (1 - p) over the layer's input shape, and held as constants of the step
     (:class:`StepMask`): the forward, its gradient and every tangent column of every chunk
     see the same masks, so J is the derivative of that training. Callers pass the step
-    (``step=``) when :attr:`random` is true."""
+    (``step=``) when :attr:`random` is true.
+
+    BatchNorm in training mode that tracks running statistics: :attr:`stats`, a
+    :class:`RunningStats` (else None). Each ``grad`` leaves the step's batch statistics (B,) in
+    :attr:`batch_stats`, each ``grad_jvp`` those and their tangents (K, B) in
+    :attr:`batch_stats_tangent`, for the loops to carry (:func:`steps`, :func:`train_tangents`).
+
+    The kernel changes ``module`` in place (dropout layers, BatchNorm's buffers): give it a
+    module of its own (:func:`make_problem` and :func:`generic_problem` give it a copy)."""
 
     # Columns per chunk on the CPU: all P (capped by memory, :func:`engine.jacobian.auto_chunk`).
     # Each chunk is one vmapped call per step whose overhead does not shrink with the chunk, so
@@ -140,12 +265,27 @@ class GenericKernel:
         self.masks = step_masks(module, seed)
         self.random = bool(self.masks)
         self.seed = seed
+        stats = RunningStats(module)
+        self.stats = stats if stats else None
+        self.batch_stats: torch.Tensor | None = None
+        self.batch_stats_tangent: torch.Tensor | None = None
 
         def loss(params, x, y):
             out = functional_call(module, dict(zip(self.names, params)), (x,))
             return self.loss_fn(out, y)
 
-        self._grad = torch.func.grad(loss)
+        def loss_and_stats(params, x, y):
+            stats.start()
+            try:
+                out = functional_call(module, dict(zip(self.names, params)), (x,))
+                return self.loss_fn(out, y), stats.collect()
+            finally:
+                stats.record = None
+
+        # with statistics: (grads, batch statistics), the statistics an output of the
+        # gradient's function, so that its jvp carries their tangents too
+        self._grad = (torch.func.grad(loss_and_stats, has_aux=True) if self.stats else
+                      torch.func.grad(loss))
 
     def set_masks(self, params, x, step: int | None) -> None:
         """The dropout masks of step ``step`` for the batch ``x`` (no-op without dropout)."""
@@ -172,17 +312,23 @@ class GenericKernel:
         self.set_masks(params, x, step)
         try:
             with math_attention():
-                return self._grad(params, x, y)
+                g = self._grad(params, x, y)
         finally:
             self.clear_masks()
+        if self.stats:
+            g, self.batch_stats = g
+        return g
 
     def grad_jvp(self, params, tangents, x, y, out=None, step: int | None = None):
         self.set_masks(params, x, step)
         try:
             with math_attention():
-                return self._grad_jvp(params, tangents, x, y)
+                g, dg = self._grad_jvp(params, tangents, x, y)
         finally:
             self.clear_masks()
+        if self.stats:
+            (g, self.batch_stats), (dg, self.batch_stats_tangent) = g, dg
+        return g, dg
 
     def _grad_jvp(self, params, tangents, x, y):
         g = self._grad(params, x, y)
@@ -203,16 +349,17 @@ class GenericKernel:
         return g, vmap(one)(tangents)
 
 
-def make_kernel(module: nn.Module, kind: str = "auto") -> LossKernel:
+def make_kernel(module: nn.Module, kind: str = "auto", seed: int = 0) -> LossKernel:
     """The fused kernel of the built-in models (``kind`` auto or fused): MLPKernel for the MLP,
-    ConvKernel for the conv nets; torch.func (GenericKernel) otherwise."""
+    ConvKernel for the conv nets; torch.func (GenericKernel, on a copy of ``module``, its
+    dropout masks drawn from ``seed``) otherwise."""
     if kind != "generic" and isinstance(module, MLP):
         return MLPKernel(module.widths, module.activation)
     if kind != "generic" and isinstance(module, ConvNet):
         return ConvKernel.of(module)
     if kind == "fused":
         raise ValueError('jacobian.kernel = "fused" needs a built-in model (mlp, lenet5, cnn)')
-    return GenericKernel(module)
+    return GenericKernel(copy.deepcopy(module), seed=seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,6 +544,113 @@ class Optimizer:
         dtheta.addcmul_(dm, a, value=-lr).addcmul_(dv, b, value=lr)
 
 
+Update = Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]]]
+
+# TrainConfig's keys that configure the built-in optimizers (not the schedule or the batches)
+OPTIMIZER_KEYS = ("optimizer", "momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps",
+                  "eps_root")
+
+
+class UpdateFunction:
+    """A caller's optimizer, given as functions over flat tensors, in :class:`Optimizer`'s
+    place: ``update(theta, state, g, lr, t) -> (theta', state')`` (theta and g (P,), state a
+    tuple of tensors shaped like theta, lr the schedule's rate of step t, t the 0-based step)
+    and ``init(theta) -> state`` (default: no state). Both must be pure torch functions: no
+    in-place change of their inputs, no ``.item()`` or Python branch on a tensor's value.
+
+    Its tangent is ``torch.func.jvp`` of ``update``, vmapped over the K tangent columns: exact
+    for any differentiable update, at the cost of a dual-tensor copy of every tangent per step
+    (the built-in optimizers' hand-written tangents avoid it)."""
+
+    by_jvp = True
+    tangent_reads_primal = True  # (in general: a recorded trajectory is not used with it)
+    fused_momentum = 0.0
+
+    def __init__(self, update: Update, init: Callable[[torch.Tensor], Any] | None = None):
+        if not callable(update):
+            raise TypeError(f"update must be a function (theta, state, g, lr, t) -> "
+                            f"(theta, state), not {type(update).__name__}")
+        if init is not None and not callable(init):
+            raise TypeError(f"init must be a function theta -> state, not "
+                            f"{type(init).__name__}")
+        self.fn, self.init_fn = update, init
+        self._traced = False
+
+    def init(self, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        state = () if self.init_fn is None else self.init_fn(theta)
+        if isinstance(state, torch.Tensor):
+            state = (state,)
+        state = tuple(state)
+        for i, s in enumerate(state):
+            if not isinstance(s, torch.Tensor) or s.shape != theta.shape:
+                what = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+                raise ValueError(f"init(theta) gave state[{i}] of {what}: each state entry "
+                                 f"must be a tensor shaped like theta, {tuple(theta.shape)}")
+        return state
+
+    @staticmethod
+    def _versions(theta, state, g) -> list[int]:
+        return [v._version for v in (theta, *state, g)]
+
+    def _unchanged(self, before: list[int], theta, state, g) -> None:
+        if self._versions(theta, state, g) != before:
+            raise ValueError("the update function changed its inputs in place (theta, a state "
+                             "tensor or g): it must return new tensors (theta - lr * g, not "
+                             "theta.sub_(lr * g)), or J would be silently wrong")
+
+    def update(self, theta, state, g, lr: float, t: int):
+        before = self._versions(theta, state, g)
+        out = self.fn(theta, state, g, lr, t)
+        self._unchanged(before, theta, state, g)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.Tensor)):
+            raise ValueError("update(theta, state, g, lr, t) must return (theta, state), the "
+                             f"new parameters and a tuple of state tensors; it gave "
+                             f"{type(out).__name__}")
+        new_state = (out[1],) if isinstance(out[1], torch.Tensor) else tuple(out[1])
+        if len(new_state) != len(state):
+            raise ValueError(f"update gave {len(new_state)} state tensor(s) for the "
+                             f"{len(state)} of init(theta)")
+        return out[0], new_state
+
+    def tangent(self, theta, state, g, dtheta, dstate, dg, lr: float, t: int):
+        """(dtheta', dstate') for tangents (K, P) against the primal (theta, state, g) before
+        the step: ``torch.func.jvp`` of :meth:`update` per column."""
+        def step(th, st, gg):
+            return self.update(th, st, gg, lr, t)
+
+        def column(dth, dst, dgg):
+            return jvp(step, (theta, state, g), (dth, dst, dgg))[1]
+
+        before = self._versions(theta, state, g)
+        try:
+            if not self._traced:  # once: jvp reads a tensor's value through .item() or a
+                # Python branch silently (its tangent lost); vmap over the primal refuses it
+                vmap(step)(theta[None], tuple(v[None] for v in state), g[None])
+                self._traced = True
+            out = vmap(column)(dtheta, tuple(dstate), dg)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"the update function's tangent (torch.func.jvp) failed at step "
+                             f"{t}: {first}; the update must be a pure torch function (no "
+                             "in-place change of its inputs, no .item() or branch on a "
+                             "tensor's value)") from e
+        self._unchanged(before, theta, state, g)
+        return out
+
+    def tangent_flat_(self, layout: Layout, theta, state, g, dtheta, dstate, dg, lr: float,
+                      t: int) -> None:
+        """:meth:`tangent` into :func:`train_tangents`' per-tensor buffers, in place:
+        ``dtheta`` and ``dstate`` ([state][param], each (K, *shape)) are overwritten."""
+        new_dtheta, new_dstate = self.tangent(
+            theta, state, g, layout.flatten(dtheta), tuple(layout.flatten(ds) for ds in dstate),
+            layout.flatten(dg), lr, t)
+        for old, new in zip(dtheta, layout.unflatten(new_dtheta)):
+            old.copy_(new)
+        for olds, news in zip(dstate, new_dstate):
+            for old, new in zip(olds, layout.unflatten(news)):
+                old.copy_(new)
+
+
 # --------------------------------------------------------------------------------------------
 # the problem: everything training needs, on one device and dtype
 
@@ -404,9 +658,11 @@ class Optimizer:
 @dataclass
 class Problem:
     kernel: LossKernel
-    module: nn.Module  # for evaluation (functional_call); its own parameters are not used
+    # for evaluation (functional_call; its own parameters are not used): the training module,
+    # or its copy in eval mode when it has BatchNorm or dropout (:func:`evaluation_twin`)
+    module: nn.Module
     layout: Layout
-    optimizer: Optimizer
+    optimizer: Optimizer | UpdateFunction
     lrs: np.ndarray  # (T,)
     batches: list[torch.Tensor]  # T index tensors on the device
     x_train: torch.Tensor
@@ -419,6 +675,23 @@ class Problem:
     @property
     def steps(self) -> int:
         return len(self.batches)
+
+    @property
+    def statistics(self) -> RunningStats | None:
+        """The running statistics training carries (BatchNorm), or None."""
+        return getattr(self.kernel, "stats", None)
+
+    def initial_buffers(self) -> torch.Tensor | None:
+        """The running statistics before the first step (B,), a copy; None without any."""
+        st = self.statistics
+        return None if st is None else st.init.to(self.x_train.dtype, copy=True)
+
+    def install_buffers(self, buffers: torch.Tensor | None, steps: int | None = None) -> None:
+        """Evaluate with these running statistics (B,) from now on (``steps``: the batches
+        they count, default all of the training's)."""
+        if buffers is not None and self.statistics is not None:
+            self.statistics.install(self.module, buffers.to(self.x_train.dtype),
+                                    self.steps if steps is None else steps)
 
     def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) of step t. Distinct batches are gathered once and kept (with a fixed order,
@@ -471,6 +744,10 @@ class Problem:
 
 def make_problem(module: nn.Module, data, cfg: TrainConfig, seed: int, device: torch.device,
                  dtype: torch.dtype, kernel: str = "auto") -> Problem:
+    """The training of a preset (``data``, a :class:`engine.data.Dataset`); ``module`` is
+    moved to ``device`` and ``dtype`` in place (the session's own, built for it); the
+    kernel's (:func:`make_kernel`) and evaluation's (:func:`evaluation_twin`) modules are
+    copies of it where they differ. ``seed`` orders the batches and draws dropout masks."""
     module = module.to(device=device, dtype=dtype)
     layout = Layout.of(module)
     order = batch_order(len(data.x_train), cfg, seed)
@@ -483,7 +760,7 @@ def make_problem(module: nn.Module, data, cfg: TrainConfig, seed: int, device: t
     batches = [distinct.setdefault(b.tobytes(), t(b, torch.long)) for b in order]
 
     return Problem(
-        kernel=make_kernel(module, kernel), module=module, layout=layout,
+        kernel=make_kernel(module, kernel, seed), module=evaluation_twin(module), layout=layout,
         optimizer=Optimizer(cfg), lrs=lr_schedule(cfg, len(order)),
         batches=batches,
         x_train=t(data.x_train, dtype), y_train=t(data.y_train, torch.long),
@@ -493,17 +770,20 @@ def make_problem(module: nn.Module, data, cfg: TrainConfig, seed: int, device: t
 
 def generic_problem(module: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
                     device: torch.device, dtype: torch.dtype, *, seed: int = 0,
-                    order: list[np.ndarray] | None = None, loss: Loss | None = None) -> Problem:
+                    order: list[np.ndarray] | None = None, loss: Loss | None = None,
+                    optimizer: UpdateFunction | None = None) -> Problem:
     """The training of any module on tensors, through torch.func (:class:`GenericKernel`),
     with no test set. ``x`` (N, ...) inputs; ``y`` (N,) class indices or (N, ...) regression
     targets (floating ``y`` is cast to ``dtype``, integer ``y`` to int64); ``order``: the row
     indices of every step's batch (default :func:`batch_order` of ``cfg`` and ``seed``);
     ``loss(output, target)``: the
     batch's scalar loss (default the mean cross-entropy); ``seed`` also draws the dropout
-    masks (:class:`GenericKernel`). The problem trains its own copy of
+    masks (:class:`GenericKernel`); ``optimizer``: a caller's update function in place of
+    ``cfg``'s optimizer (whose schedule still gives the rates). The problem trains its own copy of
     ``module`` in ``dtype`` on ``device``: the caller's module, its parameters and buffers are
     left as they were."""
     module = copy.deepcopy(module).to(device=device, dtype=dtype)
+    evaluation = evaluation_twin(module)  # (before the kernel changes its module)
     if order is None:
         order = batch_order(len(x), cfg, seed)
     distinct: dict[bytes, torch.Tensor] = {}  # the same rows are one tensor (gathered once)
@@ -511,9 +791,10 @@ def generic_problem(module: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
                                    torch.as_tensor(b, dtype=torch.long, device=device))
                for b in order]
     y_dtype = dtype if y.dtype.is_floating_point else torch.long
-    return Problem(kernel=GenericKernel(module, loss, seed), module=module,
+    return Problem(kernel=GenericKernel(module, loss, seed), module=evaluation,
                    layout=Layout.of(module),
-                   optimizer=Optimizer(cfg), lrs=lr_schedule(cfg, len(order)), batches=batches,
+                   optimizer=optimizer if optimizer is not None else Optimizer(cfg),
+                   lrs=lr_schedule(cfg, len(order)), batches=batches,
                    x_train=torch.as_tensor(x).to(device=device, dtype=dtype),
                    y_train=torch.as_tensor(y).to(device=device, dtype=y_dtype),
                    eval_every=cfg.eval_every)
@@ -538,27 +819,46 @@ def at_step(p: Problem, t: int) -> dict:
 
 
 def steps(problem: Problem, theta0: torch.Tensor,
-          should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+          should_stop: Callable[[], bool] | None = None,
+          buffers: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """The bare training loop: yields (t, theta_{t+1}) after each step t; raises
-    ``KeyboardInterrupt`` when ``should_stop()`` turns true."""
+    ``KeyboardInterrupt`` when ``should_stop()`` turns true. ``buffers``: the running
+    statistics (:attr:`Problem.statistics`, (B,), from :meth:`Problem.initial_buffers`),
+    updated in place by every step (at each yield, those after step t)."""
     p = problem
+    st = p.statistics
     theta, state = theta0.clone(), p.optimizer.init(theta0)
     for t in range(p.steps):
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         x, y = p.batch(t)
         g = p.layout.flatten(p.kernel.grad(p.layout.unflatten(theta), x, y, **at_step(p, t)))
+        if st is not None and buffers is not None:
+            st.update_(buffers, p.kernel.batch_stats, t)
         theta, state = p.optimizer.update(theta, state, g, float(p.lrs[t]), t)
         yield t, theta
 
 
 def train(problem: Problem, theta0: torch.Tensor, on_step: StepCallback | None = None,
-          should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+          should_stop: Callable[[], bool] | None = None,
+          buffers: torch.Tensor | None = None) -> torch.Tensor:
     """Run the training; returns theta_T (P,). ``on_step`` receives a metrics dict after every
     evaluated step (step 0 is the initialisation). Raises :class:`TrainingDiverged` on a NaN or
-    infinite loss, and ``KeyboardInterrupt`` when ``should_stop()`` turns true."""
+    infinite loss, and ``KeyboardInterrupt`` when ``should_stop()`` turns true.
+
+    With running statistics (:attr:`Problem.statistics`) every evaluation uses those of its
+    step (installed into the problem's evaluation module, where they stay after the run);
+    ``buffers`` (B,), when given, is filled with them (those after the last step at the
+    end)."""
     p = problem
     theta = theta0
+    if p.statistics is not None:
+        init = p.initial_buffers()
+        if buffers is None:
+            buffers = init
+        else:
+            buffers.copy_(init)
+        p.install_buffers(buffers, 0)
     m0 = _metrics(p, theta, 0, None)
     if on_step is not None:
         on_step(m0)
@@ -566,9 +866,10 @@ def train(problem: Problem, theta0: torch.Tensor, on_step: StepCallback | None =
         raise TrainingDiverged(f"the loss is {m0['train_loss']} at initialisation, before any "
                                "step: the initial parameters or the data give non-finite "
                                "outputs")
-    for t, theta in steps(p, theta0, should_stop):
+    for t, theta in steps(p, theta0, should_stop, buffers):
         if (t + 1) % p.eval_every and t != p.steps - 1:
             continue
+        p.install_buffers(buffers, t + 1)
         m = _metrics(p, theta, t + 1, float(p.lrs[t]))
         if on_step is not None:
             on_step(m)
@@ -648,7 +949,8 @@ def record_trajectory(problem: Problem, theta0: torch.Tensor,
     memory; measured on the first step, before the rest is trained). The parameters follow
     :func:`train`'s trajectory bitwise."""
     p = problem
-    if not (hasattr(p.kernel, "primal") and hasattr(p.kernel, "tangent")):
+    if not (hasattr(p.kernel, "primal") and hasattr(p.kernel, "tangent")) \
+            or getattr(p.optimizer, "by_jvp", False):
         return None
     if budget is None:
         budget = TRAJECTORY_BUDGET
@@ -682,7 +984,8 @@ def record_trajectory(problem: Problem, theta0: torch.Tensor,
 def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tensor,
                    should_stop: Callable[[], bool] | None = None,
                    on_step: TangentStep | None = None,
-                   trajectory: Trajectory | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   trajectory: Trajectory | None = None,
+                   statistics: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Train from ``theta0`` (P,) while pushing the tangent directions ``tangents0`` (K, P)
     through every step. Returns (theta_T (P,), d theta_T (K, P)): row k of the second is the
     directional derivative of theta_T along tangents0[k], i.e. ``J @ tangents0[k]``.
@@ -695,9 +998,20 @@ def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tens
     gradient's tangent into the same scratch every step and the optimizer's tangent update
     (:meth:`Optimizer.tangent_`) runs in place. ``on_step`` therefore sees those buffers: copy
     what you keep. With a ``trajectory`` of this problem and theta0 (:func:`record_trajectory`)
-    the primal is read from it instead of computed: the same numbers, bitwise, in less time."""
+    the primal is read from it instead of computed: the same numbers, bitwise, in less time.
+
+    ``statistics``: return the running statistics too (:attr:`Problem.statistics`, B of
+    them; none without BatchNorm): (state_T (P + B,), d state_T (K, P + B)), theta then the
+    statistics, their tangents carried by the same linear recursion as their values."""
     p = problem
     lay = p.layout
+    st = p.statistics if statistics else None
+    if st is not None and trajectory is not None:
+        raise ValueError("running statistics come from the generic kernel, which records no "
+                         "trajectory")
+    buf = p.initial_buffers() if st is not None else None
+    dbuf = (torch.zeros(len(tangents0), st.size, dtype=tangents0.dtype,
+                        device=tangents0.device) if st is not None else None)
     theta, state = theta0.clone(), p.optimizer.init(theta0)
     dtheta = tuple(t.clone(memory_format=torch.contiguous_format)
                    for t in lay.unflatten(tangents0))
@@ -715,12 +1029,20 @@ def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tens
         lr = float(p.lrs[t])
         g, dg = p.kernel.grad_jvp(lay.unflatten(theta), dtheta, x, y, **into, **at_step(p, t))
         g = lay.flatten(g)
-        factors = (p.optimizer.adam_factors(theta, state, g, t)
-                   if p.optimizer.tangent_reads_primal else None)
-        _tangent_update(p, mu, factors, dtheta, dstate, dg, lr, t)
+        if st is not None:
+            st.update_(buf, p.kernel.batch_stats, t)
+            st.update_(dbuf, p.kernel.batch_stats_tangent, t)
+        if getattr(p.optimizer, "by_jvp", False):
+            p.optimizer.tangent_flat_(lay, theta, state, g, dtheta, dstate, dg, lr, t)
+        else:
+            factors = (p.optimizer.adam_factors(theta, state, g, t)
+                       if p.optimizer.tangent_reads_primal else None)
+            _tangent_update(p, mu, factors, dtheta, dstate, dg, lr, t)
         theta, state = p.optimizer.update(theta, state, g, lr, t)
         if on_step is not None:
             on_step(t, theta, dtheta)
+    if statistics and st is not None:
+        return torch.cat([theta, buf]), torch.cat([lay.flatten(dtheta), dbuf], dim=1)
     return theta, lay.flatten(dtheta)
 
 

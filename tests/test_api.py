@@ -230,6 +230,101 @@ def test_the_optimizer_keywords_are_checked_like_a_preset():
     assert str(loaded.value) == "x.toml: " + str(e.value)
 
 
+def rmsprop_init(theta):
+    return (torch.zeros_like(theta),)
+
+
+def rmsprop(theta, state, g, lr, t):
+    """A researcher's own optimizer (RMSprop with a bias-corrected square average): nonlinear
+    in g, so its tangent is not the update applied to the tangents."""
+    (v,) = state
+    v = 0.9 * v + 0.1 * g * g
+    return theta - lr * g / (torch.sqrt(v / (1 - 0.9 ** (t + 1))) + 1e-3), (v,)
+
+
+def sgd_momentum(theta, state, g, lr, t):
+    (m,) = state
+    m = 0.9 * m + g
+    return theta - lr * m, (m,)
+
+
+def plain_update_training(module, batches, loss, update, init, lrs):
+    """theta_0 -> theta_T by a plain loop over the batches with one's own update function."""
+    module = module.double()
+    names = [n for n, _ in module.named_parameters()]
+    shapes = [p.shape for _, p in module.named_parameters()]
+    sizes = [p.numel() for _, p in module.named_parameters()]
+
+    def run(theta):
+        state = init(theta)
+        for t, (x, y) in enumerate(batches):
+            def L(th):
+                params = {n: v.reshape(s) for n, v, s in zip(names, torch.split(th, sizes),
+                                                              shapes)}
+                return loss(functional_call(module, params, (x,)), y)
+            theta, state = update(theta, state, torch.func.grad(L)(theta), lrs[t], t)
+        return theta
+
+    return run, torch.nn.utils.parameters_to_vector(module.parameters()).detach()
+
+
+def test_an_update_function_gives_the_j_of_its_training_by_jvp():
+    """One's own optimizer (update, init): J equals jacfwd of a plain loop running the same
+    functions (the cosine schedule's rates reach it step by step) and central differences,
+    float64; the built-in momentum written as a function gives the built-in's J."""
+    torch.manual_seed(3)
+    model = TwoLayer()
+    X, y = regression()
+    J = engine.training_jacobian(model, (X, y), loss=F.mse_loss, update=rmsprop,
+                                 init=rmsprop_init, lr=0.02, schedule="cosine", batch_size=8,
+                                 epochs=2)
+    lrs = train.lr_schedule(engine.TrainConfig(lr=0.02, schedule="cosine", batch_size=8,
+                                               epochs=2), 6)
+    assert lrs[0] > lrs[-1] > 0  # (the rates differ step by step)
+    run, theta0 = plain_update_training(_copy(model), batches_of(X, y, 8, 2), mse, rmsprop,
+                                        rmsprop_init, [float(r) for r in lrs])
+    ref = jacfwd(run)(theta0)
+    assert torch.allclose(J, ref, rtol=0, atol=1e-12), (J - ref).abs().max()
+    P = theta0.numel()
+    assert (J - torch.eye(P)).abs().max() > 1e-2
+    agrees_with_central_differences(J, run, theta0, (0, P // 2, P - 1), h=1e-6, atol=1e-7)
+    builtin = engine.training_jacobian(model, (X, y), loss=F.mse_loss, lr=0.05, momentum=0.9,
+                                       batch_size=8, epochs=2)
+    mine = engine.training_jacobian(model, (X, y), loss=F.mse_loss, update=sgd_momentum,
+                                    init=rmsprop_init, lr=0.05, batch_size=8, epochs=2)
+    assert torch.allclose(mine, builtin, rtol=0, atol=1e-12), (mine - builtin).abs().max()
+
+
+def in_place_sgd(theta, state, g, lr, t):
+    theta.sub_(lr * g)
+    return theta, state
+
+
+@pytest.mark.parametrize("kw,error,needle", [
+    ({"update": in_place_sgd}, ValueError, "changed its inputs in place"),
+    ({"update": lambda th, st, g, lr, t: th - lr * g}, ValueError, "must return (theta, state)"),
+    ({"update": sgd_momentum, "init": lambda th: torch.zeros(3)}, ValueError,
+     "each state entry must be a tensor shaped like theta, (32,)"),
+    ({"update": sgd_momentum, "init": rmsprop_init, "momentum": 0.9}, TypeError,
+     "momentum configures the built-in optimizers"),
+    ({"init": rmsprop_init}, TypeError, "give update too"),
+    ({"update": lambda th, st, g, lr, t: (th - lr * g.sum().item() * g, st)}, ValueError,
+     "tangent (torch.func.jvp) failed at step 0"),
+    ({"update": lambda th, st, g, lr, t: (th - lr * g if g.norm() < 1e9 else th, st)},
+     ValueError, "branch on a tensor's value"),
+])
+def test_an_update_function_that_cannot_give_an_exact_j_is_refused_in_one_line(kw, error,
+                                                                              needle):
+    """An in-place update would count the step twice, and .item() would drop its term of the
+    tangent (J silently wrong either way): refused like the other misuses, each in one line
+    naming it."""
+    X, y = regression()
+    with pytest.raises(error) as e:
+        engine.training_jacobian(TwoLayer(), (X, y), loss=F.mse_loss, lr=0.05, batch_size=8,
+                                 **kw)
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
 @pytest.mark.slow
 def test_the_api_imports_no_ui_library():
     """``import engine`` and a J with textual, rich and plotext refused by the importer."""
@@ -351,6 +446,122 @@ def test_batchnorm_in_training_mode_equals_autograd_sgd_and_central_differences(
     theta0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
     agrees_with_central_differences(J, run, theta0)
     assert (J - torch.eye(P)).abs().max() > 1e-2  # training moved: not a trivial J
+
+
+def plain_bn_training(W1, b1, gamma, beta, W2, b2, batches, lr, momentum, bn_momentum):
+    """theta_0 -> (theta_T, running mean, running var) of Linear -> BatchNorm1d -> tanh ->
+    Linear by SGD momentum, written from the definitions: the batch normalized by its own
+    mean and biased variance (eps 1e-5), the running statistics updated by
+    ``(1 - m) r + m s`` with the batch's mean and unbiased variance, starting at (0, 1)."""
+    shapes = [W1.shape, b1.shape, gamma.shape, beta.shape, W2.shape, b2.shape]
+    sizes = [int(torch.tensor(s).prod()) if len(s) else 1 for s in shapes]
+
+    def unflat(theta):
+        return [t.reshape(s) for t, s in zip(torch.split(theta, sizes), shapes)]
+
+    def forward(ps, x):
+        w1, c1, g, bt, w2, c2 = ps
+        h = x @ w1.T + c1
+        mean, var = h.mean(0), h.var(0, correction=0)
+        z = torch.tanh((h - mean) / torch.sqrt(var + 1e-5) * g + bt)
+        return z @ w2.T + c2, mean, h.var(0, correction=1)
+
+    def run(theta):
+        m = torch.zeros_like(theta)
+        rm, rv = torch.zeros(len(b1), dtype=theta.dtype), torch.ones(len(b1), dtype=theta.dtype)
+        for x, y in batches:
+            _, mean, var = forward(unflat(theta), x)
+            rm, rv = (1 - bn_momentum) * rm + bn_momentum * mean, \
+                (1 - bn_momentum) * rv + bn_momentum * var
+            g = torch.func.grad(lambda th: F.cross_entropy(forward(unflat(th), x)[0], y))(theta)
+            m = momentum * m + g
+            theta = theta - lr * m
+        return torch.cat([theta, rm, rv])
+
+    return run
+
+
+def test_batchnorm_running_statistics_are_state_with_tangents():
+    """``statistics=True``: J's rows past P are those of BatchNorm's running statistics, d
+    buffers_T / d theta_0, equal to jacfwd of a plain loop written from the definitions
+    (float64, 1e-12), with theta's rows unchanged by asking for them; the statistics the
+    loop carries are torch's own (nn.BatchNorm1d trained by torch.autograd, 1e-12) and their
+    rows agree with central differences of that real module's training (momentum=None, the
+    cumulative average, included)."""
+    torch.manual_seed(4)
+    lin1, bn, lin2 = nn.Linear(3, 5), nn.BatchNorm1d(5, momentum=0.2), nn.Linear(5, 2)
+    model = nn.Sequential(lin1, bn, nn.Tanh(), lin2).double()
+    X, y = torch.randn(24, 3, dtype=torch.float64), torch.randint(0, 2, (24,))
+    kw = dict(optimizer="sgd", lr=0.1, momentum=0.9, batch_size=8, epochs=2)
+    J = engine.training_jacobian(model, (X, y), statistics=True, **kw)
+    P = sum(p.numel() for p in model.parameters())
+    assert J.shape == (P + 10, P)
+    assert torch.equal(J[:P], engine.training_jacobian(model, (X, y), **kw))
+    run = plain_bn_training(*(p.detach() for p in model.parameters()),
+                            [(X[a:a + 8], y[a:a + 8]) for _ in range(2) for a in (0, 8, 16)],
+                            0.1, 0.9, 0.2)
+    theta0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    ref = jacfwd(run)(theta0)
+    assert torch.allclose(J, ref, rtol=0, atol=1e-12), (J - ref).abs().max()
+    assert J[P:].abs().max() > 1e-2  # the statistics depend on theta_0
+
+    # the statistics carried are torch's; a second BatchNorm with momentum=None
+    model2 = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2),
+                           nn.BatchNorm1d(2, momentum=None)).double()
+    problem = train.generic_problem(model2, X, y, engine.TrainConfig(**kw), torch.device("cpu"),
+                                    torch.float64)
+    buffers = problem.initial_buffers()
+    theta_T = train.train(problem, train.initial_theta(model2, "cpu", torch.float64),
+                          buffers=buffers)
+    assert problem.statistics.names == ["1.running_mean", "1.running_var", "4.running_mean",
+                                        "4.running_var"]
+
+    def real(theta0):
+        m = _copy(model2)
+        torch.nn.utils.vector_to_parameters(theta0.clone(), m.parameters())
+        params, mom = list(m.parameters()), [torch.zeros_like(p) for p in m.parameters()]
+        for _ in range(2):
+            for a in (0, 8, 16):
+                loss = F.cross_entropy(m(X[a:a + 8]), y[a:a + 8])
+                with torch.no_grad():
+                    for p, b, g in zip(params, mom, torch.autograd.grad(loss, params)):
+                        b.mul_(0.9).add_(g)
+                        p.sub_(0.1 * b)
+        return torch.cat([torch.nn.utils.parameters_to_vector(m.parameters()).detach(),
+                          m[1].running_mean, m[1].running_var, m[4].running_mean,
+                          m[4].running_var])
+
+    theta0 = torch.nn.utils.parameters_to_vector(model2.parameters()).detach()
+    torch_state = real(theta0)
+    assert torch.allclose(torch.cat([theta_T, buffers]), torch_state, rtol=0, atol=1e-12)
+    J2 = engine.training_jacobian(model2, (X, y), statistics=True, **kw)
+    agrees_with_central_differences(J2, real, theta0)
+    assert model2[1].num_batches_tracked == 0  # the caller's module, untouched
+
+
+def test_evaluation_normalizes_by_the_running_statistics_and_drops_dropout():
+    """The metrics of a training with BatchNorm and dropout are those of the module in eval
+    mode with that training's running statistics (torch's own forward, 1e-12); the train
+    stage's step-0 metrics use the initial statistics."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.3),
+                          nn.Linear(6, 2)).double()
+    X, y = torch.randn(24, 3, dtype=torch.float64), torch.randint(0, 2, (24,))
+    cfg = engine.TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, batch_size=8, epochs=2)
+    problem = train.generic_problem(model, X, y, cfg, torch.device("cpu"), torch.float64,
+                                    seed=3)
+    seen = []
+    buffers = problem.initial_buffers()
+    theta_T = train.train(problem, train.initial_theta(model, "cpu", torch.float64),
+                          on_step=seen.append, buffers=buffers)
+    ev = _copy(model).eval()
+    with torch.no_grad():
+        assert abs(seen[0]["train_loss"] - F.cross_entropy(ev(X), y).item()) < 1e-12
+        torch.nn.utils.vector_to_parameters(theta_T, ev.parameters())
+        ev[1].running_mean.copy_(buffers[:6])
+        ev[1].running_var.copy_(buffers[6:])
+        assert abs(seen[-1]["train_loss"] - F.cross_entropy(ev(X), y).item()) < 1e-12
+    assert not torch.equal(buffers[:6], torch.zeros(6))
 
 
 def test_dropout_draws_a_mask_per_step_and_j_is_the_derivative_of_that_training():
