@@ -116,7 +116,8 @@ def table() -> list[Stage]:
     """Every stage, in order; the analyses as registered now."""
     return [
         Stage("train", "engine.stages.train:run", (), always,
-              ("theta0.npz", "thetaT.npz", "metrics.jsonl"), unit="steps", title="Training"),
+              ("theta0.npz", "thetaT.npz", "buffersT.npz", "metrics.jsonl"), unit="steps",
+              title="Training"),
         Stage("matfree", "engine.stages.matfree:run", ("train",), matrix_free,
               ("matfree.json",), unit="products", title="Matrix-free spectrum"),
         Stage("jacobian", "engine.stages.jacobian:run", ("train",), exact,

@@ -129,6 +129,10 @@ def huge(i, o):                            # 300M parameters
 def batchnorm(i, o): return nn.Sequential(nn.Linear(i, 4), nn.BatchNorm1d(4), nn.Linear(4, o))
 def dropout(i, o): return nn.Sequential(nn.Linear(i, 4), nn.Dropout(0.3), nn.Linear(4, o))
 def batchnorm_eval(i, o): return batchnorm(i, o).eval()
+def alpha_dropout(i, o): return nn.Sequential(nn.Linear(i, 4), nn.AlphaDropout(0.3), nn.Linear(4, o))
+def instance_norm(i, o):
+    return nn.Sequential(nn.Linear(i, 4), nn.InstanceNorm1d(4, track_running_stats=True),
+                         nn.Linear(4, o))
 '''
 
 REFUSED = {
@@ -144,10 +148,11 @@ REFUSED = {
     "exit_in_build": "called sys.exit(3)",
     "exit_in_forward": "the forward pass called sys.exit(3)",
     # these failed after the session was created, with torch.func's message about in-place
-    # mutation or randomness under vmap
-    "batchnorm": "1 (BatchNorm1d) updates its running statistics in training mode, which a "
-                 "session's training does not carry: return the module in eval mode",
-    "dropout": "1 (Dropout) draws random masks in training mode",
+    # mutation or randomness under vmap (BatchNorm and nn.Dropout now train: see below)
+    "instance_norm": "1 (InstanceNorm1d) updates its running statistics in training mode, "
+                     "which a session's training does not carry: return the module in eval "
+                     "mode",
+    "alpha_dropout": "1 (AlphaDropout) draws random masks in training mode",
 }
 
 
@@ -284,3 +289,112 @@ def test_epochs_without_end_are_refused_by_the_plan(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "batch order" in err[0] and "lower train.epochs" in err[0], err
     assert not (tmp_path / "s").exists()
+
+
+BN_MODELS = '''
+from torch import nn
+
+
+def bn(i, o):
+    return nn.Sequential(nn.Linear(i, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, o),
+                         nn.BatchNorm1d(o, momentum=None))
+
+
+def bn_dropout(i, o):
+    return nn.Sequential(nn.Linear(i, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.25),
+                         nn.Linear(6, o))
+'''
+
+BN_PRESET = '''name = "{fn}"
+seed = 3
+device = "cpu"
+dtype = "float64"
+
+[data]
+dataset = "digits"
+n_train = 96
+
+[model]
+build = "{models}:{fn}"
+
+[train]
+optimizer = "sgd"
+lr = 0.1
+momentum = 0.9
+batch_size = 32
+epochs = 2
+'''
+
+
+def run_bn_session(tmp_path, fn: str):
+    models = tmp_path / "bn_models.py"
+    models.write_text(BN_MODELS)
+    toml = tmp_path / f"{fn}.toml"
+    toml.write_text(BN_PRESET.format(fn=fn, models=models))
+    assert main(["run", str(toml), "--sessions", str(tmp_path / "s"), "-q"]) == 0
+    return config.load(toml), tmp_path / "s" / fn, models
+
+
+def test_a_batchnorm_session_carries_the_running_statistics_torch_computes(tmp_path):
+    """BatchNorm in training mode was refused in a session. Its training now equals the one
+    torch.autograd runs on the real module from the session's theta0.npz (float64, batches in
+    order): thetaT.npz and buffersT.npz (a fixed-momentum layer and a cumulative one,
+    momentum=None) agree to 1e-12, and the last metrics are the eval-mode module's, normalized
+    by those statistics; buffersT.npz is recorded in the manifest like the rest."""
+    import numpy as np
+    import torch.nn.functional as F
+    from engine import data as data_mod
+    from engine.models import call_user_builder
+    from engine.session import Session
+
+    cfg, path, models = run_bn_session(tmp_path, "bn")
+    s = Session(path)
+    assert s.verify() == {} and "buffersT.npz" in s.manifest()["files"]
+    ds = data_mod.load(cfg.data)
+    m = call_user_builder(f"{models}:bn", ds.n_features, ds.n_classes).double()
+    theta0 = s.load_npz("theta0.npz")
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            p.copy_(torch.from_numpy(theta0[name]))
+    X, y = torch.from_numpy(ds.x_train).double(), torch.from_numpy(ds.y_train).long()
+    params = list(m.parameters())
+    mom = [torch.zeros_like(p) for p in params]
+    for _ in range(2):
+        for a in range(0, len(X), 32):
+            loss = F.cross_entropy(m(X[a:a + 32]), y[a:a + 32])
+            with torch.no_grad():
+                for p, b, g in zip(params, mom, torch.autograd.grad(loss, params)):
+                    b.mul_(0.9).add_(g)
+                    p.sub_(0.1 * b)
+    thetaT, buffersT = s.load_npz("thetaT.npz"), s.load_npz("buffersT.npz")
+    for name, p in m.named_parameters():
+        np.testing.assert_allclose(thetaT[name], p.detach().numpy(), rtol=0, atol=1e-12)
+    assert sorted(buffersT) == ["1.running_mean", "1.running_var", "4.running_mean",
+                                "4.running_var"]
+    for name in buffersT:
+        mod, what = name.split(".")
+        np.testing.assert_allclose(buffersT[name], getattr(m[int(mod)], what).numpy(),
+                                   rtol=0, atol=1e-12)
+    assert int(m[4].num_batches_tracked) == 6
+    m.eval()
+    with torch.no_grad():
+        test_loss = F.cross_entropy(m(torch.from_numpy(ds.x_test).double()),
+                                    torch.from_numpy(ds.y_test).long()).item()
+    assert abs(s.metrics()[-1]["test_loss"] - test_loss) < 1e-10
+
+
+def test_a_batchnorm_and_dropout_session_is_the_derivative_of_its_training(tmp_path):
+    """BatchNorm and dropout together in a session: its J (jacobian.npy) equals the Python
+    API's on the same module, data, batches and seed (the masks drawn per step from the
+    seed), and differs from the identity (training moved)."""
+    import numpy as np
+    from engine.build import build as build_run
+    from engine.jacobian import exact_jacobian
+    from engine.session import Session
+
+    cfg, path, _ = run_bn_session(tmp_path, "bn_dropout")
+    J = Session(path).load_npy("jacobian.npy")
+    b = build_run(cfg, "cpu")
+    ref = exact_jacobian(b.problem, b.theta0).numpy()
+    np.testing.assert_allclose(J, ref, rtol=0, atol=1e-12)
+    assert np.abs(J - np.eye(len(J))).max() > 1e-2

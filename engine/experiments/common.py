@@ -75,10 +75,13 @@ def retrain(problem: Problem, theta0: torch.Tensor,
             should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """theta_T from ``theta0`` with the run's batches, schedule and optimizer, without the
     per-step evaluation of :func:`engine.train.train` (the same operations in the same order,
-    so the result is bitwise equal to it)."""
+    so the result is bitwise equal to it). With running statistics (BatchNorm), evaluation
+    uses those of this training from then on."""
     theta = theta0
-    for _, theta in steps(problem, theta0, should_stop):
+    buffers = problem.initial_buffers()
+    for _, theta in steps(problem, theta0, should_stop, buffers):
         pass
+    problem.install_buffers(buffers)
     return theta
 
 

@@ -95,6 +95,11 @@ def restricted_train(problem, theta0: torch.Tensor, basis: torch.Tensor, mask: t
 
 
 def run(ctx: Context, cfg: RestrictedConfig) -> dict:
+    if ctx.problem.statistics is not None or getattr(ctx.problem.kernel, "random", False):
+        # its batched gradient runs the module outside the kernel, which carries BatchNorm's
+        # statistics and dropout's masks per run
+        raise ValueError("analysis.restricted does not train models with BatchNorm or dropout "
+                         "in training mode yet: disable it for this model")
     S = ctx.S
     P = len(S)
     ks = k_grid(cfg.k_min, cfg.k_max, cfg.n_k, P)

@@ -81,6 +81,16 @@ class RunContext:
         """theta_T of thetaT.npz, flat (P,), in the run's dtype on the built device."""
         return self.built.flat(self.session.load_npz("thetaT.npz"))
 
+    def install_buffersT(self) -> None:
+        """Evaluate with the running statistics of the session's training (``buffersT.npz``;
+        nothing without BatchNorm in training mode)."""
+        st = self.problem.statistics
+        if st is None:
+            return
+        arrays = self.session.load_npz("buffersT.npz")
+        flat = torch.cat([torch.as_tensor(arrays[n]).reshape(-1) for n in st.names])
+        self.problem.install_buffers(flat.to(self.theta0.device))
+
     def stale(self, which: Callable[[str], bool]) -> None:
         """The recorded files ``which`` names no longer hold (:func:`engine.pipeline.stale`)."""
         pipeline.stale(self.session, which, self.stages)

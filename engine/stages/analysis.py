@@ -17,6 +17,7 @@ def run(ctx: RunContext, name: str | None = None, cfg=None) -> dict:
     name = name or ctx.stage.removeprefix("analysis.")
     impl = importlib.import_module(ANALYSES[name].module)
     s = ctx.session
+    ctx.install_buffersT()  # (an analysis before it may have evaluated another training's)
     actx = Context(session=s, problem=ctx.problem, theta0=ctx.theta0, thetaT=ctx.thetaT(),
                    data=ctx.built.data, emit=ctx.emit, should_stop=ctx.should_stop,
                    tol=ctx.cfg.spectrum.bulk_tol, stage=f"analysis.{name}")
