@@ -360,6 +360,37 @@ def test_the_attention_preset_runs_its_shipped_model_through_the_generic_path(tm
     assert all(regions[k]["count"] > 0 for k in ("chaotic", "bulk", "stable"))
 
 
+@pytest.mark.slow
+def test_the_batchnorm_cnn_preset_carries_its_statistics_into_evaluation(tmp_path, capsys):
+    """presets/bn-cnn-digits28.toml (BatchNorm and dropout in training mode, through the
+    generic path) runs, at 2 steps here: J has the three regions, buffersT.npz holds both
+    layers' running statistics (cumulative averages of the batches, momentum=None: after 2
+    batches, no longer the initial zeros and ones), and the Spectrum table of `tjac show`
+    lists the regions."""
+    import numpy as np
+    from engine.session import Session
+    from tjac_tui.cli import main
+
+    from conftest import PRESETS
+
+    args = ["run", str(PRESETS / "bn-cnn-digits28.toml"), "--sessions", str(tmp_path), "-q",
+            "--set", "data.n_train=64", "--set", "train.batch_size=32", "--set",
+            "train.epochs=1"]
+    assert main(args) == 0
+    s = Session(tmp_path / "bn-cnn-digits28")
+    m = s.manifest()
+    assert (m["status"], m["P"], m["steps"]) == ("done", 690, 2)
+    regions = s.spectrum()["regions"]
+    assert sum(r["count"] for r in regions.values()) == 690
+    assert all(regions[k]["count"] > 0 for k in ("chaotic", "bulk", "stable"))
+    buffers = s.load_npz("buffersT.npz")
+    assert {k: v.shape for k, v in buffers.items()} == {
+        "features.1.running_mean": (4,), "features.1.running_var": (4,),
+        "features.4.running_mean": (8,), "features.4.running_var": (8,)}
+    assert np.abs(buffers["features.1.running_mean"]).min() > 0
+    assert s.verify() == {}
+
+
 def test_a_probe_that_fails_is_a_line_of_the_plan(tmp_path, capsys, monkeypatch):
     """A user model the probe cannot run (here: a forward-mode derivative torch lacks) ended
     `tjac run --plan` in a traceback; the plan says it in one line, after the sizes."""
