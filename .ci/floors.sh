@@ -14,7 +14,8 @@ TESTS=("$@")
 if [ ${#TESTS[@]} -eq 0 ]; then
     TESTS=(tests/test_layers.py tests/test_config.py tests/test_matfree.py tests/test_report.py
            tests/test_figures.py tests/test_results.py tests/test_cli.py
-           tests/test_workbench.py -m "not slow and not gpu")
+           tests/test_workbench.py tests/test_trackers.py tests/test_api.py tests/test_linop.py
+           -m "not slow and not gpu")
 fi
 PY=${PYTHON:-python3}
 rm -rf "$VENV"
