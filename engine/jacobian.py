@@ -221,7 +221,7 @@ def exact_jacobian(problem: Problem, theta0: torch.Tensor, chunk: int | None = N
     rows = P + (st.size if st is not None else 0)
     chunk = chunk or auto_chunk(problem, theta0, theta0.device, theta0.dtype)
     J = torch.empty(rows, P, dtype=theta0.dtype, device=theta0.device)
-    traj = None if st is not None else record_trajectory(problem, theta0)
+    traj = record_trajectory(problem, theta0)  # (None for the generic kernel: statistics)
     for cols in chunk_ranges(P, chunk):
         J[:, cols.start: cols.stop] = jacobian_columns(problem, theta0, cols, trajectory=traj,
                                                        statistics=statistics)[1]

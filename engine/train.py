@@ -198,15 +198,13 @@ class RunningStats:
     def install(self, module: nn.Module, buffers: torch.Tensor, steps: int) -> None:
         """Write ``buffers`` (B,) into the same layers of ``module`` (an evaluation copy of
         the training module, its statistics intact), counted as ``steps`` more batches."""
-        a = 0
         with torch.no_grad():
-            for name, _, n0, c in self.layers:
+            for name, value in self.unflatten(buffers).items():
+                module.get_buffer(name).copy_(value)
+            for name, _, n0, _ in self.layers:
                 m = module.get_submodule(name)
-                m.running_mean.copy_(buffers[a: a + c])
-                m.running_var.copy_(buffers[a + c: a + 2 * c])
                 if m.num_batches_tracked is not None:
                     m.num_batches_tracked.fill_(n0 + steps)
-                a += 2 * c
 
     def unflatten(self, buffers: torch.Tensor) -> dict[str, torch.Tensor]:
         out, a = {}, 0
@@ -409,6 +407,8 @@ def batch_order(n: int, cfg: TrainConfig, seed: int) -> list[np.ndarray]:
 
 class Optimizer:
     """``update(theta, state, g, lr, t) -> (theta, state)``; t is the 0-based step."""
+
+    by_jvp = False  # its tangent is written by hand (:class:`UpdateFunction`'s is a jvp)
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -848,16 +848,13 @@ def train(problem: Problem, theta0: torch.Tensor, on_step: StepCallback | None =
 
     With running statistics (:attr:`Problem.statistics`) every evaluation uses those of its
     step (installed into the problem's evaluation module, where they stay after the run);
-    ``buffers`` (B,), when given, is filled with them (those after the last step at the
-    end)."""
+    ``buffers`` (B,), when given, are those to start from (:meth:`Problem.initial_buffers`),
+    updated in place (those after the last step at the end)."""
     p = problem
     theta = theta0
     if p.statistics is not None:
-        init = p.initial_buffers()
         if buffers is None:
-            buffers = init
-        else:
-            buffers.copy_(init)
+            buffers = p.initial_buffers()
         p.install_buffers(buffers, 0)
     m0 = _metrics(p, theta, 0, None)
     if on_step is not None:
@@ -949,8 +946,8 @@ def record_trajectory(problem: Problem, theta0: torch.Tensor,
     memory; measured on the first step, before the rest is trained). The parameters follow
     :func:`train`'s trajectory bitwise."""
     p = problem
-    if not (hasattr(p.kernel, "primal") and hasattr(p.kernel, "tangent")) \
-            or getattr(p.optimizer, "by_jvp", False):
+    split = hasattr(p.kernel, "primal") and hasattr(p.kernel, "tangent")
+    if not split or p.optimizer.by_jvp:
         return None
     if budget is None:
         budget = TRAJECTORY_BUDGET
@@ -1032,7 +1029,7 @@ def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tens
         if st is not None:
             st.update_(buf, p.kernel.batch_stats, t)
             st.update_(dbuf, p.kernel.batch_stats_tangent, t)
-        if getattr(p.optimizer, "by_jvp", False):
+        if p.optimizer.by_jvp:
             p.optimizer.tangent_flat_(lay, theta, state, g, dtheta, dstate, dg, lr, t)
         else:
             factors = (p.optimizer.adam_factors(theta, state, g, t)
@@ -1041,7 +1038,7 @@ def train_tangents(problem: Problem, theta0: torch.Tensor, tangents0: torch.Tens
         theta, state = p.optimizer.update(theta, state, g, lr, t)
         if on_step is not None:
             on_step(t, theta, dtheta)
-    if statistics and st is not None:
+    if st is not None:
         return torch.cat([theta, buf]), torch.cat([lay.flatten(dtheta), dbuf], dim=1)
     return theta, lay.flatten(dtheta)
 
