@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -134,3 +135,29 @@ async def compare(app, pilot, choices: int, selected: list) -> "object":
     await until(pilot, lambda: len(pane.choices) == choices, what="compare choices")
     pane.select(selected)
     return pane
+
+
+def autograd_sgd(model, X, y, lr, batch_size, epochs, momentum=0.0, check=None):
+    """theta_0 -> theta_T of SGD (PyTorch's momentum convention) run by torch.autograd on a
+    copy of ``model`` as torch runs it (its buffers updating, its layers' own kernels), over
+    the batches of (X, y) in order; ``check(copy)`` after each run."""
+
+    def run(theta0):
+        m = copy.deepcopy(model)
+        torch.nn.utils.vector_to_parameters(theta0.clone(), m.parameters())  # (it aliases)
+        params = list(m.parameters())
+        buf = [torch.zeros_like(p) for p in params]
+        for _ in range(epochs):
+            for a in range(0, len(X), batch_size):
+                xb, yb = X[a:a + batch_size], y[a:a + batch_size]
+                loss = torch.nn.functional.cross_entropy(m(xb), yb)
+                grads = torch.autograd.grad(loss, params)
+                with torch.no_grad():
+                    for p_, b, g in zip(params, buf, grads):
+                        b.mul_(momentum).add_(g)
+                        p_.sub_(lr * b)
+        if check is not None:
+            check(m)
+        return torch.nn.utils.parameters_to_vector(m.parameters()).detach()
+
+    return run

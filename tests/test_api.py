@@ -18,6 +18,8 @@ from torch.func import functional_call, jacfwd
 import engine
 from engine import jacobian, train
 
+from conftest import autograd_sgd
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -46,6 +48,28 @@ def plain_training(module, batches, loss, opt, lr, momentum=0.0, betas=(0.9, 0.9
     """theta_0 -> theta_T by a training loop written from its textbook definition (SGD with
     PyTorch's momentum convention, or Adam with eps_root inside the square root), over the
     given list of (x, y) batches, float64."""
+
+    def init(theta):
+        return torch.zeros_like(theta), torch.zeros_like(theta)
+
+    def update(theta, state, g, lr, t):
+        m, v = state
+        if opt == "sgd":
+            m = momentum * m + g
+            return theta - lr * m, (m, v)
+        b1, b2 = betas
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        mh, vh = m / (1 - b1 ** (t + 1)), v / (1 - b2 ** (t + 1))
+        return theta - lr * mh / (torch.sqrt(vh + eps_root) + eps), (m, v)
+
+    return plain_update_training(module, batches, loss, update, init, [lr] * len(batches))
+
+
+def plain_update_training(module, batches, loss, update, init, lrs):
+    """theta_0 -> theta_T by a plain loop over the (x, y) batches with the update function
+    ``update(theta, state, g, lr, t)`` from ``init(theta)``, step t's rate ``lrs[t]``,
+    float64."""
     module = module.double()
     names = [n for n, _ in module.named_parameters()]
     shapes = [p.shape for _, p in module.named_parameters()]
@@ -55,21 +79,11 @@ def plain_training(module, batches, loss, opt, lr, momentum=0.0, betas=(0.9, 0.9
         return {n: t.reshape(s) for n, t, s in zip(names, torch.split(theta, sizes), shapes)}
 
     def run(theta):
-        m = torch.zeros_like(theta)
-        v = torch.zeros_like(theta)
+        state = init(theta)
         for t, (x, y) in enumerate(batches):
             def L(th):
                 return loss(functional_call(module, unflat(th), (x.double(),)), y)
-            g = torch.func.grad(L)(theta)
-            if opt == "sgd":
-                m = momentum * m + g
-                theta = theta - lr * m
-            else:
-                b1, b2 = betas
-                m = b1 * m + (1 - b1) * g
-                v = b2 * v + (1 - b2) * g * g
-                mh, vh = m / (1 - b1 ** (t + 1)), v / (1 - b2 ** (t + 1))
-                theta = theta - lr * mh / (torch.sqrt(vh + eps_root) + eps)
+            theta, state = update(theta, state, torch.func.grad(L)(theta), lrs[t], t)
         return theta
 
     theta0 = torch.nn.utils.parameters_to_vector(module.parameters()).detach()
@@ -120,31 +134,6 @@ def agrees_with_central_differences(J, run, theta0, columns=None, h=1e-6, atol=1
         e[j] = h
         fd = (run(theta0 + e) - run(theta0 - e)) / (2 * h)
         assert torch.allclose(J[:, j], fd, rtol=0, atol=atol), (j, (J[:, j] - fd).abs().max())
-
-
-def autograd_sgd(model, X, y, lr, batch_size, epochs, momentum=0.0, check=None):
-    """theta_0 -> theta_T of SGD (PyTorch's momentum convention) run by torch.autograd on a
-    copy of ``model`` as torch runs it (its buffers updating, its layers' own kernels), over
-    the batches of (X, y) in order; ``check(copy)`` after each run."""
-
-    def run(theta0):
-        m = _copy(model)
-        torch.nn.utils.vector_to_parameters(theta0.clone(), m.parameters())  # (it aliases)
-        params = list(m.parameters())
-        buf = [torch.zeros_like(p) for p in params]
-        for _ in range(epochs):
-            for a in range(0, len(X), batch_size):
-                loss = F.cross_entropy(m(X[a:a + batch_size]), y[a:a + batch_size])
-                grads = torch.autograd.grad(loss, params)
-                with torch.no_grad():
-                    for p_, b, g in zip(params, buf, grads):
-                        b.mul_(momentum).add_(g)
-                        p_.sub_(lr * b)
-        if check is not None:
-            check(m)
-        return torch.nn.utils.parameters_to_vector(m.parameters()).detach()
-
-    return run
 
 
 def test_the_callers_module_is_left_unchanged():
@@ -246,26 +235,6 @@ def sgd_momentum(theta, state, g, lr, t):
     (m,) = state
     m = 0.9 * m + g
     return theta - lr * m, (m,)
-
-
-def plain_update_training(module, batches, loss, update, init, lrs):
-    """theta_0 -> theta_T by a plain loop over the batches with one's own update function."""
-    module = module.double()
-    names = [n for n, _ in module.named_parameters()]
-    shapes = [p.shape for _, p in module.named_parameters()]
-    sizes = [p.numel() for _, p in module.named_parameters()]
-
-    def run(theta):
-        state = init(theta)
-        for t, (x, y) in enumerate(batches):
-            def L(th):
-                params = {n: v.reshape(s) for n, v, s in zip(names, torch.split(th, sizes),
-                                                              shapes)}
-                return loss(functional_call(module, params, (x,)), y)
-            theta, state = update(theta, state, torch.func.grad(L)(theta), lrs[t], t)
-        return theta
-
-    return run, torch.nn.utils.parameters_to_vector(module.parameters()).detach()
 
 
 def test_an_update_function_gives_the_j_of_its_training_by_jvp():

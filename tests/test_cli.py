@@ -340,54 +340,48 @@ def test_a_missing_session_names_each_place_looked_once(tmp_path, capsys):
         f"gone: no such session (looked in gone and {tmp_path / 'gone'})"
 
 
+def run_shipped_preset_small(tmp_path, capsys, name: str, P: int, *sets: str) -> Session:
+    """`tjac run presets/<name>.toml` at 2 steps (64 training images in batches of 32, plus
+    ``sets``): the session is done with P parameters, its J has the three regions, and the
+    region table the run prints gives each region's count."""
+    args = ["run", str(PRESETS / f"{name}.toml"), "--sessions", str(tmp_path),
+            "--set", "data.n_train=64", "--set", "train.batch_size=32"]  # (no -q: the table)
+    for kv in sets:
+        args += ["--set", kv]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    s = Session(tmp_path / name)
+    m = s.manifest()
+    assert (m["status"], m["P"], m["steps"]) == ("done", P, 2)
+    regions = s.spectrum()["regions"]
+    assert sum(r["count"] for r in regions.values()) == P
+    for k in ("chaotic", "bulk", "stable"):
+        assert regions[k]["count"] > 0
+        assert re.search(rf"^{k}\s+{regions[k]['count']}\s", out, re.M), (k, out)
+    return s
+
+
 @pytest.mark.slow
 def test_the_attention_preset_runs_its_shipped_model_through_the_generic_path(tmp_path, capsys):
     """presets/attention-digits28.toml builds presets/models/attention.py's model (found
     relative to the preset) and its J, at 2 steps here, has the three regions."""
-    from engine.session import Session
-    from tjac_tui.cli import main
-
-    from conftest import PRESETS
-
-    args = ["run", str(PRESETS / "attention-digits28.toml"), "--sessions", str(tmp_path), "-q",
-            "--set", "data.n_train=64", "--set", "train.batch_size=32"]
-    assert main(args) == 0
-    s = Session(tmp_path / "attention-digits28")
-    m = s.manifest()
-    assert (m["status"], m["P"], m["steps"]) == ("done", 850, 2)
-    regions = s.spectrum()["regions"]
-    assert sum(r["count"] for r in regions.values()) == 850
-    assert all(regions[k]["count"] > 0 for k in ("chaotic", "bulk", "stable"))
+    run_shipped_preset_small(tmp_path, capsys, "attention-digits28", 850)
 
 
 @pytest.mark.slow
 def test_the_batchnorm_cnn_preset_carries_its_statistics_into_evaluation(tmp_path, capsys):
     """presets/bn-cnn-digits28.toml (BatchNorm and dropout in training mode, through the
-    generic path) runs, at 2 steps here: J has the three regions, buffersT.npz holds both
-    layers' running statistics (cumulative averages of the batches, momentum=None: after 2
-    batches, no longer the initial zeros and ones), and the Spectrum table of `tjac show`
-    lists the regions."""
-    import numpy as np
-    from engine.session import Session
-    from tjac_tui.cli import main
-
-    from conftest import PRESETS
-
-    args = ["run", str(PRESETS / "bn-cnn-digits28.toml"), "--sessions", str(tmp_path), "-q",
-            "--set", "data.n_train=64", "--set", "train.batch_size=32", "--set",
-            "train.epochs=1"]
-    assert main(args) == 0
-    s = Session(tmp_path / "bn-cnn-digits28")
-    m = s.manifest()
-    assert (m["status"], m["P"], m["steps"]) == ("done", 690, 2)
-    regions = s.spectrum()["regions"]
-    assert sum(r["count"] for r in regions.values()) == 690
-    assert all(regions[k]["count"] > 0 for k in ("chaotic", "bulk", "stable"))
+    generic path) runs, at 2 steps here: J has the three regions, listed in the table the run
+    prints, and buffersT.npz holds both layers' running statistics (cumulative averages of
+    the batches, momentum=None: after 2 batches, no longer the initial zeros and ones)."""
+    s = run_shipped_preset_small(tmp_path, capsys, "bn-cnn-digits28", 690, "train.epochs=1")
     buffers = s.load_npz("buffersT.npz")
     assert {k: v.shape for k, v in buffers.items()} == {
         "features.1.running_mean": (4,), "features.1.running_var": (4,),
         "features.4.running_mean": (8,), "features.4.running_var": (8,)}
-    assert np.abs(buffers["features.1.running_mean"]).min() > 0
+    for layer in ("features.1", "features.4"):
+        assert np.abs(buffers[f"{layer}.running_mean"]).min() > 0
+        assert np.abs(buffers[f"{layer}.running_var"] - 1).min() > 0
     assert s.verify() == {}
 
 

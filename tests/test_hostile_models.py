@@ -21,7 +21,7 @@ import torch
 from engine import config, jacobian
 from tjac_tui.cli import main
 
-from conftest import PRESETS, REPO, make, tiny_config
+from conftest import PRESETS, REPO, autograd_sgd, make, tiny_config
 
 MODELS = '''
 import sys
@@ -353,19 +353,11 @@ def test_a_batchnorm_session_carries_the_running_statistics_torch_computes(tmp_p
     ds = data_mod.load(cfg.data)
     m = call_user_builder(f"{models}:bn", ds.n_features, ds.n_classes).double()
     theta0 = s.load_npz("theta0.npz")
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            p.copy_(torch.from_numpy(theta0[name]))
+    flat0 = torch.cat([torch.from_numpy(theta0[n]).reshape(-1) for n, _ in m.named_parameters()])
     X, y = torch.from_numpy(ds.x_train).double(), torch.from_numpy(ds.y_train).long()
-    params = list(m.parameters())
-    mom = [torch.zeros_like(p) for p in params]
-    for _ in range(2):
-        for a in range(0, len(X), 32):
-            loss = F.cross_entropy(m(X[a:a + 32]), y[a:a + 32])
-            with torch.no_grad():
-                for p, b, g in zip(params, mom, torch.autograd.grad(loss, params)):
-                    b.mul_(0.9).add_(g)
-                    p.sub_(0.1 * b)
+    trained = []  # the module autograd trained, its buffers updated as torch updates them
+    autograd_sgd(m, X, y, 0.1, 32, epochs=2, momentum=0.9, check=trained.append)(flat0)
+    (m,) = trained
     thetaT, buffersT = s.load_npz("thetaT.npz"), s.load_npz("buffersT.npz")
     for name, p in m.named_parameters():
         np.testing.assert_allclose(thetaT[name], p.detach().numpy(), rtol=0, atol=1e-12)
